@@ -1,0 +1,132 @@
+//! Wiring: configuration in, a running HTTP server and producer pool out.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, web};
+use shared_events::EventCodec;
+use shared_events::orders::OrderEvent;
+
+use crate::api::{self, AppState};
+use crate::batcher::{Batcher, StartError};
+use crate::config::{Config, ConfigError};
+use crate::topics::{TopicError, ensure_topic};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error("schema registry: {0}")]
+    Registry(#[from] shared_events::WireError),
+    #[error(transparent)]
+    Producers(#[from] StartError),
+    #[error("could not listen on {address}")]
+    Listen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a startup task failed")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A built command service, listening but not yet serving until [`Application::run_until_stopped`].
+pub struct Application {
+    port: u16,
+    server: Server,
+    batcher: Arc<Batcher>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Checks the configuration, creates the topic if needed, registers the event schema,
+    /// starts the transactional producers and binds the listener.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        config.validate()?;
+        tracing::info!(?config, "starting command service");
+        let kafka_timeout = Duration::from_millis(config.kafka_timeout_ms);
+        ensure_topic(
+            &config.kafka_bootstrap,
+            &config.topic,
+            config.topic_partitions,
+            config.topic_replication,
+            kafka_timeout,
+        )
+        .await?;
+        let codec = EventCodec::<OrderEvent>::new(
+            &config.registry_url,
+            &config.topic,
+            Duration::from_millis(config.registry_timeout_ms),
+        )?;
+        let schema_id = codec.register().await?;
+        tracing::info!(schema_id, topic = %config.topic, "event schema registered");
+
+        let batcher_config = config.batcher();
+        let batcher = Arc::new(tokio::task::spawn_blocking(move || Batcher::start(batcher_config)).await??);
+
+        let listener = TcpListener::bind(&config.listen).map_err(|source| StartupError::Listen {
+            address: config.listen.clone(),
+            source,
+        })?;
+        let port = listener.local_addr().map_err(|source| StartupError::Listen {
+            address: config.listen.clone(),
+            source,
+        })?.port();
+        let state = web::Data::new(AppState {
+            codec: Arc::new(codec),
+            batcher: Arc::clone(&batcher),
+            topic: config.topic.clone(),
+            max_body_bytes: config.max_body_bytes,
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .configure(api::routes)
+                .default_service(web::to(api::not_found))
+        })
+        .workers(config.http_workers)
+        .listen(listener)
+        .map_err(|source| StartupError::Listen {
+            address: config.listen.clone(),
+            source,
+        })?
+        .run();
+        Ok(Self {
+            port,
+            server,
+            batcher,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server from elsewhere (tests, signal handlers).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the server stops (SIGINT/SIGTERM or [`ServerHandle::stop`]), then drains the
+    /// write queue: every accepted command is committed or answered with an error before return.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let served = self.server.await;
+        let batcher = self.batcher;
+        tracing::info!(queued = batcher.queue_depth(), "HTTP stopped; draining the write queue");
+        if tokio::task::spawn_blocking(move || batcher.close()).await.is_err() {
+            tracing::error!("draining the write queue panicked");
+        }
+        served
+    }
+}
+

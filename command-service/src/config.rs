@@ -1,0 +1,146 @@
+//! The command service's configuration: one typed struct from flags and environment, validated
+//! at start and logged.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::batcher::BatcherConfig;
+
+/// Command service: validates order commands and commits their events to Kafka.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "command-service", version)]
+pub struct Config {
+    /// Address the HTTP API listens on (port 0 picks a free port).
+    #[arg(long, env = "COMMAND_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    pub kafka_bootstrap: String,
+    /// Base URL of the schema registry (Confluent REST API).
+    #[arg(long, env = "SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    pub registry_url: String,
+    /// Topic the order events are written to; its value subject is `<topic>-value`.
+    #[arg(long, env = "ORDERS_TOPIC", default_value = "orders")]
+    pub topic: String,
+    /// Partitions of the topic when this service has to create it.
+    #[arg(long, env = "ORDERS_TOPIC_PARTITIONS", default_value_t = 6)]
+    pub topic_partitions: i32,
+    /// Replication factor of the topic when this service has to create it.
+    #[arg(long, env = "ORDERS_TOPIC_REPLICATION", default_value_t = 1)]
+    pub topic_replication: i32,
+    /// Identity of this instance; producer `transactional.id`s are `<instance-id>-<worker>`.
+    /// Must be stable across restarts and unique among running instances.
+    #[arg(long, env = "COMMAND_INSTANCE_ID", default_value = "command-service")]
+    pub instance_id: String,
+    /// Transactional producers, each committing its own batches.
+    #[arg(long, env = "COMMAND_PRODUCER_WORKERS", default_value_t = 2)]
+    pub producer_workers: usize,
+    /// Commands that may wait for a producer before new ones get 429.
+    #[arg(long, env = "COMMAND_QUEUE_CAPACITY", default_value_t = 4096)]
+    pub queue_capacity: usize,
+    /// Most records in one transaction.
+    #[arg(long, env = "COMMAND_MAX_BATCH", default_value_t = 512)]
+    pub max_batch: usize,
+    /// Longest a batch waits for more records after its first one, in milliseconds.
+    #[arg(long, env = "COMMAND_LINGER_MS", default_value_t = 2)]
+    pub linger_ms: u64,
+    /// Bound on each Kafka call (transaction init, commit, abort, delivery), in milliseconds.
+    #[arg(long, env = "COMMAND_KAFKA_TIMEOUT_MS", default_value_t = 10_000)]
+    pub kafka_timeout_ms: u64,
+    /// Kafka `transaction.timeout.ms` of the producers.
+    #[arg(long, env = "COMMAND_TRANSACTION_TIMEOUT_MS", default_value_t = 60_000)]
+    pub transaction_timeout_ms: u64,
+    /// Bound on each schema registry call, in milliseconds.
+    #[arg(long, env = "COMMAND_REGISTRY_TIMEOUT_MS", default_value_t = 5_000)]
+    pub registry_timeout_ms: u64,
+    /// Longest a request waits for its commit before answering 503, in milliseconds.
+    #[arg(long, env = "COMMAND_REQUEST_TIMEOUT_MS", default_value_t = 25_000)]
+    pub request_timeout_ms: u64,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "COMMAND_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// HTTP worker threads.
+    #[arg(long, env = "COMMAND_HTTP_WORKERS", default_value_t = 2)]
+    pub http_workers: usize,
+}
+
+/// A configuration value that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// The defaults, as if started with no flags and no environment.
+    pub fn defaults() -> Self {
+        Self::parse_from(["command-service"])
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |m: &str| Err(ConfigError(m.to_owned()));
+        if self.topic.is_empty() || self.topic.contains(':') {
+            return fail("topic must be non-empty and contain no ':'");
+        }
+        if self.topic_partitions < 1 || self.topic_replication < 1 {
+            return fail("topic partitions and replication must be at least 1");
+        }
+        if self.instance_id.is_empty() {
+            return fail("instance id must be non-empty");
+        }
+        if self.producer_workers == 0 || self.queue_capacity == 0 || self.max_batch == 0 {
+            return fail("producer workers, queue capacity and max batch must be at least 1");
+        }
+        if self.http_workers == 0 || self.max_body_bytes == 0 {
+            return fail("http workers and max body bytes must be at least 1");
+        }
+        if self.kafka_timeout_ms == 0 || self.registry_timeout_ms == 0 {
+            return fail("timeouts must be positive");
+        }
+        // A request must outwait one gather + commit + possible abort, or it would answer 503
+        // for a batch that later commits.
+        if self.request_timeout_ms <= 2 * self.kafka_timeout_ms + self.linger_ms {
+            return fail("request timeout must exceed twice the Kafka timeout plus the linger");
+        }
+        if !self.registry_url.starts_with("http://") && !self.registry_url.starts_with("https://") {
+            return fail("registry url must start with http:// or https://");
+        }
+        Ok(())
+    }
+
+    pub fn batcher(&self) -> BatcherConfig {
+        BatcherConfig {
+            bootstrap_servers: self.kafka_bootstrap.clone(),
+            topic: self.topic.clone(),
+            transactional_id_prefix: self.instance_id.clone(),
+            workers: self.producer_workers,
+            queue_capacity: self.queue_capacity,
+            max_batch: self.max_batch,
+            linger: Duration::from_millis(self.linger_ms),
+            kafka_timeout: Duration::from_millis(self.kafka_timeout_ms),
+            transaction_timeout: Duration::from_millis(self.transaction_timeout_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Config::defaults().validate().is_ok());
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        let mut c = Config::defaults();
+        c.producer_workers = 0;
+        assert!(c.validate().is_err());
+        let mut c = Config::defaults();
+        c.request_timeout_ms = c.kafka_timeout_ms;
+        assert!(c.validate().is_err());
+        let mut c = Config::defaults();
+        c.topic = "a:b".into();
+        assert!(c.validate().is_err());
+    }
+}

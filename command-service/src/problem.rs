@@ -1,0 +1,133 @@
+//! The one place where errors become HTTP answers: RFC 7807 `application/problem+json` bodies
+//! with a stable `type` per kind of problem.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::batcher::{CommitError, SubmitError};
+use crate::order::{CommandError, FieldError};
+
+/// Everything a command handler can answer besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Malformed(String),
+    #[error("the request has invalid values")]
+    Invalid(Vec<FieldError>),
+    #[error("the body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("the content type must be application/json")]
+    UnsupportedMediaType,
+    #[error("the write queue is full; retry shortly")]
+    Saturated,
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    #[error("the event could not be committed to Kafka: {0}")]
+    Commit(#[from] CommitError),
+    #[error("no answer from Kafka within {0:?}")]
+    CommitTimeout(std::time::Duration),
+    #[error("the event could not be encoded: {0}")]
+    Encode(#[source] shared_events::WireError),
+}
+
+impl From<CommandError> for ApiError {
+    fn from(error: CommandError) -> Self {
+        match error {
+            CommandError::Malformed(detail) => Self::Malformed(detail),
+            CommandError::Invalid(fields) => Self::Invalid(fields),
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(error: SubmitError) -> Self {
+        match error {
+            SubmitError::Full => Self::Saturated,
+            SubmitError::Closed => Self::ShuttingDown,
+        }
+    }
+}
+
+impl ApiError {
+    /// The stable problem type and title of each kind.
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::Malformed(_) => ("malformed-request", "Malformed request"),
+            Self::Invalid(_) => ("invalid-values", "Invalid values"),
+            Self::TooLarge { .. } => ("body-too-large", "Body too large"),
+            Self::UnsupportedMediaType => ("unsupported-media-type", "Unsupported media type"),
+            Self::Saturated => ("saturated", "Too many requests"),
+            Self::ShuttingDown => ("shutting-down", "Service shutting down"),
+            Self::Commit(_) | Self::CommitTimeout(_) => ("kafka-unavailable", "Event not committed"),
+            Self::Encode(_) => ("schema-registry-unavailable", "Event not encoded"),
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for the retryable kinds.
+    fn retry_after(&self) -> Option<u32> {
+        match self {
+            Self::Saturated => Some(1),
+            Self::ShuttingDown | Self::Commit(_) | Self::CommitTimeout(_) | Self::Encode(_) => {
+                Some(2)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Renders a problem body.
+pub fn problem(
+    status: StatusCode,
+    kind: &str,
+    title: &str,
+    detail: &str,
+    errors: Option<&[FieldError]>,
+) -> HttpResponse {
+    let mut body = serde_json::json!({
+        "type": format!("urn:problem-type:{kind}"),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    if let Some(errors) = errors {
+        body["errors"] = serde_json::json!(errors);
+    }
+    HttpResponse::build(status)
+        .content_type("application/problem+json")
+        .body(body.to_string())
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Saturated => StatusCode::TOO_MANY_REQUESTS,
+            Self::ShuttingDown | Self::Commit(_) | Self::CommitTimeout(_) | Self::Encode(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "command failed");
+        }
+        let (kind, title) = self.kind();
+        let errors = match self {
+            Self::Invalid(fields) => Some(fields.as_slice()),
+            _ => None,
+        };
+        let mut response = problem(status, kind, title, &self.to_string(), errors);
+        if let Some(seconds) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

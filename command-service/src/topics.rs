@@ -1,0 +1,57 @@
+//! Creating the event topic when it does not exist yet.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("could not reach Kafka to create topic `{topic}`")]
+    Client {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("could not create topic `{topic}`: {code}")]
+    Create { topic: String, code: RDKafkaErrorCode },
+}
+
+/// Creates `topic` with the given shape unless it exists (whatever its shape).
+pub async fn ensure_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    timeout: Duration,
+) -> Result<(), TopicError> {
+    let client_error = |source| TopicError::Client {
+        topic: topic.to_owned(),
+        source,
+    };
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(client_error)?;
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    let options = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
+    let results = admin
+        .create_topics([&new_topic], &options)
+        .await
+        .map_err(client_error)?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => {
+                return Err(TopicError::Create {
+                    topic: topic.to_owned(),
+                    code,
+                });
+            }
+        }
+    }
+    Ok(())
+}

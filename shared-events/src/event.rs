@@ -1,0 +1,97 @@
+//! The contract between a domain's event type and the generic wire machinery.
+
+use apache_avro::types::Value;
+
+/// A domain event that travels as one Avro record.
+///
+/// Implementations convert explicitly between the Rust value and the Avro value described by
+/// [`AvroEvent::SCHEMA`]; the schema text is the contract and the conversion is reviewed code.
+pub trait AvroEvent: Sized {
+    /// The `.avsc` text of the record this event is written as.
+    const SCHEMA: &'static str;
+
+    /// The Kafka record key: the aggregate id, so all events of one aggregate share a partition.
+    fn key(&self) -> &str;
+
+    /// The Avro value for [`AvroEvent::SCHEMA`].
+    fn to_avro(&self) -> Value;
+
+    /// Rebuilds the event from a value already resolved against [`AvroEvent::SCHEMA`].
+    fn from_avro(value: Value) -> Result<Self, EventError>;
+}
+
+/// An Avro value that does not have the shape the event type expects.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("field `{0}` is missing")]
+    MissingField(&'static str),
+    #[error("field `{field}` has the wrong type: expected {expected}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("union branch {0} is unknown")]
+    UnknownBranch(u32),
+    #[error("field `{field}` is out of range")]
+    OutOfRange { field: &'static str },
+}
+
+/// Named access to the fields of a decoded Avro record, consuming them.
+#[derive(Debug)]
+pub struct Fields(Vec<(String, Value)>);
+
+impl Fields {
+    /// Takes the fields of a record value.
+    pub fn of(value: Value, what: &'static str) -> Result<Self, EventError> {
+        match value {
+            Value::Record(fields) => Ok(Self(fields)),
+            _ => Err(EventError::WrongType {
+                field: what,
+                expected: "record",
+            }),
+        }
+    }
+
+    /// Removes and returns the named field.
+    pub fn take(&mut self, name: &'static str) -> Result<Value, EventError> {
+        let index = self
+            .0
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or(EventError::MissingField(name))?;
+        Ok(self.0.swap_remove(index).1)
+    }
+
+    pub fn string(&mut self, name: &'static str) -> Result<String, EventError> {
+        match self.take(name)? {
+            Value::String(s) => Ok(s),
+            _ => Err(wrong(name, "string")),
+        }
+    }
+
+    pub fn long(&mut self, name: &'static str) -> Result<i64, EventError> {
+        match self.take(name)? {
+            Value::Long(n) | Value::TimestampMillis(n) => Ok(n),
+            Value::Int(n) => Ok(i64::from(n)),
+            _ => Err(wrong(name, "long")),
+        }
+    }
+
+    pub fn int(&mut self, name: &'static str) -> Result<i32, EventError> {
+        match self.take(name)? {
+            Value::Int(n) => Ok(n),
+            _ => Err(wrong(name, "int")),
+        }
+    }
+
+    pub fn array(&mut self, name: &'static str) -> Result<Vec<Value>, EventError> {
+        match self.take(name)? {
+            Value::Array(items) => Ok(items),
+            _ => Err(wrong(name, "array")),
+        }
+    }
+}
+
+fn wrong(field: &'static str, expected: &'static str) -> EventError {
+    EventError::WrongType { field, expected }
+}

@@ -1,0 +1,24 @@
+//! Events on the wire: the Avro contract between the command service, the query replicas and any
+//! other Kafka client.
+//!
+//! - [`event`]: the small trait a domain event implements to travel as Avro ([`AvroEvent`]).
+//! - [`orders`]: the reference domain's events, bound to `schemas/orders-value.avsc`.
+//! - [`wire`]: the Confluent wire format (magic byte, 4-byte schema id, Avro body) through a
+//!   schema registry, via `schema_registry_converter`.
+//! - [`partitioner`]: Kafka's murmur2 partitioner, so every client agrees which partition owns a key.
+//! - [`position`]: a record's place in the log and the consistency token that names it.
+//!
+//! Guarantees: the `.avsc` files are the source of truth and Rust values are converted to and from
+//! Avro explicitly (no serde derive onto the wire); encoding always uses the schema this build was
+//! compiled with, registered under the topic's value subject; decoding resolves whatever writer
+//! schema a record carries against that same reader schema, so compatible evolutions read fine.
+
+pub mod event;
+pub mod orders;
+pub mod partitioner;
+pub mod position;
+pub mod wire;
+
+pub use event::{AvroEvent, EventError};
+pub use position::{ConsistencyToken, Position};
+pub use wire::{EventCodec, WireError};

@@ -1,0 +1,303 @@
+//! The reference domain's events: one Avro record, `orders.OrderEvent`, per fact about an order.
+//!
+//! The schema is `schemas/orders-value.avsc`, registered under the subject `<topic>-value`.
+
+use apache_avro::types::Value;
+
+use crate::event::{AvroEvent, EventError, Fields};
+
+/// The default topic of the orders aggregate.
+pub const DEFAULT_TOPIC: &str = "orders";
+
+/// What every event carries besides its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub event_id: String,
+    /// The order id, also the record key.
+    pub aggregate_id: String,
+    /// 1 for an order's first event, then 2, 3, ... with no gaps.
+    pub aggregate_version: i64,
+    /// Milliseconds since the Unix epoch.
+    pub occurred_at_ms: i64,
+    pub command_id: String,
+    pub correlation_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineItem {
+    pub sku: String,
+    pub quantity: i32,
+    pub unit_price_cents: i64,
+}
+
+/// What happened to the order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderPayload {
+    Placed {
+        customer_id: String,
+        currency: String,
+        items: Vec<LineItem>,
+        total_cents: i64,
+    },
+    Paid {
+        amount_cents: i64,
+        payment_ref: String,
+    },
+    Shipped {
+        carrier: String,
+        tracking_number: String,
+    },
+    Cancelled {
+        reason: String,
+    },
+}
+
+impl OrderPayload {
+    /// The Avro record name of the payload, as in the schema.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Placed { .. } => "OrderPlaced",
+            Self::Paid { .. } => "OrderPaid",
+            Self::Shipped { .. } => "OrderShipped",
+            Self::Cancelled { .. } => "OrderCancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderEvent {
+    pub envelope: Envelope,
+    pub payload: OrderPayload,
+}
+
+fn string(s: &str) -> Value {
+    Value::String(s.to_owned())
+}
+
+fn record(fields: Vec<(&str, Value)>) -> Value {
+    Value::Record(
+        fields
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect(),
+    )
+}
+
+impl AvroEvent for OrderEvent {
+    const SCHEMA: &'static str = include_str!("../../schemas/orders-value.avsc");
+
+    fn key(&self) -> &str {
+        &self.envelope.aggregate_id
+    }
+
+    fn to_avro(&self) -> Value {
+        // Union branch indexes follow the order of the payload union in the schema.
+        let payload = match &self.payload {
+            OrderPayload::Placed {
+                customer_id,
+                currency,
+                items,
+                total_cents,
+            } => Value::Union(
+                0,
+                Box::new(record(vec![
+                    ("customer_id", string(customer_id)),
+                    ("currency", string(currency)),
+                    (
+                        "items",
+                        Value::Array(
+                            items
+                                .iter()
+                                .map(|item| {
+                                    record(vec![
+                                        ("sku", string(&item.sku)),
+                                        ("quantity", Value::Int(item.quantity)),
+                                        ("unit_price_cents", Value::Long(item.unit_price_cents)),
+                                    ])
+                                })
+                                .collect(),
+                        ),
+                    ),
+                    ("total_cents", Value::Long(*total_cents)),
+                ])),
+            ),
+            OrderPayload::Paid {
+                amount_cents,
+                payment_ref,
+            } => Value::Union(
+                1,
+                Box::new(record(vec![
+                    ("amount_cents", Value::Long(*amount_cents)),
+                    ("payment_ref", string(payment_ref)),
+                ])),
+            ),
+            OrderPayload::Shipped {
+                carrier,
+                tracking_number,
+            } => Value::Union(
+                2,
+                Box::new(record(vec![
+                    ("carrier", string(carrier)),
+                    ("tracking_number", string(tracking_number)),
+                ])),
+            ),
+            OrderPayload::Cancelled { reason } => Value::Union(
+                3,
+                Box::new(record(vec![("reason", string(reason))])),
+            ),
+        };
+        let e = &self.envelope;
+        record(vec![
+            ("event_id", string(&e.event_id)),
+            ("aggregate_id", string(&e.aggregate_id)),
+            ("aggregate_version", Value::Long(e.aggregate_version)),
+            ("occurred_at", Value::TimestampMillis(e.occurred_at_ms)),
+            ("command_id", string(&e.command_id)),
+            ("correlation_id", string(&e.correlation_id)),
+            ("payload", payload),
+        ])
+    }
+
+    fn from_avro(value: Value) -> Result<Self, EventError> {
+        let mut f = Fields::of(value, "OrderEvent")?;
+        let envelope = Envelope {
+            event_id: f.string("event_id")?,
+            aggregate_id: f.string("aggregate_id")?,
+            aggregate_version: f.long("aggregate_version")?,
+            occurred_at_ms: f.long("occurred_at")?,
+            command_id: f.string("command_id")?,
+            correlation_id: f.string("correlation_id")?,
+        };
+        let (branch, body) = match f.take("payload")? {
+            Value::Union(branch, body) => (branch, *body),
+            _ => {
+                return Err(EventError::WrongType {
+                    field: "payload",
+                    expected: "union",
+                });
+            }
+        };
+        let payload = match branch {
+            0 => {
+                let mut p = Fields::of(body, "OrderPlaced")?;
+                let items = p
+                    .array("items")?
+                    .into_iter()
+                    .map(|item| {
+                        let mut i = Fields::of(item, "LineItem")?;
+                        Ok(LineItem {
+                            sku: i.string("sku")?,
+                            quantity: i.int("quantity")?,
+                            unit_price_cents: i.long("unit_price_cents")?,
+                        })
+                    })
+                    .collect::<Result<_, EventError>>()?;
+                OrderPayload::Placed {
+                    customer_id: p.string("customer_id")?,
+                    currency: p.string("currency")?,
+                    items,
+                    total_cents: p.long("total_cents")?,
+                }
+            }
+            1 => {
+                let mut p = Fields::of(body, "OrderPaid")?;
+                OrderPayload::Paid {
+                    amount_cents: p.long("amount_cents")?,
+                    payment_ref: p.string("payment_ref")?,
+                }
+            }
+            2 => {
+                let mut p = Fields::of(body, "OrderShipped")?;
+                OrderPayload::Shipped {
+                    carrier: p.string("carrier")?,
+                    tracking_number: p.string("tracking_number")?,
+                }
+            }
+            3 => {
+                let mut p = Fields::of(body, "OrderCancelled")?;
+                OrderPayload::Cancelled {
+                    reason: p.string("reason")?,
+                }
+            }
+            other => return Err(EventError::UnknownBranch(other)),
+        };
+        Ok(Self { envelope, payload })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use apache_avro::{Schema, from_avro_datum, to_avro_datum};
+
+    pub(crate) fn samples() -> Vec<OrderEvent> {
+        let envelope = |version| Envelope {
+            event_id: format!("e-{version}"),
+            aggregate_id: "o-1".into(),
+            aggregate_version: version,
+            occurred_at_ms: 1_795_000_000_000 + version,
+            command_id: "k-1".into(),
+            correlation_id: "c-1".into(),
+        };
+        vec![
+            OrderEvent {
+                envelope: envelope(1),
+                payload: OrderPayload::Placed {
+                    customer_id: "c-42".into(),
+                    currency: "EUR".into(),
+                    items: vec![
+                        LineItem {
+                            sku: "A-1".into(),
+                            quantity: 2,
+                            unit_price_cents: 1250,
+                        },
+                        LineItem {
+                            sku: "B-7".into(),
+                            quantity: 1,
+                            unit_price_cents: 99,
+                        },
+                    ],
+                    total_cents: 2599,
+                },
+            },
+            OrderEvent {
+                envelope: envelope(2),
+                payload: OrderPayload::Paid {
+                    amount_cents: 2599,
+                    payment_ref: "pay-9".into(),
+                },
+            },
+            OrderEvent {
+                envelope: envelope(3),
+                payload: OrderPayload::Shipped {
+                    carrier: "DHL".into(),
+                    tracking_number: "JJD0001".into(),
+                },
+            },
+            OrderEvent {
+                envelope: envelope(4),
+                payload: OrderPayload::Cancelled {
+                    reason: "changed my mind".into(),
+                },
+            },
+        ]
+    }
+
+    #[test]
+    fn every_event_round_trips_through_avro_bytes() {
+        let schema = Schema::parse_str(OrderEvent::SCHEMA).unwrap();
+        for event in samples() {
+            let bytes = to_avro_datum(&schema, event.to_avro()).unwrap();
+            let value = from_avro_datum(&schema, &mut bytes.as_slice(), None).unwrap();
+            assert_eq!(OrderEvent::from_avro(value).unwrap(), event);
+        }
+    }
+
+    #[test]
+    fn a_record_of_the_wrong_shape_is_an_error() {
+        let err = OrderEvent::from_avro(Value::Record(vec![])).unwrap_err();
+        assert!(matches!(err, EventError::MissingField("event_id")));
+    }
+}

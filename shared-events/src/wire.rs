@@ -1,0 +1,221 @@
+//! The Confluent wire format through a schema registry.
+//!
+//! A record value is `0x00`, the writer schema's registry id (4 bytes, big-endian), then the Avro
+//! binary body. Encoding registers (or finds) this build's schema under the topic's value subject
+//! and uses its id; decoding fetches the writer schema by id (cached) and resolves the value
+//! against this build's schema, so records written by an older or newer compatible schema decode.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use apache_avro::Schema;
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{
+    SchemaType, SubjectNameStrategy, SuppliedSchema,
+};
+
+use crate::event::{AvroEvent, EventError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("the schema compiled into this build is invalid")]
+    InvalidSchema(#[source] apache_avro::Error),
+    #[error("schema registry at {url} is unusable")]
+    RegistrySettings {
+        url: String,
+        #[source]
+        source: SRCError,
+    },
+    /// The registry refused, was unreachable or timed out. `retriable` says whether trying again
+    /// may help (network trouble) or not (an incompatible schema, a record that doesn't decode).
+    #[error("schema registry call failed: {source}")]
+    Registry {
+        retriable: bool,
+        #[source]
+        source: SRCError,
+    },
+    #[error("record value does not resolve against the reader schema")]
+    Resolve(#[source] apache_avro::Error),
+    #[error("record value does not have the event's shape")]
+    Shape(#[from] EventError),
+    #[error("record has no value")]
+    EmptyValue,
+}
+
+impl From<SRCError> for WireError {
+    fn from(source: SRCError) -> Self {
+        Self::Registry {
+            retriable: source.retriable,
+            source,
+        }
+    }
+}
+
+/// Encodes and decodes one event type in the Confluent wire format for one topic.
+///
+/// Cheap to share behind an `Arc`; the encoder and decoder cache schemas and ids.
+pub struct EventCodec<E> {
+    encoder: AvroEncoder,
+    decoder: AvroDecoder,
+    strategy: SubjectNameStrategy,
+    reader_schema: Schema,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<E> std::fmt::Debug for EventCodec<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventCodec")
+            .field("strategy", &self.strategy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The subject of a topic's record values under Confluent's TopicNameStrategy.
+pub fn value_subject(topic: &str) -> String {
+    format!("{topic}-value")
+}
+
+impl<E: AvroEvent> EventCodec<E> {
+    /// A codec for the values of `topic`, talking to the registry at `registry_url` with
+    /// `timeout` on every call.
+    pub fn new(registry_url: &str, topic: &str, timeout: Duration) -> Result<Self, WireError> {
+        let reader_schema = Schema::parse_str(E::SCHEMA).map_err(WireError::InvalidSchema)?;
+        let settings = |url: &str| {
+            SrSettings::new_builder(url.to_owned())
+                .set_timeout(timeout)
+                .no_proxy()
+                .build()
+                .map_err(|source| WireError::RegistrySettings {
+                    url: url.to_owned(),
+                    source,
+                })
+        };
+        let supplied = SuppliedSchema::new(None, SchemaType::Avro, E::SCHEMA.to_owned());
+        Ok(Self {
+            encoder: AvroEncoder::new(settings(registry_url)?),
+            decoder: AvroDecoder::new(settings(registry_url)?),
+            strategy: SubjectNameStrategy::TopicNameStrategyWithSchema(
+                topic.to_owned(),
+                false,
+                supplied,
+            ),
+            reader_schema,
+            _event: PhantomData,
+        })
+    }
+
+    /// Registers this build's schema under the topic's value subject (a no-op when it already
+    /// is) and returns its registry id. Services call it at start so that an incompatible
+    /// schema stops them before they accept traffic.
+    pub async fn register(&self) -> Result<u32, WireError> {
+        let subject = self
+            .strategy
+            .get_subject()
+            .map_err(|source| WireError::Registry {
+                retriable: false,
+                source,
+            })?;
+        let schema = self
+            .encoder
+            .get_schema_and_id(&subject, self.strategy.clone())
+            .await?;
+        Ok(schema.id)
+    }
+
+    /// The record value for `event`.
+    pub async fn encode(&self, event: &E) -> Result<Vec<u8>, WireError> {
+        Ok(self
+            .encoder
+            .encode_value(event.to_avro(), &self.strategy)
+            .await?)
+    }
+
+    /// The event in a record value written by any registered schema compatible with ours.
+    pub async fn decode(&self, bytes: &[u8]) -> Result<E, WireError> {
+        let decoded = self.decoder.decode(Some(bytes)).await?;
+        if decoded.value == apache_avro::types::Value::Null {
+            return Err(WireError::EmptyValue);
+        }
+        let value = decoded
+            .value
+            .resolve(&self.reader_schema)
+            .map_err(WireError::Resolve)?;
+        Ok(E::from_avro(value)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
+    use apache_avro::{Schema, from_avro_datum, to_avro_datum};
+
+    use crate::AvroEvent;
+    use crate::orders::OrderEvent;
+
+    /// A plausible next version: a new optional field with a default in the envelope and in
+    /// `OrderPaid`. Adding fields with defaults must stay compatible both ways.
+    fn evolved() -> Schema {
+        let text = OrderEvent::SCHEMA
+            .replacen(
+                r#"{"name": "correlation_id""#,
+                r#"{"name": "tenant", "type": "string", "default": "default"},
+    {"name": "correlation_id""#,
+                1,
+            )
+            .replacen(
+                r#"{"name": "payment_ref", "type": "string"}"#,
+                r#"{"name": "payment_ref", "type": "string"},
+          {"name": "method", "type": ["null", "string"], "default": null}"#,
+                1,
+            );
+        assert_ne!(text, OrderEvent::SCHEMA, "the evolution must change the schema");
+        Schema::parse_str(&text).unwrap()
+    }
+
+    #[test]
+    fn adding_defaulted_fields_is_fully_compatible() {
+        let current = Schema::parse_str(OrderEvent::SCHEMA).unwrap();
+        let next = evolved();
+        let full = Some(Compatibility::Full);
+        assert_eq!(SchemaCompatibility::can_read(&current, &next).ok(), full);
+        assert_eq!(SchemaCompatibility::can_read(&next, &current).ok(), full);
+    }
+
+    #[test]
+    fn records_written_by_a_newer_schema_decode_into_current_events() {
+        let current = Schema::parse_str(OrderEvent::SCHEMA).unwrap();
+        let next = evolved();
+        for event in crate::orders::tests::samples() {
+            let bytes = to_avro_datum(&current, event.to_avro()).unwrap();
+            // Written by the current schema, read as the next one (new fields take defaults) ...
+            let as_next = from_avro_datum(&current, &mut bytes.as_slice(), Some(&next)).unwrap();
+            let next_bytes = to_avro_datum(&next, as_next).unwrap();
+            // ... and that newer record, read back with the current schema, is the same event.
+            let back = from_avro_datum(&next, &mut next_bytes.as_slice(), Some(&current)).unwrap();
+            assert_eq!(OrderEvent::from_avro(back).unwrap(), event);
+        }
+    }
+
+    #[test]
+    fn adding_a_required_field_is_caught() {
+        let current = Schema::parse_str(OrderEvent::SCHEMA).unwrap();
+        let broken = Schema::parse_str(
+            &OrderEvent::SCHEMA.replacen(
+                r#"{"name": "payment_ref", "type": "string"}"#,
+                r#"{"name": "payment_ref", "type": "string"},
+          {"name": "method", "type": "string"}"#,
+                1,
+            ),
+        )
+        .unwrap();
+        // New readers cannot read old data that lacks the required field: not backward compatible.
+        // Inside a union apache-avro reports that as `Partial` rather than an error; only `Full`
+        // means every record of the writer resolves.
+        let verdict = SchemaCompatibility::can_read(&current, &broken);
+        assert!(!matches!(verdict, Ok(Compatibility::Full)), "{verdict:?}");
+    }
+}
