@@ -81,9 +81,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
             .delete(delete_subject_config),
     )
     .service(resource("/compatibility/subjects/{subject}/versions").post(check_all))
-    .service(
-        resource("/compatibility/subjects/{subject}/versions/{version}").post(check_version),
-    )
+    .service(resource("/compatibility/subjects/{subject}/versions/{version}").post(check_version))
     .service(resource("/mode").get(mode));
 }
 
@@ -152,7 +150,8 @@ fn flag(query: &Flags, name: &str) -> bool {
 fn parse_id(raw: &str) -> Result<i32, RegistryError> {
     // Confluent answers 404 for ids that are not numbers, since the path
     // then names no schema.
-    raw.parse::<i32>().map_err(|_| RegistryError::SchemaNotFound)
+    raw.parse::<i32>()
+        .map_err(|_| RegistryError::SchemaNotFound)
 }
 
 async fn read_body(payload: Payload) -> Result<Bytes, RegistryError> {
@@ -498,7 +497,9 @@ mod tests {
     #[test]
     fn schema_requests_are_validated() {
         assert!(request(json!({ "schema": "\"int\"" })).is_ok());
-        assert!(request(json!({ "schema": "\"int\"", "schemaType": "AVRO", "references": [] })).is_ok());
+        assert!(
+            request(json!({ "schema": "\"int\"", "schemaType": "AVRO", "references": [] })).is_ok()
+        );
         assert!(request(json!({ "schema": "\"int\"", "schemaType": null, "references": null, "metadata": null })).is_ok());
         for bad in [
             json!({ "schema": "\"int\"", "schemaType": "JSON" }),

@@ -129,22 +129,31 @@ pub(crate) fn check(
     let against: &[Previous<'_>] = if level.is_transitive() {
         previous
     } else {
-        previous.last().map(std::slice::from_ref).unwrap_or_default()
+        previous
+            .last()
+            .map(std::slice::from_ref)
+            .unwrap_or_default()
     };
 
     let mut messages = Vec::new();
     // Newest first, like Confluent, so the most relevant conflict leads.
     for old in against.iter().rev() {
         let mut problems = Vec::new();
-        if level.checks_backward() {
-            if let Some(problem) = can_read(old.schema, candidate) {
-                problems.push((problem, "the new schema (reader) cannot read data written with"));
-            }
+        if level.checks_backward()
+            && let Some(problem) = can_read(old.schema, candidate)
+        {
+            problems.push((
+                problem,
+                "the new schema (reader) cannot read data written with",
+            ));
         }
-        if level.checks_forward() {
-            if let Some(problem) = can_read(candidate, old.schema) {
-                problems.push((problem, "data written with the new schema cannot be read by"));
-            }
+        if level.checks_forward()
+            && let Some(problem) = can_read(candidate, old.schema)
+        {
+            problems.push((
+                problem,
+                "data written with the new schema cannot be read by",
+            ));
         }
         if problems.is_empty() {
             continue;
@@ -233,7 +242,9 @@ fn describe(err: &CompatibilityError, path: String) -> Problem {
                     "The type{} is {writer} in the writer schema and {reader} in the reader schema",
                     at(&path)
                 ),
-                additional_info: format!("reader type: {reader} not compatible with writer type: {writer}"),
+                additional_info: format!(
+                    "reader type: {reader} not compatible with writer type: {writer}"
+                ),
             }
         }
         E::NameMismatch {
@@ -470,10 +481,7 @@ mod tests {
     fn level_names_round_trip() {
         for level in L::ALL {
             assert_eq!(level.as_str().parse::<L>().unwrap(), level);
-            assert_eq!(
-                level.as_str().to_lowercase().parse::<L>().unwrap(),
-                level
-            );
+            assert_eq!(level.as_str().to_lowercase().parse::<L>().unwrap(), level);
             let json = serde_json::to_string(&level).unwrap();
             assert_eq!(json, format!("\"{level}\""));
         }

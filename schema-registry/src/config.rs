@@ -66,7 +66,12 @@ impl Config {
 
         match self.listen.to_socket_addrs().map(|mut addrs| addrs.next()) {
             Ok(Some(_)) => {}
-            Ok(None) => return invalid(format!("listen address '{}' resolves to nothing", self.listen)),
+            Ok(None) => {
+                return invalid(format!(
+                    "listen address '{}' resolves to nothing",
+                    self.listen
+                ));
+            }
             Err(e) => return invalid(format!("listen address '{}' is invalid: {e}", self.listen)),
         }
         if self.kafka_bootstrap.trim().is_empty() {
@@ -95,7 +100,9 @@ impl Config {
 /// error for a bad name is easy to mistake for a connectivity problem.
 fn validate_topic_name(topic: &str) -> Result<(), String> {
     if topic.is_empty() || topic.len() > 249 {
-        return Err(format!("topic name must be 1..=249 characters, got '{topic}'"));
+        return Err(format!(
+            "topic name must be 1..=249 characters, got '{topic}'"
+        ));
     }
     if topic == "." || topic == ".." {
         return Err(format!("topic name '{topic}' is not allowed"));
@@ -164,12 +171,30 @@ mod tests {
     #[test]
     fn rejects_bad_values() {
         let bad = [
-            Config { listen: "nonsense".into(), ..Config::default() },
-            Config { kafka_bootstrap: " ".into(), ..Config::default() },
-            Config { topic: "bad topic".into(), ..Config::default() },
-            Config { topic: String::new(), ..Config::default() },
-            Config { replication_factor: 0, ..Config::default() },
-            Config { kafka_timeout_ms: 0, ..Config::default() },
+            Config {
+                listen: "nonsense".into(),
+                ..Config::default()
+            },
+            Config {
+                kafka_bootstrap: " ".into(),
+                ..Config::default()
+            },
+            Config {
+                topic: "bad topic".into(),
+                ..Config::default()
+            },
+            Config {
+                topic: String::new(),
+                ..Config::default()
+            },
+            Config {
+                replication_factor: 0,
+                ..Config::default()
+            },
+            Config {
+                kafka_timeout_ms: 0,
+                ..Config::default()
+            },
         ];
         for config in bad {
             assert!(
@@ -177,7 +202,10 @@ mod tests {
                 "{config:?} should be rejected"
             );
         }
-        let broker_default_rf = Config { replication_factor: -1, ..Config::default() };
+        let broker_default_rf = Config {
+            replication_factor: -1,
+            ..Config::default()
+        };
         assert!(broker_default_rf.validate().is_ok());
     }
 }

@@ -25,6 +25,25 @@
 //! One registry instance should own a topic at a time: writes are
 //! serialized inside the process, not across processes.
 //!
+//! Deliberate differences from Confluent's registry:
+//!
+//! - Avro only; `schemaType` other than `AVRO` and non-empty `references`
+//!   are rejected with `422`/`42201`.
+//! - Schemas are returned in normalized form, not byte-for-byte as sent.
+//!   Properties `apache-avro` does not model on primitive types (e.g.
+//!   `{"type":"string","avro.java.string":"String"}`) are dropped by it and
+//!   so do not make a schema distinct.
+//! - A body that is not JSON (or not the expected shape) is `422` with
+//!   `error_code` 422; unknown routes are `404`/404 and wrong methods
+//!   `405`/405, all with the usual error body.
+//! - Kafka failures on writes are `500`/`50003`.
+//! - Permanent deletes write an `ID_WATERMARK` record so ids are never
+//!   reused even after compaction; a permanent subject delete also removes
+//!   the subject's compatibility setting (a soft delete keeps it).
+//! - Compatibility uses `apache-avro`'s resolution checker: record aliases
+//!   are not honoured and a named type referenced by name in one schema but
+//!   defined inline at the same spot in the other is reported incompatible.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), schema_registry::RegistryError> {
 //! use schema_registry::{Application, Config};

@@ -74,10 +74,12 @@ pub(crate) async fn replay(config: &Config) -> Result<Vec<EncodedRecord>, Regist
 
 fn replay_blocking(config: &Config) -> Result<Vec<EncodedRecord>, RegistryError> {
     let timeout = timeout_of(config);
-    // No group.id: partitions are assigned explicitly and no offsets are
-    // ever committed, so replay always starts from scratch.
+    // librdkafka insists on a group.id, but the group is never joined:
+    // the partition is assigned explicitly, offsets are never committed, and
+    // replay always starts from the beginning.
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka_bootstrap)
+        .set("group.id", "schema-registry-replay")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
@@ -127,18 +129,28 @@ fn replay_blocking(config: &Config) -> Result<Vec<EncodedRecord>, RegistryError>
         .map_err(|e| backend("assigning partition", e))?;
 
     let mut records = Vec::new();
+    // `poll` also returns `None` after serving internal events, and some
+    // errors are transient (e.g. a leader change), so give up only when
+    // nothing useful happened for a whole timeout.
+    let mut last_progress = std::time::Instant::now();
+    let mut last_error: Option<KafkaError> = None;
     loop {
+        if last_progress.elapsed() > timeout {
+            let reason = last_error.map_or_else(
+                || format!("no progress within {timeout:?}"),
+                |e| e.to_string(),
+            );
+            return Err(backend("replaying the registry topic", reason));
+        }
         match consumer.poll(timeout) {
-            None => {
-                return Err(backend(
-                    "replaying the registry topic",
-                    format!("no progress within {timeout:?}"),
-                ));
-            }
+            None => {}
             Some(Ok(message)) => {
+                last_progress = std::time::Instant::now();
                 let offset = message.offset();
                 match message.key() {
-                    Some(key) => records.push((key.to_vec(), message.payload().map(<[u8]>::to_vec))),
+                    Some(key) => {
+                        records.push((key.to_vec(), message.payload().map(<[u8]>::to_vec)));
+                    }
                     None => tracing::warn!(offset, "skipping registry record without key"),
                 }
                 if offset >= high - 1 {
@@ -148,7 +160,10 @@ fn replay_blocking(config: &Config) -> Result<Vec<EncodedRecord>, RegistryError>
             // Compaction can leave gaps, so the end of the partition is the
             // reliable stop signal; the offset check above is the fast path.
             Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(backend("replaying the registry topic", e)),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "error while replaying, retrying");
+                last_error = Some(e);
+            }
         }
     }
     Ok(records)

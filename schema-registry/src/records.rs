@@ -136,7 +136,9 @@ impl LogRecord {
     }
 
     pub(crate) fn decode(key: &[u8], value: Option<&[u8]>) -> Result<Self, serde_json::Error> {
-        fn parse<'a, T: Deserialize<'a>>(v: Option<&'a [u8]>) -> Result<Option<T>, serde_json::Error> {
+        fn parse<'a, T: Deserialize<'a>>(
+            v: Option<&'a [u8]>,
+        ) -> Result<Option<T>, serde_json::Error> {
             v.map(serde_json::from_slice).transpose()
         }
         Ok(match serde_json::from_slice::<Key>(key)? {

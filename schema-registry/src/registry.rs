@@ -171,6 +171,9 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, RegistryError::Backend(_)));
-        assert_eq!(registry.read().await.global_level(), CompatibilityLevel::Backward);
+        assert_eq!(
+            registry.read().await.global_level(),
+            CompatibilityLevel::Backward
+        );
     }
 }

@@ -38,11 +38,15 @@ impl AvroSchema {
     pub(crate) fn parse(raw: &str) -> Result<Self, RegistryError> {
         let parsed =
             Schema::parse_str(raw).map_err(|e| RegistryError::InvalidSchema(e.to_string()))?;
-        let value = serde_json::to_value(&parsed).map_err(|e| {
+        let unserializable = |e: serde_json::Error| {
             RegistryError::InvalidSchema(format!("schema cannot be serialized: {e}"))
-        })?;
-        let normalized = value.to_string();
-        let identity = sort_keys(value).to_string();
+        };
+        // Serialized directly so the text keeps apache-avro's natural key
+        // order (`type`, `name`, ..., `fields`); going through `Value` would
+        // alphabetize it.
+        let normalized = serde_json::to_string(&parsed).map_err(unserializable)?;
+        let identity =
+            sort_keys(serde_json::to_value(&parsed).map_err(unserializable)?).to_string();
         Ok(Self {
             inner: Arc::new(Inner {
                 parsed,
@@ -112,6 +116,18 @@ mod tests {
     }
 
     #[test]
+    fn normalized_text_keeps_the_conventional_key_order() {
+        let schema = AvroSchema::parse(
+            r#"{"fields":[{"type":"int","name":"a"}],"name":"R","type":"record"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            schema.normalized(),
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"}]}"#
+        );
+    }
+
+    #[test]
     fn fullname_and_namespace_spellings_are_equivalent() {
         let a = r#"{"type":"record","name":"x.User","fields":[]}"#;
         let b = r#"{"type":"record","name":"User","namespace":"x","fields":[]}"#;
@@ -125,7 +141,8 @@ mod tests {
 
     #[test]
     fn defaults_docs_and_properties_are_significant() {
-        let base = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","default":1}]}"#;
+        let base =
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","default":1}]}"#;
         let other_default =
             r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","default":2}]}"#;
         let no_default = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"}]}"#;

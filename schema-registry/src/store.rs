@@ -12,9 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::{
     compatibility::{self, CompatibilityLevel, Previous},
     error::RegistryError,
-    records::{
-        ConfigValue, DeleteSubjectValue, IdWatermarkValue, LogRecord, SchemaValue,
-    },
+    records::{ConfigValue, DeleteSubjectValue, IdWatermarkValue, LogRecord, SchemaValue},
     schema::AvroSchema,
 };
 
@@ -284,10 +282,7 @@ impl Store {
         })
     }
 
-    pub(crate) fn plan_set_level(
-        subject: Option<&str>,
-        level: CompatibilityLevel,
-    ) -> LogRecord {
+    pub(crate) fn plan_set_level(subject: Option<&str>, level: CompatibilityLevel) -> LogRecord {
         LogRecord::Config {
             subject: subject.map(str::to_owned),
             value: Some(ConfigValue {
@@ -518,7 +513,8 @@ impl Store {
                     }
                 }
             }
-            LogRecord::DeleteSubject { value: None, .. } | LogRecord::IdWatermark { value: None } => {}
+            LogRecord::DeleteSubject { value: None, .. }
+            | LogRecord::IdWatermark { value: None } => {}
             LogRecord::IdWatermark { value: Some(value) } => {
                 self.max_id = self.max_id.max(value.max_id);
             }
@@ -561,7 +557,10 @@ impl Store {
         entry: VersionEntry,
     ) -> Result<SubjectVersion, RegistryError> {
         let schema = self.schemas.get(&entry.id).cloned().ok_or_else(|| {
-            RegistryError::Internal(format!("{subject} v{version} refers to unknown id {}", entry.id))
+            RegistryError::Internal(format!(
+                "{subject} v{version} refers to unknown id {}",
+                entry.id
+            ))
         })?;
         Ok(SubjectVersion {
             subject: subject.to_owned(),
@@ -762,14 +761,15 @@ mod tests {
     fn replay_of_the_same_records_rebuilds_the_same_state() {
         let mut live = Store::default();
         let mut log = Vec::new();
-        let mut run = |store: &mut Store, records: Vec<LogRecord>, log: &mut Vec<LogRecord>| {
+        let run = |store: &mut Store, records: Vec<LogRecord>, log: &mut Vec<LogRecord>| {
             for r in records {
                 log.push(r.clone());
                 store.apply(r).unwrap();
             }
         };
         for raw in [V1, V2] {
-            if let RegisterPlan::New { record, .. } = live.plan_register("a", &schema(raw)).unwrap() {
+            if let RegisterPlan::New { record, .. } = live.plan_register("a", &schema(raw)).unwrap()
+            {
                 run(&mut live, vec![record], &mut log);
             }
         }
@@ -823,7 +823,10 @@ mod tests {
             Err(RegistryError::SubjectConfigNotFound(_))
         ));
         store
-            .apply(Store::plan_set_level(Some("a"), CompatibilityLevel::Forward))
+            .apply(Store::plan_set_level(
+                Some("a"),
+                CompatibilityLevel::Forward,
+            ))
             .unwrap();
         assert_eq!(store.subject_level("a"), Some(CompatibilityLevel::Forward));
         let (record, previous) = store.plan_delete_level(Some("a")).unwrap();

@@ -151,10 +151,11 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
-    use apache_avro::{Schema, from_avro_datum, to_avro_datum};
+    use apache_avro::Schema;
 
     use crate::AvroEvent;
     use crate::orders::OrderEvent;
+    use crate::orders::tests::{read, write};
 
     /// A plausible next version: a new optional field with a default in the envelope and in
     /// `OrderPaid`. Adding fields with defaults must stay compatible both ways.
@@ -190,12 +191,12 @@ mod tests {
         let current = Schema::parse_str(OrderEvent::SCHEMA).unwrap();
         let next = evolved();
         for event in crate::orders::tests::samples() {
-            let bytes = to_avro_datum(&current, event.to_avro()).unwrap();
+            let bytes = write(&current, event.to_avro());
             // Written by the current schema, read as the next one (new fields take defaults) ...
-            let as_next = from_avro_datum(&current, &mut bytes.as_slice(), Some(&next)).unwrap();
-            let next_bytes = to_avro_datum(&next, as_next).unwrap();
+            let as_next = read(&current, Some(&next), &bytes);
+            let next_bytes = write(&next, as_next);
             // ... and that newer record, read back with the current schema, is the same event.
-            let back = from_avro_datum(&next, &mut next_bytes.as_slice(), Some(&current)).unwrap();
+            let back = read(&next, Some(&current), &next_bytes);
             assert_eq!(OrderEvent::from_avro(back).unwrap(), event);
         }
     }

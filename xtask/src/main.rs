@@ -1,1 +1,242 @@
-fn main() {}
+//! Project automation, one entry point for people and CI:
+//!
+//! - `cargo xtask dev` starts the whole stack locally (Kafka, schema registry, command service,
+//!   two query replicas) and stops it on Ctrl-C;
+//! - `cargo xtask test` runs the whole test suite against an ephemeral broker and registry that
+//!   it starts and always stops.
+
+mod kafka;
+mod process;
+mod python;
+mod workspace;
+
+use std::path::Path;
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::kafka::KafkaConfig;
+use crate::process::{Service, ensure_port_free, free_port, localhost};
+use crate::workspace::Workspace;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Start the local stack (data kept in `.dev/` across restarts) until Ctrl-C.
+    Dev {
+        /// Delete the stack's data (Kafka log, registry, replica stores) before starting.
+        #[arg(long)]
+        wipe: bool,
+        /// Start only Kafka and the schema registry, for running the services yourself.
+        #[arg(long)]
+        infra_only: bool,
+    },
+    /// Run every test against an ephemeral Kafka and schema registry.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupted);
+    // Children in the terminal's process group get the same Ctrl-C and stop themselves; the
+    // xtask must outlive them to stop whatever does not.
+    if let Err(error) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
+        eprintln!("warning: could not install a Ctrl-C handler: {error}");
+    }
+    let ws = Workspace::locate();
+    let result = match Cli::parse().command {
+        Task::Dev { wipe, infra_only } => dev(&ws, wipe, infra_only, &interrupted),
+        Task::Test { cargo_args } => test(&ws, &cargo_args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const DEV_KAFKA_PORT: u16 = 9092;
+const DEV_CONTROLLER_PORT: u16 = 9093;
+const DEV_REGISTRY_PORT: u16 = 8081;
+const DEV_COMMAND_PORT: u16 = 8080;
+const DEV_QUERY_PORTS: [u16; 2] = [8091, 8092];
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn registry_command(ws: &Workspace, port: u16, bootstrap: &str) -> Command {
+    let mut command = Command::new(ws.binary("schema-registry"));
+    command
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--kafka-bootstrap", bootstrap])
+        .args(["--topic", "_schemas"]);
+    command
+}
+
+fn dev(ws: &Workspace, wipe: bool, infra_only: bool, interrupted: &AtomicBool) -> anyhow::Result<ExitCode> {
+    let data = ws.root.join(".dev");
+    if wipe && data.exists() {
+        eprintln!("wiping {}", data.display());
+        std::fs::remove_dir_all(&data)?;
+    }
+    ensure_port_free(DEV_KAFKA_PORT, "Kafka")?;
+    ensure_port_free(DEV_CONTROLLER_PORT, "the Kafka controller")?;
+    ensure_port_free(DEV_REGISTRY_PORT, "the schema registry")?;
+    if !infra_only {
+        ensure_port_free(DEV_COMMAND_PORT, "the command service")?;
+        for port in DEV_QUERY_PORTS {
+            ensure_port_free(port, "a query replica")?;
+        }
+        ws.cargo(&["build", "--bins"])?;
+    } else {
+        ws.cargo(&["build", "--bin", "schema-registry"])?;
+    }
+    let logs = data.join("logs");
+    // Started in dependency order, stopped in reverse (the Vec is dropped back to front below).
+    let mut services: Vec<Service> = Vec::new();
+
+    let kafka = KafkaConfig {
+        data_dir: data.join("kafka"),
+        port: DEV_KAFKA_PORT,
+        controller_port: DEV_CONTROLLER_PORT,
+        partitions: 6,
+        heap: "1g",
+    };
+    eprintln!("starting Kafka on {} ...", kafka.bootstrap());
+    services.push(kafka::start(ws, &kafka, &logs.join("kafka.log"))?);
+    let bootstrap = kafka.bootstrap();
+
+    let mut registry = Service::spawn(
+        "schema-registry",
+        registry_command(ws, DEV_REGISTRY_PORT, &bootstrap),
+        &logs.join("schema-registry.log"),
+    )?;
+    registry.wait_http_ok(localhost(DEV_REGISTRY_PORT), "/health/live", HEALTH_TIMEOUT)?;
+    services.push(registry);
+    let registry_url = format!("http://127.0.0.1:{DEV_REGISTRY_PORT}");
+
+    if !infra_only {
+        let mut command = Command::new(ws.binary("command-service"));
+        command
+            .env("COMMAND_LISTEN", format!("127.0.0.1:{DEV_COMMAND_PORT}"))
+            .env("KAFKA_BOOTSTRAP", &bootstrap)
+            .env("SCHEMA_REGISTRY_URL", &registry_url);
+        let mut service = Service::spawn("command-service", command, &logs.join("command-service.log"))?;
+        service.wait_http_ok(localhost(DEV_COMMAND_PORT), "/health/live", HEALTH_TIMEOUT)?;
+        services.push(service);
+        for (index, port) in DEV_QUERY_PORTS.into_iter().enumerate() {
+            let name = format!("query-{}", index + 1);
+            let mut command = Command::new(ws.binary("query-service"));
+            command
+                .env("QUERY_LISTEN", format!("127.0.0.1:{port}"))
+                .env("QUERY_REPLICA_ID", &name)
+                .env("QUERY_DATA_DIR", data.join(&name))
+                .env("KAFKA_BOOTSTRAP", &bootstrap)
+                .env("SCHEMA_REGISTRY_URL", &registry_url);
+            let mut service = Service::spawn(&name, command, &logs.join(format!("{name}.log")))?;
+            service.wait_http_ok(localhost(port), "/health/live", HEALTH_TIMEOUT)?;
+            services.push(service);
+        }
+    }
+
+    println!();
+    println!("The stack is up (data in {}, logs in {}):", data.display(), logs.display());
+    println!("  Kafka            {bootstrap}");
+    println!("  schema registry  {registry_url}");
+    if !infra_only {
+        println!("  command service  http://127.0.0.1:{DEV_COMMAND_PORT}   e.g.");
+        println!(
+            "    curl -i -X POST localhost:{DEV_COMMAND_PORT}/orders -H 'content-type: application/json' \\\n      -d '{{\"customer_id\":\"c-42\",\"currency\":\"EUR\",\"items\":[{{\"sku\":\"A-1\",\"quantity\":2,\"unit_price_cents\":1250}}]}}'"
+        );
+        for (index, port) in DEV_QUERY_PORTS.into_iter().enumerate() {
+            println!("  query replica {}  http://127.0.0.1:{port}   GET /orders/<id>", index + 1);
+        }
+    }
+    println!("Ctrl-C stops everything; `cargo xtask dev --wipe` starts from empty.");
+
+    let mut failure = None;
+    while !interrupted.load(Ordering::SeqCst) && failure.is_none() {
+        std::thread::sleep(Duration::from_millis(300));
+        for service in &mut services {
+            if let Err(error) = service.ensure_running() {
+                failure = Some(error);
+                break;
+            }
+        }
+    }
+    eprintln!("stopping the stack ...");
+    while let Some(mut service) = services.pop() {
+        service.stop(Duration::from_secs(30));
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
+    // Build first so that compile errors surface before a broker starts.
+    ws.cargo(&["build", "--workspace", "--bins", "--tests"])?;
+    let python = python::interop_python(ws)?;
+
+    let scratch = tempfile::Builder::new().prefix("xtask-test-").tempdir()?;
+    let logs = scratch.path().join("logs");
+    let kafka = KafkaConfig {
+        data_dir: scratch.path().join("kafka"),
+        port: free_port()?,
+        controller_port: free_port()?,
+        partitions: 3,
+        heap: "768m",
+    };
+    eprintln!("starting an ephemeral Kafka on {} ...", kafka.bootstrap());
+    let mut broker = kafka::start(ws, &kafka, &logs.join("kafka.log"))?;
+    let registry_port = free_port()?;
+    let mut registry = Service::spawn(
+        "schema-registry",
+        registry_command(ws, registry_port, &kafka.bootstrap()),
+        &logs.join("schema-registry.log"),
+    )?;
+    registry.wait_http_ok(localhost(registry_port), "/health/live", HEALTH_TIMEOUT)?;
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(cargo_args)
+        .current_dir(&ws.root)
+        .env("KAFKA_BOOTSTRAP", kafka.bootstrap())
+        .env("SCHEMA_REGISTRY_URL", format!("http://127.0.0.1:{registry_port}"))
+        .env("INTEROP_PYTHON", &python)
+        .status()
+        .context("running cargo test")?;
+
+    registry.stop(Duration::from_secs(10));
+    broker.stop(Duration::from_secs(30));
+    if !status.success() {
+        show_logs_hint(&logs, &scratch.keep());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// After a failure the scratch directory is kept so the broker and registry logs can be read.
+fn show_logs_hint(logs: &Path, kept: &Path) {
+    eprintln!(
+        "tests failed; broker and registry logs kept in {} (scratch dir {})",
+        logs.display(),
+        kept.display()
+    );
+}

@@ -86,11 +86,19 @@ async fn registration_enforces_every_level() {
                 "{}: {message}",
                 case.level
             );
-            assert!(message.contains(&format!("{{compatibility: '{}'}}", case.level)), "{message}");
+            assert!(
+                message.contains(&format!("{{compatibility: '{}'}}", case.level)),
+                "{message}"
+            );
         }
         let before = app.get(&format!("/subjects/{subject}/versions")).await;
         let count = before.assert_ok().as_array().unwrap().len();
-        assert_eq!(count, case.history.len(), "{}: rejected schema must not be stored", case.level);
+        assert_eq!(
+            count,
+            case.history.len(),
+            "{}: rejected schema must not be stored",
+            case.level
+        );
         let reply = app.register(&subject, &case.compatible).await;
         assert_eq!(reply.status, 200, "{}: {}", case.level, reply.body);
     }
@@ -147,7 +155,9 @@ async fn none_accepts_anything_and_global_level_applies() {
 
     // Back to the default BACKWARD: the same kind of change is refused.
     app.set_level(None, "BACKWARD").await;
-    app.register("any", &record(&[C])).await.assert_error(409, 409);
+    app.register("any", &record(&[C]))
+        .await
+        .assert_error(409, 409);
 
     // A subject level overrides the global one.
     app.set_level(None, "FULL").await;
@@ -155,7 +165,9 @@ async fn none_accepts_anything_and_global_level_applies() {
     app.register_ok("loose", &record(&[A])).await;
     app.register_ok("loose", &record(&[B])).await;
     app.register_ok("strict", &record(&[A])).await;
-    app.register("strict", &record(&[A, B])).await.assert_error(409, 409);
+    app.register("strict", &record(&[A, B]))
+        .await
+        .assert_error(409, 409);
     app.finish().await;
 }
 
@@ -173,10 +185,22 @@ async fn every_level_through_the_compatibility_endpoint() {
             format!("/compatibility/subjects/{subject}/versions"),
         ] {
             let ok = app.post(&path, json!({ "schema": case.compatible })).await;
-            assert_eq!(ok.assert_ok(), &json!({ "is_compatible": true }), "{}", case.level);
+            assert_eq!(
+                ok.assert_ok(),
+                &json!({ "is_compatible": true }),
+                "{}",
+                case.level
+            );
             if !case.incompatible.is_empty() {
-                let bad = app.post(&path, json!({ "schema": case.incompatible })).await;
-                assert_eq!(bad.assert_ok(), &json!({ "is_compatible": false }), "{}", case.level);
+                let bad = app
+                    .post(&path, json!({ "schema": case.incompatible }))
+                    .await;
+                assert_eq!(
+                    bad.assert_ok(),
+                    &json!({ "is_compatible": false }),
+                    "{}",
+                    case.level
+                );
             }
         }
     }
@@ -234,12 +258,16 @@ async fn compatibility_endpoint_details() {
     assert_eq!(body["is_compatible"], false);
     let messages = body["messages"].as_array().unwrap();
     assert!(
-        messages
-            .iter()
-            .any(|m| m.as_str().unwrap().contains("READER_FIELD_MISSING_DEFAULT_VALUE")),
+        messages.iter().any(|m| m
+            .as_str()
+            .unwrap()
+            .contains("READER_FIELD_MISSING_DEFAULT_VALUE")),
         "{messages:?}"
     );
-    assert!(messages.iter().any(|m| m == "{oldSchemaVersion: 1}"), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m == "{oldSchemaVersion: 1}"),
+        "{messages:?}"
+    );
 
     let verbose_ok = app
         .post(
@@ -256,11 +284,17 @@ async fn compatibility_endpoint_details() {
     app.set_level(Some("s"), "BACKWARD_TRANSITIVE").await;
     app.register_ok("s", &record(&[A, B_DEFAULT])).await;
     let candidate = json!({ "schema": record(&[A, B]) });
-    let v2 = app.post("/compatibility/subjects/s/versions/2", candidate.clone()).await;
+    let v2 = app
+        .post("/compatibility/subjects/s/versions/2", candidate.clone())
+        .await;
     assert_eq!(v2.assert_ok(), &json!({ "is_compatible": true }));
-    let v1 = app.post("/compatibility/subjects/s/versions/1", candidate.clone()).await;
+    let v1 = app
+        .post("/compatibility/subjects/s/versions/1", candidate.clone())
+        .await;
     assert_eq!(v1.assert_ok(), &json!({ "is_compatible": false }));
-    let latest = app.post("/compatibility/subjects/s/versions/latest", candidate).await;
+    let latest = app
+        .post("/compatibility/subjects/s/versions/latest", candidate)
+        .await;
     assert_eq!(latest.assert_ok(), &json!({ "is_compatible": false }));
     app.finish().await;
 }
@@ -269,10 +303,15 @@ async fn compatibility_endpoint_details() {
 async fn soft_deleted_versions_do_not_constrain_new_ones() {
     let app = TestApp::spawn().await;
     app.register_ok("s", &record(&[A])).await;
-    app.register("s", &record(&[C])).await.assert_error(409, 409);
+    app.register("s", &record(&[C]))
+        .await
+        .assert_error(409, 409);
     app.delete("/subjects/s/versions/1").await.assert_ok();
     // With the only version soft-deleted there is nothing to be compatible with.
     app.register_ok("s", &record(&[C])).await;
-    assert_eq!(app.get("/subjects/s/versions").await.assert_ok(), &json!([2]));
+    assert_eq!(
+        app.get("/subjects/s/versions").await.assert_ok(),
+        &json!([2])
+    );
     app.finish().await;
 }

@@ -17,8 +17,13 @@ async fn global_config_round_trip() {
         &json!({ "compatibilityLevel": "FULL" })
     );
     // Level names are case-insensitive; answers use the canonical spelling.
-    let reply = app.put("/config", json!({ "compatibility": "forward_transitive" })).await;
-    assert_eq!(reply.assert_ok(), &json!({ "compatibility": "FORWARD_TRANSITIVE" }));
+    let reply = app
+        .put("/config", json!({ "compatibility": "forward_transitive" }))
+        .await;
+    assert_eq!(
+        reply.assert_ok(),
+        &json!({ "compatibility": "FORWARD_TRANSITIVE" })
+    );
 
     // DELETE resets to the default and reports what was set.
     assert_eq!(
@@ -37,7 +42,9 @@ async fn subject_config_round_trip() {
     let app = TestApp::spawn().await;
     app.get("/config/orders").await.assert_error(404, 40408);
     assert_eq!(
-        app.get("/config/orders?defaultToGlobal=true").await.assert_ok(),
+        app.get("/config/orders?defaultToGlobal=true")
+            .await
+            .assert_ok(),
         &json!({ "compatibilityLevel": "BACKWARD" })
     );
 
@@ -47,7 +54,9 @@ async fn subject_config_round_trip() {
         &json!({ "compatibilityLevel": "NONE" })
     );
     assert_eq!(
-        app.get("/config/orders?defaultToGlobal=true").await.assert_ok(),
+        app.get("/config/orders?defaultToGlobal=true")
+            .await
+            .assert_ok(),
         &json!({ "compatibilityLevel": "NONE" })
     );
     // The global level is unaffected.
@@ -73,7 +82,9 @@ async fn invalid_levels_are_rejected() {
         json!({ "compatibility": "" }),
         json!({}),
     ] {
-        app.put("/config", body.clone()).await.assert_error(422, 42203);
+        app.put("/config", body.clone())
+            .await
+            .assert_error(422, 42203);
         app.put("/config/s", body).await.assert_error(422, 42203);
     }
     // Nothing was changed.

@@ -74,7 +74,12 @@ async fn responses_use_the_registry_content_type() {
         app.get("/no/such/route").await,
     ];
     for reply in replies {
-        assert_eq!(reply.content_type.as_deref(), Some(RESPONSE_TYPE), "{}", reply.body);
+        assert_eq!(
+            reply.content_type.as_deref(),
+            Some(RESPONSE_TYPE),
+            "{}",
+            reply.body
+        );
     }
     app.finish().await;
 }

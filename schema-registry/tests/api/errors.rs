@@ -11,19 +11,30 @@ async fn not_found_codes() {
     app.register_ok("s", &record(&[A])).await;
 
     // 40401 subject not found
-    app.get("/subjects/missing/versions").await.assert_error(404, 40401);
-    app.get("/subjects/missing/versions/1").await.assert_error(404, 40401);
+    app.get("/subjects/missing/versions")
+        .await
+        .assert_error(404, 40401);
+    app.get("/subjects/missing/versions/1")
+        .await
+        .assert_error(404, 40401);
     app.post("/subjects/missing", json!({ "schema": record(&[A]) }))
         .await
         .assert_error(404, 40401);
     // 40402 version not found
-    let message = app.get("/subjects/s/versions/2").await.assert_error(404, 40402);
+    let message = app
+        .get("/subjects/s/versions/2")
+        .await
+        .assert_error(404, 40402);
     assert_eq!(message, "Version 2 not found.");
     // 40403 schema not found: by id, and by content within a subject
     let message = app.get("/schemas/ids/7").await.assert_error(404, 40403);
     assert_eq!(message, "Schema 7 not found");
-    app.get("/schemas/ids/7/schema").await.assert_error(404, 40403);
-    app.get("/schemas/ids/7/versions").await.assert_error(404, 40403);
+    app.get("/schemas/ids/7/schema")
+        .await
+        .assert_error(404, 40403);
+    app.get("/schemas/ids/7/versions")
+        .await
+        .assert_error(404, 40403);
     app.get("/schemas/ids/abc").await.assert_error(404, 40403);
     app.post("/subjects/s", json!({ "schema": r#""string""# }))
         .await
@@ -65,7 +76,11 @@ async fn unprocessable_codes() {
         .assert_error(422, 42203);
 
     // Malformed JSON bodies: 422 with the generic code 422.
-    for path in ["/subjects/s/versions", "/subjects/s", "/compatibility/subjects/s/versions/latest"] {
+    for path in [
+        "/subjects/s/versions",
+        "/subjects/s",
+        "/compatibility/subjects/s/versions/latest",
+    ] {
         let response = app
             .client
             .post(format!("{}{path}", app.base))
@@ -92,7 +107,9 @@ async fn unknown_routes_and_methods_get_error_bodies() {
     let app = TestApp::spawn().await;
     let reply = app.get("/nope").await;
     assert_eq!(reply.assert_error(404, 404), "HTTP 404 Not Found");
-    app.get("/subjects/s/versions/1/nope").await.assert_error(404, 404);
+    app.get("/subjects/s/versions/1/nope")
+        .await
+        .assert_error(404, 404);
     app.request(Method::GET, "/subjects/s", None)
         .await
         .assert_error(405, 405);

@@ -11,7 +11,7 @@ use schema_registry::{Application, Config};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-pub fn kafka_bootstrap() -> String {
+pub(crate) fn kafka_bootstrap() -> String {
     std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| {
         panic!(
             "KAFKA_BOOTSTRAP must point at a Kafka broker for the schema-registry API tests, \
@@ -20,11 +20,11 @@ pub fn kafka_bootstrap() -> String {
     })
 }
 
-pub fn fresh_topic() -> String {
+pub(crate) fn fresh_topic() -> String {
     format!("schema-registry-test-{}", uuid::Uuid::new_v4())
 }
 
-pub fn config_for(topic: &str) -> Config {
+pub(crate) fn config_for(topic: &str) -> Config {
     Config {
         listen: "127.0.0.1:0".into(),
         kafka_bootstrap: kafka_bootstrap(),
@@ -35,24 +35,24 @@ pub fn config_for(topic: &str) -> Config {
 }
 
 /// A running registry plus an HTTP client for it.
-pub struct TestApp {
-    pub base: String,
-    pub topic: String,
-    pub client: Client,
+pub(crate) struct TestApp {
+    pub(crate) base: String,
+    pub(crate) topic: String,
+    pub(crate) client: Client,
     handle: ServerHandle,
     server: JoinHandle<std::io::Result<()>>,
 }
 
-pub struct Reply {
-    pub status: StatusCode,
-    pub content_type: Option<String>,
-    pub body: Value,
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) content_type: Option<String>,
+    pub(crate) body: Value,
 }
 
 impl Reply {
     /// Asserts a Confluent error body and returns its message.
     #[track_caller]
-    pub fn assert_error(&self, status: u16, code: u64) -> String {
+    pub(crate) fn assert_error(&self, status: u16, code: u64) -> String {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
         assert_eq!(self.body["error_code"], json!(code), "body: {}", self.body);
         self.body["message"]
@@ -62,18 +62,18 @@ impl Reply {
     }
 
     #[track_caller]
-    pub fn assert_ok(&self) -> &Value {
+    pub(crate) fn assert_ok(&self) -> &Value {
         assert_eq!(self.status, StatusCode::OK, "body: {}", self.body);
         &self.body
     }
 }
 
 impl TestApp {
-    pub async fn spawn() -> Self {
+    pub(crate) async fn spawn() -> Self {
         Self::spawn_on(&fresh_topic()).await
     }
 
-    pub async fn spawn_on(topic: &str) -> Self {
+    pub(crate) async fn spawn_on(topic: &str) -> Self {
         let app = Application::build(config_for(topic))
             .await
             .expect("registry should start");
@@ -94,19 +94,19 @@ impl TestApp {
     }
 
     /// Stops the server gracefully, keeping the topic.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.handle.stop(true).await;
         self.server.await.unwrap().unwrap();
     }
 
     /// Stops the server and deletes its topic.
-    pub async fn finish(self) {
+    pub(crate) async fn finish(self) {
         let topic = self.topic.clone();
         self.stop().await;
         delete_topic(&topic).await;
     }
 
-    pub async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+    pub(crate) async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
         let mut request = self.client.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
             request = request
@@ -116,7 +116,7 @@ impl TestApp {
         Self::reply(request.send().await.unwrap()).await
     }
 
-    pub async fn reply(response: reqwest::Response) -> Reply {
+    pub(crate) async fn reply(response: reqwest::Response) -> Reply {
         let status = response.status();
         let content_type = response
             .headers()
@@ -132,23 +132,23 @@ impl TestApp {
         }
     }
 
-    pub async fn get(&self, path: &str) -> Reply {
+    pub(crate) async fn get(&self, path: &str) -> Reply {
         self.request(Method::GET, path, None).await
     }
 
-    pub async fn post(&self, path: &str, body: Value) -> Reply {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Reply {
         self.request(Method::POST, path, Some(body)).await
     }
 
-    pub async fn put(&self, path: &str, body: Value) -> Reply {
+    pub(crate) async fn put(&self, path: &str, body: Value) -> Reply {
         self.request(Method::PUT, path, Some(body)).await
     }
 
-    pub async fn delete(&self, path: &str) -> Reply {
+    pub(crate) async fn delete(&self, path: &str) -> Reply {
         self.request(Method::DELETE, path, None).await
     }
 
-    pub async fn register(&self, subject: &str, schema: &str) -> Reply {
+    pub(crate) async fn register(&self, subject: &str, schema: &str) -> Reply {
         self.post(
             &format!("/subjects/{subject}/versions"),
             json!({ "schema": schema }),
@@ -157,20 +157,19 @@ impl TestApp {
     }
 
     /// Registers and returns the id, failing the test on any error.
-    #[track_caller]
-    pub async fn register_ok(&self, subject: &str, schema: &str) -> i64 {
+    pub(crate) async fn register_ok(&self, subject: &str, schema: &str) -> i64 {
         let reply = self.register(subject, schema).await;
         reply.assert_ok()["id"].as_i64().unwrap()
     }
 
-    pub async fn set_level(&self, subject: Option<&str>, level: &str) {
+    pub(crate) async fn set_level(&self, subject: Option<&str>, level: &str) {
         let path = subject.map_or("/config".to_owned(), |s| format!("/config/{s}"));
         let reply = self.put(&path, json!({ "compatibility": level })).await;
         assert_eq!(reply.assert_ok(), &json!({ "compatibility": level }));
     }
 }
 
-pub async fn delete_topic(topic: &str) {
+pub(crate) async fn delete_topic(topic: &str) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", kafka_bootstrap())
         .create()
@@ -181,14 +180,14 @@ pub async fn delete_topic(topic: &str) {
 }
 
 /// A record schema `R` with the given field JSON snippets.
-pub fn record(fields: &[&str]) -> String {
+pub(crate) fn record(fields: &[&str]) -> String {
     format!(
         r#"{{"type":"record","name":"R","namespace":"test","fields":[{}]}}"#,
         fields.join(",")
     )
 }
 
-pub const A: &str = r#"{"name":"a","type":"int"}"#;
-pub const B: &str = r#"{"name":"b","type":"string"}"#;
-pub const B_DEFAULT: &str = r#"{"name":"b","type":"string","default":"x"}"#;
-pub const C: &str = r#"{"name":"c","type":"long"}"#;
+pub(crate) const A: &str = r#"{"name":"a","type":"int"}"#;
+pub(crate) const B: &str = r#"{"name":"b","type":"string"}"#;
+pub(crate) const B_DEFAULT: &str = r#"{"name":"b","type":"string","default":"x"}"#;
+pub(crate) const C: &str = r#"{"name":"c","type":"long"}"#;

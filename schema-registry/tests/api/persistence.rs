@@ -26,7 +26,10 @@ async fn snapshot(app: &TestApp) -> Vec<(String, Value)> {
         "/config/users",
     ] {
         let reply = app.get(path).await;
-        out.push((path.to_owned(), json!({ "status": reply.status.as_u16(), "body": reply.body })));
+        out.push((
+            path.to_owned(),
+            json!({ "status": reply.status.as_u16(), "body": reply.body }),
+        ));
     }
     out
 }
@@ -50,10 +53,16 @@ async fn state_survives_a_restart() {
     first.set_level(Some("users"), "NONE").await;
     first.delete("/config/users").await.assert_ok();
     // Soft-delete a version, soft-delete a subject, purge another.
-    first.delete("/subjects/orders/versions/1").await.assert_ok();
+    first
+        .delete("/subjects/orders/versions/1")
+        .await
+        .assert_ok();
     first.delete("/subjects/users").await.assert_ok();
     first.delete("/subjects/gone").await.assert_ok();
-    first.delete("/subjects/gone?permanent=true").await.assert_ok();
+    first
+        .delete("/subjects/gone?permanent=true")
+        .await
+        .assert_ok();
 
     let before = snapshot(&first).await;
     first.stop().await;
@@ -95,7 +104,10 @@ async fn state_survives_a_restart() {
     // And once more, to check that what the second instance wrote replays.
     let third = TestApp::spawn_on(&topic).await;
     assert_eq!(
-        third.get("/subjects/users/versions/latest").await.assert_ok()["version"],
+        third
+            .get("/subjects/users/versions/latest")
+            .await
+            .assert_ok()["version"],
         3
     );
     assert_eq!(third.register_ok("another", r#""bytes""#).await, 6);

@@ -7,10 +7,19 @@ use crate::helpers::{A, B_DEFAULT, C, TestApp, record};
 #[tokio::test]
 async fn health_root_types_and_mode() {
     let app = TestApp::spawn().await;
-    assert_eq!(app.get("/health/live").await.assert_ok(), &json!({ "status": "ok" }));
+    assert_eq!(
+        app.get("/health/live").await.assert_ok(),
+        &json!({ "status": "ok" })
+    );
     assert_eq!(app.get("/").await.assert_ok(), &json!({}));
-    assert_eq!(app.get("/schemas/types").await.assert_ok(), &json!(["AVRO"]));
-    assert_eq!(app.get("/mode").await.assert_ok(), &json!({ "mode": "READWRITE" }));
+    assert_eq!(
+        app.get("/schemas/types").await.assert_ok(),
+        &json!(["AVRO"])
+    );
+    assert_eq!(
+        app.get("/mode").await.assert_ok(),
+        &json!({ "mode": "READWRITE" })
+    );
     app.finish().await;
 }
 
@@ -44,7 +53,10 @@ async fn register_then_read_back_through_every_endpoint() {
         &json!(["orders-value"])
     );
 
-    assert_eq!(app.get("/subjects").await.assert_ok(), &json!(["orders-value"]));
+    assert_eq!(
+        app.get("/subjects").await.assert_ok(),
+        &json!(["orders-value"])
+    );
     assert_eq!(
         app.get("/subjects/orders-value/versions").await.assert_ok(),
         &json!([1, 2])
@@ -66,7 +78,9 @@ async fn register_then_read_back_through_every_endpoint() {
         assert_eq!(reply.body["id"], 2);
     }
     assert_eq!(
-        app.get("/subjects/orders-value/versions/2/schema").await.assert_ok(),
+        app.get("/subjects/orders-value/versions/2/schema")
+            .await
+            .assert_ok(),
         &expected
     );
     assert_eq!(
@@ -104,14 +118,20 @@ async fn ids_are_global_and_reregistration_is_idempotent() {
     );
     // Same schema, other subject: same id, that subject's version 1.
     assert_eq!(app.register_ok("two", &s1).await, 1);
-    assert_eq!(app.get("/subjects/two/versions").await.assert_ok(), &json!([1]));
+    assert_eq!(
+        app.get("/subjects/two/versions").await.assert_ok(),
+        &json!([1])
+    );
     // A new schema gets max id + 1, whichever subject it lands in.
     assert_eq!(app.register_ok("two", &s2).await, 2);
     assert_eq!(app.register_ok("one", &s2).await, 2);
     assert_eq!(app.register_ok("three", r#""string""#).await, 3);
 
     let mut listed = app.get("/schemas/ids/1/versions").await.assert_ok().clone();
-    listed.as_array_mut().unwrap().sort_by_key(|v| v["subject"].as_str().unwrap().to_owned());
+    listed
+        .as_array_mut()
+        .unwrap()
+        .sort_by_key(|v| v["subject"].as_str().unwrap().to_owned());
     assert_eq!(
         listed,
         json!([{ "subject": "one", "version": 1 }, { "subject": "two", "version": 1 }])
@@ -146,10 +166,15 @@ async fn normalization_maps_formatting_variants_to_one_id() {
     let id = app.register_ok("users", compact).await;
     assert_eq!(app.register_ok("users", reordered).await, id);
     assert_eq!(app.register_ok("other", fullname).await, id);
-    assert_eq!(app.get("/subjects/users/versions").await.assert_ok(), &json!([1]));
+    assert_eq!(
+        app.get("/subjects/users/versions").await.assert_ok(),
+        &json!([1])
+    );
 
     // Lookup works with any variant too.
-    let found = app.post("/subjects/users", json!({ "schema": reordered })).await;
+    let found = app
+        .post("/subjects/users", json!({ "schema": reordered }))
+        .await;
     assert_eq!(found.assert_ok()["id"], id);
 
     // A different default or doc is a different schema.
@@ -157,10 +182,16 @@ async fn normalization_maps_formatting_variants_to_one_id() {
     let doc_id = app.register_ok("users", &other_default).await;
     assert_ne!(doc_id, id);
     let different = app
-        .register_ok("x", r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","default":1}]}"#)
+        .register_ok(
+            "x",
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","default":1}]}"#,
+        )
         .await;
     let different2 = app
-        .register_ok("y", r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","default":2}]}"#)
+        .register_ok(
+            "y",
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","default":2}]}"#,
+        )
         .await;
     assert_ne!(different, different2);
     app.finish().await;
@@ -173,7 +204,10 @@ async fn concurrent_registrations_get_distinct_ids() {
     for i in 0..12 {
         let client = app.client.clone();
         let url = format!("{}/subjects/concurrent-{}/versions", app.base, i % 3);
-        let schema = record(&[A, &format!(r#"{{"name":"f{i}","type":"int","default":{i}}}"#)]);
+        let schema = record(&[
+            A,
+            &format!(r#"{{"name":"f{i}","type":"int","default":{i}}}"#),
+        ]);
         tasks.push(tokio::spawn(async move {
             let response = client
                 .post(url)
@@ -193,9 +227,7 @@ async fn concurrent_registrations_get_distinct_ids() {
     ids.sort_unstable();
     assert_eq!(ids, (1..=12).collect::<Vec<_>>());
     for s in 0..3 {
-        let versions = app
-            .get(&format!("/subjects/concurrent-{s}/versions"))
-            .await;
+        let versions = app.get(&format!("/subjects/concurrent-{s}/versions")).await;
         assert_eq!(versions.assert_ok(), &json!([1, 2, 3, 4]));
     }
     app.finish().await;
@@ -213,10 +245,29 @@ async fn primitive_and_complex_schemas_are_accepted() {
         r#"{"name":"color2","type":"Color"}"#,
         C,
     ]);
-    for (subject, schema) in [("p", r#""string""#), ("e", enum_schema), ("n", nested.as_str())] {
+    for (subject, schema) in [
+        ("p", r#""string""#),
+        ("e", enum_schema),
+        ("n", nested.as_str()),
+    ] {
         let id = app.register_ok(subject, schema).await;
         let raw = app.get(&format!("/schemas/ids/{id}/schema")).await;
         assert_eq!(raw.status, 200);
     }
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn percent_encoded_subjects_are_decoded() {
+    // schema_registry_converter sends `/` in subject names as `%2F`.
+    let app = TestApp::spawn().await;
+    let id = app.register_ok("team%2Forders%20v", &record(&[A])).await;
+    assert_eq!(
+        app.get("/subjects").await.assert_ok(),
+        &json!(["team/orders v"])
+    );
+    let latest = app.get("/subjects/team%2Forders%20v/versions/latest").await;
+    assert_eq!(latest.assert_ok()["subject"], "team/orders v");
+    assert_eq!(latest.body["id"], id);
     app.finish().await;
 }

@@ -1,0 +1,136 @@
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServerHandle;
+use command_service::{Application, Config};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with `cargo xtask test`, which starts Kafka and the registry")
+    })
+}
+
+pub const PARTITIONS: i32 = 3;
+
+pub struct TestApp {
+    pub address: String,
+    pub topic: String,
+    pub client: reqwest::Client,
+    handle: ServerHandle,
+}
+
+impl TestApp {
+    pub async fn post_order(&self, body: &str) -> reqwest::Response {
+        self.post("/orders", "application/json", body.to_owned()).await
+    }
+
+    pub async fn post(&self, path: &str, content_type: &str, body: String) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request failed")
+    }
+
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+}
+
+pub fn config(topic: &str) -> Config {
+    let mut config = Config::defaults();
+    config.listen = "127.0.0.1:0".into();
+    config.kafka_bootstrap = env("KAFKA_BOOTSTRAP");
+    config.registry_url = env("SCHEMA_REGISTRY_URL");
+    config.topic = topic.to_owned();
+    config.topic_partitions = PARTITIONS;
+    config.instance_id = format!("test-{}", uuid::Uuid::new_v4());
+    config.kafka_timeout_ms = 5_000;
+    config.request_timeout_ms = 15_000;
+    config
+}
+
+pub fn fresh_topic() -> String {
+    format!("orders-test-{}", uuid::Uuid::new_v4())
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(config(&fresh_topic())).await
+}
+
+pub async fn spawn_app_with(config: Config) -> TestApp {
+    let topic = config.topic.clone();
+    let app = Application::build(config).await.expect("the command service did not start");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        topic,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        handle,
+    }
+}
+
+/// A record as a read-committed consumer sees it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub value: Vec<u8>,
+}
+
+/// Everything committed to `topic`, read from the beginning by an independent read-committed
+/// consumer until the end of every partition (as of now) is reached.
+pub fn read_committed(topic: &str) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", env("KAFKA_BOOTSTRAP"))
+        .set("group.id", format!("check-{}", uuid::Uuid::new_v4()))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut at_end = std::collections::HashSet::new();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while at_end.len() < PARTITIONS as usize {
+        assert!(Instant::now() < deadline, "could not read {topic} to its end");
+        match consumer.poll(Duration::from_millis(500)) {
+            None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => panic!("consumer error: {e}"),
+            Some(Ok(m)) => records.push(Record {
+                key: String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
+                partition: m.partition(),
+                offset: m.offset(),
+                value: m.payload().unwrap().to_vec(),
+            }),
+        }
+    }
+    records
+}
+
+pub fn order_body(customer: &str) -> String {
+    format!(
+        r#"{{"customer_id":"{customer}","currency":"EUR","items":[{{"sku":"A-1","quantity":2,"unit_price_cents":1250}},{{"sku":"B-2","quantity":1,"unit_price_cents":99}}]}}"#
+    )
+}

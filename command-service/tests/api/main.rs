@@ -1,0 +1,8 @@
+//! The command service over real HTTP, against the real Kafka and schema registry that
+//! `cargo xtask test` starts (`KAFKA_BOOTSTRAP`, `SCHEMA_REGISTRY_URL`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod helpers;
+mod interop;
+mod place_order;

@@ -1,0 +1,152 @@
+use std::time::Duration;
+
+use serde_json::Value;
+use shared_events::orders::{OrderEvent, OrderPayload};
+use shared_events::partitioner::partition_for_key;
+use shared_events::{ConsistencyToken, EventCodec};
+
+use crate::helpers::{PARTITIONS, env, order_body, read_committed, spawn_app};
+
+#[tokio::test]
+async fn a_placed_order_is_committed_before_the_answer() {
+    let app = spawn_app().await;
+    let response = app.post_order(&order_body("c-42")).await;
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let token: ConsistencyToken = response.headers()["consistency-token"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    let order_id = body["order_id"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/orders/{order_id}"));
+    assert_eq!(body["version"], 1);
+    assert_eq!(token.topic, app.topic);
+    assert_eq!(body["position"]["partition"], token.position.partition);
+    assert_eq!(body["position"]["offset"], token.position.offset);
+    // The producer partitions like Kafka's Java client: murmur2 of the order id.
+    assert_eq!(
+        token.position.partition,
+        partition_for_key(order_id.as_bytes(), PARTITIONS)
+    );
+
+    // Already committed: an independent read-committed consumer sees it at that position.
+    let records = read_committed(&app.topic);
+    assert_eq!(records.len(), 1);
+    let record = &records[0];
+    assert_eq!(record.key, order_id);
+    assert_eq!(
+        (record.partition, record.offset),
+        (token.position.partition, token.position.offset)
+    );
+    let codec = EventCodec::<OrderEvent>::new(
+        &env("SCHEMA_REGISTRY_URL"),
+        &app.topic,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let event = codec.decode(&record.value).await.unwrap();
+    assert_eq!(event.envelope.aggregate_id, order_id);
+    assert_eq!(event.envelope.aggregate_version, 1);
+    assert_eq!(event.envelope.event_id, body["event_id"].as_str().unwrap());
+    match event.payload {
+        OrderPayload::Placed {
+            customer_id,
+            currency,
+            items,
+            total_cents,
+        } => {
+            assert_eq!(customer_id, "c-42");
+            assert_eq!(currency, "EUR");
+            assert_eq!(items.len(), 2);
+            assert_eq!(total_cents, 2599);
+        }
+        other => panic!("expected OrderPlaced, got {other:?}"),
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_orders_are_all_committed_once() {
+    let app = spawn_app().await;
+    let requests = (0..40).map(|i| {
+        let body = order_body(&format!("c-{i}"));
+        let app = &app;
+        async move { app.post_order(&body).await }
+    });
+    let responses = futures::future::join_all(requests).await;
+    let mut ids = Vec::new();
+    for response in responses {
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        ids.push(body["order_id"].as_str().unwrap().to_owned());
+    }
+    let mut keys: Vec<String> = read_committed(&app.topic).into_iter().map(|r| r.key).collect();
+    keys.sort();
+    ids.sort();
+    assert_eq!(keys, ids);
+    app.stop().await;
+}
+
+async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    for field in ["type", "title", "detail"] {
+        assert!(body[field].is_string(), "problem body lacks {field}: {body}");
+    }
+    body
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_problem_and_writes_nothing() {
+    let app = spawn_app().await;
+    let valid = order_body("c-1");
+
+    assert_problem(app.post("/orders", "text/plain", valid.clone()).await, 415).await;
+    assert_problem(app.post("/orders", "application/json", "{\"customer_id\":".into()).await, 400).await;
+    assert_problem(app.post("/orders", "application/json", "[1,2]".into()).await, 400).await;
+    let huge = format!(r#"{{"customer_id":"{}"}}"#, "x".repeat(100 * 1024));
+    assert_problem(app.post("/orders", "application/json", huge).await, 413).await;
+
+    let invalid = r#"{"customer_id":"c 1","currency":"euro","items":[{"sku":"A","quantity":0,"unit_price_cents":5}],"gift":true}"#;
+    let body = assert_problem(app.post_order(invalid).await, 422).await;
+    let mut fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["currency", "customer_id", "gift", "items[0].quantity"]);
+    let wrong_types = r#"{"customer_id":"c","currency":"EUR","items":[{"sku":"A","quantity":"2","unit_price_cents":5}]}"#;
+    assert_problem(app.post_order(wrong_types).await, 422).await;
+
+    let not_found = app.client.get(format!("{}/nope", app.address)).send().await.unwrap();
+    assert_problem(not_found, 404).await;
+
+    // One good order after all the bad ones: it is the only record in the topic.
+    let response = app.post_order(&valid).await;
+    assert_eq!(response.status(), 201);
+    let records = read_committed(&app.topic);
+    assert_eq!(records.len(), 1, "bad requests must write nothing");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn liveness_answers() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(format!("{}/health/live", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    app.stop().await;
+}

@@ -1,0 +1,201 @@
+//! Wiring: configuration in, a running replica (projection runner + HTTP server) out.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, web};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use shared_events::EventCodec;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::{Config, ConfigError};
+use crate::orders::OrdersProjection;
+use crate::projection::{Assignment, ProjectionStats, RebalanceContext, Runner};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("could not open the store at {path}")]
+    Store {
+        path: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("Kafka consumer")]
+    Kafka(#[from] KafkaError),
+    #[error("topic `{0}` did not appear in time")]
+    TopicMissing(String),
+    #[error("schema registry: {0}")]
+    Registry(#[from] shared_events::WireError),
+    #[error("could not listen on {address}")]
+    Listen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a startup task failed")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A built replica: consuming, listening, serving once [`Application::run_until_stopped`] runs.
+pub struct Application {
+    port: u16,
+    server: Server,
+    shutdown: CancellationToken,
+    runner: JoinHandle<()>,
+    stats: Arc<ProjectionStats>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        config.validate()?;
+        let listener = TcpListener::bind(&config.listen).map_err(|source| StartupError::Listen {
+            address: config.listen.clone(),
+            source,
+        })?;
+        let address = listener.local_addr().map_err(|source| StartupError::Listen {
+            address: config.listen.clone(),
+            source,
+        })?;
+        let replica_id = config
+            .replica_id
+            .clone()
+            .unwrap_or_else(|| format!("query-{}", address.port()));
+        tracing::info!(?config, %replica_id, "starting query replica");
+
+        let path = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&path))
+            .await?
+            .map_err(|source| StartupError::Store {
+                path: config.data_dir.display().to_string(),
+                source,
+            })?;
+        let store = Arc::new(store);
+        let assignment = Arc::new(Assignment::default());
+        let context = RebalanceContext::new(Arc::clone(&store), config.topic.clone(), Arc::clone(&assignment));
+        let consumer: StreamConsumer<RebalanceContext> = ClientConfig::new()
+            .set("bootstrap.servers", &config.kafka_bootstrap)
+            .set("group.id", &config.group_id)
+            .set("client.id", &replica_id)
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            // Positions come from the store; the group's offsets only report lag, and are
+            // stored explicitly after each store write.
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            .set("socket.timeout.ms", config.kafka_timeout_ms.to_string())
+            .create_with_context(context)?;
+
+        let partitions = wait_for_topic(&consumer, &config.topic, Duration::from_millis(config.kafka_timeout_ms), Duration::from_millis(config.topic_wait_ms)).await?;
+        let codec = EventCodec::new(
+            &config.registry_url,
+            &config.topic,
+            Duration::from_millis(config.registry_timeout_ms),
+        )?;
+        consumer.subscribe(&[&config.topic])?;
+
+        let stats = Arc::new(ProjectionStats::default());
+        let shutdown = CancellationToken::new();
+        let runner = Runner {
+            consumer,
+            codec: Arc::new(codec),
+            projection: OrdersProjection,
+            store: Arc::clone(&store),
+            stats: Arc::clone(&stats),
+        };
+        let runner = tokio::spawn(runner.run(shutdown.clone()));
+
+        let state = web::Data::new(AppState {
+            store,
+            assignment,
+            topic: config.topic.clone(),
+            partitions,
+            replica_id,
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .configure(api::routes)
+                .default_service(web::to(api::not_found))
+        })
+        .workers(config.http_workers)
+        .listen(listener)
+        .map_err(|source| StartupError::Listen {
+            address: config.listen.clone(),
+            source,
+        })?
+        .run();
+        Ok(Self {
+            port: address.port(),
+            server,
+            shutdown,
+            runner,
+            stats,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Counters of the projection runner.
+    pub fn stats(&self) -> Arc<ProjectionStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Serves until the server stops, then stops the projection runner (which leaves the group).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let served = self.server.await;
+        self.shutdown.cancel();
+        if self.runner.await.is_err() {
+            tracing::error!("projection runner panicked");
+        }
+        served
+    }
+}
+
+/// The topic's partition count, waiting (bounded) for the topic to be created.
+async fn wait_for_topic(
+    consumer: &StreamConsumer<RebalanceContext>,
+    topic: &str,
+    call_timeout: Duration,
+    total: Duration,
+) -> Result<i32, StartupError> {
+    let deadline = Instant::now() + total;
+    loop {
+        match consumer.fetch_metadata(Some(topic), call_timeout) {
+            Ok(metadata) => {
+                if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) {
+                    if t.error().is_none() && !t.partitions().is_empty() {
+                        return i32::try_from(t.partitions().len()).map_err(|_| StartupError::TopicMissing(topic.to_owned()));
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "metadata request failed"),
+        }
+        if Instant::now() >= deadline {
+            return Err(StartupError::TopicMissing(topic.to_owned()));
+        }
+        tracing::info!(topic, "waiting for the topic to exist");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

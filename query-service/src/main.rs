@@ -1,0 +1,15 @@
+use clap::Parser;
+use query_service::{Application, Config};
+use tracing_subscriber::EnvFilter;
+
+#[actix_web::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let config = Config::parse();
+    let app = Application::build(config).await?;
+    tracing::info!(port = app.port(), "query replica listening");
+    app.run_until_stopped().await?;
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! The replica's RocksDB store: projected views and, beside them, the log position each
+//! partition has been applied up to.
+//!
+//! Invariant: a view change and the offset it came from are written in one [`WriteBatch`]
+//! ([`Store::write`]), so after a crash the store is at a consistent position and resuming from
+//! the stored offset applies each event exactly once. Only the projection runner writes; HTTP
+//! handlers only read.
+
+use std::path::Path;
+
+use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch};
+
+const VIEWS: &str = "views";
+const OFFSETS: &str = "offsets";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("RocksDB: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("column family `{0}` is missing")]
+    MissingColumnFamily(&'static str),
+    #[error("stored offset for {0} is corrupt")]
+    CorruptOffset(String),
+}
+
+#[derive(Debug)]
+pub struct Store {
+    db: DB,
+}
+
+/// Changes staged for one atomic write.
+#[derive(Default)]
+pub struct StoreBatch {
+    views: Vec<(Vec<u8>, Vec<u8>)>,
+    offsets: Vec<(Vec<u8>, i64)>,
+}
+
+impl std::fmt::Debug for StoreBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreBatch")
+            .field("views", &self.views.len())
+            .field("offsets", &self.offsets.len())
+            .finish()
+    }
+}
+
+impl StoreBatch {
+    pub fn put_view(&mut self, key: &str, value: Vec<u8>) {
+        self.views.push((key.as_bytes().to_vec(), value));
+    }
+
+    /// Records that everything before `next_offset` in `topic`/`partition` is applied.
+    pub fn set_next_offset(&mut self, topic: &str, partition: i32, next_offset: i64) {
+        self.offsets.push((offset_key(topic, partition), next_offset));
+    }
+}
+
+fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
+    format!("{topic}/{partition}").into_bytes()
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let families = [VIEWS, OFFSETS]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&options, path, families)?;
+        Ok(Self { db })
+    }
+
+    fn family(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db
+            .cf_handle(name)
+            .ok_or(StoreError::MissingColumnFamily(name))
+    }
+
+    pub fn view(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.family(VIEWS)?, key.as_bytes())?)
+    }
+
+    /// The next offset to consume in `topic`/`partition`, if this store ever applied any of it.
+    pub fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
+        let key = offset_key(topic, partition);
+        match self.db.get_cf(self.family(OFFSETS)?, &key)? {
+            None => Ok(None),
+            Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
+                .map(|b| Some(i64::from_be_bytes(b)))
+                .map_err(|_| StoreError::CorruptOffset(format!("{topic}/{partition}"))),
+        }
+    }
+
+    /// Applies the batch atomically: views and offsets together or not at all.
+    pub fn write(&self, staged: StoreBatch) -> Result<(), StoreError> {
+        let StoreBatch { views, offsets } = staged;
+        let mut batch = WriteBatch::default();
+        let views_cf = self.family(VIEWS)?;
+        let offsets_cf = self.family(OFFSETS)?;
+        for (key, value) in views {
+            batch.put_cf(views_cf, key, value);
+        }
+        for (key, offset) in offsets {
+            batch.put_cf(offsets_cf, key, offset.to_be_bytes());
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn views_and_offsets_persist_together() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.next_offset("orders", 0).unwrap(), None);
+            let mut batch = StoreBatch::default();
+            batch.put_view("o-1", b"{}".to_vec());
+            batch.set_next_offset("orders", 0, 7);
+            store.write(batch).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.view("o-1").unwrap().as_deref(), Some(&b"{}"[..]));
+        assert_eq!(store.next_offset("orders", 0).unwrap(), Some(7));
+        assert_eq!(store.next_offset("orders", 1).unwrap(), None);
+    }
+}
