@@ -117,7 +117,8 @@ async fn read_json_body(
     }
     let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::Malformed(format!("could not read the body: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::Malformed(format!("could not read the body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::TooLarge { limit });
         }
@@ -153,4 +154,3 @@ pub async fn not_found() -> HttpResponse {
         None,
     )
 }
-

@@ -43,7 +43,9 @@ pub struct Application {
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application").field("port", &self.port).finish_non_exhaustive()
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
     }
 }
 
@@ -71,16 +73,21 @@ impl Application {
         tracing::info!(schema_id, topic = %config.topic, "event schema registered");
 
         let batcher_config = config.batcher();
-        let batcher = Arc::new(tokio::task::spawn_blocking(move || Batcher::start(batcher_config)).await??);
+        let batcher =
+            Arc::new(tokio::task::spawn_blocking(move || Batcher::start(batcher_config)).await??);
 
-        let listener = TcpListener::bind(&config.listen).map_err(|source| StartupError::Listen {
-            address: config.listen.clone(),
-            source,
-        })?;
-        let port = listener.local_addr().map_err(|source| StartupError::Listen {
-            address: config.listen.clone(),
-            source,
-        })?.port();
+        let listener =
+            TcpListener::bind(&config.listen).map_err(|source| StartupError::Listen {
+                address: config.listen.clone(),
+                source,
+            })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Listen {
+                address: config.listen.clone(),
+                source,
+            })?
+            .port();
         let state = web::Data::new(AppState {
             codec: Arc::new(codec),
             batcher: Arc::clone(&batcher),
@@ -122,11 +129,16 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
         let batcher = self.batcher;
-        tracing::info!(queued = batcher.queue_depth(), "HTTP stopped; draining the write queue");
-        if tokio::task::spawn_blocking(move || batcher.close()).await.is_err() {
+        tracing::info!(
+            queued = batcher.queue_depth(),
+            "HTTP stopped; draining the write queue"
+        );
+        if tokio::task::spawn_blocking(move || batcher.close())
+            .await
+            .is_err()
+        {
             tracing::error!("draining the write queue panicked");
         }
         served
     }
 }
-

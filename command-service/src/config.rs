@@ -18,7 +18,11 @@ pub struct Config {
     #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
     pub kafka_bootstrap: String,
     /// Base URL of the schema registry (Confluent REST API).
-    #[arg(long, env = "SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     pub registry_url: String,
     /// Topic the order events are written to; its value subject is `<topic>-value`.
     #[arg(long, env = "ORDERS_TOPIC", default_value = "orders")]

@@ -110,7 +110,12 @@ impl Checker {
         }
     }
 
-    fn string<'a>(&mut self, object: &'a Map<String, Value>, name: &str, path: &str) -> Option<&'a str> {
+    fn string<'a>(
+        &mut self,
+        object: &'a Map<String, Value>,
+        name: &str,
+        path: &str,
+    ) -> Option<&'a str> {
         match object.get(name) {
             None | Some(Value::Null) => self.fail(path, "is required"),
             Some(Value::String(s)) => Some(s),
@@ -118,7 +123,14 @@ impl Checker {
         }
     }
 
-    fn integer(&mut self, object: &Map<String, Value>, name: &str, path: &str, min: i64, max: i64) -> Option<i64> {
+    fn integer(
+        &mut self,
+        object: &Map<String, Value>,
+        name: &str,
+        path: &str,
+        min: i64,
+        max: i64,
+    ) -> Option<i64> {
         match object.get(name) {
             None | Some(Value::Null) => self.fail(path, "is required"),
             Some(Value::Number(n)) => match n.as_i64() {
@@ -129,7 +141,12 @@ impl Checker {
         }
     }
 
-    fn identifier(&mut self, object: &Map<String, Value>, name: &str, path: &str) -> Option<Identifier> {
+    fn identifier(
+        &mut self,
+        object: &Map<String, Value>,
+        name: &str,
+        path: &str,
+    ) -> Option<Identifier> {
         let raw = self.string(object, name, path)?;
         Identifier::parse(raw).map_or_else(|m| self.fail(path, m), Some)
     }
@@ -139,8 +156,12 @@ impl Checker {
 fn object(body: &[u8]) -> Result<Map<String, Value>, CommandError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(CommandError::Malformed("the body must be a JSON object".into())),
-        Err(e) => Err(CommandError::Malformed(format!("the body is not valid JSON: {e}"))),
+        Ok(_) => Err(CommandError::Malformed(
+            "the body must be a JSON object".into(),
+        )),
+        Err(e) => Err(CommandError::Malformed(format!(
+            "the body is not valid JSON: {e}"
+        ))),
     }
 }
 
@@ -166,11 +187,23 @@ impl PlaceOrder {
                         c.fail::<()>(format!("items[{i}]"), "must be an object");
                         continue;
                     };
-                    c.unknown_fields(item, &["sku", "quantity", "unit_price_cents"], &format!("items[{i}]."));
+                    c.unknown_fields(
+                        item,
+                        &["sku", "quantity", "unit_price_cents"],
+                        &format!("items[{i}]."),
+                    );
                     let sku = c.identifier(item, "sku", &path("sku"));
                     let quantity = c.integer(item, "quantity", &path("quantity"), 1, MAX_QUANTITY);
-                    let price = c.integer(item, "unit_price_cents", &path("unit_price_cents"), 0, MAX_UNIT_PRICE_CENTS);
-                    if let (Some(sku), Some(quantity), Some(unit_price_cents)) = (sku, quantity, price) {
+                    let price = c.integer(
+                        item,
+                        "unit_price_cents",
+                        &path("unit_price_cents"),
+                        0,
+                        MAX_UNIT_PRICE_CENTS,
+                    );
+                    if let (Some(sku), Some(quantity), Some(unit_price_cents)) =
+                        (sku, quantity, price)
+                    {
                         lines.push(OrderLine {
                             sku,
                             // In range by the check above.
@@ -269,14 +302,21 @@ mod tests {
     #[test]
     fn malformed_bodies_are_malformed() {
         for body in [&b"{"[..], b"[]", b"42", b"", b"\"x\""] {
-            assert!(matches!(PlaceOrder::parse(body), Err(CommandError::Malformed(_))));
+            assert!(matches!(
+                PlaceOrder::parse(body),
+                Err(CommandError::Malformed(_))
+            ));
         }
     }
 
     #[test]
     fn every_offending_field_is_named() {
         let body = br#"{"customer_id":"","currency":"eur","items":[{"sku":"A 1","quantity":0,"unit_price_cents":-1,"colour":"red"},"x"],"coupon":"FREE"}"#;
-        let mut got = fields(PlaceOrder::parse(body).err().unwrap_or(CommandError::Invalid(vec![])));
+        let mut got = fields(
+            PlaceOrder::parse(body)
+                .err()
+                .unwrap_or(CommandError::Invalid(vec![])),
+        );
         got.sort();
         assert_eq!(
             got,
@@ -296,11 +336,19 @@ mod tests {
     #[test]
     fn wrong_types_and_missing_fields_are_invalid() {
         let body = br#"{"customer_id":7,"items":{"sku":"A"}}"#;
-        let mut got = fields(PlaceOrder::parse(body).err().unwrap_or(CommandError::Invalid(vec![])));
+        let mut got = fields(
+            PlaceOrder::parse(body)
+                .err()
+                .unwrap_or(CommandError::Invalid(vec![])),
+        );
         got.sort();
         assert_eq!(got, ["currency", "customer_id", "items"]);
         let body = br#"{"customer_id":"c","currency":"EUR","items":[{"sku":"A","quantity":1.5,"unit_price_cents":"1"}]}"#;
-        let mut got = fields(PlaceOrder::parse(body).err().unwrap_or(CommandError::Invalid(vec![])));
+        let mut got = fields(
+            PlaceOrder::parse(body)
+                .err()
+                .unwrap_or(CommandError::Invalid(vec![])),
+        );
         got.sort();
         assert_eq!(got, ["items[0].quantity", "items[0].unit_price_cents"]);
     }
@@ -310,9 +358,23 @@ mod tests {
         let item = r#"{"sku":"A","quantity":1,"unit_price_cents":1}"#;
         let many = vec![item; MAX_ITEMS + 1].join(",");
         let body = format!(r#"{{"customer_id":"c","currency":"EUR","items":[{many}]}}"#);
-        assert_eq!(fields(PlaceOrder::parse(body.as_bytes()).err().unwrap_or(CommandError::Invalid(vec![]))), ["items"]);
+        assert_eq!(
+            fields(
+                PlaceOrder::parse(body.as_bytes())
+                    .err()
+                    .unwrap_or(CommandError::Invalid(vec![]))
+            ),
+            ["items"]
+        );
         let body = r#"{"customer_id":"c","currency":"EUR","items":[]}"#;
-        assert_eq!(fields(PlaceOrder::parse(body.as_bytes()).err().unwrap_or(CommandError::Invalid(vec![]))), ["items"]);
+        assert_eq!(
+            fields(
+                PlaceOrder::parse(body.as_bytes())
+                    .err()
+                    .unwrap_or(CommandError::Invalid(vec![]))
+            ),
+            ["items"]
+        );
     }
 
     #[test]

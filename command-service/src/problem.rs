@@ -59,7 +59,9 @@ impl ApiError {
             Self::UnsupportedMediaType => ("unsupported-media-type", "Unsupported media type"),
             Self::Saturated => ("saturated", "Too many requests"),
             Self::ShuttingDown => ("shutting-down", "Service shutting down"),
-            Self::Commit(_) | Self::CommitTimeout(_) => ("kafka-unavailable", "Event not committed"),
+            Self::Commit(_) | Self::CommitTimeout(_) => {
+                ("kafka-unavailable", "Event not committed")
+            }
             Self::Encode(_) => ("schema-registry-unavailable", "Event not encoded"),
         }
     }

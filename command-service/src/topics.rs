@@ -17,7 +17,10 @@ pub enum TopicError {
         source: KafkaError,
     },
     #[error("could not create topic `{topic}`: {code}")]
-    Create { topic: String, code: RDKafkaErrorCode },
+    Create {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
 }
 
 /// Creates `topic` with the given shape unless it exists (whatever its shape).
@@ -37,7 +40,9 @@ pub async fn ensure_topic(
         .create()
         .map_err(client_error)?;
     let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
-    let options = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
     let results = admin
         .create_topics([&new_topic], &options)
         .await

@@ -56,21 +56,26 @@ pub struct Application {
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application").field("port", &self.port).finish_non_exhaustive()
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
     }
 }
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         config.validate()?;
-        let listener = TcpListener::bind(&config.listen).map_err(|source| StartupError::Listen {
-            address: config.listen.clone(),
-            source,
-        })?;
-        let address = listener.local_addr().map_err(|source| StartupError::Listen {
-            address: config.listen.clone(),
-            source,
-        })?;
+        let listener =
+            TcpListener::bind(&config.listen).map_err(|source| StartupError::Listen {
+                address: config.listen.clone(),
+                source,
+            })?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| StartupError::Listen {
+                address: config.listen.clone(),
+                source,
+            })?;
         let replica_id = config
             .replica_id
             .clone()
@@ -86,7 +91,11 @@ impl Application {
             })?;
         let store = Arc::new(store);
         let assignment = Arc::new(Assignment::default());
-        let context = RebalanceContext::new(Arc::clone(&store), config.topic.clone(), Arc::clone(&assignment));
+        let context = RebalanceContext::new(
+            Arc::clone(&store),
+            config.topic.clone(),
+            Arc::clone(&assignment),
+        );
         let consumer: StreamConsumer<RebalanceContext> = ClientConfig::new()
             .set("bootstrap.servers", &config.kafka_bootstrap)
             .set("group.id", &config.group_id)
@@ -101,7 +110,13 @@ impl Application {
             .set("socket.timeout.ms", config.kafka_timeout_ms.to_string())
             .create_with_context(context)?;
 
-        let partitions = wait_for_topic(&consumer, &config.topic, Duration::from_millis(config.kafka_timeout_ms), Duration::from_millis(config.topic_wait_ms)).await?;
+        let partitions = wait_for_topic(
+            &consumer,
+            &config.topic,
+            Duration::from_millis(config.kafka_timeout_ms),
+            Duration::from_millis(config.topic_wait_ms),
+        )
+        .await?;
         let codec = EventCodec::new(
             &config.registry_url,
             &config.topic,
@@ -184,10 +199,12 @@ async fn wait_for_topic(
     loop {
         match consumer.fetch_metadata(Some(topic), call_timeout) {
             Ok(metadata) => {
-                if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) {
-                    if t.error().is_none() && !t.partitions().is_empty() {
-                        return i32::try_from(t.partitions().len()).map_err(|_| StartupError::TopicMissing(topic.to_owned()));
-                    }
+                if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic)
+                    && t.error().is_none()
+                    && !t.partitions().is_empty()
+                {
+                    return i32::try_from(t.partitions().len())
+                        .map_err(|_| StartupError::TopicMissing(topic.to_owned()));
                 }
             }
             Err(error) => tracing::warn!(%error, "metadata request failed"),

@@ -16,7 +16,11 @@ pub struct Config {
     #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
     pub kafka_bootstrap: String,
     /// Base URL of the schema registry (Confluent REST API).
-    #[arg(long, env = "SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     pub registry_url: String,
     /// Topic of the order events.
     #[arg(long, env = "ORDERS_TOPIC", default_value = "orders")]
@@ -65,13 +69,20 @@ impl Config {
         if self.group_id.is_empty() {
             return fail("group id must be non-empty");
         }
-        if self.replica_id.as_deref().is_some_and(|id| id.is_empty() || !id.is_ascii()) {
+        if self
+            .replica_id
+            .as_deref()
+            .is_some_and(|id| id.is_empty() || !id.is_ascii())
+        {
             return fail("replica id must be non-empty ASCII");
         }
         if self.http_workers == 0 {
             return fail("http workers must be at least 1");
         }
-        if self.session_timeout_ms < 1_000 || self.kafka_timeout_ms == 0 || self.registry_timeout_ms == 0 {
+        if self.session_timeout_ms < 1_000
+            || self.kafka_timeout_ms == 0
+            || self.registry_timeout_ms == 0
+        {
             return fail("timeouts must be positive and the session timeout at least 1000 ms");
         }
         if !self.registry_url.starts_with("http://") && !self.registry_url.starts_with("https://") {

@@ -150,7 +150,12 @@ impl OrdersProjection {
 impl Projection for OrdersProjection {
     type Event = OrderEvent;
 
-    fn apply(&self, store: &Store, batch: &mut StoreBatch, event: &OrderEvent) -> Result<Applied, StoreError> {
+    fn apply(
+        &self,
+        store: &Store,
+        batch: &mut StoreBatch,
+        event: &OrderEvent,
+    ) -> Result<Applied, StoreError> {
         let current = Self::read(store, &event.envelope.aggregate_id)?;
         match evolve(current, event) {
             Ok(view) => {
@@ -226,11 +231,17 @@ mod tests {
         let cancelled = |v| event(v, OrderPayload::Cancelled { reason: "r".into() });
         assert_eq!(
             evolve(Some(view.clone()), &cancelled(3)),
-            Err(Applied::VersionGap { expected: 2, got: 3 })
+            Err(Applied::VersionGap {
+                expected: 2,
+                got: 3
+            })
         );
         assert_eq!(
             evolve(Some(view), &placed()),
-            Err(Applied::VersionGap { expected: 2, got: 1 })
+            Err(Applied::VersionGap {
+                expected: 2,
+                got: 1
+            })
         );
         assert!(evolve(None, &cancelled(1)).is_err());
     }

@@ -15,11 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::ClientContext;
 use shared_events::{AvroEvent, EventCodec, WireError};
 use tokio_util::sync::CancellationToken;
 
@@ -39,7 +41,12 @@ pub trait Projection: Send + Sync + 'static {
     type Event: AvroEvent + Send + Sync;
 
     /// Stages the effect of `event` into `batch`, reading the current state from `store`.
-    fn apply(&self, store: &Store, batch: &mut StoreBatch, event: &Self::Event) -> Result<Applied, StoreError>;
+    fn apply(
+        &self,
+        store: &Store,
+        batch: &mut StoreBatch,
+        event: &Self::Event,
+    ) -> Result<Applied, StoreError>;
 }
 
 /// Partitions of the topic this replica currently owns, as the group assigned them.
@@ -88,7 +95,9 @@ pub struct RebalanceContext {
 
 impl std::fmt::Debug for RebalanceContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RebalanceContext").field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("RebalanceContext")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
     }
 }
 
@@ -128,8 +137,16 @@ impl RebalanceContext {
 impl ClientContext for RebalanceContext {}
 
 impl ConsumerContext for RebalanceContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         let ours = |tpl: &TopicPartitionList| -> Vec<i32> {
             tpl.elements()
                 .iter()
@@ -220,7 +237,11 @@ impl<P: Projection> Runner<P> {
                 // Undecodable for good: skip it, but still record the position so that the
                 // partition moves on; the counter and the log say what happened.
                 self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(partition = message.partition(), offset = message.offset(), "skipping undecodable record");
+                tracing::error!(
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "skipping undecodable record"
+                );
                 let mut batch = StoreBatch::default();
                 batch.set_next_offset(message.topic(), message.partition(), message.offset() + 1);
                 self.write(batch, &message);
@@ -233,7 +254,14 @@ impl<P: Projection> Runner<P> {
                 }
                 Ok(Applied::VersionGap { expected, got }) => {
                     self.stats.version_gaps.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(key = event.key(), expected, got, partition = message.partition(), offset = message.offset(), "event version is not the next one; not applied");
+                    tracing::error!(
+                        key = event.key(),
+                        expected,
+                        got,
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "event version is not the next one; not applied"
+                    );
                 }
                 Err(error) => {
                     // The store itself failed; stop rather than skip an event.
@@ -264,13 +292,20 @@ impl<P: Projection> Runner<P> {
 
     /// Decodes a record value, retrying while the registry is unreachable. None for records that
     /// will never decode (or on shutdown).
-    async fn decode(&self, payload: Option<&[u8]>, shutdown: &CancellationToken) -> Option<P::Event> {
+    async fn decode(
+        &self,
+        payload: Option<&[u8]>,
+        shutdown: &CancellationToken,
+    ) -> Option<P::Event> {
         let payload = payload?;
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.codec.decode(payload).await {
                 Ok(event) => return Some(event),
-                Err(WireError::Registry { retriable: true, source }) => {
+                Err(WireError::Registry {
+                    retriable: true,
+                    source,
+                }) => {
                     tracing::warn!(error = %source, "schema registry unavailable; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => return None,

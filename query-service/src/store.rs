@@ -51,7 +51,8 @@ impl StoreBatch {
 
     /// Records that everything before `next_offset` in `topic`/`partition` is applied.
     pub fn set_next_offset(&mut self, topic: &str, partition: i32, next_offset: i64) {
-        self.offsets.push((offset_key(topic, partition), next_offset));
+        self.offsets
+            .push((offset_key(topic, partition), next_offset));
     }
 }
 

@@ -141,10 +141,9 @@ impl AvroEvent for OrderEvent {
                     ("tracking_number", string(tracking_number)),
                 ])),
             ),
-            OrderPayload::Cancelled { reason } => Value::Union(
-                3,
-                Box::new(record(vec![("reason", string(reason))])),
-            ),
+            OrderPayload::Cancelled { reason } => {
+                Value::Union(3, Box::new(record(vec![("reason", string(reason))])))
+            }
         };
         let e = &self.envelope;
         record(vec![

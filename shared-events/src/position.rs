@@ -75,7 +75,15 @@ mod tests {
 
     #[test]
     fn bad_tokens_are_rejected() {
-        for bad in ["", "orders", "orders:1", ":1:2", "orders:-1:2", "orders:1:x", "o:1:-5"] {
+        for bad in [
+            "",
+            "orders",
+            "orders:1",
+            ":1:2",
+            "orders:-1:2",
+            "orders:1:x",
+            "o:1:-5",
+        ] {
             assert!(bad.parse::<ConsistencyToken>().is_err(), "{bad}");
         }
     }

@@ -150,8 +150,8 @@ impl<E: AvroEvent> EventCodec<E> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
     use apache_avro::Schema;
+    use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
 
     use crate::AvroEvent;
     use crate::orders::OrderEvent;
@@ -173,7 +173,11 @@ mod tests {
           {"name": "method", "type": ["null", "string"], "default": null}"#,
                 1,
             );
-        assert_ne!(text, OrderEvent::SCHEMA, "the evolution must change the schema");
+        assert_ne!(
+            text,
+            OrderEvent::SCHEMA,
+            "the evolution must change the schema"
+        );
         Schema::parse_str(&text).unwrap()
     }
 
@@ -204,14 +208,12 @@ mod tests {
     #[test]
     fn adding_a_required_field_is_caught() {
         let current = Schema::parse_str(OrderEvent::SCHEMA).unwrap();
-        let broken = Schema::parse_str(
-            &OrderEvent::SCHEMA.replacen(
-                r#"{"name": "payment_ref", "type": "string"}"#,
-                r#"{"name": "payment_ref", "type": "string"},
+        let broken = Schema::parse_str(&OrderEvent::SCHEMA.replacen(
+            r#"{"name": "payment_ref", "type": "string"}"#,
+            r#"{"name": "payment_ref", "type": "string"},
           {"name": "method", "type": "string"}"#,
-                1,
-            ),
-        )
+            1,
+        ))
         .unwrap();
         // New readers cannot read old data that lacks the required field: not backward compatible.
         // Inside a union apache-avro reports that as `Partial` rather than an error; only `Full`

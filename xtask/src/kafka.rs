@@ -62,18 +62,18 @@ group.initial.rebalance.delay.ms=0
 /// The broker's runtime classpath, resolved by Maven once and cached next to the pom's hash.
 pub(crate) fn classpath(ws: &Workspace) -> anyhow::Result<String> {
     let pom = ws.root.join("xtask/kafka/pom.xml");
-    let pom_text = std::fs::read_to_string(&pom).with_context(|| format!("reading {}", pom.display()))?;
+    let pom_text =
+        std::fs::read_to_string(&pom).with_context(|| format!("reading {}", pom.display()))?;
     let cache = ws.cache_dir().join("kafka-classpath");
     std::fs::create_dir_all(&cache)?;
     let stamp = cache.join("pom.xml");
     let output = cache.join("classpath.txt");
     let cached = std::fs::read_to_string(&stamp).is_ok_and(|s| s == pom_text);
-    if cached {
-        if let Ok(cp) = std::fs::read_to_string(&output) {
-            if cp.split(':').all(|jar| Path::new(jar).is_file()) {
-                return Ok(cp.trim().to_owned());
-            }
-        }
+    if cached
+        && let Ok(cp) = std::fs::read_to_string(&output)
+        && cp.trim().split(':').all(|jar| Path::new(jar).is_file())
+    {
+        return Ok(cp.trim().to_owned());
     }
     eprintln!("resolving Apache Kafka jars with Maven (first run downloads them)...");
     let status = Command::new("mvn")
@@ -83,7 +83,10 @@ pub(crate) fn classpath(ws: &Workspace) -> anyhow::Result<String> {
         .arg(format!("-Dmdep.outputFile={}", output.display()))
         .status()
         .context("running mvn (is Maven installed?)")?;
-    anyhow::ensure!(status.success(), "Maven could not resolve Kafka's jars ({status})");
+    anyhow::ensure!(
+        status.success(),
+        "Maven could not resolve Kafka's jars ({status})"
+    );
     std::fs::write(&stamp, &pom_text)?;
     Ok(std::fs::read_to_string(&output)?.trim().to_owned())
 }
@@ -112,7 +115,15 @@ pub(crate) fn start(ws: &Workspace, config: &KafkaConfig, log: &Path) -> anyhow:
         let cluster_id = String::from_utf8_lossy(&uuid.stdout).trim().to_owned();
         let format = Command::new(java())
             .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
-            .args(["-cp", &cp, "kafka.tools.StorageTool", "format", "-t", &cluster_id, "-c"])
+            .args([
+                "-cp",
+                &cp,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                &cluster_id,
+                "-c",
+            ])
             .arg(&properties)
             .output()?;
         if !format.status.success() {
@@ -128,7 +139,11 @@ pub(crate) fn start(ws: &Workspace, config: &KafkaConfig, log: &Path) -> anyhow:
     command
         .arg(format!("-Xmx{}", config.heap))
         .arg(format!("-Xms{}", config.heap))
-        .args(["-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true"])
+        .args([
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+        ])
         .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
         .args(["-cp", &cp, "kafka.Kafka"])
         .arg(&properties);
@@ -142,8 +157,12 @@ fn wait_started(broker: &mut Service, port: u16, timeout: Duration) -> anyhow::R
     let deadline = Instant::now() + timeout;
     loop {
         broker.ensure_running()?;
-        let started = std::fs::read_to_string(broker.log()).is_ok_and(|l| l.contains("Kafka Server started"));
-        if started && std::net::TcpStream::connect_timeout(&localhost(port), Duration::from_secs(1)).is_ok() {
+        let started =
+            std::fs::read_to_string(broker.log()).is_ok_and(|l| l.contains("Kafka Server started"));
+        if started
+            && std::net::TcpStream::connect_timeout(&localhost(port), Duration::from_secs(1))
+                .is_ok()
+        {
             return Ok(());
         }
         if Instant::now() >= deadline {

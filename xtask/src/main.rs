@@ -10,8 +10,9 @@ mod process;
 mod python;
 mod workspace;
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -87,7 +88,12 @@ fn registry_command(ws: &Workspace, port: u16, bootstrap: &str) -> Command {
     command
 }
 
-fn dev(ws: &Workspace, wipe: bool, infra_only: bool, interrupted: &AtomicBool) -> anyhow::Result<ExitCode> {
+fn dev(
+    ws: &Workspace,
+    wipe: bool,
+    infra_only: bool,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<ExitCode> {
     let data = ws.root.join(".dev");
     if wipe && data.exists() {
         eprintln!("wiping {}", data.display());
@@ -135,7 +141,11 @@ fn dev(ws: &Workspace, wipe: bool, infra_only: bool, interrupted: &AtomicBool) -
             .env("COMMAND_LISTEN", format!("127.0.0.1:{DEV_COMMAND_PORT}"))
             .env("KAFKA_BOOTSTRAP", &bootstrap)
             .env("SCHEMA_REGISTRY_URL", &registry_url);
-        let mut service = Service::spawn("command-service", command, &logs.join("command-service.log"))?;
+        let mut service = Service::spawn(
+            "command-service",
+            command,
+            &logs.join("command-service.log"),
+        )?;
         service.wait_http_ok(localhost(DEV_COMMAND_PORT), "/health/live", HEALTH_TIMEOUT)?;
         services.push(service);
         for (index, port) in DEV_QUERY_PORTS.into_iter().enumerate() {
@@ -154,7 +164,11 @@ fn dev(ws: &Workspace, wipe: bool, infra_only: bool, interrupted: &AtomicBool) -
     }
 
     println!();
-    println!("The stack is up (data in {}, logs in {}):", data.display(), logs.display());
+    println!(
+        "The stack is up (data in {}, logs in {}):",
+        data.display(),
+        logs.display()
+    );
     println!("  Kafka            {bootstrap}");
     println!("  schema registry  {registry_url}");
     if !infra_only {
@@ -163,7 +177,10 @@ fn dev(ws: &Workspace, wipe: bool, infra_only: bool, interrupted: &AtomicBool) -
             "    curl -i -X POST localhost:{DEV_COMMAND_PORT}/orders -H 'content-type: application/json' \\\n      -d '{{\"customer_id\":\"c-42\",\"currency\":\"EUR\",\"items\":[{{\"sku\":\"A-1\",\"quantity\":2,\"unit_price_cents\":1250}}]}}'"
         );
         for (index, port) in DEV_QUERY_PORTS.into_iter().enumerate() {
-            println!("  query replica {}  http://127.0.0.1:{port}   GET /orders/<id>", index + 1);
+            println!(
+                "  query replica {}  http://127.0.0.1:{port}   GET /orders/<id>",
+                index + 1
+            );
         }
     }
     println!("Ctrl-C stops everything; `cargo xtask dev --wipe` starts from empty.");
@@ -213,23 +230,67 @@ fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
     registry.wait_http_ok(localhost(registry_port), "/health/live", HEALTH_TIMEOUT)?;
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let mut child = Command::new(cargo)
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(cargo_args)
         .current_dir(&ws.root)
         .env("KAFKA_BOOTSTRAP", kafka.bootstrap())
-        .env("SCHEMA_REGISTRY_URL", format!("http://127.0.0.1:{registry_port}"))
+        .env(
+            "SCHEMA_REGISTRY_URL",
+            format!("http://127.0.0.1:{registry_port}"),
+        )
         .env("INTEROP_PYTHON", &python)
-        .status()
+        .stdout(Stdio::piped())
+        .spawn()
         .context("running cargo test")?;
+    // Pass the output through and add up the per-binary results into one closing line.
+    let mut totals = TestTotals::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            totals.add_line(&line);
+        }
+    }
+    let status = child.wait()?;
 
     registry.stop(Duration::from_secs(10));
     broker.stop(Duration::from_secs(30));
-    if !status.success() {
+    println!(
+        "\ntests: {} passed, {} failed",
+        totals.passed, totals.failed
+    );
+    if !status.success() || totals.passed == 0 {
         show_logs_hint(&logs, &scratch.keep());
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Sums of libtest's `test result:` lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+}
+
+impl TestTotals {
+    fn add_line(&mut self, line: &str) {
+        let Some(result) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in result.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (words.next(), words.next())
+                && let Ok(n) = n.parse::<u64>()
+            {
+                match what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
 }
 
 /// After a failure the scratch directory is kept so the broker and registry logs can be read.
@@ -239,4 +300,24 @@ fn show_logs_hint(logs: &Path, kept: &Path) {
         logs.display(),
         kept.display()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestTotals;
+
+    #[test]
+    fn results_add_up() {
+        let mut totals = TestTotals::default();
+        totals.add_line("test result: ok. 8 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s");
+        totals.add_line("test result: FAILED. 5 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.14s");
+        totals.add_line("running 3 tests");
+        assert_eq!(
+            totals,
+            TestTotals {
+                passed: 13,
+                failed: 1
+            }
+        );
+    }
 }

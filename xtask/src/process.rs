@@ -73,7 +73,12 @@ impl Service {
     }
 
     /// Waits until `GET http://{address}{path}` answers 200.
-    pub(crate) fn wait_http_ok(&mut self, address: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<()> {
+    pub(crate) fn wait_http_ok(
+        &mut self,
+        address: SocketAddr,
+        path: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             self.ensure_running()?;
@@ -137,7 +142,9 @@ pub(crate) fn http_status(address: SocketAddr, path: &str) -> Option<u16> {
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Fails clearly when something already listens on `port`.

@@ -28,10 +28,21 @@ pub(crate) fn interop_python(ws: &Workspace) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("running {host_python} -m venv"))?;
     anyhow::ensure!(status.success(), "could not create a virtualenv ({status})");
     let status = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
         .arg(&requirements)
         .status()?;
-    anyhow::ensure!(status.success(), "pip could not install {}", requirements.display());
+    anyhow::ensure!(
+        status.success(),
+        "pip could not install {}",
+        requirements.display()
+    );
     std::fs::write(&stamp, wanted)?;
     Ok(python)
 }

@@ -37,7 +37,11 @@ impl Workspace {
             .args(args)
             .current_dir(&self.root)
             .status()?;
-        anyhow::ensure!(status.success(), "cargo {} failed ({status})", args.join(" "));
+        anyhow::ensure!(
+            status.success(),
+            "cargo {} failed ({status})",
+            args.join(" ")
+        );
         Ok(())
     }
 }

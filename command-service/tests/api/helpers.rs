@@ -24,7 +24,8 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn post_order(&self, body: &str) -> reqwest::Response {
-        self.post("/orders", "application/json", body.to_owned()).await
+        self.post("/orders", "application/json", body.to_owned())
+            .await
     }
 
     pub async fn post(&self, path: &str, content_type: &str, body: String) -> reqwest::Response {
@@ -65,7 +66,9 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(config: Config) -> TestApp {
     let topic = config.topic.clone();
-    let app = Application::build(config).await.expect("the command service did not start");
+    let app = Application::build(config)
+        .await
+        .expect("the command service did not start");
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
     tokio::spawn(app.run_until_stopped());
@@ -111,7 +114,10 @@ pub fn read_committed(topic: &str) -> Vec<Record> {
     let mut records = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while at_end.len() < PARTITIONS as usize {
-        assert!(Instant::now() < deadline, "could not read {topic} to its end");
+        assert!(
+            Instant::now() < deadline,
+            "could not read {topic} to its end"
+        );
         match consumer.poll(Duration::from_millis(500)) {
             None => {}
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {

@@ -15,10 +15,16 @@ async fn confluent_python_client_decodes_our_events() {
         let response = app.post_order(&order_body(customer)).await;
         assert_eq!(response.status(), 201);
         let body: Value = response.json().await.unwrap();
-        placed.insert(body["order_id"].as_str().unwrap().to_owned(), (customer, body));
+        placed.insert(
+            body["order_id"].as_str().unwrap().to_owned(),
+            (customer, body),
+        );
     }
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../interop/confluent_interop.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../interop/confluent_interop.py"
+    );
     let output = tokio::task::spawn_blocking({
         let topic = app.topic.clone();
         move || {

@@ -82,7 +82,10 @@ async fn concurrent_orders_are_all_committed_once() {
         let body: Value = response.json().await.unwrap();
         ids.push(body["order_id"].as_str().unwrap().to_owned());
     }
-    let mut keys: Vec<String> = read_committed(&app.topic).into_iter().map(|r| r.key).collect();
+    let mut keys: Vec<String> = read_committed(&app.topic)
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
     keys.sort();
     ids.sort();
     assert_eq!(keys, ids);
@@ -98,7 +101,10 @@ async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], status);
     for field in ["type", "title", "detail"] {
-        assert!(body[field].is_string(), "problem body lacks {field}: {body}");
+        assert!(
+            body[field].is_string(),
+            "problem body lacks {field}: {body}"
+        );
     }
     body
 }
@@ -109,8 +115,18 @@ async fn bad_input_gets_a_problem_and_writes_nothing() {
     let valid = order_body("c-1");
 
     assert_problem(app.post("/orders", "text/plain", valid.clone()).await, 415).await;
-    assert_problem(app.post("/orders", "application/json", "{\"customer_id\":".into()).await, 400).await;
-    assert_problem(app.post("/orders", "application/json", "[1,2]".into()).await, 400).await;
+    assert_problem(
+        app.post("/orders", "application/json", "{\"customer_id\":".into())
+            .await,
+        400,
+    )
+    .await;
+    assert_problem(
+        app.post("/orders", "application/json", "[1,2]".into())
+            .await,
+        400,
+    )
+    .await;
     let huge = format!(r#"{{"customer_id":"{}"}}"#, "x".repeat(100 * 1024));
     assert_problem(app.post("/orders", "application/json", huge).await, 413).await;
 
@@ -123,11 +139,19 @@ async fn bad_input_gets_a_problem_and_writes_nothing() {
         .map(|e| e["field"].as_str().unwrap())
         .collect();
     fields.sort_unstable();
-    assert_eq!(fields, ["currency", "customer_id", "gift", "items[0].quantity"]);
+    assert_eq!(
+        fields,
+        ["currency", "customer_id", "gift", "items[0].quantity"]
+    );
     let wrong_types = r#"{"customer_id":"c","currency":"EUR","items":[{"sku":"A","quantity":"2","unit_price_cents":5}]}"#;
     assert_problem(app.post_order(wrong_types).await, 422).await;
 
-    let not_found = app.client.get(format!("{}/nope", app.address)).send().await.unwrap();
+    let not_found = app
+        .client
+        .get(format!("{}/nope", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_problem(not_found, 404).await;
 
     // One good order after all the bad ones: it is the only record in the topic.

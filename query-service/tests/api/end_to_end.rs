@@ -38,7 +38,10 @@ async fn read_back(http: &reqwest::Client, replicas: &[Replica], id: &str) -> (u
                 other => panic!("unexpected {other} from {}", replica.id),
             }
         }
-        assert!(Instant::now() < deadline, "order {id} never became readable");
+        assert!(
+            Instant::now() < deadline,
+            "order {id} never became readable"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -68,7 +68,9 @@ impl Replica {
         config.data_dir = data.path().to_path_buf();
         config.replica_id = Some(id.to_owned());
         config.session_timeout_ms = 6_000;
-        let app = Application::build(config).await.expect("the replica did not start");
+        let app = Application::build(config)
+            .await
+            .expect("the replica did not start");
         let address = format!("http://127.0.0.1:{}", app.port());
         let handle = app.handle();
         tokio::spawn(app.run_until_stopped());
