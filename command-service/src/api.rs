@@ -1,4 +1,4 @@
-//! HTTP routes of the command service.
+//! HTTP routes of the command service and the one command flow they share.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -8,29 +8,334 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt;
 use shared_events::orders::OrderEvent;
 use shared_events::{ConsistencyToken, EventCodec, Position};
+use tokio::sync::oneshot;
+use tokio::time::{Instant, timeout_at};
 
-use crate::batcher::Batcher;
-use crate::order::{EventMetadata, PlaceOrder};
+use crate::batcher::{Batcher, CommitError, CommitResult};
+use crate::idempotency::{Begin, Claim, CommandKind, Fingerprint, IdempotencyIndex, Receipt};
+use crate::metrics::{CommandLabels, Metrics};
+use crate::order::{
+    CancelOrder, EventMetadata, Identifier, OrderCommand, OrderState, PayOrder, PlaceOrder,
+    ShipOrder, decide,
+};
 use crate::problem::ApiError;
+use crate::write_model::{LockedSlot, WriteModel};
 
 /// What every handler shares.
 #[derive(Debug)]
 pub struct AppState {
     pub codec: Arc<EventCodec<OrderEvent>>,
     pub batcher: Arc<Batcher>,
+    pub model: Arc<WriteModel<OrderState>>,
+    pub idempotency: Arc<IdempotencyIndex>,
+    pub metrics: Arc<Metrics>,
     pub topic: String,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    pub registry_url: String,
+    pub http: reqwest::Client,
 }
 
 pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/orders", web::post().to(place_order))
-        .route("/health/live", web::get().to(live));
+        .route("/orders/{id}/payment", web::post().to(pay_order))
+        .route("/orders/{id}/shipment", web::post().to(ship_order))
+        .route("/orders/{id}/cancellation", web::post().to(cancel_order))
+        .route("/health/live", web::get().to(live))
+        .route("/health/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(metrics));
 }
 
 async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// Ready when every producer is initialised and the schema registry answers.
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let producers = state.batcher.live_producers();
+    let registry = state
+        .http
+        .get(format!(
+            "{}/config",
+            state.registry_url.trim_end_matches('/')
+        ))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success());
+    let ready = producers > 0 && registry;
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "live_producers": producers,
+        "registry_reachable": registry,
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, "2"))
+            .json(body)
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let m = &state.metrics;
+    m.queue_depth
+        .set(i64::try_from(state.batcher.queue_depth()).unwrap_or(i64::MAX));
+    m.aggregates
+        .set(i64::try_from(state.model.len()).unwrap_or(i64::MAX));
+    m.idempotency_keys
+        .set(i64::try_from(state.idempotency.len()).unwrap_or(i64::MAX));
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(m.render())
+}
+
+async fn place_order(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    handle(&request, payload, &state, CommandKind::Place, None).await
+}
+
+async fn pay_order(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    handle(
+        &request,
+        payload,
+        &state,
+        CommandKind::Pay,
+        Some(id.into_inner()),
+    )
+    .await
+}
+
+async fn ship_order(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    handle(
+        &request,
+        payload,
+        &state,
+        CommandKind::Ship,
+        Some(id.into_inner()),
+    )
+    .await
+}
+
+async fn cancel_order(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    handle(
+        &request,
+        payload,
+        &state,
+        CommandKind::Cancel,
+        Some(id.into_inner()),
+    )
+    .await
+}
+
+fn command_name(kind: CommandKind) -> &'static str {
+    match kind {
+        CommandKind::Place => "place",
+        CommandKind::Pay => "pay",
+        CommandKind::Ship => "ship",
+        CommandKind::Cancel => "cancel",
+    }
+}
+
+/// Runs a command and counts its answer.
+async fn handle(
+    request: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    kind: CommandKind,
+    target: Option<String>,
+) -> Result<HttpResponse, ApiError> {
+    let result = execute(request, payload, state, kind, target).await;
+    let status = match &result {
+        Ok(response) => response.status().as_u16(),
+        Err(error) => actix_web::ResponseError::status_code(error).as_u16(),
+    };
+    state
+        .metrics
+        .commands
+        .get_or_create(&CommandLabels {
+            command: command_name(kind),
+            status,
+        })
+        .inc();
+    result
+}
+
+/// The command flow: parse → idempotency claim → lock the aggregate → check `If-Match` →
+/// decide → encode → queue → wait (bounded) for the commit.
+async fn execute(
+    request: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    kind: CommandKind,
+    target: Option<String>,
+) -> Result<HttpResponse, ApiError> {
+    let deadline = Instant::now() + state.request_timeout;
+    if let Some(id) = &target {
+        Identifier::parse(id).map_err(|reason| ApiError::BadId(id.clone(), reason))?;
+    }
+    let body = read_json_body(request, payload, state.max_body_bytes).await?;
+    let command = match kind {
+        CommandKind::Place => OrderCommand::Place(PlaceOrder::parse(&body)?),
+        CommandKind::Pay => OrderCommand::Pay(PayOrder::parse(&body)?),
+        CommandKind::Ship => OrderCommand::Ship(ShipOrder::parse(&body)?),
+        CommandKind::Cancel => OrderCommand::Cancel(CancelOrder::parse(&body)?),
+    };
+    let key = idempotency_key(request)?;
+    let expected_version = if_match(request)?;
+
+    let claim = match &key {
+        None => None,
+        Some(key) => {
+            let fingerprint = Fingerprint::of_request(kind, target.as_deref(), &body);
+            match timeout_at(deadline, state.idempotency.begin(key, fingerprint)).await {
+                Err(_) => {
+                    return Err(ApiError::Busy(
+                        "an earlier attempt with this Idempotency-Key is still in progress",
+                    ));
+                }
+                Ok(Begin::Replay(receipt)) => return Ok(respond(state, &receipt, true)),
+                Ok(Begin::Mismatch) => return Err(ApiError::KeyReused),
+                Ok(Begin::First(claim)) => Some(claim),
+            }
+        }
+    };
+
+    let order_id = target.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let cell = match kind {
+        CommandKind::Place => state.model.get_or_create(&order_id),
+        _ => state
+            .model
+            .get(&order_id)
+            .ok_or_else(|| ApiError::UnknownOrder(order_id.clone()))?,
+    };
+    let slot = timeout_at(deadline, cell.lock_owned())
+        .await
+        .map_err(|_| ApiError::Busy("the order is busy with another command"))?;
+    if kind != CommandKind::Place && slot.state.is_none() {
+        // Known only from a first command that is still failing or failed.
+        return Err(ApiError::UnknownOrder(order_id));
+    }
+    if let Some(expected) = expected_version
+        && expected != slot.version
+    {
+        let current = slot.version;
+        state.model.forget_if_empty(&order_id, &slot);
+        return Err(ApiError::VersionMismatch { expected, current });
+    }
+    let payload = match decide(slot.state.as_ref(), &command) {
+        Ok(payload) => payload,
+        Err(rejection) => {
+            state.model.forget_if_empty(&order_id, &slot);
+            return Err(ApiError::Conflict(rejection.0));
+        }
+    };
+    let metadata = EventMetadata {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        occurred_at_ms: now_ms(),
+        command_id: uuid::Uuid::new_v4().to_string(),
+        idempotency_key: key,
+        correlation_id: header_or_new(request, "x-correlation-id"),
+    };
+    let event = metadata.event(&order_id, slot.version + 1, payload);
+    let submitted = match state.codec.encode(&event).await {
+        Ok(value) => state
+            .batcher
+            .submit(order_id.clone(), value)
+            .map_err(ApiError::from),
+        Err(error) => Err(ApiError::Encode(error)),
+    };
+    let answer = match submitted {
+        Ok(answer) => answer,
+        Err(error) => {
+            state.model.forget_if_empty(&order_id, &slot);
+            return Err(error);
+        }
+    };
+
+    // The aggregate stays locked until the batcher's answer, even if this request stops waiting:
+    // the settling task owns the lock and the idempotency claim.
+    let (settled, outcome) = oneshot::channel();
+    tokio::spawn(settle(
+        Arc::clone(&state.model),
+        slot,
+        claim,
+        event,
+        kind,
+        answer,
+        settled,
+    ));
+    match timeout_at(deadline, outcome).await {
+        Ok(Ok(Ok(receipt))) => Ok(respond(state, &receipt, false)),
+        Ok(Ok(Err(error))) => Err(error.into()),
+        Ok(Err(_)) => Err(ApiError::ShuttingDown),
+        Err(_) => Err(ApiError::CommitTimeout(state.request_timeout)),
+    }
+}
+
+/// Waits for the batcher's answer, then updates the write model and the idempotency index and
+/// releases the aggregate.
+async fn settle(
+    model: Arc<WriteModel<OrderState>>,
+    mut slot: LockedSlot<OrderState>,
+    claim: Option<Claim>,
+    event: OrderEvent,
+    kind: CommandKind,
+    answer: oneshot::Receiver<CommitResult>,
+    settled: oneshot::Sender<Result<Receipt, CommitError>>,
+) {
+    let result = answer
+        .await
+        .unwrap_or_else(|_| Err(CommitError::InDoubt("the producer stopped".into())));
+    let outcome = match result {
+        Ok(position) => {
+            if !slot.apply(&event) {
+                tracing::error!(order = %event.envelope.aggregate_id, "a committed event did not apply to the write model");
+            }
+            let receipt = receipt_of(&event, kind, position);
+            if let Some(claim) = claim {
+                claim.committed(receipt.clone(), now_ms());
+            }
+            Ok(receipt)
+        }
+        Err(error) => {
+            model.forget_if_empty(&event.envelope.aggregate_id, &slot);
+            drop(claim);
+            Err(error)
+        }
+    };
+    drop(slot);
+    let _ = settled.send(outcome);
+}
+
+pub fn receipt_of(event: &OrderEvent, kind: CommandKind, position: Position) -> Receipt {
+    Receipt {
+        kind,
+        aggregate_id: event.envelope.aggregate_id.clone(),
+        version: event.envelope.aggregate_version,
+        event_id: event.envelope.event_id.clone(),
+        position,
+    }
 }
 
 /// Success body of every command.
@@ -42,50 +347,68 @@ struct Accepted<'a> {
     position: Position,
 }
 
-async fn place_order(
-    request: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let body = read_json_body(&request, payload, state.max_body_bytes).await?;
-    let command = PlaceOrder::parse(&body)?;
-    let order_id = uuid::Uuid::now_v7().to_string();
-    let metadata = EventMetadata {
-        order_id: order_id.clone(),
-        event_id: uuid::Uuid::new_v4().to_string(),
-        occurred_at_ms: now_ms(),
-        command_id: header_or_new(&request, "idempotency-key"),
-        correlation_id: header_or_new(&request, "x-correlation-id"),
-    };
-    let event = command.decide(metadata);
-    let position = commit(&state, &event).await?;
+fn respond(state: &AppState, receipt: &Receipt, replayed: bool) -> HttpResponse {
     let token = ConsistencyToken {
         topic: state.topic.clone(),
-        position,
+        position: receipt.position,
     };
-    Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, format!("/orders/{order_id}")))
+    let mut response = if receipt.kind == CommandKind::Place {
+        let mut created = HttpResponse::Created();
+        created.insert_header((
+            header::LOCATION,
+            format!("/orders/{}", receipt.aggregate_id),
+        ));
+        created
+    } else {
+        HttpResponse::Ok()
+    };
+    response
         .insert_header(("Consistency-Token", token.to_string()))
-        .json(Accepted {
-            order_id: &order_id,
-            version: event.envelope.aggregate_version,
-            event_id: &event.envelope.event_id,
-            position,
-        }))
+        .insert_header((header::ETAG, format!("\"{}\"", receipt.version)));
+    if replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    response.json(Accepted {
+        order_id: &receipt.aggregate_id,
+        version: receipt.version,
+        event_id: &receipt.event_id,
+        position: receipt.position,
+    })
 }
 
-/// Encodes the event, queues it and waits (bounded) until its transaction committed.
-async fn commit(state: &AppState, event: &OrderEvent) -> Result<Position, ApiError> {
-    let value = state.codec.encode(event).await.map_err(ApiError::Encode)?;
-    let answer = state
-        .batcher
-        .submit(event.envelope.aggregate_id.clone(), value)?;
-    match tokio::time::timeout(state.request_timeout, answer).await {
-        Ok(Ok(Ok(position))) => Ok(position),
-        Ok(Ok(Err(error))) => Err(error.into()),
-        // The worker dropped the request without answering: only happens when it stops.
-        Ok(Err(_)) => Err(ApiError::ShuttingDown),
-        Err(_) => Err(ApiError::CommitTimeout(state.request_timeout)),
+/// The `Idempotency-Key` header: 1..=255 visible ASCII characters.
+fn idempotency_key(request: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = request.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key)
+            if !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(key.to_owned()))
+        }
+        _ => Err(ApiError::BadHeader(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// The `If-Match` header as an aggregate version: `"3"`, `W/"3"` or `3`.
+fn if_match(request: &HttpRequest) -> Result<Option<i64>, ApiError> {
+    let Some(value) = request.headers().get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    let text = text.strip_prefix("W/").unwrap_or(text);
+    let text = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    match text.parse::<i64>() {
+        Ok(version) if version >= 0 => Ok(Some(version)),
+        _ => Err(ApiError::BadHeader(
+            "If-Match must be an order version in quotes, e.g. \"3\"",
+        )),
     }
 }
 
@@ -137,7 +460,7 @@ fn header_or_new(request: &HttpRequest, name: &str) -> String {
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

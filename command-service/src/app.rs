@@ -9,10 +9,15 @@ use actix_web::{App, HttpServer, web};
 use shared_events::EventCodec;
 use shared_events::orders::OrderEvent;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, now_ms, receipt_of};
 use crate::batcher::{Batcher, StartError};
 use crate::config::{Config, ConfigError};
+use crate::idempotency::{CommandKind, IdempotencyIndex};
+use crate::metrics::Metrics;
+use crate::order::OrderState;
+use crate::replay::{ReplayError, replay};
 use crate::topics::{TopicError, ensure_topic};
+use crate::write_model::WriteModel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -32,6 +37,10 @@ pub enum StartupError {
     },
     #[error("a startup task failed")]
     Join(#[from] tokio::task::JoinError),
+    #[error("rebuilding the write model from the topic failed")]
+    Replay(#[from] ReplayError),
+    #[error("could not build the HTTP client")]
+    HttpClient(#[from] reqwest::Error),
 }
 
 /// A built command service, listening but not yet serving until [`Application::run_until_stopped`].
@@ -39,6 +48,7 @@ pub struct Application {
     port: u16,
     server: Server,
     batcher: Arc<Batcher>,
+    sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Application {
@@ -72,9 +82,50 @@ impl Application {
         let schema_id = codec.register().await?;
         tracing::info!(schema_id, topic = %config.topic, "event schema registered");
 
+        // Producers first: initialising them fences a previous instance and aborts whatever it
+        // left open, so the replay below reads a log nobody else is extending.
+        let metrics = Arc::new(Metrics::default());
         let batcher_config = config.batcher();
-        let batcher =
-            Arc::new(tokio::task::spawn_blocking(move || Batcher::start(batcher_config)).await??);
+        let batch_metrics = metrics.batch.clone();
+        let batcher = Arc::new(
+            tokio::task::spawn_blocking(move || Batcher::start(batcher_config, batch_metrics))
+                .await??,
+        );
+
+        let model = Arc::new(WriteModel::<OrderState>::default());
+        let idempotency = IdempotencyIndex::new(
+            Duration::from_secs(config.idempotency_retention_secs),
+            config.idempotency_max_keys,
+        );
+        let started = std::time::Instant::now();
+        let now = now_ms();
+        let replayed = replay(
+            &config.kafka_bootstrap,
+            &format!("{}-replay", config.instance_id),
+            &config.topic,
+            &codec,
+            Duration::from_millis(config.replay_timeout_ms),
+            |event: OrderEvent, position| {
+                model.apply_from_log(&event);
+                if let (Some(key), Some(kind)) = (
+                    event.envelope.idempotency_key.as_deref(),
+                    CommandKind::of_payload(event.payload.name()),
+                ) {
+                    let receipt = receipt_of(&event, kind, position);
+                    idempotency.remember(key, receipt, event.envelope.occurred_at_ms, now);
+                }
+            },
+        )
+        .await?;
+        tracing::info!(
+            records = replayed.records,
+            orders = model.len(),
+            idempotency_keys = idempotency.len(),
+            gaps = model.gaps(),
+            elapsed_ms = started.elapsed().as_millis(),
+            "write model rebuilt from the topic"
+        );
+        let sweeper = tokio::spawn(sweep_idempotency(Arc::clone(&idempotency)));
 
         let listener =
             TcpListener::bind(&config.listen).map_err(|source| StartupError::Listen {
@@ -91,9 +142,16 @@ impl Application {
         let state = web::Data::new(AppState {
             codec: Arc::new(codec),
             batcher: Arc::clone(&batcher),
+            model,
+            idempotency,
+            metrics,
             topic: config.topic.clone(),
             max_body_bytes: config.max_body_bytes,
             request_timeout: Duration::from_millis(config.request_timeout_ms),
+            registry_url: config.registry_url.clone(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_millis(config.registry_timeout_ms))
+                .build()?,
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -112,6 +170,7 @@ impl Application {
             port,
             server,
             batcher,
+            sweeper,
         })
     }
 
@@ -128,6 +187,7 @@ impl Application {
     /// write queue: every accepted command is committed or answered with an error before return.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
+        self.sweeper.abort();
         let batcher = self.batcher;
         tracing::info!(
             queued = batcher.queue_depth(),
@@ -140,5 +200,14 @@ impl Application {
             tracing::error!("draining the write queue panicked");
         }
         served
+    }
+}
+
+/// Forgets idempotency receipts past the retention window, once a minute.
+async fn sweep_idempotency(index: Arc<IdempotencyIndex>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        index.expire(now_ms());
     }
 }

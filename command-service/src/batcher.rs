@@ -9,25 +9,34 @@
 //!
 //! Invariants:
 //! - A request is answered `Ok` only after the transaction holding its record committed.
-//! - A batch whose transaction fails is aborted (invisible to read-committed consumers) and every
-//!   request in it is answered with an error; a fatal producer error (e.g. fenced) replaces the
-//!   producer instead of retrying with it.
+//! - Every answer is the truth: `Ok` only if the transaction committed, an error only if it
+//!   certainly did not. When a commit fails in a way that leaves the outcome open (a fatal
+//!   producer error such as being fenced, a commit that keeps timing out), the worker replaces
+//!   its producer — `init_transactions` under the same `transactional.id` makes the broker finish
+//!   the old transaction one way or the other — and then reads the log, read-committed, at each
+//!   record's offset to learn whether it is there. Until then the requests wait (their handlers
+//!   time out with 503, the answer still settles the aggregate's lock).
+//! - A fatal producer error replaces the producer instead of retrying with it.
 //! - The queue is bounded: [`Batcher::submit`] fails at once with [`SubmitError::Full`].
 //! - [`Batcher::close`] stops intake; the workers drain what was queued, then exit.
 //!
 //! The batcher knows nothing of the domain: it moves keyed byte records to one topic.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use shared_events::Position;
 use tokio::sync::oneshot;
+
+use crate::metrics::{BatchMetrics, OutcomeLabel};
 
 /// How a batcher is shaped; see [`crate::config::Config`] for meanings and defaults.
 #[derive(Debug, Clone)]
@@ -57,10 +66,15 @@ pub enum SubmitError {
 /// Why an accepted record was not committed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CommitError {
+    /// Certainly not in the log: the transaction was aborted or never began.
     #[error("the Kafka transaction failed and was aborted: {0}")]
     Aborted(String),
+    /// Certainly not in the log: no producer could be initialised (Kafka unreachable?).
     #[error("the Kafka producer is unavailable: {0}")]
     ProducerUnavailable(String),
+    /// The commit's outcome could not be learned before shutdown; the log has the truth.
+    #[error("the outcome of the Kafka transaction is unknown: {0}")]
+    InDoubt(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +110,7 @@ struct Pending {
 pub struct Batcher {
     queue: Sender<Pending>,
     closed: Arc<AtomicBool>,
+    live_producers: Arc<AtomicUsize>,
     workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -109,19 +124,23 @@ impl Batcher {
     /// Creates the producers, initialises their transactions (fencing any previous instance with
     /// the same ids) and starts the workers. Blocks for up to `kafka_timeout` per producer, so
     /// call it off the async runtime.
-    pub fn start(config: BatcherConfig) -> Result<Self, StartError> {
+    pub fn start(config: BatcherConfig, metrics: BatchMetrics) -> Result<Self, StartError> {
         let (queue, intake) = crossbeam_channel::bounded(config.queue_capacity);
         let closed = Arc::new(AtomicBool::new(false));
+        let live_producers = Arc::new(AtomicUsize::new(0));
         let config = Arc::new(config);
         let mut workers = Vec::with_capacity(config.workers);
         for index in 0..config.workers {
             let producer = TxProducer::create(&config, index)?;
+            live_producers.fetch_add(1, Ordering::Relaxed);
             let worker = Worker {
                 config: Arc::clone(&config),
                 index,
-                producer,
+                producer: Some(producer),
                 intake: intake.clone(),
                 closed: Arc::clone(&closed),
+                live_producers: Arc::clone(&live_producers),
+                metrics: metrics.clone(),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("producer-{index}"))
@@ -132,6 +151,7 @@ impl Batcher {
         Ok(Self {
             queue,
             closed,
+            live_producers,
             workers: std::sync::Mutex::new(workers),
         })
     }
@@ -151,6 +171,11 @@ impl Batcher {
             Err(TrySendError::Full(_)) => Err(SubmitError::Full),
             Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
         }
+    }
+
+    /// Workers whose transactional producer is initialised (the others are replacing theirs).
+    pub fn live_producers(&self) -> usize {
+        self.live_producers.load(Ordering::Relaxed)
     }
 
     /// Records waiting in the queue (not yet taken by a worker).
@@ -222,9 +247,24 @@ impl TxProducer {
 struct Worker {
     config: Arc<BatcherConfig>,
     index: usize,
-    producer: TxProducer,
+    /// None after a failure until a replacement could be initialised.
+    producer: Option<TxProducer>,
     intake: Receiver<Pending>,
     closed: Arc<AtomicBool>,
+    live_producers: Arc<AtomicUsize>,
+    metrics: BatchMetrics,
+}
+
+/// How a batch's transaction ended.
+enum Verdict {
+    Committed(Vec<Position>),
+    /// Certainly not in the log.
+    NotCommitted(CommitError),
+    /// Sent and a commit attempted, outcome open: each record's delivery report.
+    InDoubt {
+        error: String,
+        deliveries: Vec<Option<Position>>,
+    },
 }
 
 impl Worker {
@@ -266,86 +306,253 @@ impl Worker {
     fn commit(&mut self, batch: Vec<Pending>) {
         let span = tracing::debug_span!("transaction", worker = self.index, size = batch.len());
         let _guard = span.enter();
-        match self.send_and_commit(&batch) {
-            Ok(deliveries) => {
-                for (pending, delivery) in batch.into_iter().zip(deliveries) {
-                    let answer = match futures::executor::block_on(delivery) {
-                        Ok(Ok(d)) => Ok(Position {
-                            partition: d.partition,
-                            offset: d.offset,
-                        }),
-                        // Commit succeeded, so the record is in the log; a missing delivery
-                        // report would be a client bug, reported rather than guessed at.
-                        Ok(Err((e, _))) => Err(CommitError::Aborted(e.to_string())),
-                        Err(_) => Err(CommitError::Aborted("delivery report lost".into())),
-                    };
-                    // A receiver that went away (client timed out) is not our failure.
-                    let _ = pending.reply.send(answer);
-                }
+        #[allow(clippy::cast_precision_loss)] // batch sizes are far below 2^52
+        self.metrics.batch_size.observe(batch.len() as f64);
+        let started = Instant::now();
+        let verdict = self.transact(&batch);
+        let outcome = match &verdict {
+            Verdict::Committed(_) => {
+                self.metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                "committed"
             }
-            Err(error) => {
-                tracing::warn!(worker = self.index, %error, "transaction failed; batch aborted");
-                for pending in batch {
-                    let _ = pending.reply.send(Err(error.clone()));
-                }
+            Verdict::NotCommitted(_) => "not_committed",
+            Verdict::InDoubt { .. } => "in_doubt",
+        };
+        self.metrics
+            .transactions
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        let answers: Vec<CommitResult> = match verdict {
+            Verdict::Committed(positions) => positions.into_iter().map(Ok).collect(),
+            Verdict::NotCommitted(error) => {
+                tracing::warn!(worker = self.index, %error, "batch not committed");
+                vec![Err(error); batch.len()]
             }
+            Verdict::InDoubt { error, deliveries } => {
+                tracing::warn!(worker = self.index, %error, "commit outcome unknown; resolving from the log");
+                self.resolve(&batch, &deliveries, &error)
+            }
+        };
+        for (pending, answer) in batch.into_iter().zip(answers) {
+            // A receiver that went away (client timed out) is not our failure.
+            let _ = pending.reply.send(answer);
         }
     }
 
-    fn send_and_commit(&mut self, batch: &[Pending]) -> Result<Vec<DeliveryFuture>, CommitError> {
-        let producer = &self.producer.producer;
+    /// Initialises a replacement producer if the last one failed.
+    fn ensure_producer(&mut self) -> Result<(), CommitError> {
+        if self.producer.is_none() {
+            let fresh = TxProducer::create(&self.config, self.index)
+                .map_err(|error| CommitError::ProducerUnavailable(error.to_string()))?;
+            self.producer = Some(fresh);
+            self.live_producers.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn discard_producer(&mut self, why: &KafkaError) {
+        if let Some(old) = self.producer.take() {
+            self.live_producers.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(worker = self.index, transactional_id = %old.id, error = %why, "replacing the transactional producer");
+        }
+    }
+
+    fn transact(&mut self, batch: &[Pending]) -> Verdict {
+        let topic = self.config.topic.clone();
+        let timeout = self.config.kafka_timeout;
+        if let Err(error) = self.ensure_producer() {
+            return Verdict::NotCommitted(error);
+        }
+        let Some(TxProducer { producer, .. }) = self.producer.as_ref() else {
+            return Verdict::NotCommitted(CommitError::ProducerUnavailable("no producer".into()));
+        };
         if let Err(e) = producer.begin_transaction() {
-            return Err(self.recover(e));
+            // Nothing was sent: certainly not committed.
+            let verdict = Verdict::NotCommitted(CommitError::Aborted(e.to_string()));
+            self.discard_producer(&e);
+            return verdict;
         }
         let mut deliveries = Vec::with_capacity(batch.len());
         for pending in batch {
-            let record = FutureRecord::to(&self.config.topic)
+            let record = FutureRecord::to(&topic)
                 .key(pending.key.as_bytes())
                 .payload(&pending.value);
             match producer.send_result(record) {
                 Ok(delivery) => deliveries.push(delivery),
-                Err((e, _)) => return Err(self.recover(e)),
-            }
-        }
-        match producer.commit_transaction(self.config.kafka_timeout) {
-            Ok(()) => Ok(deliveries),
-            Err(e) => Err(self.recover(e)),
-        }
-    }
-
-    /// Brings the producer back to a state where it can begin a new transaction after `error`,
-    /// and says what to tell the waiting requests.
-    fn recover(&mut self, error: KafkaError) -> CommitError {
-        let fatal = matches!(&error, KafkaError::Transaction(e) if e.is_fatal());
-        if !fatal {
-            // Abortable or unknown: abort, so nothing of the batch becomes visible. If the abort
-            // itself fails the producer is in an unknown state and is replaced below.
-            match self
-                .producer
-                .producer
-                .abort_transaction(self.config.kafka_timeout)
-            {
-                Ok(()) => return CommitError::Aborted(error.to_string()),
-                Err(abort_error) => {
-                    tracing::warn!(worker = self.index, %abort_error, "abort failed; replacing producer");
+                Err((e, _)) => {
+                    // Never committed: abort, and if even that fails, the broker aborts the
+                    // transaction when the replacement producer fences this one.
+                    let aborted = producer.abort_transaction(timeout);
+                    let verdict = Verdict::NotCommitted(CommitError::Aborted(e.to_string()));
+                    if aborted.is_err() {
+                        self.discard_producer(&e);
+                    }
+                    return verdict;
                 }
             }
         }
-        tracing::warn!(
-            worker = self.index,
-            transactional_id = %self.producer.id,
-            %error,
-            "replacing the transactional producer"
-        );
-        match TxProducer::create(&self.config, self.index) {
-            Ok(fresh) => {
-                self.producer = fresh;
-                CommitError::Aborted(error.to_string())
+        let mut result = producer.commit_transaction(timeout);
+        // A retriable failure (e.g. a timeout) may be retried once: the same commit, not a new one.
+        if let Err(KafkaError::Transaction(e)) = &result
+            && e.is_retriable()
+        {
+            tracing::warn!(worker = self.index, error = %e, "commit failed; retrying once");
+            result = producer.commit_transaction(timeout);
+        }
+        match result {
+            Ok(()) => {
+                let positions: Vec<Option<Position>> =
+                    deliveries.into_iter().map(settled).collect();
+                if positions.iter().all(Option::is_some) {
+                    Verdict::Committed(positions.into_iter().flatten().collect())
+                } else {
+                    // Committed, yet a delivery report is missing: let the log say where.
+                    Verdict::InDoubt {
+                        error: "a delivery report is missing".into(),
+                        deliveries: positions,
+                    }
+                }
             }
-            Err(create_error) => {
-                tracing::error!(worker = self.index, error = %create_error, "producer not replaced; will retry on next batch");
-                CommitError::ProducerUnavailable(create_error.to_string())
+            Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
+                // The commit did not happen; abort to leave the transaction state clean.
+                let why = KafkaError::Transaction(e);
+                if producer.abort_transaction(timeout).is_err() {
+                    self.discard_producer(&why);
+                }
+                Verdict::NotCommitted(CommitError::Aborted(why.to_string()))
+            }
+            Err(e) => {
+                // Fatal (fenced) or still failing: the outcome is open. Collect what was
+                // delivered before the producer goes, so the log can be checked at those offsets.
+                let _ = producer.flush(timeout);
+                let deliveries = deliveries.into_iter().map(settled).collect();
+                self.discard_producer(&e);
+                Verdict::InDoubt {
+                    error: e.to_string(),
+                    deliveries,
+                }
             }
         }
+    }
+
+    /// Learns from the log which records of an in-doubt batch committed. A new producer under the
+    /// same `transactional.id` must be initialised first: that is what makes the broker complete
+    /// or abort the old transaction, after which a read-committed read is the truth.
+    fn resolve(
+        &mut self,
+        batch: &[Pending],
+        deliveries: &[Option<Position>],
+        error: &str,
+    ) -> Vec<CommitResult> {
+        let mut backoff = Duration::from_millis(200);
+        let mut closed_since: Option<Instant> = None;
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                let since = *closed_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > self.config.kafka_timeout {
+                    tracing::error!(worker = self.index, "shutting down with a batch in doubt");
+                    return vec![Err(CommitError::InDoubt(error.to_owned())); batch.len()];
+                }
+            }
+            let attempt = self
+                .ensure_producer()
+                .and_then(|()| self.check_log(batch, deliveries));
+            match attempt {
+                Ok(answers) => return answers,
+                Err(why) => {
+                    tracing::warn!(worker = self.index, error = %why, "in-doubt batch not resolved yet; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn check_log(
+        &self,
+        batch: &[Pending],
+        deliveries: &[Option<Position>],
+    ) -> Result<Vec<CommitResult>, CommitError> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.config.bootstrap_servers)
+            .set(
+                "group.id",
+                format!(
+                    "{}-{}-resolver",
+                    self.config.transactional_id_prefix, self.index
+                ),
+            )
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .create()
+            .map_err(|e| CommitError::ProducerUnavailable(e.to_string()))?;
+        let mut answers = Vec::with_capacity(batch.len());
+        for (pending, delivery) in batch.iter().zip(deliveries) {
+            let Some(position) = delivery else {
+                // Never written to the partition, so not part of any committed transaction.
+                answers.push(Err(CommitError::Aborted(
+                    "the record was not delivered".into(),
+                )));
+                continue;
+            };
+            let committed = self.is_committed(&consumer, *position, &pending.key)?;
+            answers.push(if committed {
+                Ok(*position)
+            } else {
+                Err(CommitError::Aborted("the transaction was aborted".into()))
+            });
+        }
+        Ok(answers)
+    }
+
+    /// Whether the record at `position` is visible to a read-committed consumer.
+    fn is_committed(
+        &self,
+        consumer: &BaseConsumer,
+        position: Position,
+        key: &str,
+    ) -> Result<bool, CommitError> {
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(
+                &self.config.topic,
+                position.partition,
+                Offset::Offset(position.offset),
+            )
+            .map_err(|e| CommitError::InDoubt(e.to_string()))?;
+        consumer
+            .assign(&assignment)
+            .map_err(|e| CommitError::InDoubt(e.to_string()))?;
+        let deadline = Instant::now() + self.config.kafka_timeout;
+        while Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                // The end of the committed data, with nothing visible at or after the offset.
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(false),
+                Some(Err(e)) => return Err(CommitError::InDoubt(e.to_string())),
+                // Aborted records are skipped, so the first visible one is ours only if committed.
+                Some(Ok(message)) => {
+                    return Ok(message.offset() == position.offset
+                        && message.key() == Some(key.as_bytes()));
+                }
+            }
+        }
+        Err(CommitError::InDoubt(
+            "the log could not be read in time".into(),
+        ))
+    }
+}
+
+/// The position of a delivered record; resolves at once after a flush or a commit.
+fn settled(delivery: DeliveryFuture) -> Option<Position> {
+    match futures::executor::block_on(delivery) {
+        Ok(Ok(d)) => Some(Position {
+            partition: d.partition,
+            offset: d.offset,
+        }),
+        _ => None,
     }
 }

@@ -67,6 +67,20 @@ pub struct Config {
     /// HTTP worker threads.
     #[arg(long, env = "COMMAND_HTTP_WORKERS", default_value_t = 2)]
     pub http_workers: usize,
+    /// How long an `Idempotency-Key` is remembered, in seconds (also across restarts: keys are
+    /// recovered from the log).
+    #[arg(long, env = "COMMAND_IDEMPOTENCY_RETENTION_SECS", default_value_t = 24 * 3600)]
+    pub idempotency_retention_secs: u64,
+    /// Most idempotency keys remembered; beyond it the oldest are forgotten early.
+    #[arg(
+        long,
+        env = "COMMAND_IDEMPOTENCY_MAX_KEYS",
+        default_value_t = 1_000_000
+    )]
+    pub idempotency_max_keys: usize,
+    /// Longest the start-up replay of the topic may take, in milliseconds.
+    #[arg(long, env = "COMMAND_REPLAY_TIMEOUT_MS", default_value_t = 300_000)]
+    pub replay_timeout_ms: u64,
 }
 
 /// A configuration value that cannot work.
@@ -96,6 +110,9 @@ impl Config {
         }
         if self.http_workers == 0 || self.max_body_bytes == 0 {
             return fail("http workers and max body bytes must be at least 1");
+        }
+        if self.idempotency_max_keys == 0 || self.replay_timeout_ms == 0 {
+            return fail("idempotency max keys and replay timeout must be positive");
         }
         if self.kafka_timeout_ms == 0 || self.registry_timeout_ms == 0 {
             return fail("timeouts must be positive");

@@ -10,9 +10,13 @@ pub mod api;
 pub mod app;
 pub mod batcher;
 pub mod config;
+pub mod idempotency;
+pub mod metrics;
 pub mod order;
 pub mod problem;
+pub mod replay;
 pub mod topics;
+pub mod write_model;
 
 pub use app::{Application, StartupError};
 pub use config::Config;

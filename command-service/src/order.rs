@@ -38,6 +38,8 @@ const MAX_QUANTITY: i64 = 10_000;
 /// Ten million in the currency's major unit, per line: beyond any order this shop takes.
 const MAX_UNIT_PRICE_CENTS: i64 = 1_000_000_000;
 const MAX_ID_LEN: usize = 64;
+/// The largest total an order can have under the limits above.
+const MAX_ORDER_CENTS: i64 = MAX_ITEMS as i64 * MAX_QUANTITY * MAX_UNIT_PRICE_CENTS;
 
 /// An identifier as clients send it: 1..=64 characters of `[A-Za-z0-9._-]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,25 +235,239 @@ impl PlaceOrder {
             .map(|l| i64::from(l.quantity) * l.unit_price_cents)
             .sum()
     }
+}
 
-    /// The first event of a new order.
-    pub fn decide(&self, metadata: EventMetadata) -> OrderEvent {
-        OrderEvent {
-            envelope: metadata.envelope(1),
-            payload: OrderPayload::Placed {
-                customer_id: self.customer_id.as_str().to_owned(),
-                currency: self.currency.0.clone(),
-                items: self
-                    .items
-                    .iter()
-                    .map(|l| LineItem {
-                        sku: l.sku.as_str().to_owned(),
-                        quantity: l.quantity,
-                        unit_price_cents: l.unit_price_cents,
-                    })
-                    .collect(),
-                total_cents: self.total_cents(),
-            },
+const MAX_TEXT_LEN: usize = 200;
+
+/// Free text of 1..=200 characters without control characters (references, carriers, reasons).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text(String);
+
+impl Text {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let length = raw.chars().count();
+        if length == 0 || length > MAX_TEXT_LEN || raw.trim().is_empty() {
+            return Err(format!(
+                "must be 1 to {MAX_TEXT_LEN} characters, not all blank"
+            ));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err("must not contain control characters".into());
+        }
+        Ok(Self(raw.to_owned()))
+    }
+}
+
+impl Checker {
+    fn text(&mut self, object: &Map<String, Value>, name: &str) -> Option<Text> {
+        let raw = self.string(object, name, name)?;
+        Text::parse(raw).map_or_else(|m| self.fail(name, m), Some)
+    }
+
+    fn finish<T>(self, value: Option<T>) -> Result<T, CommandError> {
+        match value {
+            Some(value) if self.errors.is_empty() => Ok(value),
+            _ => Err(CommandError::Invalid(self.errors)),
+        }
+    }
+}
+
+/// `POST /orders/{id}/payment`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayOrder {
+    pub amount_cents: i64,
+    pub payment_ref: Text,
+}
+
+impl PayOrder {
+    pub fn parse(body: &[u8]) -> Result<Self, CommandError> {
+        let body = object(body)?;
+        let mut c = Checker { errors: Vec::new() };
+        c.unknown_fields(&body, &["amount_cents", "payment_ref"], "");
+        let amount = c.integer(&body, "amount_cents", "amount_cents", 0, MAX_ORDER_CENTS);
+        let payment_ref = c.text(&body, "payment_ref");
+        let command = amount
+            .zip(payment_ref)
+            .map(|(amount_cents, payment_ref)| Self {
+                amount_cents,
+                payment_ref,
+            });
+        c.finish(command)
+    }
+}
+
+/// `POST /orders/{id}/shipment`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShipOrder {
+    pub carrier: Text,
+    pub tracking_number: Text,
+}
+
+impl ShipOrder {
+    pub fn parse(body: &[u8]) -> Result<Self, CommandError> {
+        let body = object(body)?;
+        let mut c = Checker { errors: Vec::new() };
+        c.unknown_fields(&body, &["carrier", "tracking_number"], "");
+        let carrier = c.text(&body, "carrier");
+        let tracking = c.text(&body, "tracking_number");
+        let command = carrier
+            .zip(tracking)
+            .map(|(carrier, tracking_number)| Self {
+                carrier,
+                tracking_number,
+            });
+        c.finish(command)
+    }
+}
+
+/// `POST /orders/{id}/cancellation`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelOrder {
+    pub reason: Text,
+}
+
+impl CancelOrder {
+    pub fn parse(body: &[u8]) -> Result<Self, CommandError> {
+        let body = object(body)?;
+        let mut c = Checker { errors: Vec::new() };
+        c.unknown_fields(&body, &["reason"], "");
+        let reason = c.text(&body, "reason");
+        c.finish(reason.map(|reason| Self { reason }))
+    }
+}
+
+/// Any command on an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderCommand {
+    Place(PlaceOrder),
+    Pay(PayOrder),
+    Ship(ShipOrder),
+    Cancel(CancelOrder),
+}
+
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderStatus {
+    Placed,
+    Paid,
+    Shipped,
+    Cancelled,
+}
+
+impl OrderStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Placed => "placed",
+            Self::Paid => "paid",
+            Self::Shipped => "shipped",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What the command side remembers of an order: just enough to check the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderState {
+    pub status: OrderStatus,
+    pub total_cents: i64,
+}
+
+/// A command that breaks a rule of the order's life cycle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Rejection(pub String);
+
+/// The payload of the event `command` yields on an order in `state` (None: a new order).
+pub fn decide(
+    state: Option<&OrderState>,
+    command: &OrderCommand,
+) -> Result<OrderPayload, Rejection> {
+    use OrderStatus::{Cancelled, Paid, Placed, Shipped};
+    let status = state.map(|s| s.status);
+    match (command, state) {
+        (OrderCommand::Place(place), None) => Ok(place.payload()),
+        (OrderCommand::Place(_), Some(_)) => Err(Rejection("the order already exists".into())),
+        (_, None) => Err(Rejection("the order does not exist".into())),
+        (OrderCommand::Pay(pay), Some(state)) => match status {
+            Some(Placed) if pay.amount_cents == state.total_cents => Ok(OrderPayload::Paid {
+                amount_cents: pay.amount_cents,
+                payment_ref: pay.payment_ref.0.clone(),
+            }),
+            Some(Placed) => Err(Rejection(format!(
+                "the payment of {} cents does not match the order total of {} cents",
+                pay.amount_cents, state.total_cents
+            ))),
+            _ => Err(Rejection(format!(
+                "only a placed order can be paid; this one is {}",
+                state.status.as_str()
+            ))),
+        },
+        (OrderCommand::Ship(ship), Some(state)) => match status {
+            Some(Paid) => Ok(OrderPayload::Shipped {
+                carrier: ship.carrier.0.clone(),
+                tracking_number: ship.tracking_number.0.clone(),
+            }),
+            _ => Err(Rejection(format!(
+                "only a paid order can be shipped; this one is {}",
+                state.status.as_str()
+            ))),
+        },
+        (OrderCommand::Cancel(cancel), Some(state)) => match status {
+            Some(Shipped | Cancelled) => Err(Rejection(format!(
+                "a {} order cannot be cancelled",
+                state.status.as_str()
+            ))),
+            _ => Ok(OrderPayload::Cancelled {
+                reason: cancel.reason.0.clone(),
+            }),
+        },
+    }
+}
+
+/// The state after `payload` happened to an order in `state`; None if it cannot follow.
+pub fn evolve(state: Option<&OrderState>, payload: &OrderPayload) -> Option<OrderState> {
+    use OrderStatus::{Cancelled, Paid, Placed, Shipped};
+    match (state, payload) {
+        (None, OrderPayload::Placed { total_cents, .. }) => Some(OrderState {
+            status: Placed,
+            total_cents: *total_cents,
+        }),
+        (Some(s), OrderPayload::Paid { .. }) => Some(OrderState { status: Paid, ..*s }),
+        (Some(s), OrderPayload::Shipped { .. }) => Some(OrderState {
+            status: Shipped,
+            ..*s
+        }),
+        (Some(s), OrderPayload::Cancelled { .. }) => Some(OrderState {
+            status: Cancelled,
+            ..*s
+        }),
+        _ => None,
+    }
+}
+
+impl crate::write_model::Aggregate for OrderState {
+    type Event = OrderEvent;
+
+    fn evolve(state: Option<&Self>, event: &OrderEvent) -> Option<Self> {
+        evolve(state, &event.payload)
+    }
+}
+
+impl PlaceOrder {
+    fn payload(&self) -> OrderPayload {
+        OrderPayload::Placed {
+            customer_id: self.customer_id.as_str().to_owned(),
+            currency: self.currency.0.clone(),
+            items: self
+                .items
+                .iter()
+                .map(|l| LineItem {
+                    sku: l.sku.as_str().to_owned(),
+                    quantity: l.quantity,
+                    unit_price_cents: l.unit_price_cents,
+                })
+                .collect(),
+            total_cents: self.total_cents(),
         }
     }
 }
@@ -259,22 +475,26 @@ impl PlaceOrder {
 /// Who and when, for the envelope of an event being decided.
 #[derive(Debug, Clone)]
 pub struct EventMetadata {
-    pub order_id: String,
     pub event_id: String,
     pub occurred_at_ms: i64,
     pub command_id: String,
+    pub idempotency_key: Option<String>,
     pub correlation_id: String,
 }
 
 impl EventMetadata {
-    fn envelope(self, version: i64) -> Envelope {
-        Envelope {
-            event_id: self.event_id,
-            aggregate_id: self.order_id,
-            aggregate_version: version,
-            occurred_at_ms: self.occurred_at_ms,
-            command_id: self.command_id,
-            correlation_id: self.correlation_id,
+    pub fn event(self, order_id: &str, version: i64, payload: OrderPayload) -> OrderEvent {
+        OrderEvent {
+            envelope: Envelope {
+                event_id: self.event_id,
+                aggregate_id: order_id.to_owned(),
+                aggregate_version: version,
+                occurred_at_ms: self.occurred_at_ms,
+                command_id: self.command_id,
+                idempotency_key: self.idempotency_key,
+                correlation_id: self.correlation_id,
+            },
+            payload,
         }
     }
 }
@@ -383,5 +603,88 @@ mod tests {
         for bad in ["", "a b", "ä", "a/b", &"x".repeat(65)] {
             assert!(Identifier::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    fn placed(total_cents: i64) -> OrderState {
+        OrderState {
+            status: OrderStatus::Placed,
+            total_cents,
+        }
+    }
+
+    fn pay(amount_cents: i64) -> OrderCommand {
+        OrderCommand::Pay(PayOrder {
+            amount_cents,
+            payment_ref: Text("p".into()),
+        })
+    }
+
+    fn ship() -> OrderCommand {
+        OrderCommand::Ship(ShipOrder {
+            carrier: Text("DHL".into()),
+            tracking_number: Text("1".into()),
+        })
+    }
+
+    fn cancel() -> OrderCommand {
+        OrderCommand::Cancel(CancelOrder {
+            reason: Text("r".into()),
+        })
+    }
+
+    /// Decides and evolves in one step, as the command flow does after a commit.
+    fn step(state: &OrderState, command: &OrderCommand) -> Result<OrderState, Rejection> {
+        let payload = decide(Some(state), command)?;
+        evolve(Some(state), &payload).ok_or_else(|| Rejection("did not evolve".into()))
+    }
+
+    #[test]
+    fn the_life_cycle_follows_the_rules() {
+        let order = placed(2500);
+        assert!(step(&order, &pay(2400)).is_err(), "amounts must match");
+        assert!(step(&order, &ship()).is_err(), "ship only a paid order");
+        let paid = step(&order, &pay(2500)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(paid.status, OrderStatus::Paid);
+        assert!(step(&paid, &pay(2500)).is_err(), "pay only a placed order");
+        let shipped = step(&paid, &ship()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            step(&shipped, &cancel()).is_err(),
+            "a shipped order stays shipped"
+        );
+        let cancelled = step(&paid, &cancel()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(step(&cancelled, &cancel()).is_err());
+        assert!(step(&cancelled, &ship()).is_err());
+        assert!(step(&cancelled, &pay(2500)).is_err());
+        assert!(
+            step(&order, &cancel()).is_ok(),
+            "a placed order can be cancelled"
+        );
+        assert!(
+            decide(None, &pay(1)).is_err(),
+            "no command but place on a missing order"
+        );
+    }
+
+    #[test]
+    fn follow_up_commands_parse_and_name_bad_fields() {
+        assert!(PayOrder::parse(br#"{"amount_cents":2500,"payment_ref":"pay-1"}"#).is_ok());
+        assert!(ShipOrder::parse(br#"{"carrier":"DHL","tracking_number":"JJD1"}"#).is_ok());
+        assert!(CancelOrder::parse(br#"{"reason":"changed my mind"}"#).is_ok());
+        let got = fields(
+            PayOrder::parse(br#"{"amount_cents":-1,"payment_ref":"","x":1}"#)
+                .err()
+                .unwrap_or(CommandError::Invalid(vec![])),
+        );
+        assert_eq!(got, ["x", "amount_cents", "payment_ref"]);
+        let got = fields(
+            ShipOrder::parse(br#"{"carrier":"a\u0000b"}"#)
+                .err()
+                .unwrap_or(CommandError::Invalid(vec![])),
+        );
+        assert_eq!(got, ["carrier", "tracking_number"]);
+        assert!(matches!(
+            CancelOrder::parse(b"nope"),
+            Err(CommandError::Malformed(_))
+        ));
     }
 }

@@ -29,6 +29,20 @@ pub enum ApiError {
     CommitTimeout(std::time::Duration),
     #[error("the event could not be encoded: {0}")]
     Encode(#[source] shared_events::WireError),
+    #[error("`{0}` is not a valid order id: {1}")]
+    BadId(String, String),
+    #[error("{0}")]
+    BadHeader(&'static str),
+    #[error("order {0} does not exist")]
+    UnknownOrder(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("If-Match expected version {expected} but the order is at version {current}")]
+    VersionMismatch { expected: i64, current: i64 },
+    #[error("this Idempotency-Key was already used for a different request")]
+    KeyReused,
+    #[error("{0}; retry shortly")]
+    Busy(&'static str),
 }
 
 impl From<CommandError> for ApiError {
@@ -63,6 +77,13 @@ impl ApiError {
                 ("kafka-unavailable", "Event not committed")
             }
             Self::Encode(_) => ("schema-registry-unavailable", "Event not encoded"),
+            Self::BadId(..) => ("invalid-id", "Invalid order id"),
+            Self::BadHeader(_) => ("invalid-header", "Invalid header"),
+            Self::UnknownOrder(_) => ("order-not-found", "Order not found"),
+            Self::Conflict(_) => ("rule-violated", "Command not allowed"),
+            Self::VersionMismatch { .. } => ("version-mismatch", "Version mismatch"),
+            Self::KeyReused => ("idempotency-key-reused", "Idempotency key reused"),
+            Self::Busy(_) => ("busy", "Busy"),
         }
     }
 
@@ -70,9 +91,11 @@ impl ApiError {
     fn retry_after(&self) -> Option<u32> {
         match self {
             Self::Saturated => Some(1),
-            Self::ShuttingDown | Self::Commit(_) | Self::CommitTimeout(_) | Self::Encode(_) => {
-                Some(2)
-            }
+            Self::ShuttingDown
+            | Self::Commit(_)
+            | Self::CommitTimeout(_)
+            | Self::Encode(_)
+            | Self::Busy(_) => Some(2),
             _ => None,
         }
     }
@@ -103,14 +126,20 @@ pub fn problem(
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::Malformed(_) | Self::BadId(..) | Self::BadHeader(_) => StatusCode::BAD_REQUEST,
+            Self::UnknownOrder(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
+            Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Saturated => StatusCode::TOO_MANY_REQUESTS,
-            Self::ShuttingDown | Self::Commit(_) | Self::CommitTimeout(_) | Self::Encode(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::ShuttingDown
+            | Self::Commit(_)
+            | Self::CommitTimeout(_)
+            | Self::Encode(_)
+            | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -184,6 +184,7 @@ mod tests {
                 aggregate_version: version,
                 occurred_at_ms: 1_795_000_000_000 + version * 1000,
                 command_id: "k".into(),
+                idempotency_key: None,
                 correlation_id: "c".into(),
             },
             payload,

@@ -20,6 +20,17 @@ pub trait AvroEvent: Sized {
     fn from_avro(value: Value) -> Result<Self, EventError>;
 }
 
+/// The envelope every event carries, as the generic engine needs it.
+pub trait EventEnvelope {
+    fn event_id(&self) -> &str;
+    fn aggregate_id(&self) -> &str;
+    /// 1 for an aggregate's first event, then 2, 3, ... with no gaps.
+    fn aggregate_version(&self) -> i64;
+    fn occurred_at_ms(&self) -> i64;
+    /// The client's `Idempotency-Key` of the command that caused the event, if it sent one.
+    fn idempotency_key(&self) -> Option<&str>;
+}
+
 /// An Avro value that does not have the shape the event type expects.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
@@ -66,6 +77,20 @@ impl Fields {
         match self.take(name)? {
             Value::String(s) => Ok(s),
             _ => Err(wrong(name, "string")),
+        }
+    }
+
+    /// A `["null", "string"]` field.
+    pub fn optional_string(&mut self, name: &'static str) -> Result<Option<String>, EventError> {
+        match self.take(name)? {
+            Value::Null => Ok(None),
+            Value::String(s) => Ok(Some(s)),
+            Value::Union(_, inner) => match *inner {
+                Value::Null => Ok(None),
+                Value::String(s) => Ok(Some(s)),
+                _ => Err(wrong(name, "null or string")),
+            },
+            _ => Err(wrong(name, "null or string")),
         }
     }
 

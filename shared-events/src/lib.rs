@@ -19,6 +19,6 @@ pub mod partitioner;
 pub mod position;
 pub mod wire;
 
-pub use event::{AvroEvent, EventError};
+pub use event::{AvroEvent, EventEnvelope, EventError};
 pub use position::{ConsistencyToken, Position};
 pub use wire::{EventCodec, WireError};

@@ -4,7 +4,7 @@
 
 use apache_avro::types::Value;
 
-use crate::event::{AvroEvent, EventError, Fields};
+use crate::event::{AvroEvent, EventEnvelope, EventError, Fields};
 
 /// The default topic of the orders aggregate.
 pub const DEFAULT_TOPIC: &str = "orders";
@@ -20,6 +20,8 @@ pub struct Envelope {
     /// Milliseconds since the Unix epoch.
     pub occurred_at_ms: i64,
     pub command_id: String,
+    /// The client's `Idempotency-Key`, when it sent one.
+    pub idempotency_key: Option<String>,
     pub correlation_id: String,
 }
 
@@ -81,6 +83,28 @@ fn record(fields: Vec<(&str, Value)>) -> Value {
             .map(|(name, value)| (name.to_owned(), value))
             .collect(),
     )
+}
+
+impl EventEnvelope for OrderEvent {
+    fn event_id(&self) -> &str {
+        &self.envelope.event_id
+    }
+
+    fn aggregate_id(&self) -> &str {
+        &self.envelope.aggregate_id
+    }
+
+    fn aggregate_version(&self) -> i64 {
+        self.envelope.aggregate_version
+    }
+
+    fn occurred_at_ms(&self) -> i64 {
+        self.envelope.occurred_at_ms
+    }
+
+    fn idempotency_key(&self) -> Option<&str> {
+        self.envelope.idempotency_key.as_deref()
+    }
 }
 
 impl AvroEvent for OrderEvent {
@@ -152,6 +176,13 @@ impl AvroEvent for OrderEvent {
             ("aggregate_version", Value::Long(e.aggregate_version)),
             ("occurred_at", Value::TimestampMillis(e.occurred_at_ms)),
             ("command_id", string(&e.command_id)),
+            (
+                "idempotency_key",
+                match &e.idempotency_key {
+                    None => Value::Union(0, Box::new(Value::Null)),
+                    Some(key) => Value::Union(1, Box::new(string(key))),
+                },
+            ),
             ("correlation_id", string(&e.correlation_id)),
             ("payload", payload),
         ])
@@ -165,6 +196,7 @@ impl AvroEvent for OrderEvent {
             aggregate_version: f.long("aggregate_version")?,
             occurred_at_ms: f.long("occurred_at")?,
             command_id: f.string("command_id")?,
+            idempotency_key: f.optional_string("idempotency_key")?,
             correlation_id: f.string("correlation_id")?,
         };
         let (branch, body) = match f.take("payload")? {
@@ -259,6 +291,7 @@ pub(crate) mod tests {
             aggregate_version: version,
             occurred_at_ms: 1_795_000_000_000 + version,
             command_id: "k-1".into(),
+            idempotency_key: (version % 2 == 0).then(|| format!("key-{version}")),
             correlation_id: "c-1".into(),
         };
         vec![

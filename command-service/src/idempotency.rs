@@ -1,0 +1,420 @@
+//! `Idempotency-Key` handling: a retry with the same key gets the first answer and writes nothing.
+//!
+//! Per key there is at most one attempt in flight (its [`Claim`]); a retry arriving meanwhile
+//! waits for it. Only committed outcomes are remembered, as [`Receipt`]s, for the retention
+//! window: a first attempt that wrote nothing (rejected, aborted) releases the key, and a waiting
+//! retry then runs as a first attempt itself. Receipts can be rebuilt from the log because every
+//! event carries the key that caused it ([`IdempotencyIndex::remember`] at start-up replay).
+//!
+//! Bounded: entries expire after the retention window, and beyond `max_entries` the oldest go
+//! first (counted in [`IdempotencyIndex::evicted`]).
+
+use std::collections::hash_map::{DefaultHasher, Entry};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shared_events::Position;
+use tokio::sync::watch;
+
+/// Which command a receipt answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CommandKind {
+    Place,
+    Pay,
+    Ship,
+    Cancel,
+}
+
+impl CommandKind {
+    /// The kind of command that yields an event with this payload name.
+    pub fn of_payload(name: &str) -> Option<Self> {
+        match name {
+            "OrderPlaced" => Some(Self::Place),
+            "OrderPaid" => Some(Self::Pay),
+            "OrderShipped" => Some(Self::Ship),
+            "OrderCancelled" => Some(Self::Cancel),
+            _ => None,
+        }
+    }
+}
+
+/// What a committed command answered: everything needed to answer a retry identically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub kind: CommandKind,
+    pub aggregate_id: String,
+    pub version: i64,
+    pub event_id: String,
+    pub position: Position,
+}
+
+/// What identifies "the same request" for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    kind: CommandKind,
+    /// The aggregate named in the path (None for commands that create one).
+    target: Option<String>,
+    /// Hash of the body; None when rebuilt from the log, which does not keep bodies.
+    body: Option<u64>,
+}
+
+impl Fingerprint {
+    pub fn of_request(kind: CommandKind, target: Option<&str>, body: &[u8]) -> Self {
+        let mut hasher = DefaultHasher::new();
+        body.hash(&mut hasher);
+        Self {
+            kind,
+            target: target.map(str::to_owned),
+            body: Some(hasher.finish()),
+        }
+    }
+
+    fn of_receipt(receipt: &Receipt) -> Self {
+        Self {
+            kind: receipt.kind,
+            target: (receipt.kind != CommandKind::Place).then(|| receipt.aggregate_id.clone()),
+            body: None,
+        }
+    }
+
+    fn matches(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.target == other.target
+            && (self.body.is_none() || other.body.is_none() || self.body == other.body)
+    }
+}
+
+/// What happened to an attempt, as waiting retries learn it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Pending,
+    Committed(Receipt),
+    /// The attempt wrote nothing; the key is free again.
+    Released,
+}
+
+#[derive(Debug)]
+enum Slot {
+    InFlight {
+        fingerprint: Fingerprint,
+        outcome: watch::Receiver<Outcome>,
+    },
+    Done {
+        fingerprint: Fingerprint,
+        receipt: Receipt,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    slots: HashMap<String, Slot>,
+    /// Keys of `Done` slots by the time they were committed (ms since the epoch), oldest first.
+    expiry: VecDeque<(i64, String)>,
+}
+
+/// What [`IdempotencyIndex::begin`] found.
+#[derive(Debug)]
+pub enum Begin {
+    /// No attempt with this key: go ahead, and settle the claim.
+    First(Claim),
+    /// Already committed: answer with this receipt.
+    Replay(Receipt),
+    /// The key was used for a different request.
+    Mismatch,
+}
+
+#[derive(Debug)]
+pub struct IdempotencyIndex {
+    inner: Mutex<Inner>,
+    retention: Duration,
+    max_entries: usize,
+    evicted: AtomicU64,
+}
+
+impl IdempotencyIndex {
+    pub fn new(retention: Duration, max_entries: usize) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(Inner::default()),
+            retention,
+            max_entries,
+            evicted: AtomicU64::new(0),
+        })
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Claims `key` for a first attempt, or says what became of earlier ones. Waits while
+    /// another attempt with the key is in flight; the caller bounds that wait.
+    pub async fn begin(self: &Arc<Self>, key: &str, fingerprint: Fingerprint) -> Begin {
+        loop {
+            let mut waiting = {
+                let mut inner = self.inner();
+                match inner.slots.entry(key.to_owned()) {
+                    Entry::Vacant(vacant) => {
+                        let (sender, outcome) = watch::channel(Outcome::Pending);
+                        vacant.insert(Slot::InFlight {
+                            fingerprint: fingerprint.clone(),
+                            outcome,
+                        });
+                        return Begin::First(Claim {
+                            index: Arc::clone(self),
+                            key: key.to_owned(),
+                            sender: Some(sender),
+                        });
+                    }
+                    Entry::Occupied(occupied) => match occupied.get() {
+                        Slot::Done {
+                            fingerprint: first,
+                            receipt,
+                        } => {
+                            return if first.matches(&fingerprint) {
+                                Begin::Replay(receipt.clone())
+                            } else {
+                                Begin::Mismatch
+                            };
+                        }
+                        Slot::InFlight {
+                            fingerprint: first,
+                            outcome,
+                        } => {
+                            if !first.matches(&fingerprint) {
+                                return Begin::Mismatch;
+                            }
+                            outcome.clone()
+                        }
+                    },
+                }
+            };
+            // The first attempt's outcome decides; a released key is claimed anew next loop.
+            let settled = waiting
+                .wait_for(|o| *o != Outcome::Pending)
+                .await
+                .map(|o| o.clone());
+            if let Ok(Outcome::Committed(receipt)) = settled {
+                return Begin::Replay(receipt);
+            }
+        }
+    }
+
+    /// Records a receipt found in the log (start-up replay), if it is within the retention window.
+    pub fn remember(&self, key: &str, receipt: Receipt, committed_at_ms: i64, now_ms: i64) {
+        if now_ms.saturating_sub(committed_at_ms) > self.retention_ms() {
+            return;
+        }
+        let mut inner = self.inner();
+        let fingerprint = Fingerprint::of_receipt(&receipt);
+        inner.slots.insert(
+            key.to_owned(),
+            Slot::Done {
+                fingerprint,
+                receipt,
+            },
+        );
+        inner.expiry.push_back((committed_at_ms, key.to_owned()));
+        self.enforce_bound(&mut inner);
+    }
+
+    fn retention_ms(&self) -> i64 {
+        i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    fn settle(&self, key: &str, receipt: Option<Receipt>, now_ms: i64) {
+        let mut inner = self.inner();
+        match receipt {
+            Some(receipt) => {
+                let fingerprint = match inner.slots.remove(key) {
+                    Some(Slot::InFlight { fingerprint, .. }) => fingerprint,
+                    _ => Fingerprint::of_receipt(&receipt),
+                };
+                inner.slots.insert(
+                    key.to_owned(),
+                    Slot::Done {
+                        fingerprint,
+                        receipt,
+                    },
+                );
+                inner.expiry.push_back((now_ms, key.to_owned()));
+                self.enforce_bound(&mut inner);
+            }
+            None => {
+                if matches!(inner.slots.get(key), Some(Slot::InFlight { .. })) {
+                    inner.slots.remove(key);
+                }
+            }
+        }
+    }
+
+    fn enforce_bound(&self, inner: &mut Inner) {
+        while inner.expiry.len() > self.max_entries {
+            if let Some((_, key)) = inner.expiry.pop_front() {
+                if matches!(inner.slots.get(&key), Some(Slot::Done { .. })) {
+                    inner.slots.remove(&key);
+                }
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Forgets receipts older than the retention window.
+    pub fn expire(&self, now_ms: i64) {
+        let horizon = now_ms.saturating_sub(self.retention_ms());
+        let mut inner = self.inner();
+        while inner.expiry.front().is_some_and(|(at, _)| *at < horizon) {
+            if let Some((_, key)) = inner.expiry.pop_front()
+                && matches!(inner.slots.get(&key), Some(Slot::Done { .. }))
+            {
+                inner.slots.remove(&key);
+            }
+        }
+    }
+
+    /// Keys remembered or in flight.
+    pub fn len(&self) -> usize {
+        self.inner().slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Receipts dropped early because the index was full.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+}
+
+/// The right to make the first attempt for a key. Settle it with [`Claim::committed`]; dropping
+/// it unsettled releases the key (the attempt wrote nothing) and wakes waiting retries.
+#[derive(Debug)]
+pub struct Claim {
+    index: Arc<IdempotencyIndex>,
+    key: String,
+    sender: Option<watch::Sender<Outcome>>,
+}
+
+impl Claim {
+    pub fn committed(mut self, receipt: Receipt, now_ms: i64) {
+        self.index.settle(&self.key, Some(receipt.clone()), now_ms);
+        if let Some(sender) = self.sender.take() {
+            sender.send_replace(Outcome::Committed(receipt));
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.index.settle(&self.key, None, 0);
+            sender.send_replace(Outcome::Released);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt(id: &str) -> Receipt {
+        Receipt {
+            kind: CommandKind::Pay,
+            aggregate_id: id.into(),
+            version: 2,
+            event_id: "e".into(),
+            position: Position {
+                partition: 0,
+                offset: 7,
+            },
+        }
+    }
+
+    fn fingerprint(body: &[u8]) -> Fingerprint {
+        Fingerprint::of_request(CommandKind::Pay, Some("o-1"), body)
+    }
+
+    #[tokio::test]
+    async fn a_committed_key_replays_and_a_different_request_is_refused() {
+        let index = IdempotencyIndex::new(Duration::from_secs(60), 100);
+        let Begin::First(claim) = index.begin("k", fingerprint(b"a")).await else {
+            panic!("expected a first attempt")
+        };
+        claim.committed(receipt("o-1"), 1_000);
+        assert!(
+            matches!(index.begin("k", fingerprint(b"a")).await, Begin::Replay(r) if r == receipt("o-1"))
+        );
+        assert!(matches!(
+            index.begin("k", fingerprint(b"b")).await,
+            Begin::Mismatch
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_retry_waits_for_the_first_attempt() {
+        let index = IdempotencyIndex::new(Duration::from_secs(60), 100);
+        let Begin::First(claim) = index.begin("k", fingerprint(b"a")).await else {
+            panic!("expected a first attempt")
+        };
+        let retry = tokio::spawn({
+            let index = Arc::clone(&index);
+            async move { index.begin("k", fingerprint(b"a")).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!retry.is_finished());
+        claim.committed(receipt("o-1"), 1_000);
+        assert!(matches!(retry.await, Ok(Begin::Replay(_))));
+    }
+
+    #[tokio::test]
+    async fn a_released_key_lets_the_retry_go_first() {
+        let index = IdempotencyIndex::new(Duration::from_secs(60), 100);
+        let Begin::First(claim) = index.begin("k", fingerprint(b"a")).await else {
+            panic!("expected a first attempt")
+        };
+        let retry = tokio::spawn({
+            let index = Arc::clone(&index);
+            async move { index.begin("k", fingerprint(b"a")).await }
+        });
+        tokio::task::yield_now().await;
+        drop(claim);
+        assert!(matches!(retry.await, Ok(Begin::First(_))));
+    }
+
+    #[tokio::test]
+    async fn receipts_expire_and_are_bounded() {
+        let index = IdempotencyIndex::new(Duration::from_millis(1_000), 2);
+        let now = 10_000;
+        index.remember("old", receipt("o-1"), now - 5_000, now);
+        assert!(index.is_empty(), "outside the window: not remembered");
+        index.remember("a", receipt("o-1"), now - 900, now);
+        index.remember("b", receipt("o-2"), now - 100, now);
+        index.remember("c", receipt("o-3"), now, now);
+        assert_eq!((index.len(), index.evicted()), (2, 1));
+        index.expire(now + 950);
+        assert_eq!(index.len(), 1);
+        // Rebuilt from the log: the body is unknown, so only kind and target must match.
+        assert!(matches!(
+            index
+                .begin(
+                    "c",
+                    Fingerprint::of_request(CommandKind::Pay, Some("o-3"), b"x")
+                )
+                .await,
+            Begin::Replay(_)
+        ));
+        assert!(matches!(
+            index
+                .begin(
+                    "c",
+                    Fingerprint::of_request(CommandKind::Pay, Some("o-9"), b"x")
+                )
+                .await,
+            Begin::Mismatch
+        ));
+    }
+}

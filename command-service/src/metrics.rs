@@ -1,0 +1,112 @@
+//! Prometheus metrics of the command service, served at `/metrics` (OpenMetrics text).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub command: &'static str,
+    pub status: u16,
+}
+
+/// What the batcher records about each transaction.
+#[derive(Debug, Clone)]
+pub struct BatchMetrics {
+    pub batch_size: Histogram,
+    pub commit_seconds: Histogram,
+    pub transactions: Family<OutcomeLabel, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+impl Default for BatchMetrics {
+    fn default() -> Self {
+        Self {
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            // 0.5 ms .. ~16 s
+            commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            transactions: Family::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub commands: Family<CommandLabels, Counter>,
+    pub queue_depth: Gauge,
+    pub aggregates: Gauge,
+    pub idempotency_keys: Gauge,
+    pub batch: BatchMetrics,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("command_service");
+        let commands = Family::<CommandLabels, Counter>::default();
+        let queue_depth = Gauge::default();
+        let aggregates = Gauge::default();
+        let idempotency_keys = Gauge::default();
+        let batch = BatchMetrics::default();
+        registry.register(
+            "commands",
+            "Commands answered, by command and HTTP status",
+            commands.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Commands waiting in the write queue",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "aggregates",
+            "Aggregates in the write model",
+            aggregates.clone(),
+        );
+        registry.register(
+            "idempotency_keys",
+            "Idempotency keys remembered or in flight",
+            idempotency_keys.clone(),
+        );
+        registry.register(
+            "batch_size",
+            "Records per Kafka transaction",
+            batch.batch_size.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "Time from begin to commit of a Kafka transaction",
+            batch.commit_seconds.clone(),
+        );
+        registry.register(
+            "transactions",
+            "Kafka transactions by outcome",
+            batch.transactions.clone(),
+        );
+        Self {
+            registry,
+            commands,
+            queue_depth,
+            aggregates,
+            idempotency_keys,
+            batch,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(%error, "could not encode metrics");
+        }
+        text
+    }
+}

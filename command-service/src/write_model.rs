@@ -1,0 +1,135 @@
+//! The command side's memory of every aggregate: its current state and version, one async lock
+//! per aggregate.
+//!
+//! A command holds its aggregate's lock from the moment it reads the state until its event has
+//! committed or is known not to have (see [`crate::batcher`]), so of two racing commands on one
+//! aggregate the second decides against the first one's outcome: versions go 1, 2, 3 … with no
+//! gap or duplicate, and conflicting commands cannot both win. Commands on different aggregates
+//! never wait for each other and share transactions.
+//!
+//! The model is rebuilt from the topic at start ([`crate::replay`]) and then kept by the command
+//! flow itself, which is why one command-service instance must own a topic at a time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use shared_events::{AvroEvent, EventEnvelope};
+use tokio::sync::OwnedMutexGuard;
+
+/// An aggregate's state as the command side keeps it.
+pub trait Aggregate: Sized + Send + Sync + 'static {
+    type Event: AvroEvent + EventEnvelope + Send + Sync;
+
+    /// The state after `event`, or None when the event cannot follow `state`.
+    fn evolve(state: Option<&Self>, event: &Self::Event) -> Option<Self>;
+}
+
+/// One aggregate: its state (None until its first event) and the version of its last event.
+#[derive(Debug)]
+pub struct Slot<A> {
+    pub state: Option<A>,
+    pub version: i64,
+}
+
+impl<A: Aggregate> Slot<A> {
+    /// Applies an event that is known to be in the log. False (and nothing changes) when the
+    /// event is not the next version or does not follow the state.
+    pub fn apply(&mut self, event: &A::Event) -> bool {
+        if event.aggregate_version() != self.version + 1 {
+            return false;
+        }
+        match A::evolve(self.state.as_ref(), event) {
+            Some(next) => {
+                self.state = Some(next);
+                self.version = event.aggregate_version();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A locked aggregate; dropping it lets the next command on that aggregate in.
+pub type LockedSlot<A> = OwnedMutexGuard<Slot<A>>;
+
+type SlotCell<A> = Arc<tokio::sync::Mutex<Slot<A>>>;
+
+#[derive(Debug)]
+pub struct WriteModel<A> {
+    slots: Mutex<HashMap<String, SlotCell<A>>>,
+    gaps: AtomicU64,
+}
+
+impl<A: Aggregate> Default for WriteModel<A> {
+    fn default() -> Self {
+        Self {
+            slots: Mutex::new(HashMap::new()),
+            gaps: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<A: Aggregate> WriteModel<A> {
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, SlotCell<A>>> {
+        // The map is only ever mutated by whole-statement inserts and removes, so a panic
+        // elsewhere cannot leave it half-updated.
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The aggregate's cell, if it has ever had an event (or a command in flight).
+    pub fn get(&self, id: &str) -> Option<SlotCell<A>> {
+        self.slots().get(id).cloned()
+    }
+
+    /// The aggregate's cell, created empty for an id never seen before.
+    pub fn get_or_create(&self, id: &str) -> SlotCell<A> {
+        Arc::clone(self.slots().entry(id.to_owned()).or_insert_with(|| {
+            Arc::new(tokio::sync::Mutex::new(Slot {
+                state: None,
+                version: 0,
+            }))
+        }))
+    }
+
+    /// Forgets an aggregate that never got an event (its first command failed).
+    pub fn forget_if_empty(&self, id: &str, slot: &Slot<A>) {
+        if slot.version == 0 {
+            self.slots().remove(id);
+        }
+    }
+
+    /// Applies an event read back from the log (start-up replay, in-doubt resolution).
+    pub fn apply_from_log(&self, event: &A::Event) {
+        let cell = self.get_or_create(event.aggregate_id());
+        // Replay runs before any command is accepted, so the lock is free.
+        let applied = match cell.try_lock() {
+            Ok(mut slot) => slot.apply(event) || slot.version >= event.aggregate_version(),
+            Err(_) => false,
+        };
+        if !applied {
+            self.gaps.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                aggregate = event.aggregate_id(),
+                version = event.aggregate_version(),
+                "event in the log does not follow its aggregate's history"
+            );
+        }
+    }
+
+    /// Aggregates known.
+    pub fn len(&self) -> usize {
+        self.slots().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Events in the log that did not follow their aggregate's history.
+    pub fn gaps(&self) -> u64 {
+        self.gaps.load(Ordering::Relaxed)
+    }
+}
