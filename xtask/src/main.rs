@@ -5,8 +5,6 @@
 //! - `cargo xtask test` runs the whole test suite against an ephemeral broker and registry that
 //!   it starts and always stops.
 
-mod kafka;
-mod process;
 mod python;
 mod workspace;
 
@@ -20,8 +18,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::kafka::KafkaConfig;
-use crate::process::{Service, ensure_port_free, free_port, localhost};
+use local_kafka::process::{ensure_port_free, free_port, localhost};
+use local_kafka::{Broker, KafkaConfig, KafkaRuntime, Service};
+
 use crate::workspace::Workspace;
 
 #[derive(Debug, Parser)]
@@ -112,7 +111,7 @@ fn dev(
         ws.cargo(&["build", "--bin", "schema-registry"])?;
     }
     let logs = data.join("logs");
-    // Started in dependency order, stopped in reverse (the Vec is dropped back to front below).
+    // Started in dependency order after the broker, stopped in reverse before it.
     let mut services: Vec<Service> = Vec::new();
 
     let kafka = KafkaConfig {
@@ -123,8 +122,9 @@ fn dev(
         heap: "1g",
     };
     eprintln!("starting Kafka on {} ...", kafka.bootstrap());
-    services.push(kafka::start(ws, &kafka, &logs.join("kafka.log"))?);
-    let bootstrap = kafka.bootstrap();
+    let runtime = KafkaRuntime::resolve(&ws.cache_dir().join("kafka-classpath"))?;
+    let mut broker = Broker::start(&runtime, kafka, &logs.join("kafka.log"))?;
+    let bootstrap = broker.bootstrap();
 
     let mut registry = Service::spawn(
         "schema-registry",
@@ -188,17 +188,14 @@ fn dev(
     let mut failure = None;
     while !interrupted.load(Ordering::SeqCst) && failure.is_none() {
         std::thread::sleep(Duration::from_millis(300));
-        for service in &mut services {
-            if let Err(error) = service.ensure_running() {
-                failure = Some(error);
-                break;
-            }
-        }
+        let mut all = services.iter_mut().chain(std::iter::once(broker.process()));
+        failure = all.find_map(|service| service.ensure_running().err());
     }
     eprintln!("stopping the stack ...");
     while let Some(mut service) = services.pop() {
         service.stop(Duration::from_secs(30));
     }
+    broker.stop(Duration::from_secs(30));
     match failure {
         Some(error) => Err(error),
         None => Ok(ExitCode::SUCCESS),
@@ -220,7 +217,8 @@ fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
         heap: "768m",
     };
     eprintln!("starting an ephemeral Kafka on {} ...", kafka.bootstrap());
-    let mut broker = kafka::start(ws, &kafka, &logs.join("kafka.log"))?;
+    let runtime = KafkaRuntime::resolve(&ws.cache_dir().join("kafka-classpath"))?;
+    let mut broker = Broker::start(&runtime, kafka.clone(), &logs.join("kafka.log"))?;
     let registry_port = free_port()?;
     let mut registry = Service::spawn(
         "schema-registry",
@@ -240,6 +238,7 @@ fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
             format!("http://127.0.0.1:{registry_port}"),
         )
         .env("INTEROP_PYTHON", &python)
+        .env("KAFKA_CLASSPATH", &runtime.classpath)
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo test")?;

@@ -95,8 +95,13 @@ pub struct Record {
 /// Everything committed to `topic`, read from the beginning by an independent read-committed
 /// consumer until the end of every partition (as of now) is reached.
 pub fn read_committed(topic: &str) -> Vec<Record> {
+    read_committed_from(&env("KAFKA_BOOTSTRAP"), topic)
+}
+
+/// [`read_committed`] on another broker.
+pub fn read_committed_from(bootstrap: &str, topic: &str) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", env("KAFKA_BOOTSTRAP"))
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("check-{}", uuid::Uuid::new_v4()))
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
@@ -112,7 +117,7 @@ pub fn read_committed(topic: &str) -> Vec<Record> {
     consumer.assign(&assignment).unwrap();
     let mut at_end = std::collections::HashSet::new();
     let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while at_end.len() < PARTITIONS as usize {
         assert!(
             Instant::now() < deadline,
@@ -139,4 +144,27 @@ pub fn order_body(customer: &str) -> String {
     format!(
         r#"{{"customer_id":"{customer}","currency":"EUR","items":[{{"sku":"A-1","quantity":2,"unit_price_cents":1250}},{{"sku":"B-2","quantity":1,"unit_price_cents":99}}]}}"#
     )
+}
+
+/// Places an order with an `Idempotency-Key`; the status and, on success, the order id.
+pub async fn place_with_key(
+    client: &reqwest::Client,
+    address: &str,
+    key: &str,
+) -> (u16, Option<String>) {
+    let response = client
+        .post(format!("{address}/orders"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(order_body("c-load"))
+        .send()
+        .await;
+    match response {
+        Err(_) => (0, None),
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            (status, body["order_id"].as_str().map(str::to_owned))
+        }
+    }
 }

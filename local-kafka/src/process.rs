@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 #[derive(Debug)]
-pub(crate) struct Service {
-    pub(crate) name: String,
+pub struct Service {
+    pub name: String,
     child: Child,
     log: PathBuf,
     stopped: bool,
@@ -21,7 +21,7 @@ pub(crate) struct Service {
 
 impl Service {
     /// Starts `command` with stdout and stderr appended to `log`.
-    pub(crate) fn spawn(name: &str, mut command: Command, log: &Path) -> anyhow::Result<Self> {
+    pub fn spawn(name: &str, mut command: Command, log: &Path) -> anyhow::Result<Self> {
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -41,17 +41,17 @@ impl Service {
         })
     }
 
-    pub(crate) fn log(&self) -> &Path {
+    pub fn log(&self) -> &Path {
         &self.log
     }
 
     /// Whether the process has exited (and how), without waiting.
-    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
 
     /// The last `lines` lines of the log, for error messages.
-    pub(crate) fn tail(&self, lines: usize) -> String {
+    pub fn tail(&self, lines: usize) -> String {
         let Ok(file) = File::open(&self.log) else {
             return String::new();
         };
@@ -60,7 +60,7 @@ impl Service {
     }
 
     /// Fails with the log's tail if the process has exited.
-    pub(crate) fn ensure_running(&mut self) -> anyhow::Result<()> {
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.exited() {
             bail!(
                 "{} exited ({status}); last lines of {}:\n{}",
@@ -73,7 +73,7 @@ impl Service {
     }
 
     /// Waits until `GET http://{address}{path}` answers 200.
-    pub(crate) fn wait_http_ok(
+    pub fn wait_http_ok(
         &mut self,
         address: SocketAddr,
         path: &str,
@@ -97,8 +97,15 @@ impl Service {
         }
     }
 
+    /// Kills the process at once (SIGKILL).
+    pub fn kill(&mut self) {
+        self.stopped = true;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM, waits up to `grace`, then kills.
-    pub(crate) fn stop(&mut self, grace: Duration) {
+    pub fn stop(&mut self, grace: Duration) {
         if self.stopped {
             return;
         }
@@ -129,7 +136,7 @@ impl Drop for Service {
 }
 
 /// The status code of a plain HTTP/1.0 GET, or None when nothing answers.
-pub(crate) fn http_status(address: SocketAddr, path: &str) -> Option<u16> {
+pub fn http_status(address: SocketAddr, path: &str) -> Option<u16> {
     let timeout = Duration::from_secs(2);
     let mut stream = TcpStream::connect_timeout(&address, timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
@@ -141,20 +148,20 @@ pub(crate) fn http_status(address: SocketAddr, path: &str) -> Option<u16> {
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
-pub(crate) fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
 /// Fails clearly when something already listens on `port`.
-pub(crate) fn ensure_port_free(port: u16, what: &str) -> anyhow::Result<()> {
+pub fn ensure_port_free(port: u16, what: &str) -> anyhow::Result<()> {
     if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
         bail!("port {port} (for {what}) is already in use; is another stack running?");
     }
     Ok(())
 }
 
-pub(crate) fn localhost(port: u16) -> SocketAddr {
+pub fn localhost(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }

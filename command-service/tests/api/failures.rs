@@ -1,0 +1,364 @@
+//! The write path under pressure and failure: a full queue, a zombie producer, a broker outage,
+//! and `kill -9` of the service under load.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use local_kafka::process::free_port;
+use local_kafka::{Broker, KafkaConfig, KafkaRuntime};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use shared_events::EventCodec;
+use shared_events::orders::OrderEvent;
+
+use crate::helpers::{
+    config, env, fresh_topic, order_body, place_with_key, read_committed, read_committed_from,
+    spawn_app_with,
+};
+
+#[tokio::test]
+async fn a_full_queue_answers_429_at_once_and_writes_nothing_for_it() {
+    let mut config = config(&fresh_topic());
+    config.queue_capacity = 1;
+    config.producer_workers = 1;
+    config.max_batch = 1;
+    config.linger_ms = 0;
+    let app = spawn_app_with(config).await;
+    let responses = futures::future::join_all((0..60).map(|i| {
+        let app = &app;
+        async move { app.post_order(&order_body(&format!("c-{i}"))).await }
+    }))
+    .await;
+    let mut created = 0;
+    let mut saturated = 0;
+    for response in responses {
+        match response.status().as_u16() {
+            201 => created += 1,
+            429 => {
+                assert!(response.headers().contains_key("retry-after"));
+                saturated += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        saturated > 0,
+        "a queue of one must overflow under 60 concurrent commands"
+    );
+    assert_eq!(read_committed(&app.topic).len(), created);
+    app.stop().await;
+}
+
+/// Retries a keyed placement until it is acknowledged.
+async fn place_until_created(
+    client: &reqwest::Client,
+    address: &str,
+    key: &str,
+    within: Duration,
+) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        match place_with_key(client, address, key).await {
+            (201, Some(id)) => return id,
+            (status @ (0 | 429 | 503), _) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{key} not acknowledged in {within:?} (last {status})"
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            (status, _) => panic!("unexpected {status} for {key}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_zombie_with_our_transactional_id_is_fenced_off_and_nothing_is_lost() {
+    let mut config = config(&fresh_topic());
+    config.producer_workers = 1;
+    let transactional_id = format!("{}-0", config.instance_id);
+    let app = spawn_app_with(config).await;
+    let first = place_until_created(
+        &app.client,
+        &app.address,
+        "fence-0",
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // Another producer takes our transactional id (fencing ours) and leaves an aborted
+    // transaction in the topic.
+    let topic = app.topic.clone();
+    tokio::task::spawn_blocking(move || {
+        let zombie: ThreadedProducer<_> = ClientConfig::new()
+            .set("bootstrap.servers", env("KAFKA_BOOTSTRAP"))
+            .set("transactional.id", &transactional_id)
+            .create()
+            .unwrap();
+        zombie.init_transactions(Duration::from_secs(30)).unwrap();
+        zombie.begin_transaction().unwrap();
+        zombie
+            .send(BaseRecord::to(&topic).key("zombie").payload("not an event"))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        zombie.flush(Duration::from_secs(10)).unwrap();
+        zombie.abort_transaction(Duration::from_secs(10)).unwrap();
+    })
+    .await
+    .unwrap();
+
+    // The service replaces its fenced producer; retried commands all get through.
+    let mut acknowledged = vec![first];
+    for i in 1..6 {
+        let key = format!("fence-{i}");
+        acknowledged.push(
+            place_until_created(&app.client, &app.address, &key, Duration::from_secs(60)).await,
+        );
+    }
+    let keys: Vec<String> = read_committed(&app.topic)
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert!(
+        !keys.contains(&"zombie".to_owned()),
+        "an aborted record became visible"
+    );
+    let mut sorted = keys.clone();
+    sorted.sort();
+    acknowledged.sort();
+    assert_eq!(
+        sorted, acknowledged,
+        "every acknowledged order exactly once, nothing else"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_broker_outage_answers_503_in_bounded_time_then_recovers() {
+    let runtime = KafkaRuntime::from_env().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let kafka = KafkaConfig {
+        data_dir: data.path().join("kafka"),
+        port: free_port().unwrap(),
+        controller_port: free_port().unwrap(),
+        partitions: 3,
+        heap: "512m",
+    };
+    let log = data.path().join("kafka.log");
+    let mut broker = tokio::task::spawn_blocking(move || Broker::start(&runtime, kafka, &log))
+        .await
+        .unwrap()
+        .unwrap();
+    let bootstrap = broker.bootstrap();
+
+    let mut config = config(&fresh_topic());
+    config.kafka_bootstrap = bootstrap.clone();
+    config.kafka_timeout_ms = 3_000;
+    config.request_timeout_ms = 8_000;
+    let request_timeout = Duration::from_millis(config.request_timeout_ms);
+    let app = spawn_app_with(config).await;
+    let before = place_until_created(
+        &app.client,
+        &app.address,
+        "outage-0",
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let mut broker = tokio::task::spawn_blocking(move || {
+        broker.stop(Duration::from_secs(30));
+        broker
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let (status, _) = place_with_key(&app.client, &app.address, "outage-1").await;
+    let waited = started.elapsed();
+    eprintln!("with the broker down: {status} after {waited:?}");
+    assert!(
+        matches!(status, 503 | 429),
+        "got {status} with the broker down"
+    );
+    assert!(
+        waited < request_timeout + Duration::from_secs(3),
+        "answered after {waited:?}"
+    );
+
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.restart().unwrap();
+        broker
+    })
+    .await
+    .unwrap();
+    let during = place_until_created(
+        &app.client,
+        &app.address,
+        "outage-1",
+        Duration::from_secs(120),
+    )
+    .await;
+    let after = place_until_created(
+        &app.client,
+        &app.address,
+        "outage-2",
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let records = read_committed_from(&bootstrap, &app.topic);
+    let mut keys: Vec<String> = records.into_iter().map(|r| r.key).collect();
+    keys.sort();
+    let mut expected = vec![before, during, after];
+    expected.sort();
+    assert_eq!(
+        keys, expected,
+        "each acknowledged order once; the outage left no duplicate"
+    );
+    app.stop().await;
+    drop(broker);
+}
+
+/// Waits until the command service answers `/health/live`.
+async fn wait_live(client: &reqwest::Client, address: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while client
+        .get(format!("{address}/health/live"))
+        .send()
+        .await
+        .map_or(true, |r| !r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the command service did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acknowledged_command() {
+    let topic = fresh_topic();
+    let port = free_port().unwrap();
+    let address = format!("http://127.0.0.1:{port}");
+    let instance = format!("crash-{}", uuid::Uuid::new_v4());
+    let logs = tempfile::tempdir().unwrap();
+    let start = |run: u32| {
+        let log = std::fs::File::create(logs.path().join(format!("run-{run}.log"))).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_command-service"))
+            .env("COMMAND_LISTEN", format!("127.0.0.1:{port}"))
+            .env("KAFKA_BOOTSTRAP", env("KAFKA_BOOTSTRAP"))
+            .env("SCHEMA_REGISTRY_URL", env("SCHEMA_REGISTRY_URL"))
+            .env("ORDERS_TOPIC", &topic)
+            .env("ORDERS_TOPIC_PARTITIONS", "3")
+            .env("COMMAND_INSTANCE_ID", &instance)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap()
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut service = start(1);
+    wait_live(&client, &address).await;
+
+    // Eight clients place orders until the service dies under them.
+    let stop_at = Instant::now() + Duration::from_secs(4);
+    let clients = (0..8).map(|c| {
+        let (client, address) = (client.clone(), address.clone());
+        tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for n in 0.. {
+                if Instant::now() > stop_at {
+                    break;
+                }
+                let key = format!("crash-{c}-{n}");
+                let (status, id) = place_with_key(&client, &address, &key).await;
+                outcomes.push((key, status, id));
+                if status == 0 {
+                    break;
+                }
+            }
+            outcomes
+        })
+    });
+    let load = futures::future::join_all(clients);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    service.kill().unwrap();
+    service.wait().unwrap();
+    let outcomes: Vec<(String, u16, Option<String>)> =
+        load.await.into_iter().flat_map(Result::unwrap).collect();
+    let acknowledged: HashMap<String, String> = outcomes
+        .iter()
+        .filter(|(_, status, _)| *status == 201)
+        .map(|(key, _, id)| (key.clone(), id.clone().unwrap()))
+        .collect();
+    eprintln!(
+        "kill -9 under load: {} commands sent, {} acknowledged before the kill",
+        outcomes.len(),
+        acknowledged.len()
+    );
+    assert!(
+        acknowledged.len() > 10,
+        "too little load before the kill: {}",
+        acknowledged.len()
+    );
+
+    // Every acknowledged order is in the log exactly once.
+    let records = tokio::task::spawn_blocking({
+        let topic = topic.clone();
+        move || read_committed(&topic)
+    })
+    .await
+    .unwrap();
+    let mut per_key: HashMap<String, usize> = HashMap::new();
+    for record in &records {
+        *per_key.entry(record.key.clone()).or_default() += 1;
+    }
+    assert!(
+        per_key.values().all(|n| *n == 1),
+        "an order id appears twice"
+    );
+    for id in acknowledged.values() {
+        assert_eq!(
+            per_key.get(id),
+            Some(&1),
+            "acknowledged order {id} is not in the log"
+        );
+    }
+
+    // After a restart every key, acknowledged or not, maps to exactly one order: acknowledged
+    // ones replay their first answer (recovered from the log), the others were either committed
+    // (and replay) or never written (and are written now).
+    let mut service = start(2);
+    wait_live(&client, &address).await;
+    for (key, _, _) in &outcomes {
+        let id = place_until_created(&client, &address, key, Duration::from_secs(30)).await;
+        if let Some(first) = acknowledged.get(key) {
+            assert_eq!(
+                &id, first,
+                "the retry of {key} after the restart got another order"
+            );
+        }
+    }
+    let codec =
+        EventCodec::<OrderEvent>::new(&env("SCHEMA_REGISTRY_URL"), &topic, Duration::from_secs(5))
+            .unwrap();
+    let records = tokio::task::spawn_blocking(move || read_committed(&topic))
+        .await
+        .unwrap();
+    let mut keys_seen = HashSet::new();
+    for record in &records {
+        let event = codec.decode(&record.value).await.unwrap();
+        let key = event.envelope.idempotency_key.unwrap();
+        assert!(
+            keys_seen.insert(key.clone()),
+            "key {key} yielded two events"
+        );
+    }
+    assert_eq!(keys_seen.len(), outcomes.len());
+    service.kill().unwrap();
+    service.wait().unwrap();
+}

@@ -1,0 +1,271 @@
+//! A single-node Apache Kafka (KRaft, combined broker + controller) run from the jars Maven
+//! resolves from Maven Central: no Docker, no tarball.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::process::{Service, localhost};
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub controller_port: u16,
+    pub partitions: u32,
+    pub heap: &'static str,
+}
+
+impl KafkaConfig {
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn properties(&self) -> String {
+        let log_dir = self.data_dir.join("log");
+        format!(
+            "\
+# Written by `cargo xtask` at each start; edit xtask/src/kafka.rs instead.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={log_dir}
+num.partitions={partitions}
+auto.create.topics.enable=false
+# One broker: internal topics must live with a single replica, or transactions and groups
+# never become available.
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=6
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+",
+            controller = self.controller_port,
+            port = self.port,
+            log_dir = log_dir.display(),
+            partitions = self.partitions,
+        )
+    }
+}
+
+/// What running a broker needs: the jars and the logging configuration.
+#[derive(Debug, Clone)]
+pub struct KafkaRuntime {
+    pub classpath: String,
+    pub log4j_config: PathBuf,
+}
+
+fn kafka_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("kafka")
+}
+
+impl KafkaRuntime {
+    /// Resolves the broker's runtime classpath with Maven (`kafka/pom.xml`), once: the result is
+    /// cached in `cache_dir` next to a copy of the pom it came from.
+    pub fn resolve(cache_dir: &Path) -> anyhow::Result<Self> {
+        let pom = kafka_dir().join("pom.xml");
+        let pom_text =
+            std::fs::read_to_string(&pom).with_context(|| format!("reading {}", pom.display()))?;
+        std::fs::create_dir_all(cache_dir)?;
+        let stamp = cache_dir.join("pom.xml");
+        let output = cache_dir.join("classpath.txt");
+        let log4j_config = kafka_dir().join("log4j2.yaml");
+        let cached = std::fs::read_to_string(&stamp).is_ok_and(|s| s == pom_text);
+        if cached
+            && let Ok(cp) = std::fs::read_to_string(&output)
+            && cp.trim().split(':').all(|jar| Path::new(jar).is_file())
+        {
+            return Ok(Self {
+                classpath: cp.trim().to_owned(),
+                log4j_config,
+            });
+        }
+        eprintln!("resolving Apache Kafka jars with Maven (the first run downloads them)...");
+        let status = Command::new("mvn")
+            .args(["-q", "-B", "-f"])
+            .arg(&pom)
+            .args(["dependency:build-classpath", "-Dmdep.includeScope=runtime"])
+            .arg(format!("-Dmdep.outputFile={}", output.display()))
+            .status()
+            .context("running mvn (is Maven installed?)")?;
+        anyhow::ensure!(
+            status.success(),
+            "Maven could not resolve Kafka's jars ({status})"
+        );
+        std::fs::write(&stamp, &pom_text)?;
+        Ok(Self {
+            classpath: std::fs::read_to_string(&output)?.trim().to_owned(),
+            log4j_config,
+        })
+    }
+
+    /// The runtime `cargo xtask test` resolved, passed to tests in `KAFKA_CLASSPATH`.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let classpath = std::env::var("KAFKA_CLASSPATH")
+            .context("KAFKA_CLASSPATH is not set: run the tests with `cargo xtask test`")?;
+        Ok(Self {
+            classpath,
+            log4j_config: kafka_dir().join("log4j2.yaml"),
+        })
+    }
+
+    /// Exports this runtime to child processes (see [`KafkaRuntime::from_env`]).
+    pub fn export(&self, command: &mut Command) {
+        command.env("KAFKA_CLASSPATH", &self.classpath);
+    }
+}
+
+fn java() -> PathBuf {
+    std::env::var_os("JAVA_HOME")
+        .map(|home| PathBuf::from(home).join("bin/java"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("java"))
+}
+
+/// A running broker; stopped (gracefully, then forcefully) when dropped.
+#[derive(Debug)]
+pub struct Broker {
+    runtime: KafkaRuntime,
+    config: KafkaConfig,
+    log: PathBuf,
+    process: Service,
+}
+
+impl Broker {
+    /// Formats the storage (first start only) and starts the broker; returns once it accepts
+    /// clients.
+    pub fn start(runtime: &KafkaRuntime, config: KafkaConfig, log: &Path) -> anyhow::Result<Self> {
+        let process = launch(runtime, &config, log)?;
+        Ok(Self {
+            runtime: runtime.clone(),
+            config,
+            log: log.to_path_buf(),
+            process,
+        })
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.config.bootstrap()
+    }
+
+    pub fn process(&mut self) -> &mut Service {
+        &mut self.process
+    }
+
+    /// Stops the broker cleanly (SIGTERM, then SIGKILL after the grace period).
+    pub fn stop(&mut self, grace: Duration) {
+        self.process.stop(grace);
+    }
+
+    /// Kills the broker at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts the broker again on the same ports and data after [`Broker::stop`] or [`Broker::kill`].
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.process = launch(&self.runtime, &self.config, &self.log)?;
+        Ok(())
+    }
+}
+
+fn launch(runtime: &KafkaRuntime, config: &KafkaConfig, log: &Path) -> anyhow::Result<Service> {
+    let cp = &runtime.classpath;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let properties = config.data_dir.join("server.properties");
+    std::fs::write(&properties, config.properties())?;
+    let log4j = &runtime.log4j_config;
+
+    if !config.data_dir.join("log/meta.properties").is_file() {
+        let uuid = Command::new(java())
+            .args(["-cp", cp, "kafka.tools.StorageTool", "random-uuid"])
+            .output()
+            .context("running java (is Java 17+ installed?)")?;
+        anyhow::ensure!(uuid.status.success(), "kafka-storage random-uuid failed");
+        let cluster_id = String::from_utf8_lossy(&uuid.stdout).trim().to_owned();
+        let format = Command::new(java())
+            .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
+            .args([
+                "-cp",
+                cp,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                &cluster_id,
+                "-c",
+            ])
+            .arg(&properties)
+            .output()?;
+        if !format.status.success() {
+            bail!(
+                "formatting Kafka storage failed:\n{}{}",
+                String::from_utf8_lossy(&format.stdout),
+                String::from_utf8_lossy(&format.stderr)
+            );
+        }
+    }
+
+    let mut command = Command::new(java());
+    command
+        .arg(format!("-Xmx{}", config.heap))
+        .arg(format!("-Xms{}", config.heap))
+        .args([
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+        ])
+        .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
+        .args(["-cp", cp, "kafka.Kafka"])
+        .arg(&properties);
+    let started_marker = std::fs::read_to_string(log).map_or(0, |l| l.matches(STARTED).count());
+    let mut broker = Service::spawn("kafka", command, log)?;
+    wait_started(
+        &mut broker,
+        config.port,
+        started_marker,
+        Duration::from_secs(120),
+    )?;
+    Ok(broker)
+}
+
+const STARTED: &str = "Kafka Server started";
+
+/// Ready means the broker logged that it started (once more than the log already said) and its
+/// client port accepts connections.
+fn wait_started(
+    broker: &mut Service,
+    port: u16,
+    starts_before: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        broker.ensure_running()?;
+        let started = std::fs::read_to_string(broker.log())
+            .is_ok_and(|l| l.matches(STARTED).count() > starts_before);
+        if started
+            && std::net::TcpStream::connect_timeout(&localhost(port), Duration::from_secs(1))
+                .is_ok()
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "Kafka did not start within {timeout:?}; last lines of {}:\n{}",
+                broker.log().display(),
+                broker.tail(40)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
