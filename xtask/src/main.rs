@@ -5,6 +5,8 @@
 //! - `cargo xtask test` runs the whole test suite against an ephemeral broker and registry that
 //!   it starts and always stops.
 
+mod bench;
+mod load;
 mod python;
 mod workspace;
 
@@ -31,6 +33,12 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum Bench {
+    /// Commands/s and latency of the command service vs kafka-producer-perf-test.
+    Commands(bench::CommandBench),
+}
+
+#[derive(Debug, Subcommand)]
 enum Task {
     /// Start the local stack (data kept in `.dev/` across restarts) until Ctrl-C.
     Dev {
@@ -41,6 +49,9 @@ enum Task {
         #[arg(long)]
         infra_only: bool,
     },
+    /// Run a benchmark (release builds, private broker) and print its figures.
+    #[command(subcommand)]
+    Bench(Bench),
     /// Run every test against an ephemeral Kafka and schema registry.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
@@ -61,6 +72,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Task::Dev { wipe, infra_only } => dev(&ws, wipe, infra_only, &interrupted),
         Task::Test { cargo_args } => test(&ws, &cargo_args),
+        Task::Bench(Bench::Commands(args)) => bench::commands(&ws, &args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
