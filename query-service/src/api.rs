@@ -1,36 +1,89 @@
 //! HTTP routes of a query replica.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix_web::{HttpResponse, web};
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use shared_events::ConsistencyToken;
 use shared_events::partitioner::partition_for_key;
 
-use crate::orders::OrdersProjection;
+use crate::cluster::{Cluster, Member};
+use crate::metrics::{Metrics, OutcomeLabel};
+use crate::orders::{CustomerCursor, OrderView, OrdersProjection};
 use crate::problem::QueryError;
-use crate::projection::Assignment;
+use crate::projection::{PartitionTable, ProjectionStats};
+use crate::routing::{FORWARDED_BY, Forwarder, Route, route};
 use crate::store::Store;
 
 /// What every handler shares.
 #[derive(Debug)]
 pub struct AppState {
     pub store: Arc<Store>,
-    pub assignment: Arc<Assignment>,
+    pub table: Arc<PartitionTable>,
+    pub cluster: Arc<Cluster>,
+    pub forwarder: Forwarder,
+    pub metrics: Arc<Metrics>,
+    pub stats: Arc<ProjectionStats>,
     pub topic: String,
-    pub partitions: i32,
+    pub group: String,
     pub replica_id: String,
+    pub consistency_wait: Duration,
+    pub max_ready_lag: i64,
+    pub admin_token: Option<String>,
 }
 
 pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/orders/{id}", web::get().to(get_order))
-        .route("/health/live", web::get().to(live));
+        .route(
+            "/customers/{customer_id}/orders",
+            web::get().to(customer_orders),
+        )
+        .route("/admin/cluster", web::get().to(admin_cluster))
+        .route("/health/live", web::get().to(live))
+        .route("/health/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(metrics));
 }
 
 async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-/// Order ids are what the command service issues: 1..=64 characters of `[A-Za-z0-9._-]`.
+/// Ready once the replica joined the group and every partition it owns has caught up to within
+/// `max_ready_lag` records of the committed end.
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let table = &state.table;
+    let lagging: Vec<i32> = table
+        .owned()
+        .into_iter()
+        .filter(|p| !table.serves(*p) || table.lag(*p).is_none_or(|lag| lag > state.max_ready_lag))
+        .collect();
+    let ready = table.joined() && lagging.is_empty();
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "joined": table.joined(),
+        "owned_partitions": table.owned(),
+        "lagging_partitions": lagging,
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, "1"))
+            .json(body)
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.render(&state.table))
+}
+
+/// Ids as the command service issues them: 1..=64 characters of `[A-Za-z0-9._-]`.
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
@@ -39,7 +92,34 @@ fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+fn is_forwarded(request: &HttpRequest) -> bool {
+    request.headers().contains_key(FORWARDED_BY)
+}
+
+/// The `Consistency-Token` request header, if any.
+fn consistency_token(
+    request: &HttpRequest,
+    topic: &str,
+) -> Result<Option<ConsistencyToken>, QueryError> {
+    let Some(value) = request.headers().get("consistency-token") else {
+        return Ok(None);
+    };
+    let token: ConsistencyToken =
+        value
+            .to_str()
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or(QueryError::BadToken(
+                "it must look like `topic:partition:offset`",
+            ))?;
+    if token.topic != topic {
+        return Err(QueryError::BadToken("it names another topic"));
+    }
+    Ok(Some(token))
+}
+
 async fn get_order(
+    request: HttpRequest,
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, QueryError> {
@@ -47,24 +127,333 @@ async fn get_order(
     if !valid_id(&id) {
         return Err(QueryError::BadId(id));
     }
-    let partition = partition_for_key(id.as_bytes(), state.partitions);
-    if !state.assignment.owns(partition) {
-        return Err(QueryError::NotOwned {
-            topic: state.topic.clone(),
-            partition,
-        });
+    let token = consistency_token(&request, &state.topic)?;
+    let partition = partition_for_key(id.as_bytes(), state.table.count());
+    let view = state.cluster.view();
+    match route(
+        partition,
+        &state.table,
+        &view,
+        &state.replica_id,
+        is_forwarded(&request),
+    ) {
+        Route::Local => {
+            if let Some(token) = &token {
+                wait_for(&state, token).await?;
+            }
+            let store = Arc::clone(&state.store);
+            let lookup = id.clone();
+            let found = web::block(move || OrdersProjection::read(&store, &lookup))
+                .await
+                .map_err(|_| QueryError::Unavailable("the store is busy".into()))??;
+            match found {
+                Some(view) => Ok(HttpResponse::Ok()
+                    .insert_header(("Served-By", state.replica_id.as_str()))
+                    .json(view)),
+                None if state.table.serves(partition) => Err(QueryError::UnknownOrder {
+                    id,
+                    served_by: state.replica_id.clone(),
+                }),
+                // Just assigned and still catching up: "not found" could be false.
+                None => Err(QueryError::Unavailable(format!(
+                    "partition {partition} is still being caught up on this replica"
+                ))),
+            }
+        }
+        Route::Forward(owner) => {
+            let token = request
+                .headers()
+                .get("consistency-token")
+                .and_then(|v| v.to_str().ok());
+            let headers: Vec<(&str, &str)> = token
+                .map(|t| ("consistency-token", t))
+                .into_iter()
+                .collect();
+            forward(&state, &owner, request.uri().path(), &headers).await
+        }
+        Route::Unavailable(reason) => Err(QueryError::Unavailable(reason)),
     }
-    let store = Arc::clone(&state.store);
-    let lookup = id.clone();
-    let view = web::block(move || OrdersProjection::read(&store, &lookup))
-        .await
-        .map_err(|_| QueryError::Starting)??;
-    match view {
-        Some(view) => Ok(HttpResponse::Ok()
+}
+
+async fn forward(
+    state: &AppState,
+    owner: &Member,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<HttpResponse, QueryError> {
+    state.metrics.forwarded.inc();
+    let relayed = match state.forwarder.get(owner, path, headers).await {
+        Ok(response) => state.forwarder.relay(owner, response).await,
+        Err(error) => Err(error),
+    };
+    relayed.map_err(|error| {
+        state.metrics.forward_errors.inc();
+        QueryError::Unavailable(error.to_string())
+    })
+}
+
+/// Waits (bounded) until the token's position is applied, if this replica owns its partition.
+/// A token for a partition owned elsewhere cannot be waited for here and is ignored: tokens are
+/// meant for reads of the key that was written, whose owner is the one answering.
+async fn wait_for(state: &AppState, token: &ConsistencyToken) -> Result<(), QueryError> {
+    let (partition, offset) = (token.position.partition, token.position.offset);
+    if !state.table.owns(partition) || state.table.applied(partition) > offset {
+        return Ok(());
+    }
+    let reached = tokio::time::timeout(
+        state.consistency_wait,
+        state.table.wait_applied(partition, offset),
+    )
+    .await
+    .unwrap_or(false);
+    let outcome = if reached { "reached" } else { "timed_out" };
+    state
+        .metrics
+        .consistency_waits
+        .get_or_create(&OutcomeLabel { outcome })
+        .inc();
+    if reached {
+        Ok(())
+    } else {
+        Err(QueryError::ConsistencyTimeout {
+            token: token.to_string(),
+            waited: state.consistency_wait,
+        })
+    }
+}
+
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 200;
+
+/// One replica's part of a customer's orders (the answer to a forwarded request).
+#[derive(Debug, Serialize, Deserialize)]
+struct PartialPage {
+    partitions: Vec<i32>,
+    orders: Vec<PageEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PageEntry {
+    cursor: String,
+    order: OrderView,
+}
+
+#[derive(Debug, Serialize)]
+struct Page {
+    customer_id: String,
+    orders: Vec<OrderView>,
+    next_cursor: Option<String>,
+}
+
+/// `GET /customers/{id}/orders?limit=&after=`: the customer's orders from every partition,
+/// oldest first. The receiving replica asks each owner for its partitions (its own included)
+/// and merges; if some partition has no owner that answered, the answer is a retryable 503,
+/// never a silently partial list.
+async fn customer_orders(
+    request: HttpRequest,
+    customer_id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, QueryError> {
+    let customer_id = customer_id.into_inner();
+    if !valid_id(&customer_id) {
+        return Err(QueryError::BadId(customer_id));
+    }
+    let params = web::Query::<HashMap<String, String>>::from_query(request.query_string())
+        .map_err(|_| QueryError::BadQuery("the query string does not parse".into()))?;
+    let limit = match params.get("limit") {
+        None => DEFAULT_PAGE,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| QueryError::BadQuery(format!("limit must be 1 to {MAX_PAGE}")))?,
+    };
+    let after = match params.get("after") {
+        None => None,
+        Some(raw) => Some(CustomerCursor::decode(raw).ok_or_else(|| {
+            QueryError::BadQuery("after is not a cursor from a previous page".into())
+        })?),
+    };
+
+    let local = local_page(&state, &customer_id, after.clone(), limit).await?;
+    if is_forwarded(&request) {
+        return Ok(HttpResponse::Ok()
             .insert_header(("Served-By", state.replica_id.as_str()))
-            .json(view)),
-        None => Err(QueryError::UnknownOrder(id)),
+            .json(local));
     }
+
+    let view = state.cluster.view();
+    let mut query = format!("limit={limit}");
+    if let Some(after) = &after {
+        query.push_str(&format!("&after={}", after.encode()));
+    }
+    let path = format!("{}?{query}", request.uri().path());
+    let remote = view
+        .members
+        .iter()
+        .filter(|m| m.replica_id != state.replica_id && !m.partitions.is_empty())
+        .map(|member| {
+            let (state, path) = (&state, &path);
+            async move {
+                state.metrics.forwarded.inc();
+                let response = state.forwarder.get(member, path, &[]).await;
+                let page = match response {
+                    Ok(r) if r.status().is_success() => r.json::<PartialPage>().await.ok(),
+                    _ => None,
+                };
+                if page.is_none() {
+                    state.metrics.forward_errors.inc();
+                }
+                page
+            }
+        });
+    let mut pages = vec![local];
+    pages.extend(
+        futures::future::join_all(remote)
+            .await
+            .into_iter()
+            .flatten(),
+    );
+
+    let covered: BTreeSet<i32> = pages
+        .iter()
+        .flat_map(|p| p.partitions.iter().copied())
+        .collect();
+    let missing: Vec<i32> = (0..state.table.count())
+        .filter(|p| !covered.contains(p))
+        .collect();
+    if !missing.is_empty() {
+        return Err(QueryError::Unavailable(format!(
+            "partitions {missing:?} could not be read right now (rebalance in progress?)"
+        )));
+    }
+    let some_page_full = pages.iter().any(|p| p.orders.len() >= limit);
+    let mut entries: Vec<(CustomerCursor, OrderView)> = pages
+        .into_iter()
+        .flat_map(|p| p.orders)
+        .filter_map(|e| CustomerCursor::decode(&e.cursor).map(|c| (c, e.order)))
+        .collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.dedup_by(|a, b| a.0 == b.0);
+    let more = entries.len() > limit || some_page_full;
+    entries.truncate(limit);
+    let next_cursor = if more {
+        entries.last().map(|(c, _)| c.encode())
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok()
+        .insert_header(("Served-By", state.replica_id.as_str()))
+        .json(Page {
+            customer_id,
+            orders: entries.into_iter().map(|(_, v)| v).collect(),
+            next_cursor,
+        }))
+}
+
+/// This replica's part: orders of the partitions it serves (owned and caught up).
+async fn local_page(
+    state: &AppState,
+    customer_id: &str,
+    after: Option<CustomerCursor>,
+    limit: usize,
+) -> Result<PartialPage, QueryError> {
+    let table = Arc::clone(&state.table);
+    let store = Arc::clone(&state.store);
+    let customer = customer_id.to_owned();
+    let partitions: Vec<i32> = table
+        .owned()
+        .into_iter()
+        .filter(|p| table.serves(*p))
+        .collect();
+    let serving = partitions.clone();
+    let found = web::block(move || {
+        let count = table.count();
+        OrdersProjection::customer_orders(&store, &customer, after.as_ref(), limit, |order_id| {
+            serving.contains(&partition_for_key(order_id.as_bytes(), count))
+        })
+    })
+    .await
+    .map_err(|_| QueryError::Unavailable("the store is busy".into()))??;
+    Ok(PartialPage {
+        partitions,
+        orders: found
+            .into_iter()
+            .map(|(cursor, order)| PageEntry {
+                cursor: cursor.encode(),
+                order,
+            })
+            .collect(),
+    })
+}
+
+/// Compares in time independent of where the first difference is.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorize(request: &HttpRequest, state: &AppState) -> Result<(), QueryError> {
+    let Some(expected) = &state.admin_token else {
+        return Err(QueryError::AdminDisabled);
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if same_secret(token.as_bytes(), expected.as_bytes()) => Ok(()),
+        _ => Err(QueryError::Unauthorized),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct LocalPartition {
+    partition: i32,
+    applied_offset: i64,
+    lag: Option<i64>,
+    caught_up: bool,
+}
+
+/// `GET /admin/cluster`: replicas, partition ownership, lag.
+async fn admin_cluster(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, QueryError> {
+    authorize(&request, &state)?;
+    let cluster = Arc::clone(&state.cluster);
+    let count = state.table.count();
+    let partitions = web::block(move || cluster.lag(count))
+        .await
+        .map_err(|_| QueryError::Unavailable("the admin client is busy".into()))?
+        .map_err(|e| QueryError::Unavailable(format!("Kafka did not answer: {e}")))?;
+    let view = state.cluster.view();
+    let table = &state.table;
+    let local: Vec<LocalPartition> = table
+        .owned()
+        .into_iter()
+        .map(|p| LocalPartition {
+            partition: p,
+            applied_offset: table.applied(p),
+            lag: table.lag(p),
+            caught_up: table.serves(p),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "replica_id": state.replica_id,
+        "group": state.group,
+        "topic": state.topic,
+        "group_state": view.group_state,
+        "rebalances_seen": table.rebalances(),
+        "view_refreshed_at_ms": view.refreshed_at_ms,
+        "replicas": view.members,
+        "partitions": partitions,
+        "this_replica": {
+            "partitions": local,
+            "applied_events": state.stats.applied.get(),
+            "version_gaps": state.stats.version_gaps.get(),
+        },
+    })))
 }
 
 pub async fn not_found() -> Result<HttpResponse, QueryError> {
@@ -73,7 +462,7 @@ pub async fn not_found() -> Result<HttpResponse, QueryError> {
 
 #[cfg(test)]
 mod tests {
-    use super::valid_id;
+    use super::{same_secret, valid_id};
 
     #[test]
     fn ids_are_checked() {
@@ -81,5 +470,12 @@ mod tests {
         for bad in ["", "a b", "a/b", "é", &"x".repeat(65)] {
             assert!(!valid_id(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn secrets_compare() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
     }
 }

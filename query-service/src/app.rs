@@ -1,4 +1,4 @@
-//! Wiring: configuration in, a running replica (projection runner + HTTP server) out.
+//! Wiring: configuration in, a running replica (projection runner, cluster view, HTTP server) out.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -14,9 +14,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::cluster::{self, Cluster};
 use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
 use crate::orders::OrdersProjection;
-use crate::projection::{Assignment, ProjectionStats, RebalanceContext, Runner};
+use crate::projection::{PartitionTable, ProjectionStats, RebalanceContext, Runner};
+use crate::routing::Forwarder;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,8 @@ pub enum StartupError {
     TopicMissing(String),
     #[error("schema registry: {0}")]
     Registry(#[from] shared_events::WireError),
+    #[error("could not build the HTTP client")]
+    HttpClient(#[from] reqwest::Error),
     #[error("could not listen on {address}")]
     Listen {
         address: String,
@@ -50,7 +55,7 @@ pub struct Application {
     port: u16,
     server: Server,
     shutdown: CancellationToken,
-    runner: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
     stats: Arc<ProjectionStats>,
 }
 
@@ -65,22 +70,21 @@ impl std::fmt::Debug for Application {
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         config.validate()?;
-        let listener =
-            TcpListener::bind(&config.listen).map_err(|source| StartupError::Listen {
-                address: config.listen.clone(),
-                source,
-            })?;
-        let address = listener
-            .local_addr()
-            .map_err(|source| StartupError::Listen {
-                address: config.listen.clone(),
-                source,
-            })?;
+        let listen_error = |source| StartupError::Listen {
+            address: config.listen.clone(),
+            source,
+        };
+        let listener = TcpListener::bind(&config.listen).map_err(listen_error)?;
+        let address = listener.local_addr().map_err(listen_error)?;
         let replica_id = config
             .replica_id
             .clone()
             .unwrap_or_else(|| format!("query-{}", address.port()));
-        tracing::info!(?config, %replica_id, "starting query replica");
+        let advertised_url = config
+            .advertised_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{address}"));
+        tracing::info!(?config, %replica_id, %advertised_url, "starting query replica");
 
         let path = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&path))
@@ -90,16 +94,25 @@ impl Application {
                 source,
             })?;
         let store = Arc::new(store);
-        let assignment = Arc::new(Assignment::default());
-        let context = RebalanceContext::new(
-            Arc::clone(&store),
-            config.topic.clone(),
-            Arc::clone(&assignment),
-        );
+        let kafka_timeout = Duration::from_millis(config.kafka_timeout_ms);
+        let partitions = wait_for_topic(
+            &config.kafka_bootstrap,
+            &config.topic,
+            kafka_timeout,
+            Duration::from_millis(config.topic_wait_ms),
+        )
+        .await?;
+        let table = Arc::new(PartitionTable::new(partitions));
+        let context =
+            RebalanceContext::new(Arc::clone(&store), config.topic.clone(), Arc::clone(&table));
         let consumer: StreamConsumer<RebalanceContext> = ClientConfig::new()
             .set("bootstrap.servers", &config.kafka_bootstrap)
             .set("group.id", &config.group_id)
-            .set("client.id", &replica_id)
+            // Other replicas find this one's URL in the group description.
+            .set(
+                "client.id",
+                cluster::client_id(&replica_id, &advertised_url),
+            )
             .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "earliest")
             // Positions come from the store; the group's offsets only report lag, and are
@@ -107,16 +120,14 @@ impl Application {
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (config.session_timeout_ms / 4).max(250).to_string(),
+            )
             .set("socket.timeout.ms", config.kafka_timeout_ms.to_string())
+            // The statistics carry each partition's last stable offset: the lag and readiness.
+            .set("statistics.interval.ms", "1000")
             .create_with_context(context)?;
-
-        let partitions = wait_for_topic(
-            &consumer,
-            &config.topic,
-            Duration::from_millis(config.kafka_timeout_ms),
-            Duration::from_millis(config.topic_wait_ms),
-        )
-        .await?;
         let codec = EventCodec::new(
             &config.registry_url,
             &config.topic,
@@ -124,7 +135,14 @@ impl Application {
         )?;
         consumer.subscribe(&[&config.topic])?;
 
+        let cluster = Arc::new(Cluster::new(
+            &config.kafka_bootstrap,
+            &config.group_id,
+            &config.topic,
+            kafka_timeout,
+        )?);
         let stats = Arc::new(ProjectionStats::default());
+        let metrics = Arc::new(Metrics::new(&stats));
         let shutdown = CancellationToken::new();
         let runner = Runner {
             consumer,
@@ -132,15 +150,34 @@ impl Application {
             projection: OrdersProjection,
             store: Arc::clone(&store),
             stats: Arc::clone(&stats),
+            table: Arc::clone(&table),
         };
-        let runner = tokio::spawn(runner.run(shutdown.clone()));
+        let tasks = vec![
+            tokio::spawn(runner.run(shutdown.clone())),
+            tokio::spawn(cluster::keep_fresh(
+                Arc::clone(&cluster),
+                Arc::clone(&table),
+                Duration::from_millis(config.cluster_refresh_ms),
+                shutdown.clone(),
+            )),
+        ];
 
         let state = web::Data::new(AppState {
             store,
-            assignment,
+            table,
+            cluster,
+            forwarder: Forwarder::new(
+                &replica_id,
+                Duration::from_millis(config.forward_timeout_ms),
+            )?,
+            metrics,
+            stats: Arc::clone(&stats),
             topic: config.topic.clone(),
-            partitions,
+            group: config.group_id.clone(),
             replica_id,
+            consistency_wait: Duration::from_millis(config.consistency_wait_ms),
+            max_ready_lag: config.max_ready_lag,
+            admin_token: config.admin_token.clone(),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -150,16 +187,13 @@ impl Application {
         })
         .workers(config.http_workers)
         .listen(listener)
-        .map_err(|source| StartupError::Listen {
-            address: config.listen.clone(),
-            source,
-        })?
+        .map_err(listen_error)?
         .run();
         Ok(Self {
             port: address.port(),
             server,
             shutdown,
-            runner,
+            tasks,
             stats,
         })
     }
@@ -177,12 +211,15 @@ impl Application {
         Arc::clone(&self.stats)
     }
 
-    /// Serves until the server stops, then stops the projection runner (which leaves the group).
+    /// Serves until the server stops, then stops the projection runner (which leaves the group)
+    /// and the cluster view refresher.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
         self.shutdown.cancel();
-        if self.runner.await.is_err() {
-            tracing::error!("projection runner panicked");
+        for task in self.tasks {
+            if task.await.is_err() {
+                tracing::error!("a background task panicked");
+            }
         }
         served
     }
@@ -190,14 +227,24 @@ impl Application {
 
 /// The topic's partition count, waiting (bounded) for the topic to be created.
 async fn wait_for_topic(
-    consumer: &StreamConsumer<RebalanceContext>,
+    bootstrap: &str,
     topic: &str,
     call_timeout: Duration,
     total: Duration,
 ) -> Result<i32, StartupError> {
+    let probe: Arc<rdkafka::consumer::BaseConsumer> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()?,
+    );
     let deadline = Instant::now() + total;
     loop {
-        match consumer.fetch_metadata(Some(topic), call_timeout) {
+        let metadata = {
+            let (probe, topic) = (Arc::clone(&probe), topic.to_owned());
+            tokio::task::spawn_blocking(move || probe.fetch_metadata(Some(&topic), call_timeout))
+                .await?
+        };
+        match metadata {
             Ok(metadata) => {
                 if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic)
                     && t.error().is_none()

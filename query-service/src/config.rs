@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// Query replica: projects the order events into RocksDB and answers queries.
-#[derive(Debug, Clone, Parser)]
+#[derive(Clone, Parser)]
 #[command(name = "query-service", version)]
 pub struct Config {
     /// Address the HTTP API listens on (port 0 picks a free port).
@@ -49,6 +49,52 @@ pub struct Config {
     /// HTTP worker threads.
     #[arg(long, env = "QUERY_HTTP_WORKERS", default_value_t = 2)]
     pub http_workers: usize,
+    /// Base URL other replicas use to reach this one; defaults to `http://<listen address>`.
+    #[arg(long, env = "QUERY_ADVERTISED_URL")]
+    pub advertised_url: Option<String>,
+    /// Bearer token of the `/admin` API; without it the admin API answers 403.
+    #[arg(long, env = "QUERY_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+    /// `/health/ready` is ready only when every owned partition lags by at most this many records.
+    #[arg(long, env = "QUERY_MAX_READY_LAG", default_value_t = 1_000)]
+    pub max_ready_lag: i64,
+    /// Longest a read waits for its `Consistency-Token` position, in milliseconds.
+    #[arg(long, env = "QUERY_CONSISTENCY_WAIT_MS", default_value_t = 5_000)]
+    pub consistency_wait_ms: u64,
+    /// Bound on each forwarded query, in milliseconds.
+    #[arg(long, env = "QUERY_FORWARD_TIMEOUT_MS", default_value_t = 3_000)]
+    pub forward_timeout_ms: u64,
+    /// How often the group's partition ownership is re-read between rebalances, in milliseconds.
+    #[arg(long, env = "QUERY_CLUSTER_REFRESH_MS", default_value_t = 2_000)]
+    pub cluster_refresh_ms: u64,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("kafka_bootstrap", &self.kafka_bootstrap)
+            .field("registry_url", &self.registry_url)
+            .field("topic", &self.topic)
+            .field("group_id", &self.group_id)
+            .field("data_dir", &self.data_dir)
+            .field("replica_id", &self.replica_id)
+            .field("advertised_url", &self.advertised_url)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("kafka_timeout_ms", &self.kafka_timeout_ms)
+            .field("topic_wait_ms", &self.topic_wait_ms)
+            .field("registry_timeout_ms", &self.registry_timeout_ms)
+            .field("http_workers", &self.http_workers)
+            .field("max_ready_lag", &self.max_ready_lag)
+            .field("consistency_wait_ms", &self.consistency_wait_ms)
+            .field("forward_timeout_ms", &self.forward_timeout_ms)
+            .field("cluster_refresh_ms", &self.cluster_refresh_ms)
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +121,19 @@ impl Config {
             .is_some_and(|id| id.is_empty() || !id.is_ascii())
         {
             return fail("replica id must be non-empty ASCII");
+        }
+        if self
+            .advertised_url
+            .as_deref()
+            .is_some_and(|u| !u.starts_with("http://") && !u.starts_with("https://"))
+        {
+            return fail("advertised url must start with http:// or https://");
+        }
+        if self.admin_token.as_deref().is_some_and(|t| t.len() < 8) {
+            return fail("the admin token must be at least 8 characters");
+        }
+        if self.max_ready_lag < 0 || self.forward_timeout_ms == 0 || self.cluster_refresh_ms == 0 {
+            return fail("max ready lag must be >= 0 and the forward timeout and refresh positive");
         }
         if self.http_workers == 0 {
             return fail("http workers must be at least 1");
@@ -109,5 +168,17 @@ mod tests {
         let mut c = Config::defaults();
         c.session_timeout_ms = 10;
         assert!(c.validate().is_err());
+        let mut c = Config::defaults();
+        c.advertised_url = Some("localhost:8091".into());
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_admin_token_is_never_printed() {
+        let mut c = Config::defaults();
+        c.admin_token = Some("s3cret-token".into());
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("<redacted>"));
     }
 }

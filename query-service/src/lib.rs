@@ -9,10 +9,13 @@
 
 pub mod api;
 pub mod app;
+pub mod cluster;
 pub mod config;
+pub mod metrics;
 pub mod orders;
 pub mod problem;
 pub mod projection;
+pub mod routing;
 pub mod store;
 
 pub use app::{Application, StartupError};

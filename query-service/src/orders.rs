@@ -129,11 +129,99 @@ pub fn evolve(current: Option<OrderView>, event: &OrderEvent) -> Result<OrderVie
     Ok(view)
 }
 
-/// Projects order events into [`OrderView`]s.
+/// Where a customer's order sits in the customer's list: by placement time, then id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CustomerCursor {
+    pub placed_at_ms: i64,
+    pub order_id: String,
+}
+
+impl CustomerCursor {
+    /// `"<placed_at_ms>-<order_id>"`, opaque to clients.
+    pub fn encode(&self) -> String {
+        format!("{}-{}", self.placed_at_ms, self.order_id)
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        let (ms, id) = text.split_once('-')?;
+        let placed_at_ms = ms.parse().ok()?;
+        (!id.is_empty()).then(|| Self {
+            placed_at_ms,
+            order_id: id.to_owned(),
+        })
+    }
+}
+
+/// The customer index key of an order: customer, NUL, placement time (fixed-width hex, so byte
+/// order is time order), NUL, order id.
+fn customer_key(customer_id: &str, placed_at_ms: i64, order_id: &str) -> Vec<u8> {
+    let ms = u64::try_from(placed_at_ms).unwrap_or(0);
+    format!("{customer_id}\0{ms:016x}\0{order_id}").into_bytes()
+}
+
+fn cursor_of(key: &[u8]) -> Option<CustomerCursor> {
+    let text = std::str::from_utf8(key).ok()?;
+    let mut parts = text.split('\0');
+    let (_, ms, id) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(CustomerCursor {
+        placed_at_ms: i64::try_from(u64::from_str_radix(ms, 16).ok()?).ok()?,
+        order_id: id.to_owned(),
+    })
+}
+
+/// Projects order events into [`OrderView`]s and a customer → orders index.
 #[derive(Debug, Default)]
 pub struct OrdersProjection;
 
 impl OrdersProjection {
+    /// Up to `limit` of a customer's orders after `after`, oldest first, among the orders whose
+    /// partition `serves` says this replica answers for.
+    pub fn customer_orders(
+        store: &Store,
+        customer_id: &str,
+        after: Option<&CustomerCursor>,
+        limit: usize,
+        serves: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(CustomerCursor, OrderView)>, StoreError> {
+        let prefix = format!("{customer_id}\0").into_bytes();
+        let mut start = match after {
+            Some(c) => {
+                let mut key = customer_key(customer_id, c.placed_at_ms, &c.order_id);
+                key.push(0);
+                key
+            }
+            None => prefix.clone(),
+        };
+        let mut found = Vec::new();
+        // The store may hold orders of partitions this replica no longer owns; skip those.
+        const CHUNK: usize = 256;
+        loop {
+            let keys = store.index_scan(&prefix, &start, CHUNK)?;
+            let exhausted = keys.len() < CHUNK;
+            for key in &keys {
+                let Some(cursor) = cursor_of(key) else {
+                    continue;
+                };
+                if !serves(&cursor.order_id) {
+                    continue;
+                }
+                if let Some(view) = Self::read(store, &cursor.order_id)? {
+                    found.push((cursor, view));
+                    if found.len() >= limit {
+                        return Ok(found);
+                    }
+                }
+            }
+            match keys.last() {
+                Some(last) if !exhausted => {
+                    start = last.clone();
+                    start.push(0);
+                }
+                _ => return Ok(found),
+            }
+        }
+    }
+
     pub fn read(store: &Store, order_id: &str) -> Result<Option<OrderView>, StoreError> {
         Ok(store
             .view(order_id)?
@@ -159,6 +247,13 @@ impl Projection for OrdersProjection {
         let current = Self::read(store, &event.envelope.aggregate_id)?;
         match evolve(current, event) {
             Ok(view) => {
+                if let OrderPayload::Placed { customer_id, .. } = &event.payload {
+                    batch.put_index(customer_key(
+                        customer_id,
+                        event.envelope.occurred_at_ms,
+                        &view.order_id,
+                    ));
+                }
                 // Serialising a struct of strings and integers cannot fail.
                 let bytes = serde_json::to_vec(&view).unwrap_or_default();
                 batch.put_view(&view.order_id, bytes);
@@ -224,6 +319,53 @@ mod tests {
         assert_eq!((view.status, view.version), (OrderStatus::Paid, 2));
         assert_eq!(view.payment_ref.as_deref(), Some("p"));
         assert_ne!(view.updated_at, view.placed_at);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_index_keys_sort_by_time() {
+        let cursor = CustomerCursor {
+            placed_at_ms: 1_795_000_000_123,
+            order_id: "0193-ab.c_d".into(),
+        };
+        assert_eq!(
+            CustomerCursor::decode(&cursor.encode()),
+            Some(cursor.clone())
+        );
+        assert_eq!(CustomerCursor::decode("x-1"), None);
+        assert_eq!(CustomerCursor::decode("12-"), None);
+        let key = customer_key("c-1", cursor.placed_at_ms, &cursor.order_id);
+        assert_eq!(cursor_of(&key), Some(cursor));
+        assert!(customer_key("c-1", 9, "z") < customer_key("c-1", 10, "a"));
+    }
+
+    #[test]
+    fn customer_orders_page_through_owned_orders_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (i, id) in ["o-a", "o-b", "o-c", "o-d"].into_iter().enumerate() {
+            let mut event = placed();
+            event.envelope.aggregate_id = id.into();
+            event.envelope.occurred_at_ms += i64::try_from(i).unwrap();
+            let mut batch = StoreBatch::default();
+            assert_eq!(
+                OrdersProjection.apply(&store, &mut batch, &event).unwrap(),
+                Applied::Changed
+            );
+            store.write(batch).unwrap();
+        }
+        let serves = |id: &str| id != "o-b";
+        let page = OrdersProjection::customer_orders(&store, "c-42", None, 2, serves).unwrap();
+        let ids: Vec<&str> = page.iter().map(|(_, v)| v.order_id.as_str()).collect();
+        assert_eq!(ids, ["o-a", "o-c"]);
+        let rest =
+            OrdersProjection::customer_orders(&store, "c-42", Some(&page[1].0), 2, serves).unwrap();
+        let ids: Vec<&str> = rest.iter().map(|(_, v)| v.order_id.as_str()).collect();
+        assert_eq!(ids, ["o-d"]);
+        assert!(
+            OrdersProjection::customer_orders(&store, "c-4", None, 2, serves)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -10,12 +10,23 @@ use crate::store::StoreError;
 pub enum QueryError {
     #[error("`{0}` is not a valid order id")]
     BadId(String),
-    #[error("order {0} does not exist")]
-    UnknownOrder(String),
-    #[error("partition {partition} of `{topic}` is not assigned to this replica")]
-    NotOwned { topic: String, partition: i32 },
-    #[error("the topic's partition count is not known yet")]
-    Starting,
+    #[error("order {id} does not exist")]
+    UnknownOrder { id: String, served_by: String },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("the Consistency-Token is invalid: {0}")]
+    BadToken(&'static str),
+    #[error("{0}")]
+    BadQuery(String),
+    #[error("position {token} was not applied within {waited:?}")]
+    ConsistencyTimeout {
+        token: String,
+        waited: std::time::Duration,
+    },
+    #[error("the admin API is disabled on this replica (no admin token configured)")]
+    AdminDisabled,
+    #[error("a valid `Authorization: Bearer <admin token>` header is required")]
+    Unauthorized,
     #[error("the local store failed")]
     Store(#[from] StoreError),
     #[error("no such route")]
@@ -26,9 +37,15 @@ impl QueryError {
     fn kind(&self) -> (&'static str, &'static str) {
         match self {
             Self::BadId(_) => ("invalid-id", "Invalid id"),
-            Self::UnknownOrder(_) => ("order-not-found", "Order not found"),
-            Self::NotOwned { .. } => ("partition-not-owned", "Partition owned elsewhere"),
-            Self::Starting => ("starting", "Replica starting"),
+            Self::UnknownOrder { .. } => ("order-not-found", "Order not found"),
+            Self::Unavailable(_) => ("temporarily-unavailable", "Temporarily unavailable"),
+            Self::BadToken(_) => ("invalid-consistency-token", "Invalid consistency token"),
+            Self::BadQuery(_) => ("invalid-query", "Invalid query"),
+            Self::ConsistencyTimeout { .. } => {
+                ("consistency-timeout", "Position not reached in time")
+            }
+            Self::AdminDisabled => ("admin-disabled", "Admin API disabled"),
+            Self::Unauthorized => ("unauthorized", "Unauthorized"),
             Self::Store(_) => ("store-failure", "Store failure"),
             Self::NoRoute => ("not-found", "Not found"),
         }
@@ -38,9 +55,13 @@ impl QueryError {
 impl ResponseError for QueryError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::BadId(_) => StatusCode::BAD_REQUEST,
-            Self::UnknownOrder(_) | Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::NotOwned { .. } | Self::Starting => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadId(_) | Self::BadToken(_) | Self::BadQuery(_) => StatusCode::BAD_REQUEST,
+            Self::UnknownOrder { .. } | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::Unavailable(_) | Self::ConsistencyTimeout { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::AdminDisabled => StatusCode::FORBIDDEN,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -60,10 +81,20 @@ impl ResponseError for QueryError {
         let mut response = HttpResponse::build(status)
             .content_type("application/problem+json")
             .body(body.to_string());
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+        let headers = response.headers_mut();
+        match self {
+            Self::Unavailable(_) | Self::ConsistencyTimeout { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+            }
+            Self::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::UnknownOrder { served_by, .. } => {
+                if let Ok(value) = HeaderValue::from_str(served_by) {
+                    headers.insert(header::HeaderName::from_static("served-by"), value);
+                }
+            }
+            _ => {}
         }
         response
     }

@@ -10,19 +10,21 @@
 //!
 //! The runner is generic: a domain plugs in with the [`Projection`] trait.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
 use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use shared_events::{AvroEvent, EventCodec, WireError};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Store, StoreBatch, StoreError};
@@ -49,31 +51,154 @@ pub trait Projection: Send + Sync + 'static {
     ) -> Result<Applied, StoreError>;
 }
 
-/// Partitions of the topic this replica currently owns, as the group assigned them.
-#[derive(Debug, Default)]
-pub struct Assignment {
-    partitions: RwLock<BTreeSet<i32>>,
+/// What this replica knows of each partition of the topic: whether the group assigned it here,
+/// how far the store has applied it, where its committed data ends, and whether the store has
+/// caught up with it since it was assigned.
+#[derive(Debug)]
+pub struct PartitionTable {
+    partitions: Vec<PartitionState>,
+    joined: AtomicBool,
+    rebalances: AtomicU64,
+    /// Signalled after every rebalance, so the cluster view refreshes at once.
+    pub rebalanced: tokio::sync::Notify,
 }
 
-impl Assignment {
+#[derive(Debug)]
+struct PartitionState {
+    owned: AtomicBool,
+    caught_up: AtomicBool,
+    /// The next offset the store has applied up to (0 when never applied).
+    applied: watch::Sender<i64>,
+    /// The last stable offset (end of committed data) in the latest statistics; -1 if unknown.
+    stable_end: AtomicI64,
+}
+
+impl PartitionTable {
+    pub fn new(partitions: i32) -> Self {
+        Self {
+            partitions: (0..partitions.max(0))
+                .map(|_| PartitionState {
+                    owned: AtomicBool::new(false),
+                    caught_up: AtomicBool::new(false),
+                    applied: watch::channel(0).0,
+                    stable_end: AtomicI64::new(-1),
+                })
+                .collect(),
+            joined: AtomicBool::new(false),
+            rebalances: AtomicU64::new(0),
+            rebalanced: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn get(&self, partition: i32) -> Option<&PartitionState> {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.partitions.get(p))
+    }
+
+    pub fn count(&self) -> i32 {
+        i32::try_from(self.partitions.len()).unwrap_or(i32::MAX)
+    }
+
     pub fn owns(&self, partition: i32) -> bool {
-        self.partitions
-            .read()
-            .map(|p| p.contains(&partition))
-            .unwrap_or(false)
+        self.get(partition)
+            .is_some_and(|p| p.owned.load(Ordering::Acquire))
     }
 
-    pub fn partitions(&self) -> Vec<i32> {
-        self.partitions
-            .read()
-            .map(|p| p.iter().copied().collect())
-            .unwrap_or_default()
+    /// Owned, and the store has caught up with the partition's committed data at least once
+    /// since it was assigned: only then is "not found" a true answer.
+    pub fn serves(&self, partition: i32) -> bool {
+        self.get(partition)
+            .is_some_and(|p| p.owned.load(Ordering::Acquire) && p.caught_up.load(Ordering::Acquire))
     }
 
-    fn update(&self, change: impl FnOnce(&mut BTreeSet<i32>)) {
-        match self.partitions.write() {
-            Ok(mut p) => change(&mut p),
-            Err(poisoned) => change(&mut poisoned.into_inner()),
+    pub fn owned(&self) -> Vec<i32> {
+        (0..self.count()).filter(|p| self.owns(*p)).collect()
+    }
+
+    /// Whether the group has assigned this replica anything (possibly nothing) yet.
+    pub fn joined(&self) -> bool {
+        self.joined.load(Ordering::Acquire)
+    }
+
+    pub fn rebalances(&self) -> u64 {
+        self.rebalances.load(Ordering::Relaxed)
+    }
+
+    pub fn applied(&self, partition: i32) -> i64 {
+        self.get(partition).map_or(0, |p| *p.applied.borrow())
+    }
+
+    /// Committed records not yet applied, if the end of the partition is known.
+    pub fn lag(&self, partition: i32) -> Option<i64> {
+        let state = self.get(partition)?;
+        let end = state.stable_end.load(Ordering::Acquire);
+        (end >= 0).then(|| (end - *state.applied.borrow()).max(0))
+    }
+
+    /// Waits until `offset` of `partition` is applied (the store's next offset is past it).
+    /// False if the partition is unknown or the wait was cut short by the caller's timeout.
+    pub async fn wait_applied(&self, partition: i32, offset: i64) -> bool {
+        let Some(state) = self.get(partition) else {
+            return false;
+        };
+        let mut applied = state.applied.subscribe();
+        applied.wait_for(|next| *next > offset).await.is_ok()
+    }
+
+    fn assigned(&self, partition: i32, next_offset: i64) {
+        if let Some(state) = self.get(partition) {
+            state.caught_up.store(false, Ordering::Release);
+            state.stable_end.store(-1, Ordering::Release);
+            state.applied.send_replace(next_offset);
+            state.owned.store(true, Ordering::Release);
+        }
+    }
+
+    fn revoked(&self, partition: i32) {
+        if let Some(state) = self.get(partition) {
+            state.owned.store(false, Ordering::Release);
+            state.caught_up.store(false, Ordering::Release);
+        }
+    }
+
+    fn rebalance_done(&self) {
+        self.joined.store(true, Ordering::Release);
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
+        self.rebalanced.notify_waiters();
+    }
+
+    /// Records that the store applied `partition` up to (excluding) `next_offset`.
+    pub fn applied_to(&self, partition: i32, next_offset: i64) {
+        if let Some(state) = self.get(partition) {
+            state.applied.send_replace(next_offset);
+            let end = state.stable_end.load(Ordering::Acquire);
+            if end >= 0 && next_offset >= end {
+                state.caught_up.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Records that the consumer moved past `next_offset` with nothing left to apply before it.
+    fn skipped_to(&self, partition: i32, next_offset: i64) {
+        if let Some(state) = self.get(partition)
+            && state.owned.load(Ordering::Acquire)
+            && next_offset > *state.applied.borrow()
+        {
+            self.applied_to(partition, next_offset);
+        }
+    }
+
+    /// Records the end of committed data of a partition, from the consumer's statistics.
+    fn stable_end(&self, partition: i32, end: i64) {
+        if let Some(state) = self.get(partition)
+            && state.owned.load(Ordering::Acquire)
+            && end >= 0
+        {
+            state.stable_end.store(end, Ordering::Release);
+            if *state.applied.borrow() >= end {
+                state.caught_up.store(true, Ordering::Release);
+            }
         }
     }
 }
@@ -81,16 +206,16 @@ impl Assignment {
 /// Counters of the runner, for metrics and for tests that prove nothing is applied twice.
 #[derive(Debug, Default)]
 pub struct ProjectionStats {
-    pub applied: AtomicU64,
-    pub version_gaps: AtomicU64,
-    pub undecodable: AtomicU64,
+    pub applied: Counter,
+    pub version_gaps: Counter,
+    pub undecodable: Counter,
 }
 
 /// Consumer callbacks: seeds every newly assigned partition with the store's offset.
 pub struct RebalanceContext {
     store: Arc<Store>,
     topic: String,
-    assignment: Arc<Assignment>,
+    table: Arc<PartitionTable>,
 }
 
 impl std::fmt::Debug for RebalanceContext {
@@ -102,11 +227,11 @@ impl std::fmt::Debug for RebalanceContext {
 }
 
 impl RebalanceContext {
-    pub fn new(store: Arc<Store>, topic: String, assignment: Arc<Assignment>) -> Self {
+    pub fn new(store: Arc<Store>, topic: String, table: Arc<PartitionTable>) -> Self {
         Self {
             store,
             topic,
-            assignment,
+            table,
         }
     }
 
@@ -118,12 +243,25 @@ impl RebalanceContext {
             .collect();
         for (topic, partition) in partitions {
             let offset = match self.store.next_offset(&topic, partition) {
-                Ok(Some(next)) => Offset::Offset(next),
-                Ok(None) => Offset::Beginning,
+                Ok(Some(next)) => {
+                    if topic == self.topic {
+                        self.table.assigned(partition, next);
+                    }
+                    Offset::Offset(next)
+                }
+                Ok(None) => {
+                    if topic == self.topic {
+                        self.table.assigned(partition, 0);
+                    }
+                    Offset::Beginning
+                }
                 Err(error) => {
                     // Without a trustworthy position the only safe start is the beginning:
                     // applying is idempotent per version, so a replay re-derives the views.
                     tracing::error!(%error, partition, "stored offset unreadable; replaying partition");
+                    if topic == self.topic {
+                        self.table.assigned(partition, 0);
+                    }
                     Offset::Beginning
                 }
             };
@@ -134,7 +272,15 @@ impl RebalanceContext {
     }
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: Statistics) {
+        if let Some(topic) = statistics.topics.get(&self.topic) {
+            for (partition, stats) in &topic.partitions {
+                self.table.stable_end(*partition, stats.ls_offset);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn rebalance(
@@ -163,34 +309,29 @@ impl ConsumerContext for RebalanceContext {
                     consumer.assign(tpl)
                 };
                 match result {
-                    Ok(()) => {
-                        let added = ours(tpl);
-                        tracing::info!(partitions = ?added, "partitions assigned");
-                        self.assignment.update(|owned| {
-                            if !cooperative {
-                                owned.clear();
-                            }
-                            owned.extend(added);
-                        });
+                    Ok(()) => tracing::info!(partitions = ?ours(tpl), "partitions assigned"),
+                    Err(error) => {
+                        tracing::error!(%error, "assign failed");
+                        for p in ours(tpl) {
+                            self.table.revoked(p);
+                        }
                     }
-                    Err(error) => tracing::error!(%error, "assign failed"),
                 }
+                self.table.rebalance_done();
             }
             _ => {
                 if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
                     tracing::error!(?err, "rebalance error; dropping assignment");
                 }
-                let removed = ours(tpl);
+                let removed = if cooperative {
+                    ours(tpl)
+                } else {
+                    self.table.owned()
+                };
                 // Stop serving before giving the partitions up.
-                self.assignment.update(|owned| {
-                    if cooperative {
-                        for p in &removed {
-                            owned.remove(p);
-                        }
-                    } else {
-                        owned.clear();
-                    }
-                });
+                for p in &removed {
+                    self.table.revoked(*p);
+                }
                 tracing::info!(partitions = ?removed, "partitions revoked");
                 let result = if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -200,6 +341,7 @@ impl ConsumerContext for RebalanceContext {
                 if let Err(error) = result {
                     tracing::error!(%error, "unassign failed");
                 }
+                self.table.rebalance_done();
             }
         }
     }
@@ -213,13 +355,22 @@ pub struct Runner<P: Projection> {
     pub projection: P,
     pub store: Arc<Store>,
     pub stats: Arc<ProjectionStats>,
+    pub table: Arc<PartitionTable>,
 }
 
 impl<P: Projection> Runner<P> {
     pub async fn run(self, shutdown: CancellationToken) {
+        // While idle, the consumer's position shows records it skipped without handing them
+        // over (transaction markers, aborted records); see `note_position`.
+        let mut idle = tokio::time::interval(Duration::from_millis(250));
+        idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let message = tokio::select! {
                 () = shutdown.cancelled() => break,
+                _ = idle.tick() => {
+                    self.note_position();
+                    continue;
+                }
                 message = self.consumer.recv() => message,
             };
             let message = match message {
@@ -236,7 +387,7 @@ impl<P: Projection> Runner<P> {
                 }
                 // Undecodable for good: skip it, but still record the position so that the
                 // partition moves on; the counter and the log say what happened.
-                self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                self.stats.undecodable.inc();
                 tracing::error!(
                     partition = message.partition(),
                     offset = message.offset(),
@@ -250,10 +401,10 @@ impl<P: Projection> Runner<P> {
             let mut batch = StoreBatch::default();
             match self.projection.apply(&self.store, &mut batch, &event) {
                 Ok(Applied::Changed) => {
-                    self.stats.applied.fetch_add(1, Ordering::Relaxed);
+                    self.stats.applied.inc();
                 }
                 Ok(Applied::VersionGap { expected, got }) => {
-                    self.stats.version_gaps.fetch_add(1, Ordering::Relaxed);
+                    self.stats.version_gaps.inc();
                     tracing::error!(
                         key = event.key(),
                         expected,
@@ -277,12 +428,29 @@ impl<P: Projection> Runner<P> {
         tracing::info!("projection runner stopped");
     }
 
+    /// Moves each partition's applied position past records the consumer skipped after the last
+    /// event it handed over: every committed transaction ends with a control record, so without
+    /// this a partition would always look one record behind its end. Called only between
+    /// messages, when everything handed over has been applied.
+    fn note_position(&self) {
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        for element in positions.elements() {
+            if let Offset::Offset(next) = element.offset() {
+                self.table.skipped_to(element.partition(), next);
+            }
+        }
+    }
+
     /// Writes the batch, then lets the group's committed offset follow. False if the store failed.
     fn write(&self, batch: StoreBatch, message: &rdkafka::message::BorrowedMessage<'_>) -> bool {
         if let Err(error) = self.store.write(batch) {
             tracing::error!(%error, "store write failed; projection stops");
             return false;
         }
+        self.table
+            .applied_to(message.partition(), message.offset() + 1);
         if let Err(error) = self.consumer.store_offset_from_message(message) {
             // Only affects lag reporting: positions come from the store.
             tracing::debug!(%error, "could not store consumer offset");

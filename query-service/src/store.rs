@@ -8,9 +8,10 @@
 
 use std::path::Path;
 
-use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch};
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch};
 
 const VIEWS: &str = "views";
+const INDEX: &str = "index";
 const OFFSETS: &str = "offsets";
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,7 @@ pub struct Store {
 #[derive(Default)]
 pub struct StoreBatch {
     views: Vec<(Vec<u8>, Vec<u8>)>,
+    index: Vec<Vec<u8>>,
     offsets: Vec<(Vec<u8>, i64)>,
 }
 
@@ -39,6 +41,7 @@ impl std::fmt::Debug for StoreBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreBatch")
             .field("views", &self.views.len())
+            .field("index", &self.index.len())
             .field("offsets", &self.offsets.len())
             .finish()
     }
@@ -47,6 +50,11 @@ impl std::fmt::Debug for StoreBatch {
 impl StoreBatch {
     pub fn put_view(&mut self, key: &str, value: Vec<u8>) {
         self.views.push((key.as_bytes().to_vec(), value));
+    }
+
+    /// Adds a secondary-index entry (the key is the whole entry).
+    pub fn put_index(&mut self, key: Vec<u8>) {
+        self.index.push(key);
     }
 
     /// Records that everything before `next_offset` in `topic`/`partition` is applied.
@@ -65,7 +73,7 @@ impl Store {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        let families = [VIEWS, OFFSETS]
+        let families = [VIEWS, INDEX, OFFSETS]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&options, path, families)?;
@@ -82,6 +90,28 @@ impl Store {
         Ok(self.db.get_cf(self.family(VIEWS)?, key.as_bytes())?)
     }
 
+    /// Index keys that start with `prefix`, from `start` (inclusive) on, at most `limit`.
+    pub fn index_scan(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let from = if start > prefix { start } else { prefix };
+        let mut keys = Vec::new();
+        for item in self.db.iterator_cf(
+            self.family(INDEX)?,
+            IteratorMode::From(from, Direction::Forward),
+        ) {
+            let (key, _) = item?;
+            if !key.starts_with(prefix) || keys.len() >= limit {
+                break;
+            }
+            keys.push(key.to_vec());
+        }
+        Ok(keys)
+    }
+
     /// The next offset to consume in `topic`/`partition`, if this store ever applied any of it.
     pub fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
         let key = offset_key(topic, partition);
@@ -95,9 +125,17 @@ impl Store {
 
     /// Applies the batch atomically: views and offsets together or not at all.
     pub fn write(&self, staged: StoreBatch) -> Result<(), StoreError> {
-        let StoreBatch { views, offsets } = staged;
+        let StoreBatch {
+            views,
+            index,
+            offsets,
+        } = staged;
         let mut batch = WriteBatch::default();
         let views_cf = self.family(VIEWS)?;
+        let index_cf = self.family(INDEX)?;
+        for key in index {
+            batch.put_cf(index_cf, key, []);
+        }
         let offsets_cf = self.family(OFFSETS)?;
         for (key, value) in views {
             batch.put_cf(views_cf, key, value);
@@ -125,11 +163,23 @@ mod tests {
             let mut batch = StoreBatch::default();
             batch.put_view("o-1", b"{}".to_vec());
             batch.set_next_offset("orders", 0, 7);
+            batch.put_index(b"c1/2".to_vec());
+            batch.put_index(b"c1/1".to_vec());
+            batch.put_index(b"c2/1".to_vec());
             store.write(batch).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.view("o-1").unwrap().as_deref(), Some(&b"{}"[..]));
         assert_eq!(store.next_offset("orders", 0).unwrap(), Some(7));
         assert_eq!(store.next_offset("orders", 1).unwrap(), None);
+        assert_eq!(
+            store.index_scan(b"c1/", b"", 10).unwrap(),
+            [b"c1/1".to_vec(), b"c1/2".to_vec()]
+        );
+        assert_eq!(
+            store.index_scan(b"c1/", b"c1/2", 10).unwrap(),
+            [b"c1/2".to_vec()]
+        );
+        assert_eq!(store.index_scan(b"c1/", b"", 1).unwrap().len(), 1);
     }
 }

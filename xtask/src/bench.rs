@@ -42,7 +42,14 @@ struct Stack {
 }
 
 fn start_stack(ws: &Workspace) -> anyhow::Result<Stack> {
-    ws.cargo(&["build", "--release", "--bin", "schema-registry", "--bin", "command-service"])?;
+    ws.cargo(&[
+        "build",
+        "--release",
+        "--bin",
+        "schema-registry",
+        "--bin",
+        "command-service",
+    ])?;
     let scratch = tempfile::Builder::new().prefix("xtask-bench-").tempdir()?;
     let runtime = KafkaRuntime::resolve(&ws.cache_dir().join("kafka-classpath"))?;
     let kafka = KafkaConfig {
@@ -61,8 +68,16 @@ fn start_stack(ws: &Workspace) -> anyhow::Result<Stack> {
     registry_cmd
         .args(["--listen", &format!("127.0.0.1:{registry_port}")])
         .args(["--kafka-bootstrap", &broker.bootstrap()]);
-    let mut registry = Service::spawn("schema-registry", registry_cmd, &scratch.path().join("registry.log"))?;
-    registry.wait_http_ok(localhost(registry_port), "/health/live", Duration::from_secs(60))?;
+    let mut registry = Service::spawn(
+        "schema-registry",
+        registry_cmd,
+        &scratch.path().join("registry.log"),
+    )?;
+    registry.wait_http_ok(
+        localhost(registry_port),
+        "/health/live",
+        Duration::from_secs(60),
+    )?;
 
     let command_port = free_port()?;
     let mut command_cmd = Command::new(release.join("command-service"));
@@ -70,10 +85,21 @@ fn start_stack(ws: &Workspace) -> anyhow::Result<Stack> {
         .env("RUST_LOG", "warn")
         .env("COMMAND_LISTEN", format!("127.0.0.1:{command_port}"))
         .env("KAFKA_BOOTSTRAP", broker.bootstrap())
-        .env("SCHEMA_REGISTRY_URL", format!("http://127.0.0.1:{registry_port}"))
+        .env(
+            "SCHEMA_REGISTRY_URL",
+            format!("http://127.0.0.1:{registry_port}"),
+        )
         .env("ORDERS_TOPIC", "bench-orders");
-    let mut command = Service::spawn("command-service", command_cmd, &scratch.path().join("command.log"))?;
-    command.wait_http_ok(localhost(command_port), "/health/live", Duration::from_secs(60))?;
+    let mut command = Service::spawn(
+        "command-service",
+        command_cmd,
+        &scratch.path().join("command.log"),
+    )?;
+    command.wait_http_ok(
+        localhost(command_port),
+        "/health/live",
+        Duration::from_secs(60),
+    )?;
     Ok(Stack {
         _scratch: scratch,
         broker,
@@ -106,14 +132,24 @@ fn record_size() -> anyhow::Result<usize> {
             customer_id: "c-bench".into(),
             currency: "EUR".into(),
             items: vec![
-                LineItem { sku: "A-1".into(), quantity: 2, unit_price_cents: 1250 },
-                LineItem { sku: "B-2".into(), quantity: 1, unit_price_cents: 990 },
+                LineItem {
+                    sku: "A-1".into(),
+                    quantity: 2,
+                    unit_price_cents: 1250,
+                },
+                LineItem {
+                    sku: "B-2".into(),
+                    quantity: 1,
+                    unit_price_cents: 990,
+                },
             ],
             total_cents: 3490,
         },
     };
     let schema = Schema::parse_str(OrderEvent::SCHEMA)?;
-    let body = GenericDatumWriter::builder(&schema).build()?.write_value_to_vec(event.to_avro())?;
+    let body = GenericDatumWriter::builder(&schema)
+        .build()?
+        .write_value_to_vec(event.to_avro())?;
     Ok(5 + body.len())
 }
 
@@ -125,7 +161,11 @@ fn histogram_quantile(metrics: &str, name: &str, quantile: f64) -> Option<f64> {
         .filter_map(|line| line.strip_prefix(&prefix))
         .filter_map(|rest| {
             let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((le, count.trim().parse().ok()?))
         })
         .collect();
@@ -140,7 +180,11 @@ fn histogram_quantile(metrics: &str, name: &str, quantile: f64) -> Option<f64> {
             if le.is_infinite() {
                 return Some(previous.0);
             }
-            let share = if count > previous.1 { (target - previous.1) / (count - previous.1) } else { 1.0 };
+            let share = if count > previous.1 {
+                (target - previous.1) / (count - previous.1)
+            } else {
+                1.0
+            };
             return Some(previous.0 + (le - previous.0) * share);
         }
         previous = (le, count);
@@ -164,9 +208,20 @@ struct PerfTest {
     line: String,
 }
 
-fn producer_perf_test(stack: &Stack, topic: &str, records: u64, size: usize, extra: &[String]) -> anyhow::Result<PerfTest> {
+fn producer_perf_test(
+    stack: &Stack,
+    topic: &str,
+    records: u64,
+    size: usize,
+    extra: &[String],
+) -> anyhow::Result<PerfTest> {
     let output = Command::new("java")
-        .args(["-Xmx512m", "-cp", &stack.runtime.classpath, "org.apache.kafka.tools.ProducerPerformance"])
+        .args([
+            "-Xmx512m",
+            "-cp",
+            &stack.runtime.classpath,
+            "org.apache.kafka.tools.ProducerPerformance",
+        ])
         .args(["--topic", topic])
         .args(["--num-records", &records.to_string()])
         .args(["--record-size", &size.to_string()])
@@ -178,7 +233,7 @@ fn producer_perf_test(stack: &Stack, topic: &str, records: u64, size: usize, ext
         .output()
         .context("running kafka-producer-perf-test")?;
     let text = String::from_utf8_lossy(&output.stdout);
-    let Some(line) = text.lines().filter(|l| l.contains("50th")).next_back() else {
+    let Some(line) = text.lines().rfind(|l| l.contains("50th")) else {
         bail!(
             "kafka-producer-perf-test printed no summary:\n{text}\n{}",
             String::from_utf8_lossy(&output.stderr)
@@ -187,7 +242,12 @@ fn producer_perf_test(stack: &Stack, topic: &str, records: u64, size: usize, ext
     // "N records sent, R records/sec (M MB/sec), A ms avg latency, X ms max latency, P ms 50th, ..., Q ms 99th, ..."
     let number_before = |marker: &str| -> Option<f64> {
         let at = line.find(marker)?;
-        line[..at].trim_end().rsplit([' ', ',']).next()?.parse().ok()
+        line[..at]
+            .trim_end()
+            .rsplit([' ', ','])
+            .next()?
+            .parse()
+            .ok()
     };
     Ok(PerfTest {
         rate: number_before(" records/sec").unwrap_or(0.0),
@@ -215,20 +275,58 @@ pub(crate) fn commands(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()
 
     let (max, paced, metrics) = runtime.block_on(async {
         eprintln!("warming up ...");
-        load::run(&client, args.concurrency, Duration::from_secs(3), None, Arc::clone(&request)).await?;
-        eprintln!("measuring the maximum rate ({}s, {} clients) ...", args.duration, args.concurrency);
-        let before = client.get(format!("{}/metrics", stack.command_url)).send().await?.text().await?;
-        let max = load::run(&client, args.concurrency, duration, None, Arc::clone(&request)).await?;
-        let metrics = client.get(format!("{}/metrics", stack.command_url)).send().await?.text().await?;
+        load::run(
+            &client,
+            args.concurrency,
+            Duration::from_secs(3),
+            None,
+            Arc::clone(&request),
+        )
+        .await?;
+        eprintln!(
+            "measuring the maximum rate ({}s, {} clients) ...",
+            args.duration, args.concurrency
+        );
+        let before = client
+            .get(format!("{}/metrics", stack.command_url))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let max = load::run(
+            &client,
+            args.concurrency,
+            duration,
+            None,
+            Arc::clone(&request),
+        )
+        .await?;
+        let metrics = client
+            .get(format!("{}/metrics", stack.command_url))
+            .send()
+            .await?
+            .text()
+            .await?;
         let target = max.rate() * 0.7;
         eprintln!("measuring latency at 70% of it ({target:.0} commands/s) ...");
-        let paced = load::run(&client, args.concurrency, duration, Some(target), Arc::clone(&request)).await?;
+        let paced = load::run(
+            &client,
+            args.concurrency,
+            duration,
+            Some(target),
+            Arc::clone(&request),
+        )
+        .await?;
         anyhow::Ok((max, paced, (before, metrics)))
     })?;
     let (before, metrics) = metrics;
 
-    let commit_p50 = histogram_quantile(&metrics, "command_service_commit_seconds", 0.50).unwrap_or(0.0) * 1000.0;
-    let commit_p99 = histogram_quantile(&metrics, "command_service_commit_seconds", 0.99).unwrap_or(0.0) * 1000.0;
+    let commit_p50 = histogram_quantile(&metrics, "command_service_commit_seconds", 0.50)
+        .unwrap_or(0.0)
+        * 1000.0;
+    let commit_p99 = histogram_quantile(&metrics, "command_service_commit_seconds", 0.99)
+        .unwrap_or(0.0)
+        * 1000.0;
     let delta = |name: &str| {
         metric_value(&metrics, name).unwrap_or(0.0) - metric_value(&before, name).unwrap_or(0.0)
     };
@@ -236,11 +334,18 @@ pub(crate) fn commands(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()
     let mean_batch = delta("command_service_batch_size_sum ") / batches.max(1.0);
     let workers = 2.0;
     // How often each producer committed during the maximum-rate run.
-    let commit_interval_ms = (duration.as_secs_f64() * 1000.0 / (batches / workers).max(1.0)).max(1.0);
+    let commit_interval_ms =
+        (duration.as_secs_f64() * 1000.0 / (batches / workers).max(1.0)).max(1.0);
     let size = record_size()?;
 
     eprintln!("baseline: kafka-producer-perf-test, {size}-byte records, idempotent ...");
-    let plain = producer_perf_test(&stack, "bench-baseline-plain", args.baseline_records, size, &[])?;
+    let plain = producer_perf_test(
+        &stack,
+        "bench-baseline-plain",
+        args.baseline_records,
+        size,
+        &[],
+    )?;
     eprintln!("baseline: the same, transactional, a commit every {commit_interval_ms:.0} ms ...");
     let transactional = producer_perf_test(
         &stack,
@@ -256,20 +361,43 @@ pub(crate) fn commands(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()
     )?;
 
     println!();
-    println!("== cargo xtask bench commands ({}s runs, {} clients, {size}-byte records, release build)", args.duration, args.concurrency);
+    println!(
+        "== cargo xtask bench commands ({}s runs, {} clients, {size}-byte records, release build)",
+        args.duration, args.concurrency
+    );
     println!("command service, max rate   {}", max.summary());
     println!("command service, 70% rate   {}", paced.summary());
-    println!("commit latency              p50 {commit_p50:.2} ms  p99 {commit_p99:.2} ms  (begin → commit, per transaction)");
-    println!("mean batch size             {mean_batch:.1} commands per transaction ({batches:.0} transactions, commit every {commit_interval_ms:.0} ms per producer)");
-    println!("baseline, idempotent        {:>9.0} records/s  p50 {:.0} ms  p99 {:.0} ms", plain.rate, plain.p50_ms, plain.p99_ms);
-    println!("baseline, transactional     {:>9.0} records/s  p50 {:.0} ms  p99 {:.0} ms", transactional.rate, transactional.p50_ms, transactional.p99_ms);
-    println!("ratio to idempotent         {:.3}  (target ≥ 0.3)", max.rate() / plain.rate.max(1.0));
-    println!("ratio to transactional      {:.3}", max.rate() / transactional.rate.max(1.0));
+    println!(
+        "commit latency              p50 {commit_p50:.2} ms  p99 {commit_p99:.2} ms  (begin → commit, per transaction)"
+    );
+    println!(
+        "mean batch size             {mean_batch:.1} commands per transaction ({batches:.0} transactions, commit every {commit_interval_ms:.0} ms per producer)"
+    );
+    println!(
+        "baseline, idempotent        {:>9.0} records/s  p50 {:.0} ms  p99 {:.0} ms",
+        plain.rate, plain.p50_ms, plain.p99_ms
+    );
+    println!(
+        "baseline, transactional     {:>9.0} records/s  p50 {:.0} ms  p99 {:.0} ms",
+        transactional.rate, transactional.p50_ms, transactional.p99_ms
+    );
+    println!(
+        "ratio to idempotent         {:.3}  (target ≥ 0.3)",
+        max.rate() / plain.rate.max(1.0)
+    );
+    println!(
+        "ratio to transactional      {:.3}",
+        max.rate() / transactional.rate.max(1.0)
+    );
     let bound = 2.0 * commit_p99 + 2.0;
     println!(
         "p99 at 70% vs 2×commit p99 + 2 ms   {:.2} ms vs {bound:.2} ms  ({})",
         paced.ms(0.99),
-        if paced.ms(0.99) <= bound { "within" } else { "over" }
+        if paced.ms(0.99) <= bound {
+            "within"
+        } else {
+            "over"
+        }
     );
     println!("perf-test summary (idempotent):    {}", plain.line);
     println!("perf-test summary (transactional): {}", transactional.line);

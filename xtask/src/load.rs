@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 /// Builds request number `n`.
-pub(crate) type RequestFactory = Arc<dyn Fn(&reqwest::Client, u64) -> reqwest::RequestBuilder + Send + Sync>;
+pub(crate) type RequestFactory =
+    Arc<dyn Fn(&reqwest::Client, u64) -> reqwest::RequestBuilder + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub(crate) struct LoadResult {
@@ -77,13 +78,18 @@ pub(crate) async fn run(
             let mut by_status = BTreeMap::new();
             let mut failures = 0;
             // Stagger paced workers across one interval.
-            let mut intended = start + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / concurrency as f64));
+            let mut intended = start
+                + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / concurrency as f64));
             let mut n = w as u64;
             loop {
                 if interval.is_some() && intended > Instant::now() {
                     tokio::time::sleep_until(intended.into()).await;
                 }
-                let sent = if interval.is_some() { intended } else { Instant::now() };
+                let sent = if interval.is_some() {
+                    intended
+                } else {
+                    Instant::now()
+                };
                 if sent >= end {
                     break;
                 }
@@ -93,7 +99,8 @@ pub(crate) async fn run(
                         // Read the body so the connection is reused.
                         let _ = response.bytes().await;
                         if (200..300).contains(&status) {
-                            let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                            let micros =
+                                u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
                             latency.saturating_record(micros.max(1));
                         }
                         *by_status.entry(status).or_insert(0u64) += 1;

@@ -72,7 +72,9 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Task::Dev { wipe, infra_only } => dev(&ws, wipe, infra_only, &interrupted),
         Task::Test { cargo_args } => test(&ws, &cargo_args),
-        Task::Bench(Bench::Commands(args)) => bench::commands(&ws, &args).map(|()| ExitCode::SUCCESS),
+        Task::Bench(Bench::Commands(args)) => {
+            bench::commands(&ws, &args).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -1,7 +1,12 @@
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use actix_web::dev::ServerHandle;
+use query_service::projection::ProjectionStats;
 use query_service::{Application, Config};
+use serde_json::Value;
 
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -48,17 +53,29 @@ impl Commands {
     }
 }
 
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 /// A query replica with its own temporary store.
 pub struct Replica {
     pub id: String,
     pub address: String,
+    pub stats: Arc<ProjectionStats>,
     handle: ServerHandle,
-    _data: tempfile::TempDir,
+    pub data: Arc<tempfile::TempDir>,
 }
 
 impl Replica {
     pub async fn spawn(topic: &str, group: &str, id: &str) -> Self {
-        let data = tempfile::tempdir().unwrap();
+        Self::spawn_in(topic, group, id, Arc::new(tempfile::tempdir().unwrap())).await
+    }
+
+    /// A replica on an existing store directory (a restart).
+    pub async fn spawn_in(
+        topic: &str,
+        group: &str,
+        id: &str,
+        data: Arc<tempfile::TempDir>,
+    ) -> Self {
         let mut config = Config::defaults();
         config.listen = "127.0.0.1:0".into();
         config.kafka_bootstrap = env("KAFKA_BOOTSTRAP");
@@ -68,17 +85,21 @@ impl Replica {
         config.data_dir = data.path().to_path_buf();
         config.replica_id = Some(id.to_owned());
         config.session_timeout_ms = 6_000;
+        config.admin_token = Some(ADMIN_TOKEN.into());
+        config.cluster_refresh_ms = 500;
         let app = Application::build(config)
             .await
             .expect("the replica did not start");
         let address = format!("http://127.0.0.1:{}", app.port());
         let handle = app.handle();
+        let stats = app.stats();
         tokio::spawn(app.run_until_stopped());
         Self {
             id: id.to_owned(),
             address,
+            stats,
             handle,
-            _data: data,
+            data,
         }
     }
 
@@ -92,4 +113,99 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
+}
+
+pub fn order_body(customer: &str, quantity: u32) -> String {
+    format!(
+        r#"{{"customer_id":"{customer}","currency":"EUR","items":[{{"sku":"A-1","quantity":{quantity},"unit_price_cents":1250}}]}}"#
+    )
+}
+
+/// A command's answer: the body and the consistency token.
+pub struct Written {
+    pub order_id: String,
+    pub token: String,
+}
+
+pub async fn post(http: &reqwest::Client, url: &str, body: &str) -> Written {
+    let response = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
+    let token = response.headers()["consistency-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    Written {
+        order_id: body["order_id"].as_str().unwrap().to_owned(),
+        token,
+    }
+}
+
+/// Polls until `check` holds, or fails after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until every replica reports ready and the group assigned every partition.
+pub async fn wait_settled(http: &reqwest::Client, replicas: &[&Replica]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut seen = Vec::new();
+        let mut ready = true;
+        for replica in replicas {
+            let response = http
+                .get(format!("{}/health/ready", replica.address))
+                .send()
+                .await;
+            let (status, body) = match response {
+                Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                Err(e) => (0, e.to_string()),
+            };
+            ready &= status == 200;
+            seen.push(format!("{} ready: {status} {body}", replica.id));
+        }
+        let cluster: Value = match http
+            .get(format!("{}/admin/cluster", replicas[0].address))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => Value::Null,
+        };
+        let members = cluster["replicas"].as_array().map_or(0, Vec::len);
+        let owned: usize = cluster["replicas"].as_array().map_or(0, |m| {
+            m.iter()
+                .map(|r| r["partitions"].as_array().map_or(0, Vec::len))
+                .sum()
+        });
+        if ready && members == replicas.len() && owned == PARTITIONS as usize {
+            return;
+        }
+        seen.push(format!("cluster: {}", cluster["replicas"]));
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the replicas to settle:\n{}",
+            seen.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -1,0 +1,161 @@
+//! Where a key's query is answered: here if this replica owns the key's partition, otherwise
+//! once at the owner. A forwarded request carries `Forwarded-By` and is never forwarded again,
+//! and a replica never forwards to itself: both guard against the dead loop of stale metadata.
+
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+
+use crate::cluster::{ClusterView, Member};
+use crate::projection::PartitionTable;
+
+/// Marks a request that one replica forwarded to another; its value is the sender's id.
+pub const FORWARDED_BY: &str = "forwarded-by";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Local,
+    Forward(Member),
+    /// Nobody can answer right now (rebalance, stale view); retry shortly.
+    Unavailable(String),
+}
+
+/// Decides where the query for a key in `partition` is answered.
+pub fn route(
+    partition: i32,
+    table: &PartitionTable,
+    view: &ClusterView,
+    self_id: &str,
+    forwarded: bool,
+) -> Route {
+    if table.owns(partition) {
+        return Route::Local;
+    }
+    if forwarded {
+        return Route::Unavailable(format!(
+            "partition {partition} is not owned by this replica (forwarded here from a stale view)"
+        ));
+    }
+    match view.owner(partition) {
+        Some(owner) if owner.replica_id != self_id => Route::Forward(owner.clone()),
+        Some(_) => Route::Unavailable(format!(
+            "partition {partition} is being reassigned (the group still lists this replica)"
+        )),
+        None => Route::Unavailable(format!(
+            "partition {partition} has no owner right now (the group is rebalancing)"
+        )),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("forwarding to {replica} failed: {source}")]
+pub struct ForwardError {
+    pub replica: String,
+    #[source]
+    pub source: reqwest::Error,
+}
+
+/// Sends queries on to their owners over pooled keep-alive connections.
+#[derive(Debug, Clone)]
+pub struct Forwarder {
+    http: reqwest::Client,
+    self_id: String,
+}
+
+impl Forwarder {
+    pub fn new(self_id: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .pool_idle_timeout(Duration::from_secs(60))
+                .tcp_nodelay(true)
+                .build()?,
+            self_id: self_id.to_owned(),
+        })
+    }
+
+    /// GETs `path_and_query` from `member`, marked as forwarded, passing `headers` on.
+    pub async fn get(
+        &self,
+        member: &Member,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<reqwest::Response, ForwardError> {
+        let mut request = self
+            .http
+            .get(format!(
+                "{}{path_and_query}",
+                member.url.trim_end_matches('/')
+            ))
+            .header(FORWARDED_BY, &self.self_id);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.map_err(|source| ForwardError {
+            replica: member.replica_id.clone(),
+            source,
+        })
+    }
+
+    /// Relays the owner's answer as it is: status, body and the headers that matter.
+    pub async fn relay(
+        &self,
+        member: &Member,
+        response: reqwest::Response,
+    ) -> Result<HttpResponse, ForwardError> {
+        let status =
+            StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let mut relayed = HttpResponse::build(status);
+        for name in ["content-type", "served-by", "retry-after"] {
+            if let Some(value) = response.headers().get(name)
+                && let Ok(value) = value.to_str()
+            {
+                relayed.insert_header((name, value.to_owned()));
+            }
+        }
+        relayed.insert_header(("Forwarded-To", member.replica_id.as_str()));
+        let body = response.bytes().await.map_err(|source| ForwardError {
+            replica: member.replica_id.clone(),
+            source,
+        })?;
+        Ok(relayed.body(body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(owner_of_0: &str) -> ClusterView {
+        ClusterView {
+            group_state: "Stable".into(),
+            members: vec![Member {
+                replica_id: owner_of_0.into(),
+                url: format!("http://{owner_of_0}"),
+                partitions: vec![0],
+            }],
+            refreshed_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn never_forwards_twice_nor_to_itself() {
+        let table = PartitionTable::new(2);
+        assert!(
+            matches!(route(0, &table, &view("b"), "a", false), Route::Forward(m) if m.replica_id == "b")
+        );
+        assert!(matches!(
+            route(0, &table, &view("b"), "a", true),
+            Route::Unavailable(_)
+        ));
+        assert!(matches!(
+            route(0, &table, &view("a"), "a", false),
+            Route::Unavailable(_)
+        ));
+        assert!(matches!(
+            route(1, &table, &view("b"), "a", false),
+            Route::Unavailable(_)
+        ));
+    }
+}
