@@ -1,160 +1,136 @@
-//! `cargo xtask bench commands`: the command service's throughput and latency next to Kafka's
-//! own producer benchmark on the same broker, in the same run.
+//! Benchmarks: release builds on a private broker in a temporary directory, each figure printed
+//! next to a baseline measured in the same run on the same machine.
 //!
-//! Everything runs in release builds on a private broker in a temporary directory. The load
-//! generator and the services share the machine with the broker, as they would on a developer
-//! box; the baseline (`kafka-producer-perf-test`) shares it the same way.
+//! - `commands`: the command service vs `kafka-producer-perf-test` (plain and transactional);
+//! - `queries`: replica reads (local and forwarded) vs a static HTTP handler, projection replay
+//!   vs `kafka-consumer-perf-test`, and command → query visibility latency.
+
+pub(crate) mod commands;
+pub(crate) mod queries;
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use local_kafka::process::{free_port, localhost};
 use local_kafka::{Broker, KafkaConfig, KafkaRuntime, Service};
 
-use crate::load;
 use crate::workspace::Workspace;
 
-const ORDER: &str = r#"{"customer_id":"c-bench","currency":"EUR","items":[{"sku":"A-1","quantity":2,"unit_price_cents":1250},{"sku":"B-2","quantity":1,"unit_price_cents":990}]}"#;
-
-#[derive(Debug, Clone, clap::Args)]
-pub(crate) struct CommandBench {
-    /// Seconds of each measured run.
-    #[arg(long, default_value_t = 15)]
-    duration: u64,
-    /// Concurrent HTTP clients (keep-alive connections).
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
-    /// Records per baseline run of `kafka-producer-perf-test`.
-    #[arg(long, default_value_t = 500_000)]
-    baseline_records: u64,
+/// A private broker and registry, plus the services a benchmark starts; stopped when dropped.
+pub(crate) struct BenchStack {
+    scratch: tempfile::TempDir,
+    pub(crate) runtime: KafkaRuntime,
+    pub(crate) broker: Broker,
+    pub(crate) registry_url: String,
+    release: std::path::PathBuf,
+    // Dropped (stopped) before the broker: declared first.
+    services: Vec<Service>,
+    _registry: Service,
 }
 
-/// A private broker, registry and command service, stopped when dropped.
-struct Stack {
-    _scratch: tempfile::TempDir,
-    broker: Broker,
-    runtime: KafkaRuntime,
-    registry: Service,
-    command: Service,
-    command_url: String,
-}
+impl BenchStack {
+    /// Builds the given binaries (and the registry) in release mode and starts broker + registry.
+    pub(crate) fn start(ws: &Workspace, binaries: &[&str]) -> anyhow::Result<Self> {
+        let mut args = vec!["build", "--release", "--bin", "schema-registry"];
+        for binary in binaries {
+            args.extend(["--bin", binary]);
+        }
+        ws.cargo(&args)?;
+        let scratch = tempfile::Builder::new().prefix("xtask-bench-").tempdir()?;
+        let runtime = KafkaRuntime::resolve(&ws.cache_dir().join("kafka-classpath"))?;
+        let kafka = KafkaConfig {
+            data_dir: scratch.path().join("kafka"),
+            port: free_port()?,
+            controller_port: free_port()?,
+            partitions: 6,
+            heap: "1g",
+        };
+        eprintln!("starting a private Kafka on {} ...", kafka.bootstrap());
+        let broker = Broker::start(&runtime, kafka, &scratch.path().join("kafka.log"))?;
+        let release = ws.target.join("release");
+        let port = free_port()?;
+        let mut command = Command::new(release.join("schema-registry"));
+        command
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--kafka-bootstrap", &broker.bootstrap()]);
+        let mut registry = Service::spawn(
+            "schema-registry",
+            command,
+            &scratch.path().join("registry.log"),
+        )?;
+        registry.wait_http_ok(localhost(port), "/health/live", Duration::from_secs(60))?;
+        Ok(Self {
+            scratch,
+            runtime,
+            broker,
+            registry_url: format!("http://127.0.0.1:{port}"),
+            release,
+            services: Vec::new(),
+            _registry: registry,
+        })
+    }
 
-fn start_stack(ws: &Workspace) -> anyhow::Result<Stack> {
-    ws.cargo(&[
-        "build",
-        "--release",
-        "--bin",
-        "schema-registry",
-        "--bin",
-        "command-service",
-    ])?;
-    let scratch = tempfile::Builder::new().prefix("xtask-bench-").tempdir()?;
-    let runtime = KafkaRuntime::resolve(&ws.cache_dir().join("kafka-classpath"))?;
-    let kafka = KafkaConfig {
-        data_dir: scratch.path().join("kafka"),
-        port: free_port()?,
-        controller_port: free_port()?,
-        partitions: 6,
-        heap: "1g",
-    };
-    eprintln!("starting a private Kafka on {} ...", kafka.bootstrap());
-    let broker = Broker::start(&runtime, kafka, &scratch.path().join("kafka.log"))?;
-    let release = ws.target.join("release");
+    fn spawn(
+        &mut self,
+        name: &str,
+        binary: &str,
+        env: &[(&str, String)],
+        port: u16,
+    ) -> anyhow::Result<String> {
+        let mut command = Command::new(self.release.join(binary));
+        command
+            .env("RUST_LOG", "warn")
+            .env("KAFKA_BOOTSTRAP", self.broker.bootstrap())
+            .env("SCHEMA_REGISTRY_URL", &self.registry_url);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let log = self.scratch.path().join(format!("{name}.log"));
+        let mut service = Service::spawn(name, command, &log)?;
+        service.wait_http_ok(localhost(port), "/health/live", Duration::from_secs(120))?;
+        self.services.push(service);
+        Ok(format!("http://127.0.0.1:{port}"))
+    }
 
-    let registry_port = free_port()?;
-    let mut registry_cmd = Command::new(release.join("schema-registry"));
-    registry_cmd
-        .args(["--listen", &format!("127.0.0.1:{registry_port}")])
-        .args(["--kafka-bootstrap", &broker.bootstrap()]);
-    let mut registry = Service::spawn(
-        "schema-registry",
-        registry_cmd,
-        &scratch.path().join("registry.log"),
-    )?;
-    registry.wait_http_ok(
-        localhost(registry_port),
-        "/health/live",
-        Duration::from_secs(60),
-    )?;
-
-    let command_port = free_port()?;
-    let mut command_cmd = Command::new(release.join("command-service"));
-    command_cmd
-        .env("RUST_LOG", "warn")
-        .env("COMMAND_LISTEN", format!("127.0.0.1:{command_port}"))
-        .env("KAFKA_BOOTSTRAP", broker.bootstrap())
-        .env(
-            "SCHEMA_REGISTRY_URL",
-            format!("http://127.0.0.1:{registry_port}"),
-        )
-        .env("ORDERS_TOPIC", "bench-orders");
-    let mut command = Service::spawn(
-        "command-service",
-        command_cmd,
-        &scratch.path().join("command.log"),
-    )?;
-    command.wait_http_ok(
-        localhost(command_port),
-        "/health/live",
-        Duration::from_secs(60),
-    )?;
-    Ok(Stack {
-        _scratch: scratch,
-        broker,
-        runtime,
-        registry,
-        command,
-        command_url: format!("http://127.0.0.1:{command_port}"),
-    })
-}
-
-/// The size of one benchmark order's record value: magic byte, schema id, Avro body.
-fn record_size() -> anyhow::Result<usize> {
-    use apache_avro::Schema;
-    use apache_avro::writer::datum::GenericDatumWriter;
-    use shared_events::AvroEvent;
-    use shared_events::orders::{Envelope, LineItem, OrderEvent, OrderPayload};
-
-    let uuid = "0193a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b".to_owned();
-    let event = OrderEvent {
-        envelope: Envelope {
-            event_id: uuid.clone(),
-            aggregate_id: uuid.clone(),
-            aggregate_version: 1,
-            occurred_at_ms: 1_795_000_000_000,
-            command_id: uuid.clone(),
-            idempotency_key: None,
-            correlation_id: uuid,
-        },
-        payload: OrderPayload::Placed {
-            customer_id: "c-bench".into(),
-            currency: "EUR".into(),
-            items: vec![
-                LineItem {
-                    sku: "A-1".into(),
-                    quantity: 2,
-                    unit_price_cents: 1250,
-                },
-                LineItem {
-                    sku: "B-2".into(),
-                    quantity: 1,
-                    unit_price_cents: 990,
-                },
+    /// Starts a command service on `topic`; returns its base URL.
+    pub(crate) fn command_service(&mut self, topic: &str) -> anyhow::Result<String> {
+        let port = free_port()?;
+        self.spawn(
+            "command-service",
+            "command-service",
+            &[
+                ("COMMAND_LISTEN", format!("127.0.0.1:{port}")),
+                ("COMMAND_INSTANCE_ID", format!("bench-{topic}")),
+                ("ORDERS_TOPIC", topic.to_owned()),
             ],
-            total_cents: 3490,
-        },
-    };
-    let schema = Schema::parse_str(OrderEvent::SCHEMA)?;
-    let body = GenericDatumWriter::builder(&schema)
-        .build()?
-        .write_value_to_vec(event.to_avro())?;
-    Ok(5 + body.len())
+            port,
+        )
+    }
+
+    /// Starts a query replica of `group` on `topic` with a fresh store; returns its base URL.
+    pub(crate) fn replica(&mut self, topic: &str, group: &str, id: &str) -> anyhow::Result<String> {
+        let port = free_port()?;
+        let data = self.scratch.path().join(id);
+        self.spawn(
+            id,
+            "query-service",
+            &[
+                ("QUERY_LISTEN", format!("127.0.0.1:{port}")),
+                ("QUERY_REPLICA_ID", id.to_owned()),
+                ("QUERY_DATA_DIR", data.display().to_string()),
+                ("QUERY_GROUP_ID", group.to_owned()),
+                ("QUERY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+                ("ORDERS_TOPIC", topic.to_owned()),
+            ],
+            port,
+        )
+    }
 }
+
+pub(crate) const ADMIN_TOKEN: &str = "bench-admin-token";
 
 /// A quantile of a Prometheus histogram, interpolated within its buckets.
-fn histogram_quantile(metrics: &str, name: &str, quantile: f64) -> Option<f64> {
+pub(crate) fn histogram_quantile(metrics: &str, name: &str, quantile: f64) -> Option<f64> {
     let prefix = format!("{name}_bucket{{le=\"");
     let buckets: Vec<(f64, f64)> = metrics
         .lines()
@@ -192,225 +168,28 @@ fn histogram_quantile(metrics: &str, name: &str, quantile: f64) -> Option<f64> {
     None
 }
 
-fn metric_value(metrics: &str, line_prefix: &str) -> Option<f64> {
+/// The value of the first metric line starting with `line_prefix`.
+pub(crate) fn metric_value(metrics: &str, line_prefix: &str) -> Option<f64> {
     metrics
         .lines()
         .find_map(|line| line.strip_prefix(line_prefix))
         .and_then(|rest| rest.trim().parse().ok())
 }
 
-/// The summary line of `kafka-producer-perf-test`.
-#[derive(Debug)]
-struct PerfTest {
-    rate: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    line: String,
-}
-
-fn producer_perf_test(
-    stack: &Stack,
-    topic: &str,
-    records: u64,
-    size: usize,
-    extra: &[String],
-) -> anyhow::Result<PerfTest> {
-    let output = Command::new("java")
-        .args([
-            "-Xmx512m",
-            "-cp",
-            &stack.runtime.classpath,
-            "org.apache.kafka.tools.ProducerPerformance",
-        ])
-        .args(["--topic", topic])
-        .args(["--num-records", &records.to_string()])
-        .args(["--record-size", &size.to_string()])
-        .args(["--throughput", "-1"])
-        .args(extra)
-        .arg("--producer-props")
-        .arg(format!("bootstrap.servers={}", stack.broker.bootstrap()))
-        .args(["acks=all", "enable.idempotence=true"])
-        .output()
-        .context("running kafka-producer-perf-test")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let Some(line) = text.lines().rfind(|l| l.contains("50th")) else {
-        bail!(
-            "kafka-producer-perf-test printed no summary:\n{text}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    // "N records sent, R records/sec (M MB/sec), A ms avg latency, X ms max latency, P ms 50th, ..., Q ms 99th, ..."
-    let number_before = |marker: &str| -> Option<f64> {
-        let at = line.find(marker)?;
-        line[..at]
-            .trim_end()
-            .rsplit([' ', ','])
-            .next()?
-            .parse()
-            .ok()
-    };
-    Ok(PerfTest {
-        rate: number_before(" records/sec").unwrap_or(0.0),
-        p50_ms: number_before(" ms 50th").unwrap_or(0.0),
-        p99_ms: number_before(" ms 99th").unwrap_or(0.0),
-        line: line.to_owned(),
-    })
-}
-
-pub(crate) fn commands(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
-    let mut stack = start_stack(ws)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let duration = Duration::from_secs(args.duration);
-    let url = format!("{}/orders", stack.command_url);
-    let request: load::RequestFactory = Arc::new(move |client, _| {
-        client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(ORDER)
-    });
-    let client = load::client(args.concurrency)?;
-
-    let (max, paced, metrics) = runtime.block_on(async {
-        eprintln!("warming up ...");
-        load::run(
-            &client,
-            args.concurrency,
-            Duration::from_secs(3),
-            None,
-            Arc::clone(&request),
-        )
-        .await?;
-        eprintln!(
-            "measuring the maximum rate ({}s, {} clients) ...",
-            args.duration, args.concurrency
-        );
-        let before = client
-            .get(format!("{}/metrics", stack.command_url))
-            .send()
-            .await?
-            .text()
-            .await?;
-        let max = load::run(
-            &client,
-            args.concurrency,
-            duration,
-            None,
-            Arc::clone(&request),
-        )
-        .await?;
-        let metrics = client
-            .get(format!("{}/metrics", stack.command_url))
-            .send()
-            .await?
-            .text()
-            .await?;
-        let target = max.rate() * 0.7;
-        eprintln!("measuring latency at 70% of it ({target:.0} commands/s) ...");
-        let paced = load::run(
-            &client,
-            args.concurrency,
-            duration,
-            Some(target),
-            Arc::clone(&request),
-        )
-        .await?;
-        anyhow::Ok((max, paced, (before, metrics)))
-    })?;
-    let (before, metrics) = metrics;
-
-    let commit_p50 = histogram_quantile(&metrics, "command_service_commit_seconds", 0.50)
-        .unwrap_or(0.0)
-        * 1000.0;
-    let commit_p99 = histogram_quantile(&metrics, "command_service_commit_seconds", 0.99)
-        .unwrap_or(0.0)
-        * 1000.0;
-    let delta = |name: &str| {
-        metric_value(&metrics, name).unwrap_or(0.0) - metric_value(&before, name).unwrap_or(0.0)
-    };
-    let batches = delta("command_service_batch_size_count ");
-    let mean_batch = delta("command_service_batch_size_sum ") / batches.max(1.0);
-    let workers = 2.0;
-    // How often each producer committed during the maximum-rate run.
-    let commit_interval_ms =
-        (duration.as_secs_f64() * 1000.0 / (batches / workers).max(1.0)).max(1.0);
-    let size = record_size()?;
-
-    eprintln!("baseline: kafka-producer-perf-test, {size}-byte records, idempotent ...");
-    let plain = producer_perf_test(
-        &stack,
-        "bench-baseline-plain",
-        args.baseline_records,
-        size,
-        &[],
-    )?;
-    eprintln!("baseline: the same, transactional, a commit every {commit_interval_ms:.0} ms ...");
-    let transactional = producer_perf_test(
-        &stack,
-        "bench-baseline-tx",
-        args.baseline_records,
-        size,
-        &[
-            "--transactional-id".into(),
-            "bench-baseline".into(),
-            "--transaction-duration-ms".into(),
-            format!("{commit_interval_ms:.0}"),
-        ],
-    )?;
-
-    println!();
-    println!(
-        "== cargo xtask bench commands ({}s runs, {} clients, {size}-byte records, release build)",
-        args.duration, args.concurrency
-    );
-    println!("command service, max rate   {}", max.summary());
-    println!("command service, 70% rate   {}", paced.summary());
-    println!(
-        "commit latency              p50 {commit_p50:.2} ms  p99 {commit_p99:.2} ms  (begin → commit, per transaction)"
-    );
-    println!(
-        "mean batch size             {mean_batch:.1} commands per transaction ({batches:.0} transactions, commit every {commit_interval_ms:.0} ms per producer)"
-    );
-    println!(
-        "baseline, idempotent        {:>9.0} records/s  p50 {:.0} ms  p99 {:.0} ms",
-        plain.rate, plain.p50_ms, plain.p99_ms
-    );
-    println!(
-        "baseline, transactional     {:>9.0} records/s  p50 {:.0} ms  p99 {:.0} ms",
-        transactional.rate, transactional.p50_ms, transactional.p99_ms
-    );
-    println!(
-        "ratio to idempotent         {:.3}  (target ≥ 0.3)",
-        max.rate() / plain.rate.max(1.0)
-    );
-    println!(
-        "ratio to transactional      {:.3}",
-        max.rate() / transactional.rate.max(1.0)
-    );
-    let bound = 2.0 * commit_p99 + 2.0;
-    println!(
-        "p99 at 70% vs 2×commit p99 + 2 ms   {:.2} ms vs {bound:.2} ms  ({})",
-        paced.ms(0.99),
-        if paced.ms(0.99) <= bound {
-            "within"
-        } else {
-            "over"
-        }
-    );
-    println!("perf-test summary (idempotent):    {}", plain.line);
-    println!("perf-test summary (transactional): {}", transactional.line);
-
-    stack.command.stop(Duration::from_secs(30));
-    stack.registry.stop(Duration::from_secs(10));
-    stack.broker.stop(Duration::from_secs(30));
-    Ok(())
+/// The number just before `marker` in `line` (e.g. `"123.4 records/sec"`).
+pub(crate) fn number_before(line: &str, marker: &str) -> Option<f64> {
+    let at = line.find(marker)?;
+    line[..at]
+        .trim_end()
+        .rsplit([' ', ','])
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::histogram_quantile;
+    use super::{histogram_quantile, number_before};
 
     #[test]
     fn quantiles_interpolate_within_buckets() {
@@ -419,5 +198,12 @@ mod tests {
         assert!((p50 - 0.002).abs() < 1e-9, "{p50}");
         let p75 = histogram_quantile(text, "m", 0.75).unwrap_or_default();
         assert!((p75 - 0.003).abs() < 1e-9, "{p75}");
+    }
+
+    #[test]
+    fn perf_test_lines_parse() {
+        let line = "500000 records sent, 123456.7 records/sec (25.00 MB/sec), 150.23 ms avg latency, 400.00 ms max latency, 140 ms 50th, 300 ms 95th, 380 ms 99th, 399 ms 99.9th.";
+        assert_eq!(number_before(line, " records/sec"), Some(123_456.7));
+        assert_eq!(number_before(line, " ms 99th"), Some(380.0));
     }
 }

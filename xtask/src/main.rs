@@ -35,7 +35,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Bench {
     /// Commands/s and latency of the command service vs kafka-producer-perf-test.
-    Commands(bench::CommandBench),
+    Commands(bench::commands::CommandBench),
+    /// Replica reads (local, forwarded) vs a static handler, replay vs raw consume, visibility.
+    Queries(bench::queries::QueryBench),
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,7 +75,10 @@ fn main() -> ExitCode {
         Task::Dev { wipe, infra_only } => dev(&ws, wipe, infra_only, &interrupted),
         Task::Test { cargo_args } => test(&ws, &cargo_args),
         Task::Bench(Bench::Commands(args)) => {
-            bench::commands(&ws, &args).map(|()| ExitCode::SUCCESS)
+            bench::commands::run(&ws, &args).map(|()| ExitCode::SUCCESS)
+        }
+        Task::Bench(Bench::Queries(args)) => {
+            bench::queries::run(&ws, &args).map(|()| ExitCode::SUCCESS)
         }
     };
     match result {

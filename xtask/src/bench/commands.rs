@@ -1,0 +1,257 @@
+//! `cargo xtask bench commands`: the command service's throughput and latency next to Kafka's
+//! own producer benchmark on the same broker, in the same run.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::{BenchStack, histogram_quantile, metric_value, number_before};
+use crate::load;
+use crate::workspace::Workspace;
+
+pub(crate) const ORDER: &str = r#"{"customer_id":"c-bench","currency":"EUR","items":[{"sku":"A-1","quantity":2,"unit_price_cents":1250},{"sku":"B-2","quantity":1,"unit_price_cents":990}]}"#;
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct CommandBench {
+    /// Seconds of each measured run.
+    #[arg(long, default_value_t = 15)]
+    duration: u64,
+    /// Concurrent HTTP clients (keep-alive connections).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Records per baseline run of `kafka-producer-perf-test`.
+    #[arg(long, default_value_t = 500_000)]
+    baseline_records: u64,
+}
+
+/// The size of one benchmark order's record value: magic byte, schema id, Avro body.
+fn record_size() -> anyhow::Result<usize> {
+    use apache_avro::Schema;
+    use apache_avro::writer::datum::GenericDatumWriter;
+    use shared_events::AvroEvent;
+    use shared_events::orders::{Envelope, LineItem, OrderEvent, OrderPayload};
+
+    let uuid = "0193a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b".to_owned();
+    let event = OrderEvent {
+        envelope: Envelope {
+            event_id: uuid.clone(),
+            aggregate_id: uuid.clone(),
+            aggregate_version: 1,
+            occurred_at_ms: 1_795_000_000_000,
+            command_id: uuid.clone(),
+            idempotency_key: None,
+            correlation_id: uuid,
+        },
+        payload: OrderPayload::Placed {
+            customer_id: "c-bench".into(),
+            currency: "EUR".into(),
+            items: vec![
+                LineItem {
+                    sku: "A-1".into(),
+                    quantity: 2,
+                    unit_price_cents: 1250,
+                },
+                LineItem {
+                    sku: "B-2".into(),
+                    quantity: 1,
+                    unit_price_cents: 990,
+                },
+            ],
+            total_cents: 3490,
+        },
+    };
+    let schema = Schema::parse_str(OrderEvent::SCHEMA)?;
+    let body = GenericDatumWriter::builder(&schema)
+        .build()?
+        .write_value_to_vec(event.to_avro())?;
+    Ok(5 + body.len())
+}
+
+/// The summary line of `kafka-producer-perf-test`.
+#[derive(Debug)]
+struct PerfTest {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    line: String,
+}
+
+fn producer_perf_test(
+    stack: &BenchStack,
+    topic: &str,
+    records: u64,
+    size: usize,
+    extra: &[String],
+) -> anyhow::Result<PerfTest> {
+    let output = Command::new("java")
+        .args([
+            "-Xmx512m",
+            "-cp",
+            &stack.runtime.classpath,
+            "org.apache.kafka.tools.ProducerPerformance",
+        ])
+        .args(["--topic", topic])
+        .args(["--num-records", &records.to_string()])
+        .args(["--record-size", &size.to_string()])
+        .args(["--throughput", "-1"])
+        .args(extra)
+        .arg("--producer-props")
+        .arg(format!("bootstrap.servers={}", stack.broker.bootstrap()))
+        .args(["acks=all", "enable.idempotence=true"])
+        .output()
+        .context("running kafka-producer-perf-test")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let Some(line) = text.lines().rfind(|l| l.contains("50th")) else {
+        bail!(
+            "kafka-producer-perf-test printed no summary:\n{text}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    Ok(PerfTest {
+        rate: number_before(line, " records/sec").unwrap_or(0.0),
+        p50_ms: number_before(line, " ms 50th").unwrap_or(0.0),
+        p99_ms: number_before(line, " ms 99th").unwrap_or(0.0),
+        line: line.to_owned(),
+    })
+}
+
+pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
+    let mut stack = BenchStack::start(ws, &["command-service"])?;
+    let command_url = stack.command_service("bench-orders")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let duration = Duration::from_secs(args.duration);
+    let url = format!("{command_url}/orders");
+    let request: load::RequestFactory = Arc::new(move |client, _| {
+        client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(ORDER)
+    });
+    let client = load::client(args.concurrency)?;
+    let metrics_url = format!("{command_url}/metrics");
+
+    let (max, paced, before, metrics) = runtime.block_on(async {
+        eprintln!("warming up ...");
+        load::run(
+            &client,
+            args.concurrency,
+            Duration::from_secs(3),
+            None,
+            Arc::clone(&request),
+        )
+        .await?;
+        eprintln!(
+            "measuring the maximum rate ({}s, {} clients) ...",
+            args.duration, args.concurrency
+        );
+        let before = client.get(&metrics_url).send().await?.text().await?;
+        let max = load::run(
+            &client,
+            args.concurrency,
+            duration,
+            None,
+            Arc::clone(&request),
+        )
+        .await?;
+        let metrics = client.get(&metrics_url).send().await?.text().await?;
+        let target = max.rate() * 0.7;
+        eprintln!("measuring latency at 70% of it ({target:.0} commands/s) ...");
+        let paced = load::run(
+            &client,
+            args.concurrency,
+            duration,
+            Some(target),
+            Arc::clone(&request),
+        )
+        .await?;
+        anyhow::Ok((max, paced, before, metrics))
+    })?;
+
+    // Commit latency over all runs so far (warm-up included); batch sizes over the max-rate run.
+    let commit_p50 = histogram_quantile(&metrics, "command_service_commit_seconds", 0.50)
+        .unwrap_or(0.0)
+        * 1000.0;
+    let commit_p99 = histogram_quantile(&metrics, "command_service_commit_seconds", 0.99)
+        .unwrap_or(0.0)
+        * 1000.0;
+    let delta = |name: &str| {
+        metric_value(&metrics, name).unwrap_or(0.0) - metric_value(&before, name).unwrap_or(0.0)
+    };
+    let batches = delta("command_service_batch_size_count ");
+    let mean_batch = delta("command_service_batch_size_sum ") / batches.max(1.0);
+    let producers = 2.0;
+    // How often each producer committed during the maximum-rate run.
+    let commit_interval_ms =
+        (max.elapsed.as_secs_f64() * 1000.0 / (batches / producers).max(1.0)).max(1.0);
+    let size = record_size()?;
+
+    eprintln!("baseline: kafka-producer-perf-test, {size}-byte records, idempotent ...");
+    let plain = producer_perf_test(
+        &stack,
+        "bench-baseline-plain",
+        args.baseline_records,
+        size,
+        &[],
+    )?;
+    eprintln!("baseline: the same, transactional, a commit every {commit_interval_ms:.0} ms ...");
+    let transactional = producer_perf_test(
+        &stack,
+        "bench-baseline-tx",
+        args.baseline_records,
+        size,
+        &[
+            "--transactional-id".into(),
+            "bench-baseline".into(),
+            "--transaction-duration-ms".into(),
+            format!("{commit_interval_ms:.0}"),
+        ],
+    )?;
+
+    println!();
+    println!(
+        "== cargo xtask bench commands ({}s runs, {} clients, {size}-byte records, release build)",
+        args.duration, args.concurrency
+    );
+    println!("command service, max rate   {}", max.summary());
+    println!("command service, 70% rate   {}", paced.summary());
+    println!(
+        "commit latency              p50 {commit_p50:.2} ms  p99 {commit_p99:.2} ms  (begin → commit, per transaction)"
+    );
+    println!(
+        "mean batch size             {mean_batch:.1} commands per transaction ({batches:.0} transactions, a commit every {commit_interval_ms:.1} ms per producer)"
+    );
+    println!(
+        "baseline, idempotent        {:>9.0} records/s  p50 {:.0} ms  p99 {:.0} ms",
+        plain.rate, plain.p50_ms, plain.p99_ms
+    );
+    println!(
+        "baseline, transactional     {:>9.0} records/s  p50 {:.0} ms  p99 {:.0} ms",
+        transactional.rate, transactional.p50_ms, transactional.p99_ms
+    );
+    println!(
+        "ratio to idempotent         {:.3}  (target ≥ 0.3)",
+        max.rate() / plain.rate.max(1.0)
+    );
+    println!(
+        "ratio to transactional      {:.3}",
+        max.rate() / transactional.rate.max(1.0)
+    );
+    let bound = 2.0 * commit_p99 + 2.0;
+    println!(
+        "p99 at 70% of max           {:.2} ms vs 2 × commit p99 + 2 ms = {bound:.2} ms ({})",
+        paced.ms(0.99),
+        if paced.ms(0.99) <= bound {
+            "within"
+        } else {
+            "over"
+        }
+    );
+    println!("perf-test (idempotent):     {}", plain.line);
+    println!("perf-test (transactional):  {}", transactional.line);
+    Ok(())
+}
