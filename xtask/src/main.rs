@@ -96,6 +96,8 @@ const DEV_REGISTRY_PORT: u16 = 8081;
 const DEV_COMMAND_PORT: u16 = 8080;
 const DEV_QUERY_PORTS: [u16; 2] = [8091, 8092];
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(90);
+/// The admin token of the dev stack's query replicas (a development default, printed on start).
+const DEV_ADMIN_TOKEN: &str = "dev-admin-token";
 
 fn registry_command(ws: &Workspace, port: u16, bootstrap: &str) -> Command {
     let mut command = Command::new(ws.binary("schema-registry"));
@@ -174,6 +176,7 @@ fn dev(
                 .env("QUERY_LISTEN", format!("127.0.0.1:{port}"))
                 .env("QUERY_REPLICA_ID", &name)
                 .env("QUERY_DATA_DIR", data.join(&name))
+                .env("QUERY_ADMIN_TOKEN", DEV_ADMIN_TOKEN)
                 .env("KAFKA_BOOTSTRAP", &bootstrap)
                 .env("SCHEMA_REGISTRY_URL", &registry_url);
             let mut service = Service::spawn(&name, command, &logs.join(format!("{name}.log")))?;
