@@ -31,7 +31,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use shared_events::Position;
 use tokio::sync::oneshot;
@@ -128,6 +129,7 @@ impl Batcher {
         let (queue, intake) = crossbeam_channel::bounded(config.queue_capacity);
         let closed = Arc::new(AtomicBool::new(false));
         let live_producers = Arc::new(AtomicUsize::new(0));
+        let fenced_out = Arc::new(AtomicBool::new(false));
         let config = Arc::new(config);
         let mut workers = Vec::with_capacity(config.workers);
         for index in 0..config.workers {
@@ -141,6 +143,8 @@ impl Batcher {
                 closed: Arc::clone(&closed),
                 live_producers: Arc::clone(&live_producers),
                 metrics: metrics.clone(),
+                fencings: Vec::new(),
+                fenced_out: Arc::clone(&fenced_out),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("producer-{index}"))
@@ -216,6 +220,12 @@ impl TxProducer {
             // replica computes the same partition for an order id.
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "1")
+            // A transaction that starts right after the previous commit gets
+            // CONCURRENT_TRANSACTIONS from the coordinator until the commit markers are written;
+            // librdkafka retries after `retry.backoff.ms` (100 ms by default), which would put a
+            // floor of ~100 ms under every commit. Markers take a few ms on a healthy broker.
+            .set("retry.backoff.ms", "5")
+            .set("retry.backoff.max.ms", "100")
             .set(
                 "transaction.timeout.ms",
                 config.transaction_timeout.as_millis().to_string(),
@@ -253,7 +263,16 @@ struct Worker {
     closed: Arc<AtomicBool>,
     live_producers: Arc<AtomicUsize>,
     metrics: BatchMetrics,
+    /// When this worker's producer was last fenced (recent ones only).
+    fencings: Vec<Instant>,
+    /// Set when fenced repeatedly: shared by all workers, checked before every batch.
+    fenced_out: Arc<AtomicBool>,
 }
+
+/// Fencings within this window ...
+const FENCING_WINDOW: Duration = Duration::from_secs(60);
+/// ... beyond this many mean a second live instance with our `transactional.id`s.
+const MAX_FENCINGS: usize = 3;
 
 /// How a batch's transaction ended.
 enum Verdict {
@@ -343,6 +362,11 @@ impl Worker {
 
     /// Initialises a replacement producer if the last one failed.
     fn ensure_producer(&mut self) -> Result<(), CommitError> {
+        if self.fenced_out.load(Ordering::Acquire) {
+            return Err(CommitError::ProducerUnavailable(
+                "fenced repeatedly by another instance with the same instance id; restart with a unique COMMAND_INSTANCE_ID".into(),
+            ));
+        }
         if self.producer.is_none() {
             let fresh = TxProducer::create(&self.config, self.index)
                 .map_err(|error| CommitError::ProducerUnavailable(error.to_string()))?;
@@ -393,6 +417,31 @@ impl Worker {
                 }
             }
         }
+        // Wait for every delivery report before committing. rdkafka's `commit_transaction`
+        // flushes by polling in 100 ms ticks, racing the producer's own polling thread for the
+        // delivery events: it would put ~100 ms under every commit. The reports arrive as soon
+        // as the broker acknowledged the records (bounded by `message.timeout.ms`).
+        let deliveries: Vec<Option<Position>> =
+            futures::executor::block_on(futures::future::join_all(deliveries))
+                .into_iter()
+                .map(|report| match report {
+                    Ok(Ok(d)) => Some(Position {
+                        partition: d.partition,
+                        offset: d.offset,
+                    }),
+                    _ => None,
+                })
+                .collect();
+        if deliveries.iter().any(Option::is_none) {
+            // A record the broker did not take: the transaction cannot commit, and no commit
+            // was attempted. If even the abort fails, the broker aborts the transaction when the
+            // replacement producer fences this one.
+            let aborted = producer.abort_transaction(timeout);
+            if let Err(e) = aborted {
+                self.discard_producer(&e);
+            }
+            return Verdict::NotCommitted(CommitError::Aborted("a record was not delivered".into()));
+        }
         let mut result = producer.commit_transaction(timeout);
         // A retriable failure (e.g. a timeout) may be retried once: the same commit, not a new one.
         if let Err(KafkaError::Transaction(e)) = &result
@@ -402,38 +451,56 @@ impl Worker {
             result = producer.commit_transaction(timeout);
         }
         match result {
-            Ok(()) => {
-                let positions: Vec<Option<Position>> =
-                    deliveries.into_iter().map(settled).collect();
-                if positions.iter().all(Option::is_some) {
-                    Verdict::Committed(positions.into_iter().flatten().collect())
-                } else {
-                    // Committed, yet a delivery report is missing: let the log say where.
-                    Verdict::InDoubt {
-                        error: "a delivery report is missing".into(),
-                        deliveries: positions,
+            Ok(()) => Verdict::Committed(deliveries.into_iter().flatten().collect()),
+            Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
+                let why = KafkaError::Transaction(e);
+                match producer.abort_transaction(timeout) {
+                    // Aborted: certainly not in the log.
+                    Ok(()) => Verdict::NotCommitted(CommitError::Aborted(why.to_string())),
+                    // librdkafka warns that in this state the commit may still have reached
+                    // the coordinator: only the log can tell.
+                    Err(abort_error) => {
+                        self.discard_producer(&abort_error);
+                        Verdict::InDoubt {
+                            error: why.to_string(),
+                            deliveries,
+                        }
                     }
                 }
             }
-            Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
-                // The commit did not happen; abort to leave the transaction state clean.
-                let why = KafkaError::Transaction(e);
-                if producer.abort_transaction(timeout).is_err() {
-                    self.discard_producer(&why);
-                }
-                Verdict::NotCommitted(CommitError::Aborted(why.to_string()))
-            }
             Err(e) => {
-                // Fatal (fenced) or still failing: the outcome is open. Collect what was
-                // delivered before the producer goes, so the log can be checked at those offsets.
-                let _ = producer.flush(timeout);
-                let deliveries = deliveries.into_iter().map(settled).collect();
+                // Fatal (e.g. fenced) or still failing: the outcome is open.
+                self.note_fencing(&e);
                 self.discard_producer(&e);
                 Verdict::InDoubt {
                     error: e.to_string(),
                     deliveries,
                 }
             }
+        }
+    }
+
+    /// Counts fencings; a producer fenced again and again means another live instance uses
+    /// the same `transactional.id`s, and replacing ours would only fence it back in turn.
+    fn note_fencing(&mut self, error: &KafkaError) {
+        let fenced = matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+        );
+        if !fenced {
+            return;
+        }
+        let now = Instant::now();
+        self.fencings.retain(|at| now.duration_since(*at) < FENCING_WINDOW);
+        self.fencings.push(now);
+        if self.fencings.len() >= MAX_FENCINGS {
+            tracing::error!(
+                worker = self.index,
+                prefix = %self.config.transactional_id_prefix,
+                "fenced {MAX_FENCINGS} times within {FENCING_WINDOW:?}: another instance uses the same \
+                 instance id; this worker stops producing"
+            );
+            self.fenced_out.store(true, Ordering::Release);
         }
     }
 
@@ -449,6 +516,10 @@ impl Worker {
         let mut backoff = Duration::from_millis(200);
         let mut closed_since: Option<Instant> = None;
         loop {
+            if self.fenced_out.load(Ordering::Acquire) {
+                // Another instance owns our transactional ids; it has the log's truth.
+                return vec![Err(CommitError::InDoubt(error.to_owned())); batch.len()];
+            }
             if self.closed.load(Ordering::Acquire) {
                 let since = *closed_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > self.config.kafka_timeout {
@@ -543,16 +614,5 @@ impl Worker {
         Err(CommitError::InDoubt(
             "the log could not be read in time".into(),
         ))
-    }
-}
-
-/// The position of a delivered record; resolves at once after a flush or a commit.
-fn settled(delivery: DeliveryFuture) -> Option<Position> {
-    match futures::executor::block_on(delivery) {
-        Ok(Ok(d)) => Some(Position {
-            partition: d.partition,
-            offset: d.offset,
-        }),
-        _ => None,
     }
 }

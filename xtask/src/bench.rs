@@ -92,6 +92,22 @@ impl BenchStack {
         Ok(format!("http://127.0.0.1:{port}"))
     }
 
+    /// Creates a topic (the broker does not create topics on first use).
+    pub(crate) fn create_topic(&self, topic: &str, partitions: u32) -> anyhow::Result<()> {
+        let output = Command::new("java")
+            .args(["-Xmx256m", "-cp", &self.runtime.classpath, "org.apache.kafka.tools.TopicCommand"])
+            .args(["--bootstrap-server", &self.broker.bootstrap()])
+            .args(["--create", "--if-not-exists", "--topic", topic])
+            .args(["--partitions", &partitions.to_string(), "--replication-factor", "1"])
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "creating topic {topic} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
+
     /// Starts a command service on `topic`; returns its base URL.
     pub(crate) fn command_service(&mut self, topic: &str) -> anyhow::Result<String> {
         let port = free_port()?;

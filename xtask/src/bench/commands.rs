@@ -85,6 +85,8 @@ fn producer_perf_test(
     size: usize,
     extra: &[String],
 ) -> anyhow::Result<PerfTest> {
+    // The same shape as the command service's topic; the broker does not create topics itself.
+    stack.create_topic(topic, 6)?;
     let output = Command::new("java")
         .args([
             "-Xmx512m",
@@ -97,7 +99,7 @@ fn producer_perf_test(
         .args(["--record-size", &size.to_string()])
         .args(["--throughput", "-1"])
         .args(extra)
-        .arg("--producer-props")
+        .arg("--command-property")
         .arg(format!("bootstrap.servers={}", stack.broker.bootstrap()))
         .args(["acks=all", "enable.idempotence=true"])
         .output()
