@@ -440,7 +440,9 @@ impl Worker {
             if let Err(e) = aborted {
                 self.discard_producer(&e);
             }
-            return Verdict::NotCommitted(CommitError::Aborted("a record was not delivered".into()));
+            return Verdict::NotCommitted(CommitError::Aborted(
+                "a record was not delivered".into(),
+            ));
         }
         let mut result = producer.commit_transaction(timeout);
         // A retriable failure (e.g. a timeout) may be retried once: the same commit, not a new one.
@@ -485,13 +487,18 @@ impl Worker {
     fn note_fencing(&mut self, error: &KafkaError) {
         let fenced = matches!(
             error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+            Some(
+                RDKafkaErrorCode::Fenced
+                    | RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+            )
         );
         if !fenced {
             return;
         }
         let now = Instant::now();
-        self.fencings.retain(|at| now.duration_since(*at) < FENCING_WINDOW);
+        self.fencings
+            .retain(|at| now.duration_since(*at) < FENCING_WINDOW);
         self.fencings.push(now);
         if self.fencings.len() >= MAX_FENCINGS {
             tracing::error!(

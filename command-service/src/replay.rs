@@ -1,7 +1,7 @@
 //! Reading a topic from its beginning to its end, read-committed: how the command service
 //! rebuilds its write model and idempotency receipts at start.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -36,10 +36,13 @@ pub struct Replayed {
 
 /// Feeds every committed event of `topic`, partition by partition in log order, to `apply`.
 ///
-/// The end is the last stable offset as of reading: with this service's own producers already
-/// initialised (which aborts whatever a previous instance left open), that is everything.
-/// A record that does not decode stops the replay: a write model built with a hole in it would
-/// assign wrong versions.
+/// The end is each partition's high watermark when the replay starts, and a partition is done
+/// when the consumer's position (which moves past transaction markers and aborted records)
+/// reaches it. A transaction still open there (say, of a crashed instance with other
+/// transactional ids) holds the read-committed position back until the broker completes or
+/// aborts it, so the replay waits for it instead of stopping short of events that may already
+/// have been acknowledged. A record that does not decode stops the replay: a write model built
+/// with a hole in it would assign wrong versions.
 pub async fn replay<E, F>(
     bootstrap: &str,
     group: &str,
@@ -58,7 +61,6 @@ where
         .set("group.id", group)
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = metadata
@@ -70,26 +72,37 @@ where
     if partitions.is_empty() {
         return Err(ReplayError::NoPartitions(topic.to_owned()));
     }
+    let mut targets = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
     for &p in &partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        targets.insert(p, high);
         assignment.add_partition_offset(topic, p, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
 
     let deadline = Instant::now() + timeout;
-    let mut finished = BTreeSet::new();
     let mut replayed = Replayed {
         records: 0,
         partitions: partitions.len(),
     };
-    while finished.len() < partitions.len() {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let message = match tokio::time::timeout(remaining, consumer.recv()).await {
-            Err(_) => return Err(ReplayError::Timeout(timeout)),
-            Ok(Err(KafkaError::PartitionEOF(p))) => {
-                finished.insert(p);
-                continue;
-            }
+    loop {
+        let positions = consumer.position()?;
+        let done = targets.iter().all(|(&p, &target)| {
+            target == 0
+                || positions
+                    .find_partition(topic, p)
+                    .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= target))
+        });
+        if done {
+            return Ok(replayed);
+        }
+        if Instant::now() >= deadline {
+            return Err(ReplayError::Timeout(timeout));
+        }
+        let message = match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await
+        {
+            Err(_) => continue,
             Ok(Err(e)) => return Err(e.into()),
             Ok(Ok(message)) => message,
         };
@@ -108,5 +121,4 @@ where
         apply(event, Position { partition, offset });
         replayed.records += 1;
     }
-    Ok(replayed)
 }

@@ -23,7 +23,8 @@ pub enum TopicError {
     },
 }
 
-/// Creates `topic` with the given shape unless it exists (whatever its shape).
+/// Creates `topic` with the given shape and unlimited retention unless it exists (whatever its
+/// shape: an existing topic's configuration is the operator's).
 pub async fn ensure_topic(
     bootstrap: &str,
     topic: &str,
@@ -39,7 +40,11 @@ pub async fn ensure_topic(
         .set("bootstrap.servers", bootstrap)
         .create()
         .map_err(client_error)?;
-    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    // The log is the system of record: the command side rebuilds its write model and every
+    // replica its views from it, so nothing may age out.
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
+        .set("retention.ms", "-1")
+        .set("retention.bytes", "-1");
     let options = AdminOptions::new()
         .operation_timeout(Some(timeout))
         .request_timeout(Some(timeout));

@@ -42,6 +42,10 @@ pub fn routes(config: &mut web::ServiceConfig) {
             "/customers/{customer_id}/orders",
             web::get().to(customer_orders),
         )
+        .route(
+            "/internal/customers/{customer_id}/orders",
+            web::get().to(customer_orders_here),
+        )
         .route("/admin/cluster", web::get().to(admin_cluster))
         .route("/health/live", web::get().to(live))
         .route("/health/ready", web::get().to(ready))
@@ -245,19 +249,8 @@ struct Page {
     next_cursor: Option<String>,
 }
 
-/// `GET /customers/{id}/orders?limit=&after=`: the customer's orders from every partition,
-/// oldest first. The receiving replica asks each owner for its partitions (its own included)
-/// and merges; if some partition has no owner that answered, the answer is a retryable 503,
-/// never a silently partial list.
-async fn customer_orders(
-    request: HttpRequest,
-    customer_id: web::Path<String>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, QueryError> {
-    let customer_id = customer_id.into_inner();
-    if !valid_id(&customer_id) {
-        return Err(QueryError::BadId(customer_id));
-    }
+/// The paging parameters of a customer query: `limit` (1..=200) and `after` (a cursor).
+fn page_params(request: &HttpRequest) -> Result<(usize, Option<CustomerCursor>), QueryError> {
     let params = web::Query::<HashMap<String, String>>::from_query(request.query_string())
         .map_err(|_| QueryError::BadQuery("the query string does not parse".into()))?;
     let limit = match params.get("limit") {
@@ -270,33 +263,79 @@ async fn customer_orders(
     };
     let after = match params.get("after") {
         None => None,
-        Some(raw) => Some(CustomerCursor::decode(raw).ok_or_else(|| {
-            QueryError::BadQuery("after is not a cursor from a previous page".into())
-        })?),
+        Some(raw) => Some(
+            CustomerCursor::decode(raw)
+                .filter(|c| valid_id(&c.order_id))
+                .ok_or_else(|| {
+                    QueryError::BadQuery("after is not a cursor from a previous page".into())
+                })?,
+        ),
     };
+    Ok((limit, after))
+}
 
-    let local = local_page(&state, &customer_id, after.clone(), limit).await?;
-    if is_forwarded(&request) {
-        return Ok(HttpResponse::Ok()
-            .insert_header(("Served-By", state.replica_id.as_str()))
-            .json(local));
+/// `GET /internal/customers/{id}/orders`: this replica's part of a customer query (the
+/// partitions it serves and their orders), for the replica that merges the parts.
+async fn customer_orders_here(
+    request: HttpRequest,
+    customer_id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, QueryError> {
+    let customer_id = customer_id.into_inner();
+    if !valid_id(&customer_id) {
+        return Err(QueryError::BadId(customer_id));
     }
+    let (limit, after) = page_params(&request)?;
+    if let Some(token) = consistency_token(&request, &state.topic)? {
+        wait_for(&state, &token).await?;
+    }
+    let page = local_page(&state, &customer_id, after, limit).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Served-By", state.replica_id.as_str()))
+        .json(page))
+}
+
+/// `GET /customers/{id}/orders?limit=&after=`: the customer's orders from every partition,
+/// oldest first. The receiving replica asks each owner for its partitions (its own included)
+/// and merges; if some partition has no owner that answered, the answer is a retryable 503,
+/// never a silently partial list. A `Consistency-Token` makes its partition's owner wait first.
+async fn customer_orders(
+    request: HttpRequest,
+    customer_id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, QueryError> {
+    let customer_id = customer_id.into_inner();
+    if !valid_id(&customer_id) {
+        return Err(QueryError::BadId(customer_id));
+    }
+    let (limit, after) = page_params(&request)?;
+    let token = consistency_token(&request, &state.topic)?;
+    if let Some(token) = &token {
+        wait_for(&state, token).await?;
+    }
+    let local = local_page(&state, &customer_id, after.clone(), limit).await?;
 
     let view = state.cluster.view();
-    let mut query = format!("limit={limit}");
+    let mut path = format!("/internal/customers/{customer_id}/orders?limit={limit}");
     if let Some(after) = &after {
-        query.push_str(&format!("&after={}", after.encode()));
+        // Cursor parts are digits, '-' and id characters: nothing to escape.
+        path.push_str(&format!("&after={}", after.encode()));
     }
-    let path = format!("{}?{query}", request.uri().path());
+    let token_text = token.as_ref().map(ToString::to_string);
+    let headers: Vec<(&str, &str)> = token_text
+        .as_deref()
+        .map(|t| ("consistency-token", t))
+        .into_iter()
+        .collect();
     let remote = view
         .members
         .iter()
         .filter(|m| m.replica_id != state.replica_id && !m.partitions.is_empty())
         .map(|member| {
-            let (state, path) = (&state, &path);
+            let (state, path, headers) = (&state, &path, &headers);
             async move {
                 state.metrics.forwarded.inc();
-                let response = state.forwarder.get(member, path, &[]).await;
+                let response = state.forwarder.get(member, path, headers).await;
                 let page = match response {
                     Ok(r) if r.status().is_success() => r.json::<PartialPage>().await.ok(),
                     _ => None,

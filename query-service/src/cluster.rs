@@ -176,6 +176,14 @@ impl Cluster {
         Ok(())
     }
 
+    /// The high watermark of a partition. Blocking.
+    pub fn high_watermark(&self, partition: i32) -> Result<i64, KafkaError> {
+        Ok(self
+            .admin
+            .fetch_watermarks(&self.topic, partition, self.timeout)?
+            .1)
+    }
+
     /// Committed offset, end offset and lag of every partition. Blocking.
     pub fn lag(&self, partitions: i32) -> Result<Vec<PartitionLag>, KafkaError> {
         let mut tpl = TopicPartitionList::new();
@@ -210,7 +218,8 @@ impl Cluster {
     }
 }
 
-/// Refreshes the view after every rebalance and every `every` in between, until shutdown.
+/// Refreshes the view after every rebalance (again until the group is stable) and every
+/// `every` in between, and gives newly assigned partitions their catch-up target, until shutdown.
 pub async fn keep_fresh(
     cluster: Arc<Cluster>,
     table: Arc<PartitionTable>,
@@ -218,19 +227,38 @@ pub async fn keep_fresh(
     shutdown: CancellationToken,
 ) {
     loop {
-        let refresh = Arc::clone(&cluster);
-        match tokio::task::spawn_blocking(move || refresh.refresh()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "could not describe the consumer group"),
-            Err(error) => tracing::error!(%error, "group refresh task failed"),
-        }
+        let (refresh, partitions) = (Arc::clone(&cluster), Arc::clone(&table));
+        let stable = tokio::task::spawn_blocking(move || {
+            for partition in partitions.needing_target() {
+                match refresh.high_watermark(partition) {
+                    Ok(high) => partitions.set_catch_up_target(partition, high),
+                    Err(error) => {
+                        tracing::warn!(%error, partition, "could not read the end of a partition")
+                    }
+                }
+            }
+            match refresh.refresh() {
+                Ok(()) => refresh.view().group_state == "Stable",
+                Err(error) => {
+                    tracing::warn!(%error, "could not describe the consumer group");
+                    false
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        let pause = if stable && table.needing_target().is_empty() {
+            every
+        } else {
+            Duration::from_millis(300)
+        };
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = table.rebalanced.notified() => {
                 // Let the other members finish the same rebalance before describing the group.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(pause) => {}
         }
     }
 }

@@ -62,7 +62,7 @@ pub struct Config {
     #[arg(long, env = "QUERY_CONSISTENCY_WAIT_MS", default_value_t = 5_000)]
     pub consistency_wait_ms: u64,
     /// Bound on each forwarded query, in milliseconds.
-    #[arg(long, env = "QUERY_FORWARD_TIMEOUT_MS", default_value_t = 3_000)]
+    #[arg(long, env = "QUERY_FORWARD_TIMEOUT_MS", default_value_t = 8_000)]
     pub forward_timeout_ms: u64,
     /// How often the group's partition ownership is re-read between rebalances, in milliseconds.
     #[arg(long, env = "QUERY_CLUSTER_REFRESH_MS", default_value_t = 2_000)]
@@ -135,6 +135,16 @@ impl Config {
         if self.max_ready_lag < 0 || self.forward_timeout_ms == 0 || self.cluster_refresh_ms == 0 {
             return fail("max ready lag must be >= 0 and the forward timeout and refresh positive");
         }
+        // A forwarded read may wait for its consistency token at the owner.
+        if self.forward_timeout_ms <= self.consistency_wait_ms {
+            return fail("the forward timeout must exceed the consistency wait");
+        }
+        let wildcard = self.listen.starts_with("0.0.0.0") || self.listen.starts_with("[::]");
+        if wildcard && self.advertised_url.is_none() {
+            return fail(
+                "listening on a wildcard address needs --advertised-url: other replicas cannot reach 0.0.0.0",
+            );
+        }
         if self.http_workers == 0 {
             return fail("http workers must be at least 1");
         }
@@ -171,6 +181,11 @@ mod tests {
         let mut c = Config::defaults();
         c.advertised_url = Some("localhost:8091".into());
         assert!(c.validate().is_err());
+        let mut c = Config::defaults();
+        c.listen = "0.0.0.0:8091".into();
+        assert!(c.validate().is_err());
+        c.advertised_url = Some("http://query-1:8091".into());
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub trait Projection: Send + Sync + 'static {
 pub struct PartitionTable {
     partitions: Vec<PartitionState>,
     joined: AtomicBool,
+    /// The runner cannot make progress (schema registry unreachable): nothing is "caught up".
+    stalled: AtomicBool,
     rebalances: AtomicU64,
     /// Signalled after every rebalance, so the cluster view refreshes at once.
     pub rebalanced: tokio::sync::Notify,
@@ -70,7 +72,10 @@ struct PartitionState {
     /// The next offset the store has applied up to (0 when never applied).
     applied: watch::Sender<i64>,
     /// The last stable offset (end of committed data) in the latest statistics; -1 if unknown.
+    /// For lag only: the statistics may still carry a value from an earlier assignment.
     stable_end: AtomicI64,
+    /// The high watermark read after the partition was assigned; reaching it is catching up.
+    catch_up_target: AtomicI64,
 }
 
 impl PartitionTable {
@@ -82,9 +87,11 @@ impl PartitionTable {
                     caught_up: AtomicBool::new(false),
                     applied: watch::channel(0).0,
                     stable_end: AtomicI64::new(-1),
+                    catch_up_target: AtomicI64::new(-1),
                 })
                 .collect(),
             joined: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
             rebalances: AtomicU64::new(0),
             rebalanced: tokio::sync::Notify::new(),
         }
@@ -108,8 +115,44 @@ impl PartitionTable {
     /// Owned, and the store has caught up with the partition's committed data at least once
     /// since it was assigned: only then is "not found" a true answer.
     pub fn serves(&self, partition: i32) -> bool {
-        self.get(partition)
-            .is_some_and(|p| p.owned.load(Ordering::Acquire) && p.caught_up.load(Ordering::Acquire))
+        !self.stalled.load(Ordering::Acquire)
+            && self.get(partition).is_some_and(|p| {
+                p.owned.load(Ordering::Acquire) && p.caught_up.load(Ordering::Acquire)
+            })
+    }
+
+    /// Marks the runner as unable (or able again) to apply events.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::Release);
+    }
+
+    /// Owned partitions whose catch-up target (the end of the log when they were assigned) is
+    /// not known yet.
+    pub fn needing_target(&self) -> Vec<i32> {
+        (0..self.count())
+            .filter(|p| {
+                self.get(*p).is_some_and(|s| {
+                    s.owned.load(Ordering::Acquire) && s.catch_up_target.load(Ordering::Acquire) < 0
+                })
+            })
+            .collect()
+    }
+
+    /// Sets the offset a newly assigned partition must reach to be caught up: its high
+    /// watermark read after the assignment (conservative: it may include an open transaction's
+    /// records, which only delays catching up until the transaction completes).
+    pub fn set_catch_up_target(&self, partition: i32, high_watermark: i64) {
+        if let Some(state) = self.get(partition)
+            && state.owned.load(Ordering::Acquire)
+            && state.catch_up_target.load(Ordering::Acquire) < 0
+        {
+            state
+                .catch_up_target
+                .store(high_watermark, Ordering::Release);
+            if *state.applied.borrow() >= high_watermark {
+                state.caught_up.store(true, Ordering::Release);
+            }
+        }
     }
 
     pub fn owned(&self) -> Vec<i32> {
@@ -150,6 +193,7 @@ impl PartitionTable {
         if let Some(state) = self.get(partition) {
             state.caught_up.store(false, Ordering::Release);
             state.stable_end.store(-1, Ordering::Release);
+            state.catch_up_target.store(-1, Ordering::Release);
             state.applied.send_replace(next_offset);
             state.owned.store(true, Ordering::Release);
         }
@@ -165,15 +209,16 @@ impl PartitionTable {
     fn rebalance_done(&self) {
         self.joined.store(true, Ordering::Release);
         self.rebalances.fetch_add(1, Ordering::Relaxed);
-        self.rebalanced.notify_waiters();
+        // One waiter (the cluster refresher); a stored permit survives a refresh in progress.
+        self.rebalanced.notify_one();
     }
 
     /// Records that the store applied `partition` up to (excluding) `next_offset`.
     pub fn applied_to(&self, partition: i32, next_offset: i64) {
         if let Some(state) = self.get(partition) {
             state.applied.send_replace(next_offset);
-            let end = state.stable_end.load(Ordering::Acquire);
-            if end >= 0 && next_offset >= end {
+            let target = state.catch_up_target.load(Ordering::Acquire);
+            if target >= 0 && next_offset >= target {
                 state.caught_up.store(true, Ordering::Release);
             }
         }
@@ -196,9 +241,6 @@ impl PartitionTable {
             && end >= 0
         {
             state.stable_end.store(end, Ordering::Release);
-            if *state.applied.borrow() >= end {
-                state.caught_up.store(true, Ordering::Release);
-            }
         }
     }
 }
@@ -467,14 +509,22 @@ impl<P: Projection> Runner<P> {
     ) -> Option<P::Event> {
         let payload = payload?;
         let mut backoff = Duration::from_millis(100);
+        let started = std::time::Instant::now();
         loop {
             match self.codec.decode(payload).await {
-                Ok(event) => return Some(event),
+                Ok(event) => {
+                    self.table.set_stalled(false);
+                    return Some(event);
+                }
                 Err(WireError::Registry {
                     retriable: true,
                     source,
                 }) => {
                     tracing::warn!(error = %source, "schema registry unavailable; retrying");
+                    // While stuck, "not found" is no longer trustworthy anywhere here.
+                    if started.elapsed() > Duration::from_secs(5) {
+                        self.table.set_stalled(true);
+                    }
                     tokio::select! {
                         () = shutdown.cancelled() => return None,
                         () = tokio::time::sleep(backoff) => {}

@@ -95,10 +95,20 @@ impl BenchStack {
     /// Creates a topic (the broker does not create topics on first use).
     pub(crate) fn create_topic(&self, topic: &str, partitions: u32) -> anyhow::Result<()> {
         let output = Command::new("java")
-            .args(["-Xmx256m", "-cp", &self.runtime.classpath, "org.apache.kafka.tools.TopicCommand"])
+            .args([
+                "-Xmx256m",
+                "-cp",
+                &self.runtime.classpath,
+                "org.apache.kafka.tools.TopicCommand",
+            ])
             .args(["--bootstrap-server", &self.broker.bootstrap()])
             .args(["--create", "--if-not-exists", "--topic", topic])
-            .args(["--partitions", &partitions.to_string(), "--replication-factor", "1"])
+            .args([
+                "--partitions",
+                &partitions.to_string(),
+                "--replication-factor",
+                "1",
+            ])
             .output()?;
         anyhow::ensure!(
             output.status.success(),

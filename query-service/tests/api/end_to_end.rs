@@ -268,6 +268,9 @@ async fn a_customers_orders_come_from_every_partition_in_pages() {
             .collect();
         assert_eq!(ids, mine, "ordered by placement time");
         assert!(page["next_cursor"].is_null());
+        // A client cannot make the public route answer with a partial list.
+        let (_, _, spoofed) = get(&http, &url, &[("forwarded-by", "replica-x")]).await;
+        assert_eq!(spoofed["orders"].as_array().map(Vec::len), Some(mine.len()));
 
         // Pages of three.
         let mut paged = Vec::new();
