@@ -186,6 +186,9 @@ impl Application {
                 .default_service(web::to(api::not_found))
         })
         .workers(config.http_workers)
+        // In-flight requests get this long to finish on SIGTERM; idle keep-alive connections
+        // would otherwise hold the shutdown for actix's default 30 s.
+        .shutdown_timeout(5)
         .listen(listener)
         .map_err(listen_error)?
         .run();
