@@ -39,9 +39,7 @@ pub struct AppState {
 pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/orders", web::post().to(place_order))
-        .route("/orders/{id}/payment", web::post().to(pay_order))
-        .route("/orders/{id}/shipment", web::post().to(ship_order))
-        .route("/orders/{id}/cancellation", web::post().to(cancel_order))
+        .route("/orders/{id}/{command}", web::post().to(follow_up))
         .route("/health/live", web::get().to(live))
         .route("/health/ready", web::get().to(ready))
         .route("/metrics", web::get().to(metrics));
@@ -100,52 +98,21 @@ async fn place_order(
     handle(&request, payload, &state, CommandKind::Place, None).await
 }
 
-async fn pay_order(
+/// `POST /orders/{id}/payment|shipment|cancellation`.
+async fn follow_up(
     request: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-    id: web::Path<String>,
+    path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    handle(
-        &request,
-        payload,
-        &state,
-        CommandKind::Pay,
-        Some(id.into_inner()),
-    )
-    .await
-}
-
-async fn ship_order(
-    request: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    handle(
-        &request,
-        payload,
-        &state,
-        CommandKind::Ship,
-        Some(id.into_inner()),
-    )
-    .await
-}
-
-async fn cancel_order(
-    request: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    handle(
-        &request,
-        payload,
-        &state,
-        CommandKind::Cancel,
-        Some(id.into_inner()),
-    )
-    .await
+    let (id, command) = path.into_inner();
+    let kind = match command.as_str() {
+        "payment" => CommandKind::Pay,
+        "shipment" => CommandKind::Ship,
+        "cancellation" => CommandKind::Cancel,
+        _ => return Err(ApiError::NoRoute),
+    };
+    handle(&request, payload, &state, kind, Some(id)).await
 }
 
 fn command_name(kind: CommandKind) -> &'static str {
@@ -468,12 +435,6 @@ pub fn now_ms() -> i64 {
 }
 
 /// Answers 404 in the problem format for routes that do not exist.
-pub async fn not_found() -> HttpResponse {
-    crate::problem::problem(
-        actix_web::http::StatusCode::NOT_FOUND,
-        "not-found",
-        "Not found",
-        "no such route",
-        None,
-    )
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NoRoute)
 }

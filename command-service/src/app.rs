@@ -160,9 +160,8 @@ impl Application {
                 .default_service(web::to(api::not_found))
         })
         .workers(config.http_workers)
-        // In-flight requests get this long to finish on SIGTERM; idle keep-alive connections
-        // would otherwise hold the shutdown for actix's default 30 s.
-        .shutdown_timeout(5)
+        // On SIGTERM, requests waiting for their commit get as long as they would anyway.
+        .shutdown_timeout(config.request_timeout_ms.div_ceil(1000))
         .listen(listener)
         .map_err(|source| StartupError::Listen {
             address: config.listen.clone(),

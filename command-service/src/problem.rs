@@ -43,6 +43,8 @@ pub enum ApiError {
     KeyReused,
     #[error("{0}; retry shortly")]
     Busy(&'static str),
+    #[error("no such route")]
+    NoRoute,
 }
 
 impl From<CommandError> for ApiError {
@@ -84,6 +86,7 @@ impl ApiError {
             Self::VersionMismatch { .. } => ("version-mismatch", "Version mismatch"),
             Self::KeyReused => ("idempotency-key-reused", "Idempotency key reused"),
             Self::Busy(_) => ("busy", "Busy"),
+            Self::NoRoute => ("not-found", "Not found"),
         }
     }
 
@@ -102,7 +105,7 @@ impl ApiError {
 }
 
 /// Renders a problem body.
-pub fn problem(
+fn problem(
     status: StatusCode,
     kind: &str,
     title: &str,
@@ -127,7 +130,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::Malformed(_) | Self::BadId(..) | Self::BadHeader(_) => StatusCode::BAD_REQUEST,
-            Self::UnknownOrder(_) => StatusCode::NOT_FOUND,
+            Self::UnknownOrder(_) | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,

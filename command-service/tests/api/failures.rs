@@ -306,7 +306,10 @@ async fn kill_9_under_load_loses_no_acknowledged_command() {
         acknowledged.len()
     );
 
-    // Every acknowledged order is in the log exactly once.
+    // Restart: the new instance's producers fence the dead one's and abort its open
+    // transactions. Then every acknowledged order is in the log exactly once.
+    let mut service = start(2);
+    wait_live(&client, &address).await;
     let records = tokio::task::spawn_blocking({
         let topic = topic.clone();
         move || read_committed(&topic)
@@ -329,11 +332,9 @@ async fn kill_9_under_load_loses_no_acknowledged_command() {
         );
     }
 
-    // After a restart every key, acknowledged or not, maps to exactly one order: acknowledged
-    // ones replay their first answer (recovered from the log), the others were either committed
-    // (and replay) or never written (and are written now).
-    let mut service = start(2);
-    wait_live(&client, &address).await;
+    // Every key, acknowledged or not, maps to exactly one order: acknowledged ones replay their
+    // first answer (recovered from the log), the others were either committed (and replay) or
+    // never written (and are written now).
     for (key, _, _) in &outcomes {
         let id = place_until_created(&client, &address, key, Duration::from_secs(30)).await;
         if let Some(first) = acknowledged.get(key) {

@@ -105,29 +105,44 @@ pub fn read_committed_from(bootstrap: &str, topic: &str) -> Vec<Record> {
         .set("group.id", format!("check-{}", uuid::Uuid::new_v4()))
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
         .create()
         .unwrap();
     let mut assignment = TopicPartitionList::new();
+    let mut ends = Vec::new();
     for p in 0..PARTITIONS {
         assignment
             .add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        ends.push(high);
     }
     consumer.assign(&assignment).unwrap();
-    let mut at_end = std::collections::HashSet::new();
+    // Done when the read-committed position passes each partition's high watermark as of now.
+    // The end of committed data alone (where a read-committed consumer sees "end of partition")
+    // is not enough: an open transaction before it hides later committed records until the
+    // transaction is completed or aborted.
     let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while at_end.len() < PARTITIONS as usize {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let positions = consumer.position().unwrap();
+        let done = (0..PARTITIONS).all(|p| {
+            let end = ends[p as usize];
+            end == 0
+                || positions
+                    .find_partition(topic, p)
+                    .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= end))
+        });
+        if done {
+            return records;
+        }
         assert!(
             Instant::now() < deadline,
             "could not read {topic} to its end"
         );
-        match consumer.poll(Duration::from_millis(500)) {
+        match consumer.poll(Duration::from_millis(200)) {
             None => {}
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-            }
             Some(Err(e)) => panic!("consumer error: {e}"),
             Some(Ok(m)) => records.push(Record {
                 key: String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
@@ -137,7 +152,6 @@ pub fn read_committed_from(bootstrap: &str, topic: &str) -> Vec<Record> {
             }),
         }
     }
-    records
 }
 
 pub fn order_body(customer: &str) -> String {
