@@ -488,6 +488,7 @@ async fn admin_cluster(
         "replicas": view.members,
         "partitions": partitions,
         "this_replica": {
+            "membership": table.membership(),
             "partitions": local,
             "applied_events": state.stats.applied.get(),
             "version_gaps": state.stats.version_gaps.get(),

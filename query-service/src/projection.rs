@@ -63,6 +63,19 @@ pub struct PartitionTable {
     rebalances: AtomicU64,
     /// Signalled after every rebalance, so the cluster view refreshes at once.
     pub rebalanced: tokio::sync::Notify,
+    /// This member's view of its group membership, from the consumer's statistics.
+    membership: std::sync::Mutex<Membership>,
+}
+
+/// This member's group membership as librdkafka reports it. Kafka does not expose a classic
+/// group's generation to clients; the member's rebalance count stands in for it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Membership {
+    pub state: String,
+    pub join_state: String,
+    pub rebalances: i64,
+    pub last_rebalance_reason: String,
+    pub last_rebalance_age_ms: i64,
 }
 
 #[derive(Debug)]
@@ -94,7 +107,15 @@ impl PartitionTable {
             stalled: AtomicBool::new(false),
             rebalances: AtomicU64::new(0),
             rebalanced: tokio::sync::Notify::new(),
+            membership: std::sync::Mutex::new(Membership::default()),
         }
+    }
+
+    pub fn membership(&self) -> Membership {
+        self.membership
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 
     fn get(&self, partition: i32) -> Option<&PartitionState> {
@@ -316,6 +337,16 @@ impl RebalanceContext {
 
 impl ClientContext for RebalanceContext {
     fn stats(&self, statistics: Statistics) {
+        if let (Some(group), Ok(mut membership)) = (&statistics.cgrp, self.table.membership.lock())
+        {
+            *membership = Membership {
+                state: group.state.clone(),
+                join_state: group.join_state.clone(),
+                rebalances: group.rebalance_cnt,
+                last_rebalance_reason: group.rebalance_reason.clone(),
+                last_rebalance_age_ms: group.rebalance_age,
+            };
+        }
         if let Some(topic) = statistics.topics.get(&self.topic) {
             for (partition, stats) in &topic.partitions {
                 self.table.stable_end(*partition, stats.ls_offset);
@@ -482,6 +513,22 @@ impl<P: Projection> Runner<P> {
             if let Offset::Offset(next) = element.offset() {
                 self.table.skipped_to(element.partition(), next);
             }
+        }
+        // Let the group's committed offsets (what lag tooling reads) pass the markers too.
+        let mut valid = rdkafka::TopicPartitionList::new();
+        for element in positions.elements() {
+            if let Offset::Offset(next) = element.offset() {
+                let _ = valid.add_partition_offset(
+                    element.topic(),
+                    element.partition(),
+                    Offset::Offset(next),
+                );
+            }
+        }
+        if valid.count() > 0
+            && let Err(error) = self.consumer.store_offsets(&valid)
+        {
+            tracing::debug!(%error, "could not store consumer positions");
         }
     }
 

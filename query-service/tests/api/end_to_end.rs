@@ -207,6 +207,33 @@ async fn a_forwarded_query_for_a_partition_not_owned_is_a_503_not_a_loop() {
     assert_eq!(status, 503, "{body}");
     assert!(headers.contains_key("retry-after"));
     assert_eq!(body["type"], "urn:problem-type:temporarily-unavailable");
+
+    // The admin view: authenticated, with owners, lag and this member's group state.
+    let (status, headers, _) = get(&http, &format!("{}/admin/cluster", a.address), &[]).await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    let (status, _, _) = get(
+        &http,
+        &format!("{}/admin/cluster", a.address),
+        &[("authorization", "Bearer wrong-token")],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let (status, _, cluster) = get(
+        &http,
+        &format!("{}/admin/cluster", a.address),
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(cluster["replicas"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        cluster["partitions"].as_array().map(Vec::len),
+        Some(PARTITIONS as usize)
+    );
+    assert!(cluster["partitions"][0]["lag"].is_i64(), "{cluster}");
+    assert_eq!(cluster["this_replica"]["membership"]["state"], "up");
     a.stop().await;
     b.stop().await;
     commands.stop().await;
