@@ -220,6 +220,8 @@ impl TxProducer {
             // replica computes the same partition for an order id.
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "1")
+            // Small produce and EndTxn requests must not wait for Nagle's algorithm.
+            .set("socket.nagle.disable", "true")
             // A transaction that starts right after the previous commit gets
             // CONCURRENT_TRANSACTIONS from the coordinator until the commit markers are written;
             // librdkafka retries after `retry.backoff.ms` (100 ms by default), which would put a
