@@ -28,10 +28,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use shared_events::Position;
@@ -202,16 +203,68 @@ impl Batcher {
     }
 }
 
+/// Delivery reports of the batch in flight, by the record's index in the batch.
+///
+/// The worker thread polls its producer itself (a `BaseProducer`, no background thread), so
+/// reports arrive on that thread as soon as the broker acknowledged the records; rdkafka's
+/// threaded producers would race its commit-time flush for them (which polls in 100 ms ticks).
+#[derive(Debug, Default)]
+struct Deliveries {
+    /// None while waiting; then the record's position, or None if it was not delivered.
+    reports: std::sync::Mutex<Vec<Option<Option<Position>>>>,
+}
+
+impl Deliveries {
+    fn reset(&self, records: usize) {
+        if let Ok(mut reports) = self.reports.lock() {
+            reports.clear();
+            reports.resize(records, None);
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        self.reports
+            .lock()
+            .map_or(0, |r| r.iter().filter(|report| report.is_none()).count())
+    }
+
+    /// Each record's position; a missing report counts as not delivered.
+    fn take(&self) -> Vec<Option<Position>> {
+        self.reports
+            .lock()
+            .map(|mut r| r.drain(..).map(Option::flatten).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
+        let report = result.as_ref().ok().map(|message| Position {
+            partition: message.partition(),
+            offset: message.offset(),
+        });
+        if let Ok(mut reports) = self.reports.lock()
+            && let Some(slot) = reports.get_mut(index)
+        {
+            *slot = Some(report);
+        }
+    }
+}
+
 /// A transactional producer with its id, ready for `begin_transaction`.
 struct TxProducer {
     id: String,
-    producer: FutureProducer,
+    producer: BaseProducer<Deliveries>,
 }
 
 impl TxProducer {
     fn create(config: &BatcherConfig, index: usize) -> Result<Self, StartError> {
         let id = format!("{}-{index}", config.transactional_id_prefix);
-        let producer: FutureProducer = ClientConfig::new()
+        let producer: BaseProducer<Deliveries> = ClientConfig::new()
             .set("bootstrap.servers", &config.bootstrap_servers)
             .set("transactional.id", &id)
             .set("enable.idempotence", "true")
@@ -240,7 +293,7 @@ impl TxProducer {
                 "socket.timeout.ms",
                 config.kafka_timeout.as_millis().to_string(),
             )
-            .create()
+            .create_with_context(Deliveries::default())
             .map_err(|source| StartError::Create {
                 id: id.clone(),
                 source,
@@ -296,6 +349,10 @@ impl Worker {
             let first = match self.intake.recv_timeout(IDLE_CHECK) {
                 Ok(pending) => pending,
                 Err(RecvTimeoutError::Timeout) => {
+                    // Serve the producer's events (errors, logs) while idle.
+                    if let Some(tx) = &self.producer {
+                        tx.producer.poll(Duration::ZERO);
+                    }
                     // Closed and nothing left: the queue is drained.
                     if self.closed.load(Ordering::Acquire) && self.intake.is_empty() {
                         break;
@@ -400,40 +457,29 @@ impl Worker {
             self.discard_producer(&e);
             return verdict;
         }
-        let mut deliveries = Vec::with_capacity(batch.len());
-        for pending in batch {
-            let record = FutureRecord::to(&topic)
+        producer.context().reset(batch.len());
+        for (index, pending) in batch.iter().enumerate() {
+            let record = BaseRecord::with_opaque_to(&topic, index)
                 .key(pending.key.as_bytes())
                 .payload(&pending.value);
-            match producer.send_result(record) {
-                Ok(delivery) => deliveries.push(delivery),
-                Err((e, _)) => {
-                    // Never committed: abort, and if even that fails, the broker aborts the
-                    // transaction when the replacement producer fences this one.
-                    let aborted = producer.abort_transaction(timeout);
-                    let verdict = Verdict::NotCommitted(CommitError::Aborted(e.to_string()));
-                    if aborted.is_err() {
-                        self.discard_producer(&e);
-                    }
-                    return verdict;
+            if let Err((e, _)) = producer.send(record) {
+                // Never committed: abort, and if even that fails, the broker aborts the
+                // transaction when the replacement producer fences this one.
+                let aborted = producer.abort_transaction(timeout);
+                let verdict = Verdict::NotCommitted(CommitError::Aborted(e.to_string()));
+                if aborted.is_err() {
+                    self.discard_producer(&e);
                 }
+                return verdict;
             }
         }
-        // Wait for every delivery report before committing. rdkafka's `commit_transaction`
-        // flushes by polling in 100 ms ticks, racing the producer's own polling thread for the
-        // delivery events: it would put ~100 ms under every commit. The reports arrive as soon
-        // as the broker acknowledged the records (bounded by `message.timeout.ms`).
-        let deliveries: Vec<Option<Position>> =
-            futures::executor::block_on(futures::future::join_all(deliveries))
-                .into_iter()
-                .map(|report| match report {
-                    Ok(Ok(d)) => Some(Position {
-                        partition: d.partition,
-                        offset: d.offset,
-                    }),
-                    _ => None,
-                })
-                .collect();
+        // Serve the delivery reports before committing, so the commit's own flush finds
+        // nothing left to wait for. Bounded by `message.timeout.ms`.
+        let deadline = Instant::now() + timeout + Duration::from_secs(1);
+        while producer.context().waiting() > 0 && Instant::now() < deadline {
+            producer.poll(Duration::from_millis(10));
+        }
+        let deliveries = producer.context().take();
         if deliveries.iter().any(Option::is_none) {
             // A record the broker did not take: the transaction cannot commit, and no commit
             // was attempted. If even the abort fails, the broker aborts the transaction when the
