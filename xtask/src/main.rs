@@ -251,7 +251,10 @@ fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut child = Command::new(cargo)
-        .args(["test", "--workspace", "--no-fail-fast"])
+        .arg("test")
+        // The whole workspace unless the caller picked packages.
+        .args((!picks_packages(cargo_args)).then_some("--workspace"))
+        .arg("--no-fail-fast")
         .args(cargo_args)
         .current_dir(&ws.root)
         .env("KAFKA_BOOTSTRAP", kafka.bootstrap())
@@ -285,6 +288,16 @@ fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `cargo test` arguments select packages themselves (`-p`, `--package`).
+fn picks_packages(args: &[String]) -> bool {
+    args.iter().any(|a| {
+        a == "-p"
+            || a == "--package"
+            || a.starts_with("--package=")
+            || (a.starts_with("-p") && a.len() > 2)
+    })
 }
 
 /// Sums of libtest's `test result:` lines.
