@@ -354,4 +354,12 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn package_selection_is_recognised() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(super::picks_packages(&args(&["-p", "query-service"])));
+        assert!(super::picks_packages(&args(&["--package=shared-events"])));
+        assert!(!super::picks_packages(&args(&["--no-run"])));
+    }
 }
