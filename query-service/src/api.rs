@@ -274,6 +274,36 @@ fn page_params(request: &HttpRequest) -> Result<(usize, Option<CustomerCursor>),
     Ok((limit, after))
 }
 
+/// A customer query as both customer routes take it: validated id and paging, and the
+/// consistency token already waited for where this replica owns its partition.
+struct CustomerQuery {
+    customer_id: String,
+    limit: usize,
+    after: Option<CustomerCursor>,
+    token: Option<ConsistencyToken>,
+}
+
+async fn customer_query(
+    request: &HttpRequest,
+    customer_id: String,
+    state: &AppState,
+) -> Result<CustomerQuery, QueryError> {
+    if !valid_id(&customer_id) {
+        return Err(QueryError::BadId(customer_id));
+    }
+    let (limit, after) = page_params(request)?;
+    let token = consistency_token(request, &state.topic)?;
+    if let Some(token) = &token {
+        wait_for(state, token).await?;
+    }
+    Ok(CustomerQuery {
+        customer_id,
+        limit,
+        after,
+        token,
+    })
+}
+
 /// `GET /internal/customers/{id}/orders`: this replica's part of a customer query (the
 /// partitions it serves and their orders), for the replica that merges the parts.
 async fn customer_orders_here(
@@ -281,15 +311,8 @@ async fn customer_orders_here(
     customer_id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, QueryError> {
-    let customer_id = customer_id.into_inner();
-    if !valid_id(&customer_id) {
-        return Err(QueryError::BadId(customer_id));
-    }
-    let (limit, after) = page_params(&request)?;
-    if let Some(token) = consistency_token(&request, &state.topic)? {
-        wait_for(&state, &token).await?;
-    }
-    let page = local_page(&state, &customer_id, after, limit).await?;
+    let query = customer_query(&request, customer_id.into_inner(), &state).await?;
+    let page = local_page(&state, &query.customer_id, query.after, query.limit).await?;
     Ok(HttpResponse::Ok()
         .insert_header(("Served-By", state.replica_id.as_str()))
         .json(page))
@@ -304,15 +327,12 @@ async fn customer_orders(
     customer_id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, QueryError> {
-    let customer_id = customer_id.into_inner();
-    if !valid_id(&customer_id) {
-        return Err(QueryError::BadId(customer_id));
-    }
-    let (limit, after) = page_params(&request)?;
-    let token = consistency_token(&request, &state.topic)?;
-    if let Some(token) = &token {
-        wait_for(&state, token).await?;
-    }
+    let CustomerQuery {
+        customer_id,
+        limit,
+        after,
+        token,
+    } = customer_query(&request, customer_id.into_inner(), &state).await?;
     let local = local_page(&state, &customer_id, after.clone(), limit).await?;
 
     let view = state.cluster.view();
