@@ -18,7 +18,7 @@ use crate::cluster::{self, Cluster};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::orders::OrdersProjection;
-use crate::projection::{PartitionTable, ProjectionStats, RebalanceContext, Runner};
+use crate::projection::{PartitionTable, Projection, ProjectionStats, RebalanceContext, Runner};
 use crate::routing::Forwarder;
 use crate::store::{Store, StoreError};
 
@@ -87,12 +87,13 @@ impl Application {
         tracing::info!(?config, %replica_id, %advertised_url, "starting query replica");
 
         let path = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&path))
-            .await?
-            .map_err(|source| StartupError::Store {
-                path: config.data_dir.display().to_string(),
-                source,
-            })?;
+        let store =
+            tokio::task::spawn_blocking(move || Store::open(&path, OrdersProjection::VERSION))
+                .await?
+                .map_err(|source| StartupError::Store {
+                    path: config.data_dir.display().to_string(),
+                    source,
+                })?;
         let store = Arc::new(store);
         let kafka_timeout = Duration::from_millis(config.kafka_timeout_ms);
         let partitions = wait_for_topic(

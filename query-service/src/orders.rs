@@ -237,6 +237,8 @@ impl OrdersProjection {
 
 impl Projection for OrdersProjection {
     type Event = OrderEvent;
+    /// 2: the customer index.
+    const VERSION: u32 = 2;
 
     fn apply(
         &self,
@@ -341,7 +343,7 @@ mod tests {
     #[test]
     fn customer_orders_page_through_owned_orders_only() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), OrdersProjection::VERSION).unwrap();
         for (i, id) in ["o-a", "o-b", "o-c", "o-d"].into_iter().enumerate() {
             let mut event = placed();
             event.envelope.aggregate_id = id.into();

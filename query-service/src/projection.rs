@@ -42,6 +42,10 @@ pub enum Applied {
 pub trait Projection: Send + Sync + 'static {
     type Event: AvroEvent + Send + Sync;
 
+    /// The version of what the projection stores; a store written by another version is
+    /// rebuilt from the topic. Bump it whenever `apply` changes what it writes.
+    const VERSION: u32;
+
     /// Stages the effect of `event` into `batch`, reading the current state from `store`.
     fn apply(
         &self,

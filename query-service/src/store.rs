@@ -13,6 +13,8 @@ use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, Writ
 const VIEWS: &str = "views";
 const INDEX: &str = "index";
 const OFFSETS: &str = "offsets";
+/// In the default column family: the projection version the store was written by.
+const VERSION_KEY: &[u8] = b"projection-version";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,14 +71,28 @@ fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
 }
 
 impl Store {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens (or creates) the store of a projection whose stored format is `version`. A store
+    /// written by another version of the projection is emptied, offsets included, so the
+    /// replica rebuilds it from the beginning of the topic instead of serving a stale shape.
+    pub fn open(path: &Path, version: u32) -> Result<Self, StoreError> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         let families = [VIEWS, INDEX, OFFSETS]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let db = DB::open_cf_descriptors(&options, path, families)?;
+        let mut db = DB::open_cf_descriptors(&options, path, families)?;
+        let stored = db.get(VERSION_KEY)?;
+        if stored.as_deref() != Some(&version.to_be_bytes()[..]) {
+            if stored.is_some() {
+                tracing::warn!(path = %path.display(), version, "the projection changed; rebuilding the store from the topic");
+            }
+            for name in [VIEWS, INDEX, OFFSETS] {
+                db.drop_cf(name)?;
+                db.create_cf(name, &Options::default())?;
+            }
+            db.put(VERSION_KEY, version.to_be_bytes())?;
+        }
         Ok(Self { db })
     }
 
@@ -158,7 +174,7 @@ mod tests {
     fn views_and_offsets_persist_together() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = Store::open(dir.path(), 1).unwrap();
             assert_eq!(store.next_offset("orders", 0).unwrap(), None);
             let mut batch = StoreBatch::default();
             batch.put_view("o-1", b"{}".to_vec());
@@ -168,7 +184,7 @@ mod tests {
             batch.put_index(b"c2/1".to_vec());
             store.write(batch).unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), 1).unwrap();
         assert_eq!(store.view("o-1").unwrap().as_deref(), Some(&b"{}"[..]));
         assert_eq!(store.next_offset("orders", 0).unwrap(), Some(7));
         assert_eq!(store.next_offset("orders", 1).unwrap(), None);
@@ -181,5 +197,11 @@ mod tests {
             [b"c1/2".to_vec()]
         );
         assert_eq!(store.index_scan(b"c1/", b"", 1).unwrap().len(), 1);
+        drop(store);
+        // Another projection version: everything is rebuilt, offsets included.
+        let store = Store::open(dir.path(), 2).unwrap();
+        assert_eq!(store.view("o-1").unwrap(), None);
+        assert_eq!(store.next_offset("orders", 0).unwrap(), None);
+        assert!(store.index_scan(b"c1/", b"", 10).unwrap().is_empty());
     }
 }
