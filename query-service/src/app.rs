@@ -170,7 +170,7 @@ impl Application {
             forwarder: Forwarder::new(
                 &replica_id,
                 Duration::from_millis(config.forward_timeout_ms),
-            )?,
+            ),
             metrics,
             stats: Arc::clone(&stats),
             topic: config.topic.clone(),

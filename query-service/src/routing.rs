@@ -57,21 +57,38 @@ pub struct ForwardError {
 }
 
 /// Sends queries on to their owners over pooled keep-alive connections.
+///
+/// Each HTTP worker thread (its own runtime) gets its own client and connection pool: a pool
+/// shared across runtimes hands connections and wake-ups from one thread to another.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
-    http: reqwest::Client,
+    timeout: Duration,
     self_id: String,
 }
 
+thread_local! {
+    static CLIENT: std::cell::OnceCell<reqwest::Client> = const { std::cell::OnceCell::new() };
+}
+
 impl Forwarder {
-    pub fn new(self_id: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
-        Ok(Self {
-            http: reqwest::Client::builder()
-                .timeout(timeout)
-                .pool_idle_timeout(Duration::from_secs(60))
-                .tcp_nodelay(true)
-                .build()?,
+    pub fn new(self_id: &str, timeout: Duration) -> Self {
+        Self {
+            timeout,
             self_id: self_id.to_owned(),
+        }
+    }
+
+    fn client() -> reqwest::Client {
+        CLIENT.with(|client| {
+            client
+                .get_or_init(|| {
+                    reqwest::Client::builder()
+                        .pool_idle_timeout(Duration::from_secs(60))
+                        .tcp_nodelay(true)
+                        .build()
+                        .unwrap_or_default()
+                })
+                .clone()
         })
     }
 
@@ -82,12 +99,12 @@ impl Forwarder {
         path_and_query: &str,
         headers: &[(&str, &str)],
     ) -> Result<reqwest::Response, ForwardError> {
-        let mut request = self
-            .http
+        let mut request = Self::client()
             .get(format!(
                 "{}{path_and_query}",
                 member.url.trim_end_matches('/')
             ))
+            .timeout(self.timeout)
             .header(FORWARDED_BY, &self.self_id);
         for (name, value) in headers {
             request = request.header(*name, *value);

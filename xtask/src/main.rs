@@ -101,7 +101,11 @@ fn rerun_optimised(ws: &Workspace) -> anyhow::Result<ExitCode> {
         .current_dir(&ws.root)
         .status()
         .context("running the release build of the xtask")?;
-    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 const DEV_KAFKA_PORT: u16 = 9092;
