@@ -38,8 +38,6 @@ pub enum StartupError {
     TopicMissing(String),
     #[error("schema registry: {0}")]
     Registry(#[from] shared_events::WireError),
-    #[error("could not build the HTTP client")]
-    HttpClient(#[from] reqwest::Error),
     #[error("could not listen on {address}")]
     Listen {
         address: String,
