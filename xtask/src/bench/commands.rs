@@ -128,21 +128,16 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
         .build()?;
     let duration = Duration::from_secs(args.duration);
     let url = format!("{command_url}/orders");
-    let request: load::RequestFactory = Arc::new(move |client, _| {
-        client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(ORDER)
-    });
+    let order = load::Request::post_json(&url, ORDER)?;
+    let request: load::RequestFactory = Arc::new(move |_| order.clone());
     let client = load::client(args.concurrency)?;
     let metrics_url = format!("{command_url}/metrics");
 
     let (max, paced, before, metrics) = runtime.block_on(async {
         eprintln!("warming up ...");
         load::run(
-            &client,
             args.concurrency,
-            Duration::from_secs(3),
+            Duration::from_secs(5),
             None,
             Arc::clone(&request),
         )
@@ -152,19 +147,11 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
             args.duration, args.concurrency
         );
         let before = client.get(&metrics_url).send().await?.text().await?;
-        let max = load::run(
-            &client,
-            args.concurrency,
-            duration,
-            None,
-            Arc::clone(&request),
-        )
-        .await?;
+        let max = load::run(args.concurrency, duration, None, Arc::clone(&request)).await?;
         let metrics = client.get(&metrics_url).send().await?.text().await?;
         let target = max.rate() * 0.7;
         eprintln!("measuring latency at 70% of it ({target:.0} commands/s) ...");
         let paced = load::run(
-            &client,
             args.concurrency,
             duration,
             Some(target),

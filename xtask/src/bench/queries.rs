@@ -124,11 +124,14 @@ async fn place(client: &reqwest::Client, command_url: &str) -> anyhow::Result<(S
     ))
 }
 
-fn get_many(ids: Arc<Vec<String>>, base: String) -> load::RequestFactory {
-    Arc::new(move |client, n| {
-        let id = &ids[usize::try_from(n).unwrap_or(0) % ids.len()];
-        client.get(format!("{base}/orders/{id}"))
-    })
+fn get_many(ids: &[String], base: &str) -> anyhow::Result<load::RequestFactory> {
+    let requests = ids
+        .iter()
+        .map(|id| load::Request::get(&format!("{base}/orders/{id}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Arc::new(move |n| {
+        requests[usize::try_from(n).unwrap_or(0) % requests.len()].clone()
+    }))
 }
 
 /// `kafka-consumer-perf-test` over the whole topic: messages/s over the whole run (group join
@@ -247,43 +250,22 @@ pub(crate) fn run(ws: &Workspace, args: &QueryBench) -> anyhow::Result<()> {
     let (static_url, static_server) = static_server(vec![b'x'; body_size], 2)?;
     let (baseline, local, forwarded) = runtime.block_on(async {
         let warm = Duration::from_secs(2);
-        let local_req = get_many(Arc::new(local_ids.clone()), replica_a.clone());
-        let forwarded_req = get_many(Arc::new(forwarded_ids.clone()), replica_a.clone());
+        let local_req = get_many(&local_ids, &replica_a)?;
+        let forwarded_req = get_many(&forwarded_ids, &replica_a)?;
         let static_req: load::RequestFactory = {
-            let url = format!("{static_url}/orders/x");
-            Arc::new(move |client, _| client.get(&url))
+            let request = load::Request::get(&format!("{static_url}/orders/x"))?;
+            Arc::new(move |_| request.clone())
         };
         eprintln!(
             "reads: static baseline, local hits, forwarded misses ({}s each, {} clients) ...",
             args.duration, args.concurrency
         );
-        load::run(
-            &client,
-            args.concurrency,
-            warm,
-            None,
-            Arc::clone(&static_req),
-        )
-        .await?;
-        let baseline = load::run(&client, args.concurrency, duration, None, static_req).await?;
-        load::run(
-            &client,
-            args.concurrency,
-            warm,
-            None,
-            Arc::clone(&local_req),
-        )
-        .await?;
-        let local = load::run(&client, args.concurrency, duration, None, local_req).await?;
-        load::run(
-            &client,
-            args.concurrency,
-            warm,
-            None,
-            Arc::clone(&forwarded_req),
-        )
-        .await?;
-        let forwarded = load::run(&client, args.concurrency, duration, None, forwarded_req).await?;
+        load::run(args.concurrency, warm, None, Arc::clone(&static_req)).await?;
+        let baseline = load::run(args.concurrency, duration, None, static_req).await?;
+        load::run(args.concurrency, warm, None, Arc::clone(&local_req)).await?;
+        let local = load::run(args.concurrency, duration, None, local_req).await?;
+        load::run(args.concurrency, warm, None, Arc::clone(&forwarded_req)).await?;
+        let forwarded = load::run(args.concurrency, duration, None, forwarded_req).await?;
         anyhow::Ok((baseline, local, forwarded))
     })?;
     runtime.block_on(static_server.stop(true));
@@ -332,20 +314,9 @@ pub(crate) fn run(ws: &Workspace, args: &QueryBench) -> anyhow::Result<()> {
                 args.fill_seconds
             );
             let url = format!("{command_url}/orders");
-            let fill: load::RequestFactory = Arc::new(move |client, _| {
-                client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(ORDER)
-            });
-            load::run(
-                &client,
-                64,
-                Duration::from_secs(args.fill_seconds),
-                None,
-                fill,
-            )
-            .await?;
+            let order = load::Request::post_json(&url, ORDER)?;
+            let fill: load::RequestFactory = Arc::new(move |_| order.clone());
+            load::run(64, Duration::from_secs(args.fill_seconds), None, fill).await?;
             anyhow::Ok(())
         })
         .and_then(|()| {
