@@ -11,6 +11,7 @@
 //! flow itself, which is why one command-service instance must own a topic at a time.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -55,38 +56,47 @@ pub type LockedSlot<A> = OwnedMutexGuard<Slot<A>>;
 
 type SlotCell<A> = Arc<tokio::sync::Mutex<Slot<A>>>;
 
+/// Shards of the map. The model holds every aggregate ever written; one map would stall every
+/// command for the whole rehash each time it doubles (tens of milliseconds at a few million
+/// aggregates), and one lock would serialise all HTTP threads on it.
+const SHARDS: usize = 64;
+
+type Shard<A> = Mutex<HashMap<String, SlotCell<A>>>;
+
 #[derive(Debug)]
 pub struct WriteModel<A> {
-    slots: Mutex<HashMap<String, SlotCell<A>>>,
+    shards: Box<[Shard<A>]>,
+    hasher: RandomState,
     gaps: AtomicU64,
 }
 
 impl<A: Aggregate> Default for WriteModel<A> {
     fn default() -> Self {
         Self {
-            slots: Mutex::new(HashMap::new()),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
             gaps: AtomicU64::new(0),
         }
     }
 }
 
 impl<A: Aggregate> WriteModel<A> {
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, SlotCell<A>>> {
-        // The map is only ever mutated by whole-statement inserts and removes, so a panic
-        // elsewhere cannot leave it half-updated.
-        self.slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The shard holding `id`, locked.
+    fn slots(&self, id: &str) -> std::sync::MutexGuard<'_, HashMap<String, SlotCell<A>>> {
+        // Truncating the hash is fine: any bits pick a shard.
+        #[allow(clippy::cast_possible_truncation)]
+        let index = self.hasher.hash_one(id) as usize % self.shards.len();
+        lock(&self.shards[index])
     }
 
     /// The aggregate's cell, if it has ever had an event (or a command in flight).
     pub fn get(&self, id: &str) -> Option<SlotCell<A>> {
-        self.slots().get(id).cloned()
+        self.slots(id).get(id).cloned()
     }
 
     /// The aggregate's cell, created empty for an id never seen before.
     pub fn get_or_create(&self, id: &str) -> SlotCell<A> {
-        Arc::clone(self.slots().entry(id.to_owned()).or_insert_with(|| {
+        Arc::clone(self.slots(id).entry(id.to_owned()).or_insert_with(|| {
             Arc::new(tokio::sync::Mutex::new(Slot {
                 state: None,
                 version: 0,
@@ -97,7 +107,7 @@ impl<A: Aggregate> WriteModel<A> {
     /// Forgets an aggregate that never got an event (its first command failed).
     pub fn forget_if_empty(&self, id: &str, slot: &Slot<A>) {
         if slot.version == 0 {
-            self.slots().remove(id);
+            self.slots(id).remove(id);
         }
     }
 
@@ -121,7 +131,7 @@ impl<A: Aggregate> WriteModel<A> {
 
     /// Aggregates known.
     pub fn len(&self) -> usize {
-        self.slots().len()
+        self.shards.iter().map(|shard| lock(shard).len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -131,5 +141,42 @@ impl<A: Aggregate> WriteModel<A> {
     /// Events in the log that did not follow their aggregate's history.
     pub fn gaps(&self) -> u64 {
         self.gaps.load(Ordering::Relaxed)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps are only ever mutated by whole-statement inserts and removes, so a panic
+    // elsewhere cannot leave one half-updated.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::WriteModel;
+    use crate::order::OrderState;
+
+    #[test]
+    fn one_cell_per_aggregate_across_shards() {
+        let model = WriteModel::<OrderState>::default();
+        let ids: Vec<String> = (0..1000).map(|n| format!("order-{n}")).collect();
+        let cells: Vec<_> = ids.iter().map(|id| model.get_or_create(id)).collect();
+        assert_eq!(model.len(), 1000);
+        for (id, cell) in ids.iter().zip(&cells) {
+            let again = model.get(id);
+            assert!(again.is_some_and(|again| Arc::ptr_eq(&again, cell)));
+        }
+        // A never-written aggregate is forgotten; the others stay.
+        let slot = cells[7].try_lock();
+        assert!(slot.is_ok_and(|slot| {
+            model.forget_if_empty(&ids[7], &slot);
+            true
+        }));
+        assert_eq!(model.len(), 999);
+        assert!(model.get(&ids[7]).is_none());
+        assert!(model.get("unknown").is_none());
     }
 }

@@ -158,6 +158,11 @@ impl Broker {
         self.config.bootstrap()
     }
 
+    /// The operating system's id of the broker's JVM.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     pub fn process(&mut self) -> &mut Service {
         &mut self.process
     }

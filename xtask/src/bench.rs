@@ -6,6 +6,7 @@
 //!   vs `kafka-consumer-perf-test`, and command → query visibility latency.
 
 pub(crate) mod commands;
+pub(crate) mod cpu;
 pub(crate) mod queries;
 
 use std::process::Command;
@@ -92,6 +93,14 @@ impl BenchStack {
         Ok(format!("http://127.0.0.1:{port}"))
     }
 
+    /// The operating system's id of a service this stack started.
+    pub(crate) fn pid_of(&self, name: &str) -> Option<u32> {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .map(Service::pid)
+    }
+
     /// Creates a topic (the broker does not create topics on first use).
     pub(crate) fn create_topic(&self, topic: &str, partitions: u32) -> anyhow::Result<()> {
         let output = Command::new("java")
@@ -154,6 +163,51 @@ impl BenchStack {
 }
 
 pub(crate) const ADMIN_TOKEN: &str = "bench-admin-token";
+
+/// A static actix-web handler answering every request with `status` and `body` as JSON: the
+/// HTTP floor under a service's figures (same framework, same worker count, no work).
+pub(crate) fn static_server(
+    status: u16,
+    body: Vec<u8>,
+    workers: usize,
+) -> anyhow::Result<(String, actix_web::dev::ServerHandle)> {
+    let status = actix_web::http::StatusCode::from_u16(status)?;
+    let port = free_port()?;
+    let body = actix_web::web::Bytes::from(body);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let system = actix_web::rt::System::new();
+        let server = actix_web::HttpServer::new(move || {
+            let body = body.clone();
+            // Reads the request body as every real handler does: actix closes a keep-alive
+            // connection whose request body was left unread.
+            actix_web::App::new().default_service(actix_web::web::to(
+                move |_request: actix_web::web::Bytes| {
+                    let body = body.clone();
+                    async move {
+                        actix_web::HttpResponse::build(status)
+                            .content_type("application/json")
+                            .body(body)
+                    }
+                },
+            ))
+        })
+        .workers(workers)
+        .bind(("127.0.0.1", port));
+        match server {
+            Ok(server) => {
+                let server = server.run();
+                let _ = sender.send(Ok(server.handle()));
+                let _ = system.block_on(server);
+            }
+            Err(error) => {
+                let _ = sender.send(Err(error));
+            }
+        }
+    });
+    let handle = receiver.recv()??;
+    Ok((format!("http://127.0.0.1:{port}"), handle))
+}
 
 /// A quantile of a Prometheus histogram, interpolated within its buckets.
 pub(crate) fn histogram_quantile(metrics: &str, name: &str, quantile: f64) -> Option<f64> {

@@ -137,6 +137,9 @@ pub(crate) struct LoadResult {
     pub(crate) elapsed: Duration,
     pub(crate) by_status: BTreeMap<u16, u64>,
     pub(crate) failures: u64,
+    /// Connections opened: one per client unless the server closed some.
+    pub(crate) connects: u64,
+    clients: u64,
     /// Latency of successful (2xx) requests, in microseconds.
     pub(crate) latency: Histogram<u64>,
 }
@@ -161,6 +164,11 @@ impl LoadResult {
         self.latency.value_at_quantile(quantile) as f64 / 1000.0
     }
 
+    /// Connections opened beyond one per client.
+    pub(crate) fn reconnects(&self) -> u64 {
+        self.connects.saturating_sub(self.clients)
+    }
+
     pub(crate) fn summary(&self) -> String {
         format!(
             "{:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  statuses {:?}{}",
@@ -174,7 +182,11 @@ impl LoadResult {
             } else {
                 String::new()
             }
-        )
+        ) + &if self.reconnects() > 0 {
+            format!("  reconnects {}", self.reconnects())
+        } else {
+            String::new()
+        }
     }
 }
 
@@ -196,6 +208,7 @@ pub(crate) async fn run(
             let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let mut by_status = BTreeMap::new();
             let mut failures = 0;
+            let mut connects = 0u64;
             let mut connection: Option<Connection> = None;
             // Stagger paced workers across one interval.
             let mut intended = start
@@ -218,7 +231,10 @@ pub(crate) async fn run(
                     let reusable = connection.take().filter(|c| c.addr == next.addr);
                     let mut open = match reusable {
                         Some(open) => open,
-                        None => Connection::open(next.addr).await?,
+                        None => {
+                            connects += 1;
+                            Connection::open(next.addr).await?
+                        }
                     };
                     let (status, keep_alive) = open.exchange(&next.bytes).await?;
                     if keep_alive {
@@ -244,17 +260,20 @@ pub(crate) async fn run(
                     intended += interval;
                 }
             }
-            anyhow::Ok((latency, by_status, failures))
+            anyhow::Ok((latency, by_status, failures, connects))
         })
     });
     let mut total = LoadResult {
         elapsed: Duration::ZERO,
         by_status: BTreeMap::new(),
         failures: 0,
+        connects: 0,
+        clients: concurrency as u64,
         latency: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
     };
     for worker in futures::future::join_all(workers).await {
-        let (latency, by_status, failures) = worker??;
+        let (latency, by_status, failures, connects) = worker??;
+        total.connects += connects;
         total.latency.add(latency)?;
         for (status, n) in by_status {
             *total.by_status.entry(status).or_insert(0) += n;

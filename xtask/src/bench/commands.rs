@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::{BenchStack, histogram_quantile, metric_value, number_before};
+use super::cpu::CpuMeter;
+use super::{BenchStack, histogram_quantile, metric_value, number_before, static_server};
 use crate::load;
 use crate::workspace::Workspace;
 
@@ -18,9 +19,14 @@ pub(crate) struct CommandBench {
     /// Seconds of each measured run.
     #[arg(long, default_value_t = 15)]
     duration: u64,
-    /// Concurrent HTTP clients (keep-alive connections).
-    #[arg(long, default_value_t = 64)]
+    /// Concurrent HTTP clients (keep-alive connections). Each waits for its commit, so the rate
+    /// is at most clients / commit latency: fewer clients measure latency, not capacity.
+    #[arg(long, default_value_t = 512)]
     concurrency: usize,
+    /// Seconds of load before measuring: the broker's JIT compiler keeps a core busy for the
+    /// first ~20 s of transactional load.
+    #[arg(long, default_value_t = 20)]
+    warmup: u64,
     /// Records per baseline run of `kafka-producer-perf-test`.
     #[arg(long, default_value_t = 500_000)]
     baseline_records: u64,
@@ -133,11 +139,56 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
     let client = load::client(args.concurrency)?;
     let metrics_url = format!("{command_url}/metrics");
 
-    let (max, paced, before, metrics) = runtime.block_on(async {
-        eprintln!("warming up ...");
+    // The HTTP floor: the same framework and worker count answering the same POST with a body
+    // like ours, doing nothing else.
+    let sample = runtime.block_on(async {
+        client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(ORDER)
+            .send()
+            .await?
+            .bytes()
+            .await
+    })?;
+    let (static_url, static_handle) = static_server(201, sample.to_vec(), 2)?;
+    let static_order = load::Request::post_json(&format!("{static_url}/orders"), ORDER)?;
+    let static_request: load::RequestFactory = Arc::new(move |_| static_order.clone());
+
+    let service_pid = stack
+        .pid_of("command-service")
+        .context("the command service is not running")?;
+    let meter = CpuMeter::new(vec![
+        ("command service".into(), service_pid),
+        ("broker".into(), stack.broker.pid()),
+        ("load generator".into(), std::process::id()),
+    ]);
+    let static_meter = CpuMeter::new(vec![(
+        "load generator + static handler".into(),
+        std::process::id(),
+    )]);
+
+    let (floor, floor_cpu, max, max_cpu, paced, before, metrics) = runtime.block_on(async {
+        eprintln!("HTTP floor: a static handler ({}s) ...", args.duration);
         load::run(
             args.concurrency,
-            Duration::from_secs(5),
+            Duration::from_secs(2),
+            None,
+            Arc::clone(&static_request),
+        )
+        .await?;
+        let cpu_before = static_meter.sample()?;
+        let floor = load::run(args.concurrency, duration, None, static_request).await?;
+        let floor_cpu = static_meter.between(&cpu_before, &static_meter.sample()?);
+        static_handle.stop(true).await;
+
+        eprintln!(
+            "warming up the command service and the broker ({}s) ...",
+            args.warmup
+        );
+        load::run(
+            args.concurrency,
+            Duration::from_secs(args.warmup),
             None,
             Arc::clone(&request),
         )
@@ -147,7 +198,9 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
             args.duration, args.concurrency
         );
         let before = client.get(&metrics_url).send().await?.text().await?;
+        let cpu_before = meter.sample()?;
         let max = load::run(args.concurrency, duration, None, Arc::clone(&request)).await?;
+        let max_cpu = meter.between(&cpu_before, &meter.sample()?);
         let metrics = client.get(&metrics_url).send().await?.text().await?;
         let target = max.rate() * 0.7;
         eprintln!("measuring latency at 70% of it ({target:.0} commands/s) ...");
@@ -158,7 +211,7 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
             Arc::clone(&request),
         )
         .await?;
-        anyhow::Ok((max, paced, before, metrics))
+        anyhow::Ok((floor, floor_cpu, max, max_cpu, paced, before, metrics))
     })?;
 
     // Commit latency over all runs so far (warm-up included); batch sizes over the max-rate run.
@@ -173,7 +226,20 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
     };
     let batches = delta("command_service_batch_size_count ");
     let mean_batch = delta("command_service_batch_size_sum ") / batches.max(1.0);
-    let producers = 2.0;
+    // The service's producer count (COMMAND_PRODUCER_WORKERS may be set for the benchmark).
+    let producers = runtime
+        .block_on(async {
+            client
+                .get(format!("{command_url}/health/ready"))
+                .send()
+                .await?
+                .json::<serde_json::Value>()
+                .await
+        })
+        .ok()
+        .and_then(|ready| ready["live_producers"].as_f64())
+        .unwrap_or(2.0)
+        .max(1.0);
     // How often each producer committed during the maximum-rate run.
     let commit_interval_ms =
         (max.elapsed.as_secs_f64() * 1000.0 / (batches / producers).max(1.0)).max(1.0);
@@ -206,6 +272,7 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
         "== cargo xtask bench commands ({}s runs, {} clients, {size}-byte records, release build)",
         args.duration, args.concurrency
     );
+    println!("static handler, same POST   {}", floor.summary());
     println!("command service, max rate   {}", max.summary());
     println!("command service, 70% rate   {}", paced.summary());
     println!(
@@ -229,6 +296,18 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
     println!(
         "ratio to transactional      {:.3}",
         max.rate() / transactional.rate.max(1.0)
+    );
+    println!(
+        "ratio to static HTTP        {:.3}",
+        max.rate() / floor.rate().max(1.0)
+    );
+    println!(
+        "cpu, max-rate run           {}",
+        max_cpu.summary(max.rate(), "command")
+    );
+    println!(
+        "cpu, static handler run     {}",
+        floor_cpu.summary(floor.rate(), "request")
     );
     let bound = 2.0 * commit_p99 + 2.0;
     println!(

@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use local_kafka::process::free_port;
 use serde_json::Value;
 use shared_events::partitioner::partition_for_key;
 
 use super::commands::ORDER;
-use super::{ADMIN_TOKEN, BenchStack, metric_value};
+use super::{ADMIN_TOKEN, BenchStack, metric_value, static_server};
 use crate::load::{self, LoadResult};
 use crate::workspace::Workspace;
 
@@ -39,44 +38,6 @@ pub(crate) struct QueryBench {
 
 const TOPIC: &str = "bench-orders";
 const PARTITIONS: i32 = 6;
-
-/// A static actix-web handler answering every GET with `body`: the ceiling for a replica read.
-fn static_server(
-    body: Vec<u8>,
-    workers: usize,
-) -> anyhow::Result<(String, actix_web::dev::ServerHandle)> {
-    let port = free_port()?;
-    let body = actix_web::web::Bytes::from(body);
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let system = actix_web::rt::System::new();
-        let server = actix_web::HttpServer::new(move || {
-            let body = body.clone();
-            actix_web::App::new().default_service(actix_web::web::to(move || {
-                let body = body.clone();
-                async move {
-                    actix_web::HttpResponse::Ok()
-                        .content_type("application/json")
-                        .body(body)
-                }
-            }))
-        })
-        .workers(workers)
-        .bind(("127.0.0.1", port));
-        match server {
-            Ok(server) => {
-                let server = server.run();
-                let _ = sender.send(Ok(server.handle()));
-                let _ = system.block_on(server);
-            }
-            Err(error) => {
-                let _ = sender.send(Err(error));
-            }
-        }
-    });
-    let handle = receiver.recv()??;
-    Ok((format!("http://127.0.0.1:{port}"), handle))
-}
 
 /// Partition → base URL of its owner, from the group as a replica describes it.
 async fn owners(
@@ -247,7 +208,7 @@ pub(crate) fn run(ws: &Workspace, args: &QueryBench) -> anyhow::Result<()> {
         bail!("replica-a owns all or none of the orders; cannot measure both paths");
     }
 
-    let (static_url, static_server) = static_server(vec![b'x'; body_size], 2)?;
+    let (static_url, static_server) = static_server(200, vec![b'x'; body_size], 2)?;
     let (baseline, local, forwarded) = runtime.block_on(async {
         let warm = Duration::from_secs(2);
         let local_req = get_many(&local_ids, &replica_a)?;
