@@ -102,6 +102,7 @@ pub type CommitResult = Result<Position, CommitError>;
 
 /// One record waiting for its transaction.
 struct Pending {
+    queued_at: Instant,
     key: String,
     value: Vec<u8>,
     reply: oneshot::Sender<CommitResult>,
@@ -171,7 +172,12 @@ impl Batcher {
             return Err(SubmitError::Closed);
         }
         let (reply, answer) = oneshot::channel();
-        match self.queue.try_send(Pending { key, value, reply }) {
+        match self.queue.try_send(Pending {
+            queued_at: Instant::now(),
+            key,
+            value,
+            reply,
+        }) {
             Ok(()) => Ok(answer),
             Err(TrySendError::Full(_)) => Err(SubmitError::Full),
             Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
@@ -378,6 +384,12 @@ impl Worker {
                 Err(_) => break,
             }
         }
+        let taken = Instant::now();
+        for pending in &batch {
+            self.metrics
+                .queue_wait_seconds
+                .observe(taken.duration_since(pending.queued_at).as_secs_f64());
+        }
         batch
     }
 
@@ -457,6 +469,7 @@ impl Worker {
             self.discard_producer(&e);
             return verdict;
         }
+        let begun = Instant::now();
         producer.context().reset(batch.len());
         for (index, pending) in batch.iter().enumerate() {
             let record = BaseRecord::with_opaque_to(&topic, index)
@@ -479,6 +492,9 @@ impl Worker {
         while producer.context().waiting() > 0 && Instant::now() < deadline {
             producer.poll(Duration::from_millis(10));
         }
+        self.metrics
+            .send_seconds
+            .observe(begun.elapsed().as_secs_f64());
         let deliveries = producer.context().take();
         if deliveries.iter().any(Option::is_none) {
             // A record the broker did not take: the transaction cannot commit, and no commit
@@ -492,6 +508,7 @@ impl Worker {
                 "a record was not delivered".into(),
             ));
         }
+        let ending = Instant::now();
         let mut result = producer.commit_transaction(timeout);
         // A retriable failure (e.g. a timeout) may be retried once: the same commit, not a new one.
         if let Err(KafkaError::Transaction(e)) = &result
@@ -499,6 +516,11 @@ impl Worker {
         {
             tracing::warn!(worker = self.index, error = %e, "commit failed; retrying once");
             result = producer.commit_transaction(timeout);
+        }
+        if result.is_ok() {
+            self.metrics
+                .end_seconds
+                .observe(ending.elapsed().as_secs_f64());
         }
         match result {
             Ok(()) => Verdict::Committed(deliveries.into_iter().flatten().collect()),

@@ -18,6 +18,12 @@ pub struct CommandLabels {
 pub struct BatchMetrics {
     pub batch_size: Histogram,
     pub commit_seconds: Histogram,
+    /// Part of `commit_seconds`: from begin until the broker acknowledged every record.
+    pub send_seconds: Histogram,
+    /// Part of `commit_seconds`: the commit call itself (EndTxn).
+    pub end_seconds: Histogram,
+    /// Time a record waited in the queue before a worker took it.
+    pub queue_wait_seconds: Histogram,
     pub transactions: Family<OutcomeLabel, Counter>,
 }
 
@@ -32,6 +38,10 @@ impl Default for BatchMetrics {
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             // 0.5 ms .. ~16 s
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            send_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            end_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            // 0.1 ms .. ~13 s
+            queue_wait_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             transactions: Family::default(),
         }
     }
@@ -84,6 +94,21 @@ impl Default for Metrics {
             "commit_seconds",
             "Time from begin to commit of a Kafka transaction",
             batch.commit_seconds.clone(),
+        );
+        registry.register(
+            "send_seconds",
+            "Time from begin until the broker acknowledged every record of a transaction",
+            batch.send_seconds.clone(),
+        );
+        registry.register(
+            "end_seconds",
+            "Time of the commit call (EndTxn) of a Kafka transaction",
+            batch.end_seconds.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time a command's record waited in the write queue for a producer",
+            batch.queue_wait_seconds.clone(),
         );
         registry.register(
             "transactions",

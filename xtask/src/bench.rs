@@ -209,10 +209,32 @@ pub(crate) fn static_server(
     Ok((format!("http://127.0.0.1:{port}"), handle))
 }
 
-/// A quantile of a Prometheus histogram, interpolated within its buckets.
-pub(crate) fn histogram_quantile(metrics: &str, name: &str, quantile: f64) -> Option<f64> {
+/// A quantile of what a Prometheus histogram observed between two scrapes, interpolated within
+/// its buckets.
+pub(crate) fn histogram_quantile_between(
+    before: &str,
+    after: &str,
+    name: &str,
+    quantile: f64,
+) -> Option<f64> {
+    let earlier = buckets(before, name);
+    let delta: Vec<(f64, f64)> = buckets(after, name)
+        .into_iter()
+        .map(|(le, count)| {
+            let previous = earlier
+                .iter()
+                .find(|(l, _)| l.total_cmp(&le).is_eq())
+                .map_or(0.0, |(_, c)| *c);
+            (le, count - previous)
+        })
+        .collect();
+    bucket_quantile(&delta, quantile)
+}
+
+/// `(upper bound, cumulative count)` of each bucket of histogram `name`.
+fn buckets(metrics: &str, name: &str) -> Vec<(f64, f64)> {
     let prefix = format!("{name}_bucket{{le=\"");
-    let buckets: Vec<(f64, f64)> = metrics
+    metrics
         .lines()
         .filter_map(|line| line.strip_prefix(&prefix))
         .filter_map(|rest| {
@@ -224,14 +246,17 @@ pub(crate) fn histogram_quantile(metrics: &str, name: &str, quantile: f64) -> Op
             };
             Some((le, count.trim().parse().ok()?))
         })
-        .collect();
+        .collect()
+}
+
+fn bucket_quantile(buckets: &[(f64, f64)], quantile: f64) -> Option<f64> {
     let total = buckets.last()?.1;
     if total <= 0.0 {
         return None;
     }
     let target = quantile * total;
     let mut previous = (0.0, 0.0);
-    for &(le, count) in &buckets {
+    for &(le, count) in buckets {
         if count >= target {
             if le.is_infinite() {
                 return Some(previous.0);
@@ -269,15 +294,19 @@ pub(crate) fn number_before(line: &str, marker: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{histogram_quantile, number_before};
+    use super::{histogram_quantile_between, number_before};
 
     #[test]
     fn quantiles_interpolate_within_buckets() {
         let text = "m_bucket{le=\"0.001\"} 0\nm_bucket{le=\"0.002\"} 50\nm_bucket{le=\"0.004\"} 100\nm_bucket{le=\"+Inf\"} 100\n";
-        let p50 = histogram_quantile(text, "m", 0.5).unwrap_or_default();
+        let p50 = histogram_quantile_between("", text, "m", 0.5).unwrap_or_default();
         assert!((p50 - 0.002).abs() < 1e-9, "{p50}");
-        let p75 = histogram_quantile(text, "m", 0.75).unwrap_or_default();
+        let p75 = histogram_quantile_between("", text, "m", 0.75).unwrap_or_default();
         assert!((p75 - 0.003).abs() < 1e-9, "{p75}");
+        // Between two scrapes only the new observations count: 100 more, all in (0.002, 0.004].
+        let later = "m_bucket{le=\"0.001\"} 0\nm_bucket{le=\"0.002\"} 50\nm_bucket{le=\"0.004\"} 200\nm_bucket{le=\"+Inf\"} 200\n";
+        let p50 = histogram_quantile_between(text, later, "m", 0.5).unwrap_or_default();
+        assert!((p50 - 0.003).abs() < 1e-9, "{p50}");
     }
 
     #[test]
