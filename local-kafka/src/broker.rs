@@ -27,7 +27,7 @@ impl KafkaConfig {
         let log_dir = self.data_dir.join("log");
         format!(
             "\
-# Written by `cargo xtask` at each start; edit xtask/src/kafka.rs instead.
+# Written by local-kafka at each start; edit local-kafka/src/broker.rs instead.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{controller}
