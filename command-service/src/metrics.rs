@@ -32,14 +32,18 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// Buckets for the phases of a transaction: 0.5 ms .. ~16 s.
+fn transaction_latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
 impl Default for BatchMetrics {
     fn default() -> Self {
         Self {
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
-            // 0.5 ms .. ~16 s
-            commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-            send_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-            end_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            commit_seconds: transaction_latency(),
+            send_seconds: transaction_latency(),
+            end_seconds: transaction_latency(),
             // 0.1 ms .. ~13 s
             queue_wait_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             transactions: Family::default(),

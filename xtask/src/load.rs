@@ -64,6 +64,11 @@ impl Request {
 /// Builds request number `n`.
 pub(crate) type RequestFactory = Arc<dyn Fn(u64) -> Request + Send + Sync>;
 
+/// The same request every time.
+pub(crate) fn repeat(request: Request) -> RequestFactory {
+    Arc::new(move |_| request.clone())
+}
+
 /// One keep-alive connection.
 struct Connection {
     addr: SocketAddr,

@@ -135,7 +135,7 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.duration);
     let url = format!("{command_url}/orders");
     let order = load::Request::post_json(&url, ORDER)?;
-    let request: load::RequestFactory = Arc::new(move |_| order.clone());
+    let request = load::repeat(order);
     let client = load::client(args.concurrency)?;
     let metrics_url = format!("{command_url}/metrics");
 
@@ -153,7 +153,7 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
     })?;
     let (static_url, static_handle) = static_server(201, sample.to_vec(), 2)?;
     let static_order = load::Request::post_json(&format!("{static_url}/orders"), ORDER)?;
-    let static_request: load::RequestFactory = Arc::new(move |_| static_order.clone());
+    let static_request = load::repeat(static_order);
 
     let service_pid = stack
         .pid_of("command-service")

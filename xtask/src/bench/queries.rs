@@ -213,10 +213,7 @@ pub(crate) fn run(ws: &Workspace, args: &QueryBench) -> anyhow::Result<()> {
         let warm = Duration::from_secs(2);
         let local_req = get_many(&local_ids, &replica_a)?;
         let forwarded_req = get_many(&forwarded_ids, &replica_a)?;
-        let static_req: load::RequestFactory = {
-            let request = load::Request::get(&format!("{static_url}/orders/x"))?;
-            Arc::new(move |_| request.clone())
-        };
+        let static_req = load::repeat(load::Request::get(&format!("{static_url}/orders/x"))?);
         eprintln!(
             "reads: static baseline, local hits, forwarded misses ({}s each, {} clients) ...",
             args.duration, args.concurrency
@@ -276,7 +273,7 @@ pub(crate) fn run(ws: &Workspace, args: &QueryBench) -> anyhow::Result<()> {
             );
             let url = format!("{command_url}/orders");
             let order = load::Request::post_json(&url, ORDER)?;
-            let fill: load::RequestFactory = Arc::new(move |_| order.clone());
+            let fill = load::repeat(order);
             load::run(64, Duration::from_secs(args.fill_seconds), None, fill).await?;
             anyhow::Ok(())
         })
