@@ -2,10 +2,14 @@
 
 use apache_avro::types::Value;
 
+use crate::binary::AvroWriter;
+
 /// A domain event that travels as one Avro record.
 ///
-/// Implementations convert explicitly between the Rust value and the Avro value described by
+/// Implementations convert explicitly between the Rust value and the Avro record described by
 /// [`AvroEvent::SCHEMA`]; the schema text is the contract and the conversion is reviewed code.
+/// Writing goes straight to Avro binary (the hot path of every command); reading goes through
+/// `apache-avro`'s schema resolution, so records of older and newer compatible schemas decode.
 pub trait AvroEvent: Sized {
     /// The `.avsc` text of the record this event is written as.
     const SCHEMA: &'static str;
@@ -13,8 +17,9 @@ pub trait AvroEvent: Sized {
     /// The Kafka record key: the aggregate id, so all events of one aggregate share a partition.
     fn key(&self) -> &str;
 
-    /// The Avro value for [`AvroEvent::SCHEMA`].
-    fn to_avro(&self) -> Value;
+    /// Writes the record's Avro binary body for [`AvroEvent::SCHEMA`]: every field in schema
+    /// order. Each implementation needs a test that reads its bytes back with the schema.
+    fn write_avro(&self, writer: &mut AvroWriter<'_>);
 
     /// Rebuilds the event from a value already resolved against [`AvroEvent::SCHEMA`].
     fn from_avro(value: Value) -> Result<Self, EventError>;

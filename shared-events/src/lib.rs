@@ -2,6 +2,7 @@
 //! other Kafka client.
 //!
 //! - [`event`]: the small trait a domain event implements to travel as Avro ([`AvroEvent`]).
+//! - [`binary`]: the Avro binary primitives an event writes its record with.
 //! - [`orders`]: the reference domain's events, bound to `schemas/orders-value.avsc`.
 //! - [`wire`]: the Confluent wire format (magic byte, 4-byte schema id, Avro body) through a
 //!   schema registry, via `schema_registry_converter`.
@@ -13,12 +14,14 @@
 //! compiled with, registered under the topic's value subject; decoding resolves whatever writer
 //! schema a record carries against that same reader schema, so compatible evolutions read fine.
 
+pub mod binary;
 pub mod event;
 pub mod orders;
 pub mod partitioner;
 pub mod position;
 pub mod wire;
 
+pub use binary::AvroWriter;
 pub use event::{AvroEvent, EventEnvelope, EventError};
 pub use position::{ConsistencyToken, Position};
 pub use wire::{EventCodec, WireError};

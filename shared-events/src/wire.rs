@@ -6,6 +6,7 @@
 //! against this build's schema, so records written by an older or newer compatible schema decode.
 
 use std::marker::PhantomData;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use apache_avro::Schema;
@@ -16,6 +17,7 @@ use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
 
+use crate::binary::AvroWriter;
 use crate::event::{AvroEvent, EventError};
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,8 @@ pub struct EventCodec<E> {
     decoder: AvroDecoder,
     strategy: SubjectNameStrategy,
     reader_schema: Schema,
+    /// This build's schema id in the registry, once known: ids never change for a schema.
+    schema_id: OnceLock<u32>,
     _event: PhantomData<fn() -> E>,
 }
 
@@ -102,6 +106,7 @@ impl<E: AvroEvent> EventCodec<E> {
                 supplied,
             ),
             reader_schema,
+            schema_id: OnceLock::new(),
             _event: PhantomData,
         })
     }
@@ -121,15 +126,23 @@ impl<E: AvroEvent> EventCodec<E> {
             .encoder
             .get_schema_and_id(&subject, self.strategy.clone())
             .await?;
+        // A concurrent caller may have set it first, to the same id.
+        let _ = self.schema_id.set(schema.id);
         Ok(schema.id)
     }
 
-    /// The record value for `event`.
+    /// The record value for `event`: the wire header, then the body the event writes itself.
+    /// Asks the registry only until it knows the schema id.
     pub async fn encode(&self, event: &E) -> Result<Vec<u8>, WireError> {
-        Ok(self
-            .encoder
-            .encode_value(event.to_avro(), &self.strategy)
-            .await?)
+        let id = match self.schema_id.get() {
+            Some(&id) => id,
+            None => self.register().await?,
+        };
+        let mut out = Vec::with_capacity(256);
+        out.push(0);
+        out.extend_from_slice(&id.to_be_bytes());
+        event.write_avro(&mut AvroWriter::new(&mut out));
+        Ok(out)
     }
 
     /// The event in a record value written by any registered schema compatible with ours.
@@ -155,7 +168,7 @@ mod tests {
 
     use crate::AvroEvent;
     use crate::orders::OrderEvent;
-    use crate::orders::tests::{read, write};
+    use crate::orders::tests::{body, read, write};
 
     /// A plausible next version: a new optional field with a default in the envelope and in
     /// `OrderPaid`. Adding fields with defaults must stay compatible both ways.
@@ -195,7 +208,7 @@ mod tests {
         let current = Schema::parse_str(OrderEvent::SCHEMA).unwrap();
         let next = evolved();
         for event in crate::orders::tests::samples() {
-            let bytes = write(&current, event.to_avro());
+            let bytes = body(&event);
             // Written by the current schema, read as the next one (new fields take defaults) ...
             let as_next = read(&current, Some(&next), &bytes);
             let next_bytes = write(&next, as_next);

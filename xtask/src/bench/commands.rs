@@ -34,10 +34,8 @@ pub(crate) struct CommandBench {
 
 /// The size of one benchmark order's record value: magic byte, schema id, Avro body.
 fn record_size() -> anyhow::Result<usize> {
-    use apache_avro::Schema;
-    use apache_avro::writer::datum::GenericDatumWriter;
-    use shared_events::AvroEvent;
     use shared_events::orders::{Envelope, LineItem, OrderEvent, OrderPayload};
+    use shared_events::{AvroEvent, AvroWriter};
 
     let uuid = "0193a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b".to_owned();
     let event = OrderEvent {
@@ -68,10 +66,8 @@ fn record_size() -> anyhow::Result<usize> {
             total_cents: 3490,
         },
     };
-    let schema = Schema::parse_str(OrderEvent::SCHEMA)?;
-    let body = GenericDatumWriter::builder(&schema)
-        .build()?
-        .write_value_to_vec(event.to_avro())?;
+    let mut body = Vec::new();
+    event.write_avro(&mut AvroWriter::new(&mut body));
     Ok(5 + body.len())
 }
 
