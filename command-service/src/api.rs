@@ -225,33 +225,25 @@ async fn execute(
         correlation_id: header_or_new(request, "x-correlation-id"),
     };
     let event = metadata.event(&order_id, slot.version + 1, payload);
-    let submitted = match state.codec.encode(&event).await {
-        Ok(value) => state
-            .batcher
-            .submit(order_id.clone(), value)
-            .map_err(ApiError::from),
-        Err(error) => Err(ApiError::Encode(error)),
-    };
-    let answer = match submitted {
-        Ok(answer) => answer,
-        Err(error) => {
-            state.model.forget_if_empty(&order_id, &slot);
-            return Err(error);
-        }
-    };
+    let value = state.codec.encode(&event).await.map_err(|error| {
+        state.model.forget_if_empty(&order_id, &slot);
+        ApiError::Encode(error)
+    })?;
 
-    // The aggregate stays locked until the batcher's answer, even if this request stops waiting:
-    // the settling task owns the lock and the idempotency claim.
+    // From here the settlement owns the aggregate's lock and the idempotency claim: they are
+    // released when the batcher learns the record's fate, even if this request stops waiting.
     let (settled, outcome) = oneshot::channel();
-    tokio::spawn(settle(
-        Arc::clone(&state.model),
+    let settlement = Settlement(Some(Aftermath {
+        model: Arc::clone(&state.model),
         slot,
         claim,
         event,
         kind,
-        answer,
         settled,
-    ));
+    }));
+    let on_outcome = Box::new(move |result| settlement.settle(result));
+    // A record that was not queued drops its settlement unsettled, which releases the aggregate.
+    state.batcher.submit(order_id, value, on_outcome)?;
     match timeout_at(deadline, outcome).await {
         Ok(Ok(Ok(receipt))) => Ok(respond(state, &receipt, false)),
         Ok(Ok(Err(error))) => Err(error.into()),
@@ -260,39 +252,74 @@ async fn execute(
     }
 }
 
-/// Waits for the batcher's answer, then updates the write model and the idempotency index and
-/// releases the aggregate.
-async fn settle(
+/// A queued command's aftermath, run by the producer worker that learned its record's fate:
+/// apply the event to the write model, remember the idempotency receipt, release the aggregate,
+/// tell the waiting request. On the worker's thread because it is quick and saves a task and a
+/// wake-up per command.
+struct Settlement(Option<Aftermath>);
+
+struct Aftermath {
     model: Arc<WriteModel<OrderState>>,
-    mut slot: LockedSlot<OrderState>,
+    slot: LockedSlot<OrderState>,
     claim: Option<Claim>,
     event: OrderEvent,
     kind: CommandKind,
-    answer: oneshot::Receiver<CommitResult>,
     settled: oneshot::Sender<Result<Receipt, CommitError>>,
-) {
-    let result = answer
-        .await
-        .unwrap_or_else(|_| Err(CommitError::InDoubt("the producer stopped".into())));
-    let outcome = match result {
-        Ok(position) => {
-            if !slot.apply(&event) {
-                tracing::error!(order = %event.envelope.aggregate_id, "a committed event did not apply to the write model");
-            }
-            let receipt = receipt_of(&event, kind, position);
-            if let Some(claim) = claim {
-                claim.committed(receipt.clone(), now_ms());
-            }
-            Ok(receipt)
+}
+
+impl Settlement {
+    fn settle(mut self, result: CommitResult) {
+        if let Some(aftermath) = self.0.take() {
+            aftermath.settle(result);
         }
-        Err(error) => {
-            model.forget_if_empty(&event.envelope.aggregate_id, &slot);
-            drop(claim);
-            Err(error)
+    }
+}
+
+impl Drop for Settlement {
+    /// Dropped unsettled: the record was never queued, or the worker holding it died. Either
+    /// way nothing will answer for it, so it is released as not committed (an empty aggregate is
+    /// forgotten, the idempotency key is freed).
+    fn drop(&mut self) {
+        if let Some(aftermath) = self.0.take() {
+            aftermath.settle(Err(CommitError::InDoubt(
+                "the producer stopped before answering".into(),
+            )));
         }
-    };
-    drop(slot);
-    let _ = settled.send(outcome);
+    }
+}
+
+impl Aftermath {
+    fn settle(self, result: CommitResult) {
+        let Self {
+            model,
+            mut slot,
+            claim,
+            event,
+            kind,
+            settled,
+        } = self;
+        let outcome = match result {
+            Ok(position) => {
+                if !slot.apply(&event) {
+                    tracing::error!(order = %event.envelope.aggregate_id, "a committed event did not apply to the write model");
+                }
+                let receipt = receipt_of(&event, kind, position);
+                if let Some(claim) = claim {
+                    claim.committed(receipt.clone(), now_ms());
+                }
+                Ok(receipt)
+            }
+            Err(error) => {
+                model.forget_if_empty(&event.envelope.aggregate_id, &slot);
+                // Dropping the claim lets a retry with the same key try again.
+                drop(claim);
+                Err(error)
+            }
+        };
+        drop(slot);
+        // A request that stopped waiting (client gone, timed out) is not our failure.
+        let _ = settled.send(outcome);
+    }
 }
 
 pub fn receipt_of(event: &OrderEvent, kind: CommandKind, position: Position) -> Receipt {

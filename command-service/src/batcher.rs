@@ -1,6 +1,6 @@
 //! Group commit: a bounded in-memory queue in front of a pool of transactional Kafka producers.
 //!
-//! Request handlers [`Batcher::submit`] an encoded record and await its answer. Each worker
+//! Request handlers [`Batcher::submit`] an encoded record with what to do once its fate is known. Each worker
 //! thread owns one long-lived transactional producer (`transactional.id` = `<instance>-<index>`,
 //! stable across restarts so a restarted instance fences its own zombies). A worker takes what is
 //! queued, up to `max_batch` records or `linger` after the first one, sends the batch inside one
@@ -36,7 +36,6 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use shared_events::Position;
-use tokio::sync::oneshot;
 
 use crate::metrics::{BatchMetrics, OutcomeLabel};
 
@@ -100,12 +99,16 @@ pub enum StartError {
 /// The answer a waiting request receives.
 pub type CommitResult = Result<Position, CommitError>;
 
+/// What a submitter has done with its record's outcome. It runs on the worker thread that
+/// learned the outcome, so it must be quick and must not block.
+pub type OnOutcome = Box<dyn FnOnce(CommitResult) + Send>;
+
 /// One record waiting for its transaction.
 struct Pending {
     queued_at: Instant,
     key: String,
     value: Vec<u8>,
-    reply: oneshot::Sender<CommitResult>,
+    on_outcome: OnOutcome,
 }
 
 /// The queue and its workers. Share it behind an `Arc`.
@@ -162,23 +165,25 @@ impl Batcher {
         })
     }
 
-    /// Queues a record; the receiver yields once its transaction committed or failed.
+    /// Queues a record. `on_outcome` is called once its transaction committed or failed, on
+    /// the worker's thread; if the record is not queued (the error), or a worker dies with it,
+    /// `on_outcome` is dropped without being called.
     pub fn submit(
         &self,
         key: String,
         value: Vec<u8>,
-    ) -> Result<oneshot::Receiver<CommitResult>, SubmitError> {
+        on_outcome: OnOutcome,
+    ) -> Result<(), SubmitError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(SubmitError::Closed);
         }
-        let (reply, answer) = oneshot::channel();
         match self.queue.try_send(Pending {
             queued_at: Instant::now(),
             key,
             value,
-            reply,
+            on_outcome,
         }) {
-            Ok(()) => Ok(answer),
+            Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(SubmitError::Full),
             Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
         }
@@ -426,8 +431,7 @@ impl Worker {
             }
         };
         for (pending, answer) in batch.into_iter().zip(answers) {
-            // A receiver that went away (client timed out) is not our failure.
-            let _ = pending.reply.send(answer);
+            (pending.on_outcome)(answer);
         }
     }
 
