@@ -1,6 +1,7 @@
-//! The command service's configuration: one typed struct from flags and environment, validated
-//! at start and logged.
+//! The command service's configuration: one typed struct from flags, environment and an optional
+//! file (in that order of precedence, see `service_config`), validated at start and logged.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -11,6 +12,10 @@ use crate::batcher::BatcherConfig;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "command-service", version)]
 pub struct Config {
+    /// A TOML file of settings, named as the flags are (`max_batch = 1024`); flags and
+    /// environment variables override it.
+    #[arg(long, env = "COMMAND_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address the HTTP API listens on (port 0 picks a free port).
     #[arg(long, env = "COMMAND_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,

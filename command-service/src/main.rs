@@ -1,4 +1,3 @@
-use clap::Parser;
 use command_service::{Application, Config};
 use tracing_subscriber::EnvFilter;
 
@@ -14,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let config = Config::parse();
+    let config: Config = service_config::parse().unwrap_or_else(|e| e.exit());
     let app = Application::build(config).await?;
     tracing::info!(port = app.port(), "command service listening");
     app.run_until_stopped().await?;

@@ -1,5 +1,5 @@
-//! The query replica's configuration: one typed struct from flags and environment, validated at
-//! start and logged.
+//! The query replica's configuration: one typed struct from flags, environment and an optional
+//! file (in that order of precedence, see `service_config`), validated at start and logged.
 
 use std::path::PathBuf;
 
@@ -9,6 +9,10 @@ use clap::Parser;
 #[derive(Clone, Parser)]
 #[command(name = "query-service", version)]
 pub struct Config {
+    /// A TOML file of settings, named as the flags are (`max_batch = 1024`); flags and
+    /// environment variables override it.
+    #[arg(long, env = "QUERY_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address the HTTP API listens on (port 0 picks a free port).
     #[arg(long, env = "QUERY_LISTEN", default_value = "127.0.0.1:8091")]
     pub listen: String,
@@ -72,6 +76,7 @@ pub struct Config {
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
+            .field("config", &self.config)
             .field("listen", &self.listen)
             .field("kafka_bootstrap", &self.kafka_bootstrap)
             .field("registry_url", &self.registry_url)

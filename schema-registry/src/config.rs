@@ -1,6 +1,8 @@
-//! Startup configuration, parsed from flags / environment or built in code.
+//! Startup configuration, parsed from flags, environment and an optional file (in that order of
+//! precedence, see `service_config`) or built in code.
 
 use std::net::ToSocketAddrs;
+use std::path::PathBuf;
 
 use clap::Parser;
 
@@ -18,6 +20,11 @@ use crate::error::RegistryError;
     about = "Confluent-compatible Avro schema registry persisted in a compacted Kafka topic"
 )]
 pub struct Config {
+    /// A TOML file of settings, named as the flags are (`kafka_timeout_ms = 5000`); flags and
+    /// environment variables override it.
+    #[arg(long, env = "REGISTRY_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Address the HTTP API binds to (`host:port`, port 0 picks a free port).
     #[arg(long, env = "REGISTRY_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: String,
@@ -49,6 +56,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            config: None,
             listen: "127.0.0.1:8081".to_owned(),
             kafka_bootstrap: "127.0.0.1:9092".to_owned(),
             topic: "_schemas".to_owned(),
@@ -159,6 +167,7 @@ mod tests {
         assert_eq!(
             parsed,
             Ok(Config {
+                config: None,
                 listen: "127.0.0.1:0".into(),
                 kafka_bootstrap: "k:1".into(),
                 topic: "t".into(),

@@ -1,7 +1,6 @@
-//! `schema-registry` binary: configuration from flags / environment,
+//! `schema-registry` binary: configuration from flags, environment and an optional file,
 //! graceful shutdown on Ctrl-C or SIGTERM.
 
-use clap::Parser;
 use schema_registry::{Application, Config};
 use tracing_subscriber::EnvFilter;
 
@@ -13,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
-    let config = Config::parse();
+    let config: Config = service_config::parse().unwrap_or_else(|e| e.exit());
     let app = Application::build(config).await?;
     tracing::info!("schema registry listening on http://{}", app.local_addr());
 

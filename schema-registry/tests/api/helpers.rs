@@ -31,6 +31,7 @@ pub(crate) fn config_for(topic: &str) -> Config {
         topic: topic.to_owned(),
         replication_factor: 1,
         kafka_timeout_ms: 10_000,
+        ..Config::default()
     }
 }
 

@@ -1,0 +1,231 @@
+//! A service's configuration from flags, environment variables and an optional TOML file, in
+//! that order of precedence, into the service's own typed `clap` struct.
+//!
+//! The file is named by the struct's `config` argument (`--config FILE`, or its environment
+//! variable). Its keys are the settings' names, as fields (`max_batch = 1024`) or as flags
+//! (`max-batch = 1024`). Each value becomes the default of the flag it names, so a flag or an
+//! environment variable still overrides it, and every value goes through the same parsing as a
+//! flag. A key that names no setting is an error: a typo in a file must not pass silently.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use clap::{Command, Parser};
+
+/// The id of the argument that names the file: a field `config: Option<PathBuf>`.
+pub const CONFIG_ARG: &str = "config";
+
+/// Why no configuration could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag, environment variable or file value that does not parse; also `--help` and
+    /// `--version`, which [`clap::Error::exit`] prints.
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    #[error("cannot read the configuration file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the configuration file {} is not valid TOML: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+    #[error("the configuration file {} sets `{key}`, which is not a setting (settings: {known})", path.display())]
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        known: String,
+    },
+    #[error("the configuration file {} sets `{key}` to {kind}; a setting is one value", path.display())]
+    NotAValue {
+        path: PathBuf,
+        key: String,
+        kind: &'static str,
+    },
+}
+
+impl ConfigError {
+    /// Prints the error (or the help or version asked for) and exits, as clap does.
+    pub fn exit(self) -> ! {
+        match self {
+            Self::Args(error) => error.exit(),
+            other => {
+                eprintln!("error: {other}");
+                std::process::exit(2)
+            }
+        }
+    }
+}
+
+/// The configuration from this process's arguments, environment and file.
+pub fn parse<C: Parser>() -> Result<C, ConfigError> {
+    parse_from(std::env::args_os())
+}
+
+/// The configuration from `args` (the first is the program name), the environment and the file.
+pub fn parse_from<C, I, T>(args: I) -> Result<C, ConfigError>
+where
+    C: Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let mut command = C::command();
+    // A first, lenient pass only to learn where the file is; the real pass judges everything.
+    let path = C::command()
+        .ignore_errors(true)
+        .try_get_matches_from(&args)
+        .ok()
+        .and_then(|m| m.try_get_one::<PathBuf>(CONFIG_ARG).ok().flatten().cloned());
+    if let Some(path) = path {
+        command = with_file_defaults(command, &path)?;
+    }
+    let matches = command.try_get_matches_from(&args)?;
+    Ok(C::from_arg_matches(&matches)?)
+}
+
+/// `command` with each setting in the file as its default.
+fn with_file_defaults(mut command: Command, path: &Path) -> Result<Command, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })?;
+    let settings: Vec<String> = command
+        .get_arguments()
+        .map(|arg| arg.get_id().as_str().to_owned())
+        .filter(|id| !matches!(id.as_str(), CONFIG_ARG | "help" | "version"))
+        .collect();
+    for (key, value) in table {
+        let id = key.replace('-', "_");
+        if !settings.contains(&id) {
+            return Err(ConfigError::UnknownKey {
+                path: path.to_owned(),
+                key,
+                known: settings.join(", "),
+            });
+        }
+        let not_a_value = |kind| ConfigError::NotAValue {
+            path: path.to_owned(),
+            key: key.clone(),
+            kind,
+        };
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Float(x) => x.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Datetime(d) => d.to_string(),
+            toml::Value::Array(_) => return Err(not_a_value("an array")),
+            toml::Value::Table(_) => return Err(not_a_value("a table")),
+        };
+        command = command.mut_arg(id, |arg| arg.default_value(text));
+    }
+    Ok(command)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::io::Write;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    #[command(name = "svc")]
+    struct Settings {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        max_batch: usize,
+        #[arg(long, default_value = "built-in")]
+        name: String,
+        #[arg(long)]
+        replica: Option<String>,
+        /// Cargo sets this variable for every test run, which spares the test `set_var`.
+        #[arg(long, env = "CARGO_PKG_NAME", default_value = "built-in")]
+        package: String,
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+
+    fn with_file(text: &str, flags: &[&str]) -> Result<Settings, ConfigError> {
+        let file = file(text);
+        let path = file.path().to_str().unwrap();
+        let mut args = vec!["svc", "--config", path];
+        args.extend(flags);
+        parse_from(args)
+    }
+
+    #[test]
+    fn without_a_file_the_defaults_and_flags_count() {
+        let s: Settings = parse_from(["svc", "--name", "flag"]).unwrap();
+        assert_eq!((s.max_batch, s.name.as_str(), s.replica), (1, "flag", None));
+    }
+
+    #[test]
+    fn the_file_sets_what_no_flag_sets() {
+        let s = with_file("max_batch = 7\nname = \"file\"\nreplica = \"r-1\"\n", &[]).unwrap();
+        assert_eq!(s.max_batch, 7);
+        assert_eq!(s.name, "file");
+        assert_eq!(s.replica.as_deref(), Some("r-1"));
+        // Flag spelling works as well as field spelling.
+        assert_eq!(with_file("max-batch = 9", &[]).unwrap().max_batch, 9);
+    }
+
+    #[test]
+    fn a_flag_beats_the_file() {
+        let s = with_file("max_batch = 7\nname = \"file\"", &["--max-batch", "8"]).unwrap();
+        assert_eq!((s.max_batch, s.name.as_str()), (8, "file"));
+    }
+
+    #[test]
+    fn the_environment_beats_the_file_and_a_flag_beats_the_environment() {
+        let s = with_file("package = \"file\"", &[]).unwrap();
+        assert_eq!(s.package, env!("CARGO_PKG_NAME"));
+        let s = with_file("package = \"file\"", &["--package", "flag"]).unwrap();
+        assert_eq!(s.package, "flag");
+    }
+
+    #[test]
+    fn a_file_value_is_parsed_like_a_flag() {
+        let error = with_file("max_batch = \"lots\"", &[]).unwrap_err();
+        assert!(matches!(error, ConfigError::Args(_)), "{error:?}");
+        assert!(error.to_string().contains("lots"), "{error}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_files_are_errors() {
+        let error = with_file("max_bacth = 7", &[]).unwrap_err();
+        let ConfigError::UnknownKey { key, known, .. } = &error else {
+            panic!("{error:?}");
+        };
+        assert_eq!(key, "max_bacth");
+        assert_eq!(known, "max_batch, name, replica, package");
+        assert!(matches!(
+            with_file("max_batch = [1]", &[]),
+            Err(ConfigError::NotAValue {
+                kind: "an array",
+                ..
+            })
+        ));
+        assert!(matches!(
+            with_file("max_batch = ", &[]),
+            Err(ConfigError::Syntax { .. })
+        ));
+        assert!(matches!(
+            parse_from::<Settings, _, _>(["svc", "--config", "/nonexistent/svc.toml"]),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}
