@@ -137,9 +137,9 @@ impl Checker {
     ) -> Option<i64> {
         match object.get(name) {
             None | Some(Value::Null) => self.fail(path, "is required"),
-            Some(Value::Number(n)) => match n.as_i64() {
-                Some(v) if (min..=max).contains(&v) => Some(v),
-                _ => self.fail(path, format!("must be an integer from {min} to {max}")),
+            Some(Value::Number(n)) => match n.as_i64().and_then(|v| in_range(v, min, max)) {
+                Some(v) => Some(v),
+                None => self.fail(path, format!("must be an integer from {min} to {max}")),
             },
             Some(_) => self.fail(path, "must be an integer"),
         }
