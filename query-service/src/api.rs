@@ -147,11 +147,12 @@ async fn get_order(
             }
             // A point read from RocksDB's memtable or block cache takes microseconds: cheaper
             // inline than a hop to the blocking pool and back.
-            let found = OrdersProjection::read(&state.store, &id)?;
+            let found = OrdersProjection::read_json(&state.store, &id)?;
             match found {
                 Some(view) => Ok(HttpResponse::Ok()
                     .insert_header(("Served-By", state.replica_id.as_str()))
-                    .json(view)),
+                    .content_type(header::ContentType::json())
+                    .body(view)),
                 None if state.table.serves(partition) => Err(QueryError::UnknownOrder {
                     id,
                     served_by: state.replica_id.clone(),

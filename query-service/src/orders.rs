@@ -222,6 +222,15 @@ impl OrdersProjection {
         }
     }
 
+    /// The order's view as the JSON document `GET /orders/{id}` answers with. The projection
+    /// stores each view as exactly that document (`serde_json` of [`OrderView`]), so a read
+    /// hands the stored bytes out as they are, without parsing and printing them again. A change
+    /// to the shape of [`OrderView`] must therefore bump [`Projection::VERSION`], which rebuilds
+    /// every stored view.
+    pub fn read_json(store: &Store, order_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        store.view(order_id)
+    }
+
     pub fn read(store: &Store, order_id: &str) -> Result<Option<OrderView>, StoreError> {
         Ok(store
             .view(order_id)?
