@@ -161,7 +161,7 @@ async fn execute(
     if let Some(id) = &target {
         Identifier::parse(id).map_err(|reason| ApiError::BadId(id.clone(), reason))?;
     }
-    let body = read_json_body(request, payload, state.max_body_bytes).await?;
+    let body = read_json_body(request, payload, state.max_body_bytes, deadline).await?;
     let command = match kind {
         CommandKind::Place => OrderCommand::Place(PlaceOrder::parse(&body)?),
         CommandKind::Pay => OrderCommand::Pay(PayOrder::parse(&body)?),
@@ -174,7 +174,7 @@ async fn execute(
     let claim = match &key {
         None => None,
         Some(key) => {
-            let fingerprint = Fingerprint::of_request(kind, target.as_deref(), &body);
+            let fingerprint = Fingerprint::new(kind, target.as_deref(), &command.requested());
             match timeout_at(deadline, state.idempotency.begin(key, fingerprint)).await {
                 Err(_) => {
                     return Err(ApiError::Busy(
@@ -322,6 +322,12 @@ impl Aftermath {
     }
 }
 
+/// The fingerprint of the request that wrote `event`, as the command handler computed it from the request.
+pub fn fingerprint_of(event: &OrderEvent, kind: CommandKind) -> Fingerprint {
+    let target = (kind != CommandKind::Place).then_some(event.envelope.aggregate_id.as_str());
+    Fingerprint::new(kind, target, &event.payload)
+}
+
 pub fn receipt_of(event: &OrderEvent, kind: CommandKind, position: Position) -> Receipt {
     Receipt {
         kind,
@@ -406,11 +412,13 @@ fn if_match(request: &HttpRequest) -> Result<Option<i64>, ApiError> {
     }
 }
 
-/// Reads a JSON body of at most `limit` bytes.
+/// Reads a JSON body of at most `limit` bytes, arriving by `deadline`: a body that trickles in
+/// (or stops) must not hold a connection, and its file descriptor, for ever.
 async fn read_json_body(
     request: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
+    deadline: Instant,
 ) -> Result<web::BytesMut, ApiError> {
     let is_json = request
         .headers()
@@ -433,7 +441,11 @@ async fn read_json_body(
         return Err(ApiError::TooLarge { limit });
     }
     let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
+    // Answering before the body is complete makes actix close the connection.
+    while let Some(chunk) = timeout_at(deadline, payload.next())
+        .await
+        .map_err(|_| ApiError::BodyTimeout)?
+    {
         let chunk =
             chunk.map_err(|e| ApiError::Malformed(format!("could not read the body: {e}")))?;
         if body.len() + chunk.len() > limit {

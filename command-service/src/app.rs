@@ -9,7 +9,7 @@ use actix_web::{App, HttpServer, web};
 use shared_events::EventCodec;
 use shared_events::orders::OrderEvent;
 
-use crate::api::{self, AppState, now_ms, receipt_of};
+use crate::api::{self, AppState, fingerprint_of, now_ms, receipt_of};
 use crate::batcher::{Batcher, StartError};
 use crate::config::{Config, ConfigError};
 use crate::idempotency::{CommandKind, IdempotencyIndex};
@@ -111,8 +111,13 @@ impl Application {
                     event.envelope.idempotency_key.as_deref(),
                     CommandKind::of_payload(event.payload.name()),
                 ) {
-                    let receipt = receipt_of(&event, kind, position);
-                    idempotency.remember(key, receipt, event.envelope.occurred_at_ms, now);
+                    idempotency.remember(
+                        key,
+                        fingerprint_of(&event, kind),
+                        receipt_of(&event, kind, position),
+                        event.envelope.occurred_at_ms,
+                        now,
+                    );
                 }
             },
         )

@@ -63,7 +63,8 @@ pub struct Config {
     /// Bound on each schema registry call, in milliseconds.
     #[arg(long, env = "COMMAND_REGISTRY_TIMEOUT_MS", default_value_t = 5_000)]
     pub registry_timeout_ms: u64,
-    /// Longest a request waits for its commit before answering 503, in milliseconds.
+    /// Longest a request takes, body included, before it is answered 503 (no commit in time) or
+    /// 408 (body not received in time), in milliseconds.
     #[arg(long, env = "COMMAND_REQUEST_TIMEOUT_MS", default_value_t = 25_000)]
     pub request_timeout_ms: u64,
     /// Largest accepted request body, in bytes.

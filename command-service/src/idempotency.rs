@@ -51,39 +51,28 @@ pub struct Receipt {
     pub position: Position,
 }
 
-/// What identifies "the same request" for a key.
+/// What identifies "the same request" for a key: the command, the order it names, and a hash of
+/// what it asks for (the payload of the event it writes). Computed from the request, and again
+/// from the event in the log after a restart, so both agree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint {
     kind: CommandKind,
     /// The aggregate named in the path (None for commands that create one).
     target: Option<String>,
-    /// Hash of the body; None when rebuilt from the log, which does not keep bodies.
-    body: Option<u64>,
+    content: u64,
 }
 
 impl Fingerprint {
-    pub fn of_request(kind: CommandKind, target: Option<&str>, body: &[u8]) -> Self {
+    pub fn new(kind: CommandKind, target: Option<&str>, content: &impl Hash) -> Self {
+        // SipHash with fixed keys: the same in every run of the same build, and the value is
+        // never stored, only recomputed.
         let mut hasher = DefaultHasher::new();
-        body.hash(&mut hasher);
+        content.hash(&mut hasher);
         Self {
             kind,
             target: target.map(str::to_owned),
-            body: Some(hasher.finish()),
+            content: hasher.finish(),
         }
-    }
-
-    fn of_receipt(receipt: &Receipt) -> Self {
-        Self {
-            kind: receipt.kind,
-            target: (receipt.kind != CommandKind::Place).then(|| receipt.aggregate_id.clone()),
-            body: None,
-        }
-    }
-
-    fn matches(&self, other: &Self) -> bool {
-        self.kind == other.kind
-            && self.target == other.target
-            && (self.body.is_none() || other.body.is_none() || self.body == other.body)
     }
 }
 
@@ -166,6 +155,7 @@ impl IdempotencyIndex {
                         return Begin::First(Claim {
                             index: Arc::clone(self),
                             key: key.to_owned(),
+                            fingerprint,
                             sender: Some(sender),
                         });
                     }
@@ -174,7 +164,7 @@ impl IdempotencyIndex {
                             fingerprint: first,
                             receipt,
                         } => {
-                            return if first.matches(&fingerprint) {
+                            return if *first == fingerprint {
                                 Begin::Replay(receipt.clone())
                             } else {
                                 Begin::Mismatch
@@ -184,7 +174,7 @@ impl IdempotencyIndex {
                             fingerprint: first,
                             outcome,
                         } => {
-                            if !first.matches(&fingerprint) {
+                            if *first != fingerprint {
                                 return Begin::Mismatch;
                             }
                             outcome.clone()
@@ -204,12 +194,18 @@ impl IdempotencyIndex {
     }
 
     /// Records a receipt found in the log (start-up replay), if it is within the retention window.
-    pub fn remember(&self, key: &str, receipt: Receipt, committed_at_ms: i64, now_ms: i64) {
+    pub fn remember(
+        &self,
+        key: &str,
+        fingerprint: Fingerprint,
+        receipt: Receipt,
+        committed_at_ms: i64,
+        now_ms: i64,
+    ) {
         if now_ms.saturating_sub(committed_at_ms) > self.retention_ms() {
             return;
         }
         let mut inner = self.inner();
-        let fingerprint = Fingerprint::of_receipt(&receipt);
         inner.slots.insert(
             key.to_owned(),
             Slot::Done {
@@ -225,14 +221,10 @@ impl IdempotencyIndex {
         i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX)
     }
 
-    fn settle(&self, key: &str, receipt: Option<Receipt>, now_ms: i64) {
+    fn settle(&self, key: &str, committed: Option<(Fingerprint, Receipt)>, now_ms: i64) {
         let mut inner = self.inner();
-        match receipt {
-            Some(receipt) => {
-                let fingerprint = match inner.slots.remove(key) {
-                    Some(Slot::InFlight { fingerprint, .. }) => fingerprint,
-                    _ => Fingerprint::of_receipt(&receipt),
-                };
+        match committed {
+            Some((fingerprint, receipt)) => {
                 inner.slots.insert(
                     key.to_owned(),
                     Slot::Done {
@@ -296,12 +288,14 @@ impl IdempotencyIndex {
 pub struct Claim {
     index: Arc<IdempotencyIndex>,
     key: String,
+    fingerprint: Fingerprint,
     sender: Option<watch::Sender<Outcome>>,
 }
 
 impl Claim {
     pub fn committed(mut self, receipt: Receipt, now_ms: i64) {
-        self.index.settle(&self.key, Some(receipt.clone()), now_ms);
+        let committed = (self.fingerprint.clone(), receipt.clone());
+        self.index.settle(&self.key, Some(committed), now_ms);
         if let Some(sender) = self.sender.take() {
             sender.send_replace(Outcome::Committed(receipt));
         }
@@ -335,7 +329,7 @@ mod tests {
     }
 
     fn fingerprint(body: &[u8]) -> Fingerprint {
-        Fingerprint::of_request(CommandKind::Pay, Some("o-1"), body)
+        Fingerprint::new(CommandKind::Pay, Some("o-1"), &body)
     }
 
     #[tokio::test]
@@ -389,31 +383,27 @@ mod tests {
     async fn receipts_expire_and_are_bounded() {
         let index = IdempotencyIndex::new(Duration::from_millis(1_000), 2);
         let now = 10_000;
-        index.remember("old", receipt("o-1"), now - 5_000, now);
+        let pay = |id: &str, content: &str| Fingerprint::new(CommandKind::Pay, Some(id), &content);
+        index.remember("old", pay("o-1", "x"), receipt("o-1"), now - 5_000, now);
         assert!(index.is_empty(), "outside the window: not remembered");
-        index.remember("a", receipt("o-1"), now - 900, now);
-        index.remember("b", receipt("o-2"), now - 100, now);
-        index.remember("c", receipt("o-3"), now, now);
+        index.remember("a", pay("o-1", "x"), receipt("o-1"), now - 900, now);
+        index.remember("b", pay("o-2", "x"), receipt("o-2"), now - 100, now);
+        index.remember("c", pay("o-3", "x"), receipt("o-3"), now, now);
         assert_eq!((index.len(), index.evicted()), (2, 1));
         index.expire(now + 950);
         assert_eq!(index.len(), 1);
-        // Rebuilt from the log: the body is unknown, so only kind and target must match.
+        // Rebuilt from the log: the same command on the same order asking for the same thing
+        // replays; anything else is another request.
         assert!(matches!(
-            index
-                .begin(
-                    "c",
-                    Fingerprint::of_request(CommandKind::Pay, Some("o-3"), b"x")
-                )
-                .await,
+            index.begin("c", pay("o-3", "x")).await,
             Begin::Replay(_)
         ));
         assert!(matches!(
-            index
-                .begin(
-                    "c",
-                    Fingerprint::of_request(CommandKind::Pay, Some("o-9"), b"x")
-                )
-                .await,
+            index.begin("c", pay("o-9", "x")).await,
+            Begin::Mismatch
+        ));
+        assert!(matches!(
+            index.begin("c", pay("o-3", "y")).await,
             Begin::Mismatch
         ));
     }

@@ -58,6 +58,11 @@ impl Identifier {
         {
             return Err("may contain only letters, digits, '.', '_' and '-'".into());
         }
+        // They name an order or customer in URL paths, where `.` and `..` are dot-segments that
+        // clients and proxies resolve away.
+        if raw == "." || raw == ".." {
+            return Err("must not be `.` or `..`".into());
+        }
         Ok(Self(raw.to_owned()))
     }
 
@@ -476,6 +481,28 @@ pub enum OrderCommand {
     Cancel(CancelOrder),
 }
 
+impl OrderCommand {
+    /// The event payload this command asks for. [`decide`] yields exactly this when it accepts
+    /// the command, so the same value can be recomputed from the log: it is what makes two
+    /// requests "the same" for an `Idempotency-Key`, before and after a restart.
+    pub fn requested(&self) -> OrderPayload {
+        match self {
+            Self::Place(place) => place.payload(),
+            Self::Pay(pay) => OrderPayload::Paid {
+                amount_cents: pay.amount_cents,
+                payment_ref: pay.payment_ref.0.clone(),
+            },
+            Self::Ship(ship) => OrderPayload::Shipped {
+                carrier: ship.carrier.0.clone(),
+                tracking_number: ship.tracking_number.0.clone(),
+            },
+            Self::Cancel(cancel) => OrderPayload::Cancelled {
+                reason: cancel.reason.0.clone(),
+            },
+        }
+    }
+}
+
 /// Where an order is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OrderStatus {
@@ -516,14 +543,11 @@ pub fn decide(
     use OrderStatus::{Cancelled, Paid, Placed, Shipped};
     let status = state.map(|s| s.status);
     match (command, state) {
-        (OrderCommand::Place(place), None) => Ok(place.payload()),
+        (OrderCommand::Place(_), None) => Ok(command.requested()),
         (OrderCommand::Place(_), Some(_)) => Err(Rejection("the order already exists".into())),
         (_, None) => Err(Rejection("the order does not exist".into())),
         (OrderCommand::Pay(pay), Some(state)) => match status {
-            Some(Placed) if pay.amount_cents == state.total_cents => Ok(OrderPayload::Paid {
-                amount_cents: pay.amount_cents,
-                payment_ref: pay.payment_ref.0.clone(),
-            }),
+            Some(Placed) if pay.amount_cents == state.total_cents => Ok(command.requested()),
             Some(Placed) => Err(Rejection(format!(
                 "the payment of {} cents does not match the order total of {} cents",
                 pay.amount_cents, state.total_cents
@@ -533,24 +557,19 @@ pub fn decide(
                 state.status.as_str()
             ))),
         },
-        (OrderCommand::Ship(ship), Some(state)) => match status {
-            Some(Paid) => Ok(OrderPayload::Shipped {
-                carrier: ship.carrier.0.clone(),
-                tracking_number: ship.tracking_number.0.clone(),
-            }),
+        (OrderCommand::Ship(_), Some(state)) => match status {
+            Some(Paid) => Ok(command.requested()),
             _ => Err(Rejection(format!(
                 "only a paid order can be shipped; this one is {}",
                 state.status.as_str()
             ))),
         },
-        (OrderCommand::Cancel(cancel), Some(state)) => match status {
+        (OrderCommand::Cancel(_), Some(state)) => match status {
             Some(Shipped | Cancelled) => Err(Rejection(format!(
                 "a {} order cannot be cancelled",
                 state.status.as_str()
             ))),
-            _ => Ok(OrderPayload::Cancelled {
-                reason: cancel.reason.0.clone(),
-            }),
+            _ => Ok(command.requested()),
         },
     }
 }
@@ -829,7 +848,8 @@ mod tests {
     #[test]
     fn identifiers_are_checked() {
         assert!(Identifier::parse("o-1.a_B").is_ok());
-        for bad in ["", "a b", "ä", "a/b", &"x".repeat(65)] {
+        assert!(Identifier::parse("...").is_ok());
+        for bad in ["", "a b", "ä", "a/b", ".", "..", &"x".repeat(65)] {
             assert!(Identifier::parse(bad).is_err(), "{bad}");
         }
     }

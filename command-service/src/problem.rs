@@ -45,6 +45,8 @@ pub enum ApiError {
     Busy(&'static str),
     #[error("no such route")]
     NoRoute,
+    #[error("the request body did not arrive within the request timeout")]
+    BodyTimeout,
 }
 
 impl From<CommandError> for ApiError {
@@ -87,6 +89,7 @@ impl ApiError {
             Self::KeyReused => ("idempotency-key-reused", "Idempotency key reused"),
             Self::Busy(_) => ("busy", "Busy"),
             Self::NoRoute => ("not-found", "Not found"),
+            Self::BodyTimeout => ("request-timeout", "Body not received in time"),
         }
     }
 
@@ -131,6 +134,7 @@ impl ResponseError for ApiError {
         match self {
             Self::Malformed(_) | Self::BadId(..) | Self::BadHeader(_) => StatusCode::BAD_REQUEST,
             Self::UnknownOrder(_) | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,

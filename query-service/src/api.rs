@@ -88,8 +88,11 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Ids as the command service issues them: 1..=64 characters of `[A-Za-z0-9._-]`.
+/// The command service's identifier rule: what it accepts is what can be looked up.
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
+        && id != "."
+        && id != ".."
         && id.len() <= 64
         && id
             .bytes()
@@ -526,7 +529,7 @@ mod tests {
     #[test]
     fn ids_are_checked() {
         assert!(valid_id("0193a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b"));
-        for bad in ["", "a b", "a/b", "é", &"x".repeat(65)] {
+        for bad in ["", "a b", "a/b", "é", ".", "..", &"x".repeat(65)] {
             assert!(!valid_id(bad), "{bad}");
         }
     }

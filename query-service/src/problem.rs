@@ -8,7 +8,9 @@ use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    #[error("`{0}` is not a valid order id")]
+    #[error(
+        "`{0}` is not a valid id: 1 to 64 letters, digits, `.`, `_` or `-`, and not `.` or `..`"
+    )]
     BadId(String),
     #[error("order {id} does not exist")]
     UnknownOrder { id: String, served_by: String },

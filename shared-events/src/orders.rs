@@ -26,7 +26,7 @@ pub struct Envelope {
     pub correlation_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LineItem {
     pub sku: String,
     pub quantity: i32,
@@ -34,7 +34,7 @@ pub struct LineItem {
 }
 
 /// What happened to the order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum OrderPayload {
     Placed {
         customer_id: String,

@@ -344,6 +344,22 @@ async fn kill_9_under_load_loses_no_acknowledged_command() {
             );
         }
     }
+    // A key recovered from the log still tells its request from another one: reusing it for a
+    // different order is refused, as it was before the restart.
+    let reused = acknowledged.keys().next().unwrap();
+    let response = client
+        .post(format!("{address}/orders"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", reused)
+        .body(order_body("c-someone-else"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        422,
+        "a recovered key reused for another order"
+    );
     let codec =
         EventCodec::<OrderEvent>::new(&env("SCHEMA_REGISTRY_URL"), &topic, Duration::from_secs(5))
             .unwrap();

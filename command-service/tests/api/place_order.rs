@@ -174,3 +174,36 @@ async fn liveness_answers() {
     assert_eq!(response.status(), 200);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_408_and_its_connection_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = spawn_app().await;
+    let mut stream = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"customer_id\":",
+        )
+        .await
+        .unwrap();
+    // Ends when the service closes the connection: the request timeout (15 s) bounds the wait.
+    let mut response = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(40), stream.read_to_end(&mut response)).await;
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "the stalled request was neither answered nor closed"
+    );
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("application/problem+json"), "{response}");
+    let topic = app.topic.clone();
+    let records = tokio::task::spawn_blocking(move || read_committed(&topic))
+        .await
+        .unwrap();
+    assert!(records.is_empty());
+}
