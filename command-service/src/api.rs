@@ -322,7 +322,8 @@ impl Aftermath {
     }
 }
 
-/// The fingerprint of the request that wrote `event`, as the command handler computed it from the request.
+/// The fingerprint of the request that wrote `event`, as the command handler computed it from
+/// the request.
 pub fn fingerprint_of(event: &OrderEvent, kind: CommandKind) -> Fingerprint {
     let target = (kind != CommandKind::Place).then_some(event.envelope.aggregate_id.as_str());
     Fingerprint::new(kind, target, &event.payload)

@@ -13,8 +13,8 @@ use shared_events::EventCodec;
 use shared_events::orders::OrderEvent;
 
 use crate::helpers::{
-    config, env, fresh_topic, order_body, place_with_key, read_committed, read_committed_from,
-    spawn_app_with,
+    config, env, fresh_topic, order_body, place_body_with_key, place_with_key, read_committed,
+    read_committed_from, spawn_app_with,
 };
 
 #[tokio::test]
@@ -347,12 +347,7 @@ async fn kill_9_under_load_loses_no_acknowledged_command() {
     // A key recovered from the log still tells its request from another one: reusing it for a
     // different order is refused, as it was before the restart.
     let reused = acknowledged.keys().next().unwrap();
-    let response = client
-        .post(format!("{address}/orders"))
-        .header("content-type", "application/json")
-        .header("idempotency-key", reused)
-        .body(order_body("c-someone-else"))
-        .send()
+    let response = place_body_with_key(&client, &address, reused, order_body("c-someone-else"))
         .await
         .unwrap();
     assert_eq!(

@@ -160,20 +160,29 @@ pub fn order_body(customer: &str) -> String {
     )
 }
 
+/// `POST /orders` with `body` under an `Idempotency-Key`.
+pub async fn place_body_with_key(
+    client: &reqwest::Client,
+    address: &str,
+    key: &str,
+    body: String,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(format!("{address}/orders"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(body)
+        .send()
+        .await
+}
+
 /// Places an order with an `Idempotency-Key`; the status and, on success, the order id.
 pub async fn place_with_key(
     client: &reqwest::Client,
     address: &str,
     key: &str,
 ) -> (u16, Option<String>) {
-    let response = client
-        .post(format!("{address}/orders"))
-        .header("content-type", "application/json")
-        .header("idempotency-key", key)
-        .body(order_body("c-load"))
-        .send()
-        .await;
-    match response {
+    match place_body_with_key(client, address, key, order_body("c-load")).await {
         Err(_) => (0, None),
         Ok(response) => {
             let status = response.status().as_u16();
