@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, guard, web};
 use futures::StreamExt;
 use shared_events::orders::OrderEvent;
 use shared_events::{ConsistencyToken, EventCodec, Position};
@@ -36,13 +36,43 @@ pub struct AppState {
     pub http: reqwest::Client,
 }
 
+/// Every route answers the methods it does not serve with `405` and an `Allow` header; a `GET`
+/// route serves `HEAD` too (actix sends the headers without the body).
 pub fn routes(config: &mut web::ServiceConfig) {
     config
-        .route("/orders", web::post().to(place_order))
-        .route("/orders/{id}/{command}", web::post().to(follow_up))
-        .route("/health/live", web::get().to(live))
-        .route("/health/ready", web::get().to(ready))
-        .route("/metrics", web::get().to(metrics));
+        .service(
+            web::resource("/orders")
+                .route(web::post().to(place_order))
+                .default_service(web::to(|| not_allowed("POST"))),
+        )
+        .service(
+            web::resource("/orders/{id}/{command}")
+                .route(web::post().to(follow_up))
+                .default_service(web::to(|| not_allowed("POST"))),
+        )
+        .service(readable("/health/live", live))
+        .service(readable("/health/ready", ready))
+        .service(readable("/metrics", metrics));
+}
+
+/// A resource answering `GET` and `HEAD` with `handler`.
+fn readable<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(
+            web::route()
+                .guard(guard::Any(guard::Get()).or(guard::Head()))
+                .to(handler),
+        )
+        .default_service(web::to(|| not_allowed("GET, HEAD")))
+}
+
+async fn not_allowed(allow: &'static str) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(allow))
 }
 
 async fn live() -> HttpResponse {
@@ -169,7 +199,7 @@ async fn execute(
         CommandKind::Cancel => OrderCommand::Cancel(CancelOrder::parse(&body)?),
     };
     let key = idempotency_key(request)?;
-    let expected_version = if_match(request)?;
+    let if_match = IfMatch::from_request(request)?;
 
     let claim = match &key {
         None => None,
@@ -203,12 +233,12 @@ async fn execute(
         // Known only from a first command that is still failing or failed.
         return Err(ApiError::UnknownOrder(order_id));
     }
-    if let Some(expected) = expected_version
-        && expected != slot.version
+    if let Some(precondition) = &if_match
+        && !precondition.holds(slot.state.is_some().then_some(slot.version))
     {
-        let current = slot.version;
+        let current = slot.state.is_some().then_some(slot.version);
         state.model.forget_if_empty(&order_id, &slot);
-        return Err(ApiError::VersionMismatch { expected, current });
+        return Err(ApiError::PreconditionFailed { current });
     }
     let payload = match decide(slot.state.as_ref(), &command) {
         Ok(payload) => payload,
@@ -394,22 +424,89 @@ fn idempotency_key(request: &HttpRequest) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// The `If-Match` header as an aggregate version: `"3"`, `W/"3"` or `3`.
-fn if_match(request: &HttpRequest) -> Result<Option<i64>, ApiError> {
-    let Some(value) = request.headers().get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let text = value.to_str().unwrap_or("").trim();
-    let text = text.strip_prefix("W/").unwrap_or(text);
-    let text = text
-        .strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .unwrap_or(text);
-    match text.parse::<i64>() {
-        Ok(version) if version >= 0 => Ok(Some(version)),
-        _ => Err(ApiError::BadHeader(
-            "If-Match must be an order version in quotes, e.g. \"3\"",
-        )),
+/// An `If-Match` precondition (RFC 9110 §13.1.1): `*`, or a list of entity tags compared
+/// strongly with the order's `ETag`, which is its version in quotes. Weak tags never match.
+#[derive(Debug, PartialEq, Eq)]
+enum IfMatch {
+    Any,
+    Tags(Vec<EntityTag>),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct EntityTag {
+    weak: bool,
+    opaque: String,
+}
+
+impl IfMatch {
+    /// Every `If-Match` line of the request, as one list; `None` without the header.
+    fn from_request(request: &HttpRequest) -> Result<Option<Self>, ApiError> {
+        const BAD: ApiError = ApiError::BadHeader(
+            "If-Match must be `*` or entity tags such as \"3\" (an order version in quotes)",
+        );
+        let mut lines = request.headers().get_all(header::IF_MATCH).peekable();
+        if lines.peek().is_none() {
+            return Ok(None);
+        }
+        let mut text = String::new();
+        for line in lines {
+            text.push_str(line.to_str().map_err(|_| BAD)?);
+            text.push(',');
+        }
+        Self::parse(&text).map(Some).ok_or(BAD)
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let elements = text
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .collect::<Vec<_>>();
+        if elements == ["*"] {
+            return Some(Self::Any);
+        }
+        // `etagc` excludes `"` but not `,`: rejoin what splitting on commas cut inside a tag.
+        let mut tags = Vec::new();
+        let mut rest = text.trim_start_matches([' ', '\t', ',']);
+        while !rest.is_empty() {
+            let (weak, quoted) = match rest.strip_prefix("W/") {
+                Some(after) => (true, after),
+                None => (false, rest),
+            };
+            let inner = quoted.strip_prefix('"')?;
+            let end = inner.find('"')?;
+            let opaque = &inner[..end];
+            if !opaque
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x7e).contains(&b))
+            {
+                return None;
+            }
+            tags.push(EntityTag {
+                weak,
+                opaque: opaque.to_owned(),
+            });
+            let after = inner[end + 1..].trim_start_matches([' ', '\t']);
+            if !(after.is_empty() || after.starts_with(',')) {
+                return None;
+            }
+            rest = after.trim_start_matches([' ', '\t', ',']);
+        }
+        (!tags.is_empty()).then_some(Self::Tags(tags))
+    }
+
+    /// Whether the precondition holds for an order at `version` (`None`: no such order yet).
+    fn holds(&self, version: Option<i64>) -> bool {
+        let Some(version) = version else {
+            return false;
+        };
+        match self {
+            Self::Any => true,
+            Self::Tags(tags) => {
+                let current = version.to_string();
+                tags.iter().any(|t| !t.weak && t.opaque == current)
+            }
+        }
     }
 }
 
@@ -432,6 +529,19 @@ async fn read_json_body(
         });
     if !is_json {
         return Err(ApiError::UnsupportedMediaType);
+    }
+    // A compressed body would otherwise reach the JSON parser and be called malformed.
+    for coding in request.headers().get_all(header::CONTENT_ENCODING) {
+        let text = coding.to_str().unwrap_or("?");
+        if !text
+            .split(',')
+            .map(str::trim)
+            .all(|c| c.is_empty() || c.eq_ignore_ascii_case("identity"))
+        {
+            return Err(ApiError::UnsupportedEncoding(
+                text.chars().take(64).collect(),
+            ));
+        }
     }
     let declared = request
         .headers()
@@ -477,4 +587,53 @@ pub fn now_ms() -> i64 {
 /// Answers 404 in the problem format for routes that do not exist.
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NoRoute)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::{EntityTag, IfMatch};
+
+    fn tag(weak: bool, opaque: &str) -> EntityTag {
+        EntityTag {
+            weak,
+            opaque: opaque.to_owned(),
+        }
+    }
+
+    #[test]
+    fn if_match_lists_parse_as_rfc_9110_writes_them() {
+        assert_eq!(IfMatch::parse(" * "), Some(IfMatch::Any));
+        assert_eq!(
+            IfMatch::parse(r#""1", W/"2","a,b" ,"#),
+            Some(IfMatch::Tags(vec![
+                tag(false, "1"),
+                tag(true, "2"),
+                tag(false, "a,b")
+            ]))
+        );
+        for bad in [
+            "",
+            "3",
+            r#""3"#,
+            r#"*, "3""#,
+            r#""3" "4""#,
+            "W/3",
+            "\"a b\"",
+        ] {
+            assert_eq!(IfMatch::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn if_match_compares_strongly_with_the_version() {
+        let list = IfMatch::parse(r#""2", W/"3""#).unwrap();
+        assert!(list.holds(Some(2)));
+        assert!(!list.holds(Some(3)), "weak tags never match");
+        assert!(!list.holds(None), "no order, nothing to match");
+        assert!(IfMatch::Any.holds(Some(1)));
+        assert!(!IfMatch::Any.holds(None));
+        assert!(!IfMatch::parse(r#""+2""#).unwrap().holds(Some(2)));
+    }
 }

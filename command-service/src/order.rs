@@ -161,8 +161,14 @@ impl Checker {
     }
 }
 
-/// Parses a JSON body into an object, or says why it is malformed.
+/// Parses a JSON body into an object, or says why it is malformed. A repeated key is
+/// malformed: `Value` would keep the last one silently, and readers disagree on which wins.
 fn object(body: &[u8]) -> Result<Map<String, Value>, CommandError> {
+    if let Err(e) = serde_json::from_slice::<UniqueKeys>(body) {
+        return Err(CommandError::Malformed(format!(
+            "the body is not valid JSON: {e}"
+        )));
+    }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(CommandError::Malformed(
@@ -171,6 +177,62 @@ fn object(body: &[u8]) -> Result<Map<String, Value>, CommandError> {
         Err(e) => Err(CommandError::Malformed(format!(
             "the body is not valid JSON: {e}"
         ))),
+    }
+}
+
+/// Any JSON document in which no object repeats a key.
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if seen.contains(&key) {
+                let shown = key.chars().take(64).collect::<String>();
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate key `{shown}`"
+                )));
+            }
+            map.next_value::<UniqueKeys>()?;
+            seen.insert(key);
+        }
+        Ok(self)
     }
 }
 
@@ -775,6 +837,24 @@ mod tests {
                 Err(CommandError::Malformed(_))
             ));
         }
+    }
+
+    #[test]
+    fn a_repeated_key_is_malformed_at_any_depth() {
+        let top = br#"{"customer_id":"a","customer_id":"b","currency":"EUR","items":[{"sku":"A","quantity":1,"unit_price_cents":5}]}"#;
+        let nested = br#"{"customer_id":"a","currency":"EUR","items":[{"sku":"A","quantity":1,"quantity":2,"unit_price_cents":5}]}"#;
+        let unknown = br#"{"customer_id":"a","currency":"EUR","items":[{"sku":"A","quantity":1,"unit_price_cents":5}],"x":1,"x":2}"#;
+        for body in [&top[..], nested, unknown] {
+            assert!(
+                matches!(PlaceOrder::parse(body), Err(CommandError::Malformed(m)) if m.contains("duplicate key")),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(matches!(
+            PayOrder::parse(br#"{"amount_cents":1,"amount_cents":1,"payment_ref":"p"}"#),
+            Err(CommandError::Malformed(_))
+        ));
     }
 
     #[test]

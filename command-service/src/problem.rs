@@ -37,14 +37,21 @@ pub enum ApiError {
     UnknownOrder(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("If-Match expected version {expected} but the order is at version {current}")]
-    VersionMismatch { expected: i64, current: i64 },
+    #[error("{}", match current {
+        Some(version) => format!("If-Match does not match the order's ETag \"{version}\""),
+        None => "If-Match needs an existing order".to_owned(),
+    })]
+    PreconditionFailed { current: Option<i64> },
     #[error("this Idempotency-Key was already used for a different request")]
     KeyReused,
     #[error("{0}; retry shortly")]
     Busy(&'static str),
     #[error("no such route")]
     NoRoute,
+    #[error("this route answers {0} only")]
+    MethodNotAllowed(&'static str),
+    #[error("Content-Encoding `{0}` is not supported: send the body uncompressed")]
+    UnsupportedEncoding(String),
     #[error("the request body did not arrive within the request timeout")]
     BodyTimeout,
 }
@@ -85,10 +92,14 @@ impl ApiError {
             Self::BadHeader(_) => ("invalid-header", "Invalid header"),
             Self::UnknownOrder(_) => ("order-not-found", "Order not found"),
             Self::Conflict(_) => ("rule-violated", "Command not allowed"),
-            Self::VersionMismatch { .. } => ("version-mismatch", "Version mismatch"),
+            Self::PreconditionFailed { .. } => ("version-mismatch", "Version mismatch"),
             Self::KeyReused => ("idempotency-key-reused", "Idempotency key reused"),
             Self::Busy(_) => ("busy", "Busy"),
             Self::NoRoute => ("not-found", "Not found"),
+            Self::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
+            Self::UnsupportedEncoding(_) => {
+                ("unsupported-encoding", "Unsupported content encoding")
+            }
             Self::BodyTimeout => ("request-timeout", "Body not received in time"),
         }
     }
@@ -136,11 +147,14 @@ impl ResponseError for ApiError {
             Self::UnknownOrder(_) | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
+            Self::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UnsupportedMediaType | Self::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Saturated => StatusCode::TOO_MANY_REQUESTS,
             Self::ShuttingDown
             | Self::Commit(_)
@@ -161,10 +175,21 @@ impl ResponseError for ApiError {
             _ => None,
         };
         let mut response = problem(status, kind, title, &self.to_string(), errors);
+        let headers = response.headers_mut();
         if let Some(seconds) = self.retry_after() {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        match self {
+            Self::MethodNotAllowed(allow) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            Self::UnsupportedEncoding(_) => {
+                headers.insert(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_static("identity"),
+                );
+            }
+            _ => {}
         }
         response
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, guard, web};
 use serde::{Deserialize, Serialize};
 use shared_events::ConsistencyToken;
 use shared_events::partitioner::partition_for_key;
@@ -35,21 +35,37 @@ pub struct AppState {
     pub admin_token: Option<String>,
 }
 
+/// Every route serves `GET` and `HEAD` (actix sends the headers without the body) and answers
+/// other methods with `405` and an `Allow` header.
 pub fn routes(config: &mut web::ServiceConfig) {
     config
-        .route("/orders/{id}", web::get().to(get_order))
-        .route(
-            "/customers/{customer_id}/orders",
-            web::get().to(customer_orders),
-        )
-        .route(
+        .service(readable("/orders/{id}", get_order))
+        .service(readable("/customers/{customer_id}/orders", customer_orders))
+        .service(readable(
             "/internal/customers/{customer_id}/orders",
-            web::get().to(customer_orders_here),
+            customer_orders_here,
+        ))
+        .service(readable("/admin/cluster", admin_cluster))
+        .service(readable("/health/live", live))
+        .service(readable("/health/ready", ready))
+        .service(readable("/metrics", metrics));
+}
+
+fn readable<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(
+            web::route()
+                .guard(guard::Any(guard::Get()).or(guard::Head()))
+                .to(handler),
         )
-        .route("/admin/cluster", web::get().to(admin_cluster))
-        .route("/health/live", web::get().to(live))
-        .route("/health/ready", web::get().to(ready))
-        .route("/metrics", web::get().to(metrics));
+        .default_service(web::to(|| async {
+            Err::<HttpResponse, _>(QueryError::MethodNotAllowed("GET, HEAD"))
+        }))
 }
 
 async fn live() -> HttpResponse {
@@ -453,6 +469,15 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme name is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
 fn authorize(request: &HttpRequest, state: &AppState) -> Result<(), QueryError> {
     let Some(expected) = &state.admin_token else {
         return Err(QueryError::AdminDisabled);
@@ -461,7 +486,7 @@ fn authorize(request: &HttpRequest, state: &AppState) -> Result<(), QueryError> 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     match presented {
         Some(token) if same_secret(token.as_bytes(), expected.as_bytes()) => Ok(()),
         _ => Err(QueryError::Unauthorized),

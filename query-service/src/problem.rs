@@ -33,6 +33,8 @@ pub enum QueryError {
     Store(#[from] StoreError),
     #[error("no such route")]
     NoRoute,
+    #[error("this route answers {0} only")]
+    MethodNotAllowed(&'static str),
 }
 
 impl QueryError {
@@ -50,6 +52,7 @@ impl QueryError {
             Self::Unauthorized => ("unauthorized", "Unauthorized"),
             Self::Store(_) => ("store-failure", "Store failure"),
             Self::NoRoute => ("not-found", "Not found"),
+            Self::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
         }
     }
 }
@@ -62,6 +65,7 @@ impl ResponseError for QueryError {
             Self::Unavailable(_) | Self::ConsistencyTimeout { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::AdminDisabled => StatusCode::FORBIDDEN,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -87,6 +91,9 @@ impl ResponseError for QueryError {
         match self {
             Self::Unavailable(_) | Self::ConsistencyTimeout { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+            }
+            Self::MethodNotAllowed(allow) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -177,12 +177,49 @@ async fn if_match_guards_the_version() {
         412,
         "stale version"
     );
+    // RFC 9110: If-Match compares strongly, so a weak tag never matches.
+    for stale in ["W/\"2\"", "\"+2\"", "\"02\"", "\"1\", \"3\""] {
+        assert_eq!(
+            command(&app, &id, "shipment", SHIP, &[("if-match", stale)])
+                .await
+                .status(),
+            412,
+            "{stale}"
+        );
+    }
     assert_eq!(
-        command(&app, &id, "shipment", SHIP, &[("if-match", "W/\"2\"")])
+        command(&app, &id, "shipment", SHIP, &[("if-match", "\"1\", \"2\"")])
             .await
             .status(),
-        200
+        200,
+        "any tag of a list may match"
     );
+    for bad in ["*, \"3\"", "3", "\"3"] {
+        assert_eq!(
+            command(&app, &id, "cancellation", CANCEL, &[("if-match", bad)])
+                .await
+                .status(),
+            400,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        command(&app, &id, "cancellation", CANCEL, &[("if-match", "*")])
+            .await
+            .status(),
+        409,
+        "`*` matches an existing order, whose rules then refuse to cancel a shipped order"
+    );
+    let placed = app
+        .client
+        .post(format!("{}/orders", app.address))
+        .header("content-type", "application/json")
+        .header("if-match", "*")
+        .body(order_body("c-if-match"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 412, "a new order has no version to match");
     app.stop().await;
 }
 

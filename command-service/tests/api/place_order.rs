@@ -154,6 +154,46 @@ async fn bad_input_gets_a_problem_and_writes_nothing() {
         .unwrap();
     assert_problem(not_found, 404).await;
 
+    let duplicate_key = r#"{"customer_id":"c-1","customer_id":"c-2","currency":"EUR","items":[{"sku":"A","quantity":1,"unit_price_cents":5}]}"#;
+    let body = assert_problem(app.post_order(duplicate_key).await, 400).await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("duplicate key"),
+        "{body}"
+    );
+    let gzipped = app
+        .client
+        .post(format!("{}/orders", app.address))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(valid.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.headers()["accept-encoding"], "identity");
+    assert_problem(gzipped, 415).await;
+    for (method, path, allow) in [
+        (reqwest::Method::GET, "/orders", "POST"),
+        (reqwest::Method::PUT, "/orders/o-1/payment", "POST"),
+        (reqwest::Method::DELETE, "/health/live", "GET, HEAD"),
+    ] {
+        let response = app
+            .client
+            .request(method, format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["allow"], allow, "{path}");
+        assert_problem(response, 405).await;
+    }
+    let head = app
+        .client
+        .head(format!("{}/health/live", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert!(head.bytes().await.unwrap().is_empty());
+
     // One good order after all the bad ones: it is the only record in the topic.
     let response = app.post_order(&valid).await;
     assert_eq!(response.status(), 201);

@@ -234,6 +234,32 @@ async fn a_forwarded_query_for_a_partition_not_owned_is_a_503_not_a_loop() {
     );
     assert!(cluster["partitions"][0]["lag"].is_i64(), "{cluster}");
     assert_eq!(cluster["this_replica"]["membership"]["state"], "up");
+    // The scheme name is case-insensitive (RFC 9110 §11.1).
+    let lower = format!("bearer {ADMIN_TOKEN}");
+    let (status, _, _) = get(
+        &http,
+        &format!("{}/admin/cluster", a.address),
+        &[("authorization", &lower)],
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Other methods: 405 with `Allow`; HEAD is GET without the body.
+    let post = http
+        .post(format!("{}/orders/{key}", a.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
+    assert_eq!(post.headers()["allow"], "GET, HEAD");
+    assert_eq!(post.headers()["content-type"], "application/problem+json");
+    let head = http
+        .head(format!("{}/health/live", a.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert!(head.bytes().await.unwrap().is_empty());
     a.stop().await;
     b.stop().await;
     commands.stop().await;
