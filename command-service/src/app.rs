@@ -64,7 +64,8 @@ impl Application {
     /// starts the transactional producers and binds the listener.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         config.validate()?;
-        tracing::info!(?config, "starting command service");
+        let connections = config.connection_cap()?;
+        tracing::info!(?config, connections, "starting command service");
         let kafka_timeout = Duration::from_millis(config.kafka_timeout_ms);
         ensure_topic(
             &config.kafka_bootstrap,
@@ -165,6 +166,7 @@ impl Application {
                 .default_service(web::to(api::not_found))
         })
         .workers(config.http_workers)
+        .max_connections(connections.div_ceil(config.http_workers))
         // On SIGTERM, requests waiting for their commit get as long as they would anyway.
         .shutdown_timeout(config.request_timeout_ms.div_ceil(1000))
         .listen(listener)

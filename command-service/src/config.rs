@@ -73,6 +73,10 @@ pub struct Config {
     /// HTTP worker threads.
     #[arg(long, env = "COMMAND_HTTP_WORKERS", default_value_t = 2)]
     pub http_workers: usize,
+    /// Most client connections open at once; more wait in the listen backlog. Default: half the
+    /// open-file limit, so clients cannot take the descriptors Kafka and the registry need.
+    #[arg(long, env = "COMMAND_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// How long an `Idempotency-Key` is remembered, in seconds (also across restarts: keys are
     /// recovered from the log).
     #[arg(long, env = "COMMAND_IDEMPOTENCY_RETENTION_SECS", default_value_t = 24 * 3600)]
@@ -131,7 +135,14 @@ impl Config {
         if !self.registry_url.starts_with("http://") && !self.registry_url.starts_with("https://") {
             return fail("registry url must start with http:// or https://");
         }
+        self.connection_cap()?;
         Ok(())
+    }
+
+    /// [`Config::max_connections`], or its default for this process's open-file limit.
+    pub fn connection_cap(&self) -> Result<usize, ConfigError> {
+        service_config::connection_cap(self.max_connections, service_config::open_file_limit())
+            .map_err(ConfigError)
     }
 
     pub fn batcher(&self) -> BatcherConfig {

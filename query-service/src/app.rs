@@ -68,6 +68,7 @@ impl std::fmt::Debug for Application {
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         config.validate()?;
+        let connections = config.connection_cap()?;
         let listen_error = |source| StartupError::Listen {
             address: config.listen.clone(),
             source,
@@ -82,7 +83,7 @@ impl Application {
             .advertised_url
             .clone()
             .unwrap_or_else(|| format!("http://{address}"));
-        tracing::info!(?config, %replica_id, %advertised_url, "starting query replica");
+        tracing::info!(?config, connections, %replica_id, %advertised_url, "starting query replica");
 
         let path = config.data_dir.clone();
         let store =
@@ -185,6 +186,7 @@ impl Application {
                 .default_service(web::to(api::not_found))
         })
         .workers(config.http_workers)
+        .max_connections(connections.div_ceil(config.http_workers))
         // In-flight requests get this long to finish on SIGTERM; idle keep-alive connections
         // would otherwise hold the shutdown for actix's default 30 s.
         .shutdown_timeout(5)

@@ -53,6 +53,10 @@ pub struct Config {
     /// HTTP worker threads.
     #[arg(long, env = "QUERY_HTTP_WORKERS", default_value_t = 2)]
     pub http_workers: usize,
+    /// Most client connections open at once; more wait in the listen backlog. Default: half the
+    /// open-file limit, so clients cannot take the descriptors RocksDB and Kafka need.
+    #[arg(long, env = "QUERY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Base URL other replicas use to reach this one; defaults to `http://<listen address>`.
     #[arg(long, env = "QUERY_ADVERTISED_URL")]
     pub advertised_url: Option<String>,
@@ -94,6 +98,7 @@ impl std::fmt::Debug for Config {
             .field("topic_wait_ms", &self.topic_wait_ms)
             .field("registry_timeout_ms", &self.registry_timeout_ms)
             .field("http_workers", &self.http_workers)
+            .field("max_connections", &self.max_connections)
             .field("max_ready_lag", &self.max_ready_lag)
             .field("consistency_wait_ms", &self.consistency_wait_ms)
             .field("forward_timeout_ms", &self.forward_timeout_ms)
@@ -162,7 +167,14 @@ impl Config {
         if !self.registry_url.starts_with("http://") && !self.registry_url.starts_with("https://") {
             return fail("registry url must start with http:// or https://");
         }
+        self.connection_cap()?;
         Ok(())
+    }
+
+    /// [`Config::max_connections`], or its default for this process's open-file limit.
+    pub fn connection_cap(&self) -> Result<usize, ConfigError> {
+        service_config::connection_cap(self.max_connections, service_config::open_file_limit())
+            .map_err(ConfigError)
     }
 }
 

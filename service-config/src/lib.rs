@@ -57,6 +57,31 @@ impl ConfigError {
     }
 }
 
+/// How many client connections an HTTP server may hold open at once, all its workers together.
+///
+/// Each connection is a file descriptor. Clients that open more than the process may have would
+/// otherwise take the descriptors its Kafka clients, stores and logs need, and those fail in
+/// worse ways than a client waiting in the listen backlog. `configured` must stay below the
+/// open-file limit (`open_files`; `None`: no limit); unset, the cap is half that limit.
+pub fn connection_cap(configured: Option<usize>, open_files: Option<u64>) -> Result<usize, String> {
+    const UNLIMITED_DEFAULT: usize = 50_000;
+    let limit = open_files.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    match (configured, limit) {
+        (Some(0), _) => Err("max connections must be at least 1".to_owned()),
+        (Some(cap), Some(limit)) if cap >= limit => Err(format!(
+            "max connections ({cap}) must stay below the open-file limit ({limit}): raise `ulimit -n` or lower it"
+        )),
+        (Some(cap), _) => Ok(cap),
+        (None, Some(limit)) => Ok((limit / 2).max(1)),
+        (None, None) => Ok(UNLIMITED_DEFAULT),
+    }
+}
+
+/// This process's soft limit on open files; `None` when it has none.
+pub fn open_file_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
 /// The configuration from this process's arguments, environment and file.
 pub fn parse<C: Parser>() -> Result<C, ConfigError> {
     parse_from(std::env::args_os())
@@ -136,6 +161,16 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+
+    #[test]
+    fn the_connection_cap_leaves_descriptors_for_the_rest() {
+        assert_eq!(connection_cap(None, Some(20_000)), Ok(10_000));
+        assert_eq!(connection_cap(None, Some(1)), Ok(1));
+        assert_eq!(connection_cap(None, None), Ok(50_000));
+        assert_eq!(connection_cap(Some(4_096), Some(20_000)), Ok(4_096));
+        assert!(connection_cap(Some(20_000), Some(20_000)).is_err());
+        assert!(connection_cap(Some(0), None).is_err());
+    }
 
     #[derive(Debug, Parser)]
     #[command(name = "svc")]

@@ -5,7 +5,9 @@ use shared_events::orders::{OrderEvent, OrderPayload};
 use shared_events::partitioner::partition_for_key;
 use shared_events::{ConsistencyToken, EventCodec};
 
-use crate::helpers::{PARTITIONS, env, order_body, read_committed, spawn_app};
+use crate::helpers::{
+    PARTITIONS, config, env, fresh_topic, order_body, read_committed, spawn_app, spawn_app_with,
+};
 
 #[tokio::test]
 async fn a_placed_order_is_committed_before_the_answer() {
@@ -203,15 +205,42 @@ async fn bad_input_gets_a_problem_and_writes_nothing() {
 }
 
 #[tokio::test]
-async fn liveness_answers() {
-    let app = spawn_app().await;
-    let response = app
-        .client
-        .get(format!("{}/health/live", app.address))
-        .send()
+async fn connections_beyond_the_cap_wait_for_a_free_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut config = config(&fresh_topic());
+    config.http_workers = 1;
+    config.max_connections = Some(2);
+    let app = spawn_app_with(config).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The kernel completes the handshake; the service does not take the connection yet.
+    let mut third = tokio::net::TcpStream::connect(&address).await.unwrap();
+    third
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
+    let mut answer = [0u8; 512];
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), third.read(&mut answer))
+            .await
+            .is_err(),
+        "a connection beyond the cap was served"
+    );
+    held.pop();
+    let read = tokio::time::timeout(Duration::from_secs(10), third.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer[..read].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..read])
+    );
     app.stop().await;
 }
 
