@@ -164,12 +164,15 @@ impl BenchStack {
 
 pub(crate) const ADMIN_TOKEN: &str = "bench-admin-token";
 
-/// A static actix-web handler answering every request with `status` and `body` as JSON: the
-/// HTTP floor under a service's figures (same framework, same worker count, no work).
+/// A static actix-web handler answering every request with `status` and `body` as JSON, after
+/// `delay`: the HTTP floor under a service's figures (same framework, same worker count, no
+/// work). With a delay, the floor of a service whose answers take that long: every request is
+/// parked and woken once, and as many are open at a time as clients wait.
 pub(crate) fn static_server(
     status: u16,
     body: Vec<u8>,
     workers: usize,
+    delay: Duration,
 ) -> anyhow::Result<(String, actix_web::dev::ServerHandle)> {
     let status = actix_web::http::StatusCode::from_u16(status)?;
     let port = free_port()?;
@@ -185,6 +188,9 @@ pub(crate) fn static_server(
                 move |_request: actix_web::web::Bytes| {
                     let body = body.clone();
                     async move {
+                        if !delay.is_zero() {
+                            actix_web::rt::time::sleep(delay).await;
+                        }
                         actix_web::HttpResponse::build(status)
                             .content_type("application/json")
                             .body(body)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::cpu::CpuMeter;
+use super::cpu::{CpuMeter, CpuUse};
 use super::{BenchStack, histogram_quantile_between, metric_value, number_before, static_server};
 use crate::load;
 use crate::workspace::Workspace;
@@ -123,6 +123,15 @@ fn producer_perf_test(
     })
 }
 
+/// The HTTP floors the service is read against: a static handler answering at once, and one
+/// answering after the service's median latency.
+struct Floors {
+    immediate: load::LoadResult,
+    immediate_cpu: CpuUse,
+    delayed: load::LoadResult,
+    delayed_cpu: CpuUse,
+}
+
 pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
     let mut stack = BenchStack::start(ws, &["command-service"])?;
     let command_url = stack.command_service("bench-orders")?;
@@ -149,7 +158,7 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
             .bytes()
             .await
     })?;
-    let (static_url, static_handle) = static_server(201, sample.to_vec(), 2)?;
+    let (static_url, static_handle) = static_server(201, sample.to_vec(), 2, Duration::ZERO)?;
     let static_order = load::Request::post_json(&format!("{static_url}/orders"), ORDER)?;
     let static_request = load::repeat(static_order);
 
@@ -166,7 +175,7 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
         std::process::id(),
     )]);
 
-    let (floor, floor_cpu, max, max_cpu, paced, before, metrics) = runtime.block_on(async {
+    let (floors, max, max_cpu, paced, before, metrics) = runtime.block_on(async {
         eprintln!("HTTP floor: a static handler ({}s) ...", args.duration);
         load::run(
             args.concurrency,
@@ -209,7 +218,44 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
             Arc::clone(&request),
         )
         .await?;
-        anyhow::Ok((floor, floor_cpu, max, max_cpu, paced, before, metrics))
+
+        // The floor for answers as slow as ours: what HTTP alone costs when every request
+        // waits the service's median latency before its answer.
+        let delay = Duration::from_secs_f64(max.ms(0.5) / 1000.0);
+        eprintln!(
+            "HTTP floor at our latency: a static handler answering after {:.1} ms ({}s) ...",
+            max.ms(0.5),
+            args.duration
+        );
+        let (slow_url, slow_handle) = static_server(201, sample.to_vec(), 2, delay)?;
+        let slow_request = load::repeat(load::Request::post_json(
+            &format!("{slow_url}/orders"),
+            ORDER,
+        )?);
+        load::run(
+            args.concurrency,
+            Duration::from_secs(2),
+            None,
+            Arc::clone(&slow_request),
+        )
+        .await?;
+        let cpu_before = static_meter.sample()?;
+        let slow = load::run(args.concurrency, duration, None, slow_request).await?;
+        let slow_cpu = static_meter.between(&cpu_before, &static_meter.sample()?);
+        slow_handle.stop(true).await;
+        anyhow::Ok((
+            Floors {
+                immediate: floor,
+                immediate_cpu: floor_cpu,
+                delayed: slow,
+                delayed_cpu: slow_cpu,
+            },
+            max,
+            max_cpu,
+            paced,
+            before,
+            metrics,
+        ))
     })?;
 
     // Latencies inside the service over the maximum-rate run, in milliseconds.
@@ -269,7 +315,8 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
         "== cargo xtask bench commands ({}s runs, {} clients, {size}-byte records, release build)",
         args.duration, args.concurrency
     );
-    println!("static handler, same POST   {}", floor.summary());
+    println!("static handler, same POST   {}", floors.immediate.summary());
+    println!("static, answer after p50    {}", floors.delayed.summary());
     println!("command service, max rate   {}", max.summary());
     println!("command service, 70% rate   {}", paced.summary());
     println!(
@@ -307,8 +354,9 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
         max.rate() / transactional.rate.max(1.0)
     );
     println!(
-        "ratio to static HTTP        {:.3}",
-        max.rate() / floor.rate().max(1.0)
+        "ratio to static HTTP        {:.3} · to static HTTP answering after our p50: {:.3}",
+        max.rate() / floors.immediate.rate().max(1.0),
+        max.rate() / floors.delayed.rate().max(1.0)
     );
     println!(
         "cpu, max-rate run           {}",
@@ -316,7 +364,13 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
     );
     println!(
         "cpu, static handler run     {}",
-        floor_cpu.summary(floor.rate(), "request")
+        floors
+            .immediate_cpu
+            .summary(floors.immediate.rate(), "request")
+    );
+    println!(
+        "cpu, static after p50 run   {}",
+        floors.delayed_cpu.summary(floors.delayed.rate(), "request")
     );
     let bound = 2.0 * commit_p99 + 2.0;
     println!(

@@ -208,7 +208,7 @@ pub(crate) fn run(ws: &Workspace, args: &QueryBench) -> anyhow::Result<()> {
         bail!("replica-a owns all or none of the orders; cannot measure both paths");
     }
 
-    let (static_url, static_server) = static_server(200, vec![b'x'; body_size], 2)?;
+    let (static_url, static_server) = static_server(200, vec![b'x'; body_size], 2, Duration::ZERO)?;
     let (baseline, local, forwarded) = runtime.block_on(async {
         let warm = Duration::from_secs(2);
         let local_req = get_many(&local_ids, &replica_a)?;
