@@ -57,6 +57,11 @@ impl ConfigError {
     }
 }
 
+/// The log filter of a service when `RUST_LOG` is unset. actix-http logs each request it
+/// cannot parse at ERROR, though the client's mistake is answered `400`: any client could fill
+/// the log and page whoever watches it. `RUST_LOG=info` shows them again.
+pub const DEFAULT_LOG_FILTER: &str = "info,actix_http::h1::dispatcher=off";
+
 /// How many client connections an HTTP server may hold open at once, all its workers together.
 ///
 /// Each connection is a file descriptor. Clients that open more than the process may have would
