@@ -233,10 +233,10 @@ async fn execute(
         // Known only from a first command that is still failing or failed.
         return Err(ApiError::UnknownOrder(order_id));
     }
+    let current = slot.state.is_some().then_some(slot.version);
     if let Some(precondition) = &if_match
-        && !precondition.holds(slot.state.is_some().then_some(slot.version))
+        && !precondition.holds(current)
     {
-        let current = slot.state.is_some().then_some(slot.version);
         state.model.forget_if_empty(&order_id, &slot);
         return Err(ApiError::PreconditionFailed { current });
     }
@@ -457,17 +457,13 @@ impl IfMatch {
     }
 
     fn parse(text: &str) -> Option<Self> {
-        let elements = text
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .collect::<Vec<_>>();
-        if elements == ["*"] {
+        const SEPARATORS: [char; 3] = [' ', '\t', ','];
+        if text.trim_matches(SEPARATORS) == "*" {
             return Some(Self::Any);
         }
         // `etagc` excludes `"` but not `,`: rejoin what splitting on commas cut inside a tag.
         let mut tags = Vec::new();
-        let mut rest = text.trim_start_matches([' ', '\t', ',']);
+        let mut rest = text.trim_start_matches(SEPARATORS);
         while !rest.is_empty() {
             let (weak, quoted) = match rest.strip_prefix("W/") {
                 Some(after) => (true, after),
@@ -490,7 +486,7 @@ impl IfMatch {
             if !(after.is_empty() || after.starts_with(',')) {
                 return None;
             }
-            rest = after.trim_start_matches([' ', '\t', ',']);
+            rest = after.trim_start_matches(SEPARATORS);
         }
         (!tags.is_empty()).then_some(Self::Tags(tags))
     }

@@ -27,15 +27,8 @@ async fn command(
     body: &str,
     headers: &[(&str, &str)],
 ) -> reqwest::Response {
-    let mut request = app
-        .client
-        .post(format!("{}/orders/{id}/{what}", app.address))
-        .header("content-type", "application/json")
-        .body(body.to_owned());
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    request.send().await.unwrap()
+    app.post_json_with(&format!("/orders/{id}/{what}"), body.to_owned(), headers)
+        .await
 }
 
 async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
@@ -211,14 +204,8 @@ async fn if_match_guards_the_version() {
         "`*` matches an existing order, whose rules then refuse to cancel a shipped order"
     );
     let placed = app
-        .client
-        .post(format!("{}/orders", app.address))
-        .header("content-type", "application/json")
-        .header("if-match", "*")
-        .body(order_body("c-if-match"))
-        .send()
-        .await
-        .unwrap();
+        .post_json_with("/orders", order_body("c-if-match"), &[("if-match", "*")])
+        .await;
     assert_eq!(placed.status(), 412, "a new order has no version to match");
     app.stop().await;
 }

@@ -28,6 +28,24 @@ impl TestApp {
             .await
     }
 
+    /// A JSON `POST` to `path` with extra `headers`.
+    pub async fn post_json_with(
+        &self,
+        path: &str,
+        body: String,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.address))
+            .header("content-type", "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request failed")
+    }
+
     pub async fn post(&self, path: &str, content_type: &str, body: String) -> reqwest::Response {
         self.client
             .post(format!("{}{path}", self.address))

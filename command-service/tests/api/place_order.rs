@@ -163,14 +163,8 @@ async fn bad_input_gets_a_problem_and_writes_nothing() {
         "{body}"
     );
     let gzipped = app
-        .client
-        .post(format!("{}/orders", app.address))
-        .header("content-type", "application/json")
-        .header("content-encoding", "gzip")
-        .body(valid.clone())
-        .send()
-        .await
-        .unwrap();
+        .post_json_with("/orders", valid.clone(), &[("content-encoding", "gzip")])
+        .await;
     assert_eq!(gzipped.headers()["accept-encoding"], "identity");
     assert_problem(gzipped, 415).await;
     for (method, path, allow) in [
