@@ -1,6 +1,5 @@
 //! Wiring: configuration in, a running HTTP server and producer pool out.
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -134,7 +133,7 @@ impl Application {
         let sweeper = tokio::spawn(sweep_idempotency(Arc::clone(&idempotency)));
 
         let listener =
-            TcpListener::bind(&config.listen).map_err(|source| StartupError::Listen {
+            service_config::listen(&config.listen).map_err(|source| StartupError::Listen {
                 address: config.listen.clone(),
                 source,
             })?;

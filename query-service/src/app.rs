@@ -1,6 +1,5 @@
 //! Wiring: configuration in, a running replica (projection runner, cluster view, HTTP server) out.
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,7 +72,7 @@ impl Application {
             address: config.listen.clone(),
             source,
         };
-        let listener = TcpListener::bind(&config.listen).map_err(listen_error)?;
+        let listener = service_config::listen(&config.listen).map_err(listen_error)?;
         let address = listener.local_addr().map_err(listen_error)?;
         let replica_id = config
             .replica_id

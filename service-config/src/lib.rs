@@ -82,6 +82,42 @@ pub fn connection_cap(configured: Option<usize>, open_files: Option<u64>) -> Res
     }
 }
 
+/// Connections the kernel may hold for a listener before it accepts them. The kernel caps it at
+/// `net.core.somaxconn` (4096 by default since Linux 5.4).
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// A TCP listener on `address` (`host:port`, port 0 for any), as
+/// `std::net::TcpListener::bind` makes it but with a backlog of [`LISTEN_BACKLOG`].
+///
+/// std listens with a backlog of 128. Connections beyond the [`connection_cap`] wait in that
+/// queue, and so does every burst of new clients while the workers are busy: once it is full
+/// the kernel drops further SYNs, and each dropped client waits a 1 s retransmission before it
+/// is even seen.
+pub fn listen(address: &str) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut last_error = None;
+    for addr in std::net::ToSocketAddrs::to_socket_addrs(address)? {
+        let bound = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .and_then(|socket| {
+                // As std does: a restarted service can bind while old connections linger.
+                socket.set_reuse_address(true)?;
+                socket.bind(&addr.into())?;
+                socket.listen(LISTEN_BACKLOG)?;
+                Ok(socket)
+            });
+        match bound {
+            Ok(socket) => return Ok(socket.into()),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{address} resolves to no address"),
+        )
+    }))
+}
+
 /// This process's soft limit on open files; `None` when it has none.
 pub fn open_file_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
@@ -166,6 +202,21 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+
+    #[test]
+    fn a_listener_holds_more_waiting_connections_than_std_s_128() {
+        let listener = listen("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Never accepted, so each one waits in the backlog; a full backlog drops the SYN and
+        // the connect would wait for a retransmission a second later.
+        let held: Vec<_> = (0..300)
+            .map(|i| {
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500))
+                    .unwrap_or_else(|e| panic!("connection {i} was not queued: {e}"))
+            })
+            .collect();
+        assert_eq!(held.len(), 300);
+    }
 
     #[test]
     fn the_connection_cap_leaves_descriptors_for_the_rest() {

@@ -204,17 +204,18 @@ pub(crate) async fn run(
     rate: Option<f64>,
     request: RequestFactory,
 ) -> anyhow::Result<LoadResult> {
+    let opened = connect_all(concurrency, &request).await;
     let start = Instant::now();
     let end = start + duration;
     let interval = rate.map(|r| Duration::from_secs_f64(concurrency as f64 / r.max(1.0)));
-    let workers = (0..concurrency).map(|w| {
+    let workers = opened.into_iter().enumerate().map(|(w, opened)| {
         let request = Arc::clone(&request);
         tokio::spawn(async move {
             let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let mut by_status = BTreeMap::new();
             let mut failures = 0;
-            let mut connects = 0u64;
-            let mut connection: Option<Connection> = None;
+            let mut connects = u64::from(opened.is_some());
+            let mut connection: Option<Connection> = opened;
             // Stagger paced workers across one interval.
             let mut intended = start
                 + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / concurrency as f64));
@@ -287,6 +288,29 @@ pub(crate) async fn run(
     }
     total.elapsed = start.elapsed();
     Ok(total)
+}
+
+/// Opens each worker's connection (to its first request's address) before the clock starts, a
+/// few at a time; a worker whose connect failed connects again on its first request.
+///
+/// A run measures requests on open connections. Connecting lazily made its first second a
+/// storm of `concurrency` simultaneous SYNs: they overflowed the server's listen backlog, and
+/// each dropped one cost its client a 1 s SYN retransmission, counted as request latency (and
+/// in a paced run, as the latency of every request that client sent late because of it).
+async fn connect_all(concurrency: usize, request: &RequestFactory) -> Vec<Option<Connection>> {
+    use futures::StreamExt;
+    const AT_ONCE: usize = 64;
+    let addrs: Vec<SocketAddr> = (0..concurrency as u64).map(|n| request(n).addr).collect();
+    futures::stream::iter(addrs)
+        .map(|addr| async move {
+            tokio::time::timeout(REQUEST_TIMEOUT, Connection::open(addr))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        })
+        .buffered(AT_ONCE)
+        .collect()
+        .await
 }
 
 /// A general keep-alive client for what the benchmarks do besides load: setup, metrics.
