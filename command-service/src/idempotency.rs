@@ -8,10 +8,17 @@
 //!
 //! Bounded: entries expire after the retention window, and beyond `max_entries` the oldest go
 //! first (counted in [`IdempotencyIndex::evicted`]).
+//!
+//! The keys live in [`SHARDS`] maps, each under its own lock. One map of up to a million keys
+//! would, each time it outgrew its table (and, once full, each time the churn of expiring keys
+//! filled it with tombstones), rehash every key while all keyed commands and the HTTP thread
+//! that triggered it waited: a stall of a hundred milliseconds or more. A shard rehashes a few
+//! thousand keys. The expiry order stays one queue, so the bound and the eviction order are
+//! exact.
 
 use std::collections::hash_map::{DefaultHasher, Entry};
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -97,12 +104,10 @@ enum Slot {
     },
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    slots: HashMap<String, Slot>,
-    /// Keys of `Done` slots by the time they were committed (ms since the epoch), oldest first.
-    expiry: VecDeque<(i64, String)>,
-}
+/// Maps the keys are spread over.
+const SHARDS: usize = 256;
+
+type Shard = Mutex<HashMap<String, Slot>>;
 
 /// What [`IdempotencyIndex::begin`] found.
 #[derive(Debug)]
@@ -117,7 +122,11 @@ pub enum Begin {
 
 #[derive(Debug)]
 pub struct IdempotencyIndex {
-    inner: Mutex<Inner>,
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    /// Keys of `Done` slots by the time they were committed (ms since the epoch), oldest first.
+    /// Locked before a shard, never while one is held.
+    expiry: Mutex<VecDeque<(i64, String)>>,
     retention: Duration,
     max_entries: usize,
     evicted: AtomicU64,
@@ -126,17 +135,48 @@ pub struct IdempotencyIndex {
 impl IdempotencyIndex {
     pub fn new(retention: Duration, max_entries: usize) -> Arc<Self> {
         Arc::new(Self {
-            inner: Mutex::new(Inner::default()),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            expiry: Mutex::default(),
             retention,
             max_entries,
             evicted: AtomicU64::new(0),
         })
     }
 
-    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The shard holding `key`, locked.
+    fn slots(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        // Truncating the hash is fine: any bits pick a shard.
+        #[allow(clippy::cast_possible_truncation)]
+        let index = self.hasher.hash_one(key) as usize % self.shards.len();
+        lock(&self.shards[index])
+    }
+
+    /// Records a receipt, then forgets the oldest ones beyond the bound.
+    fn insert_done(&self, key: &str, fingerprint: Fingerprint, receipt: Receipt, at_ms: i64) {
+        let mut expiry = lock(&self.expiry);
+        self.slots(key).insert(
+            key.to_owned(),
+            Slot::Done {
+                fingerprint,
+                receipt,
+            },
+        );
+        expiry.push_back((at_ms, key.to_owned()));
+        while expiry.len() > self.max_entries {
+            if let Some((_, old)) = expiry.pop_front() {
+                self.forget_done(&old);
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Removes `key` if it holds a receipt (not if a new attempt has claimed it since).
+    fn forget_done(&self, key: &str) {
+        let mut slots = self.slots(key);
+        if matches!(slots.get(key), Some(Slot::Done { .. })) {
+            slots.remove(key);
+        }
     }
 
     /// Claims `key` for a first attempt, or says what became of earlier ones. Waits while
@@ -144,8 +184,8 @@ impl IdempotencyIndex {
     pub async fn begin(self: &Arc<Self>, key: &str, fingerprint: Fingerprint) -> Begin {
         loop {
             let mut waiting = {
-                let mut inner = self.inner();
-                match inner.slots.entry(key.to_owned()) {
+                let mut slots = self.slots(key);
+                match slots.entry(key.to_owned()) {
                     Entry::Vacant(vacant) => {
                         let (sender, outcome) = watch::channel(Outcome::Pending);
                         vacant.insert(Slot::InFlight {
@@ -205,16 +245,7 @@ impl IdempotencyIndex {
         if now_ms.saturating_sub(committed_at_ms) > self.retention_ms() {
             return;
         }
-        let mut inner = self.inner();
-        inner.slots.insert(
-            key.to_owned(),
-            Slot::Done {
-                fingerprint,
-                receipt,
-            },
-        );
-        inner.expiry.push_back((committed_at_ms, key.to_owned()));
-        self.enforce_bound(&mut inner);
+        self.insert_done(key, fingerprint, receipt, committed_at_ms);
     }
 
     fn retention_ms(&self) -> i64 {
@@ -222,34 +253,13 @@ impl IdempotencyIndex {
     }
 
     fn settle(&self, key: &str, committed: Option<(Fingerprint, Receipt)>, now_ms: i64) {
-        let mut inner = self.inner();
         match committed {
-            Some((fingerprint, receipt)) => {
-                inner.slots.insert(
-                    key.to_owned(),
-                    Slot::Done {
-                        fingerprint,
-                        receipt,
-                    },
-                );
-                inner.expiry.push_back((now_ms, key.to_owned()));
-                self.enforce_bound(&mut inner);
-            }
+            Some((fingerprint, receipt)) => self.insert_done(key, fingerprint, receipt, now_ms),
             None => {
-                if matches!(inner.slots.get(key), Some(Slot::InFlight { .. })) {
-                    inner.slots.remove(key);
+                let mut slots = self.slots(key);
+                if matches!(slots.get(key), Some(Slot::InFlight { .. })) {
+                    slots.remove(key);
                 }
-            }
-        }
-    }
-
-    fn enforce_bound(&self, inner: &mut Inner) {
-        while inner.expiry.len() > self.max_entries {
-            if let Some((_, key)) = inner.expiry.pop_front() {
-                if matches!(inner.slots.get(&key), Some(Slot::Done { .. })) {
-                    inner.slots.remove(&key);
-                }
-                self.evicted.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -257,19 +267,26 @@ impl IdempotencyIndex {
     /// Forgets receipts older than the retention window.
     pub fn expire(&self, now_ms: i64) {
         let horizon = now_ms.saturating_sub(self.retention_ms());
-        let mut inner = self.inner();
-        while inner.expiry.front().is_some_and(|(at, _)| *at < horizon) {
-            if let Some((_, key)) = inner.expiry.pop_front()
-                && matches!(inner.slots.get(&key), Some(Slot::Done { .. }))
-            {
-                inner.slots.remove(&key);
+        // In chunks, so commits settling meanwhile wait for one chunk, not for the whole sweep.
+        const CHUNK: usize = 1024;
+        loop {
+            let mut expiry = lock(&self.expiry);
+            for _ in 0..CHUNK {
+                match expiry.front() {
+                    Some((at, _)) if *at < horizon => {
+                        if let Some((_, key)) = expiry.pop_front() {
+                            self.forget_done(&key);
+                        }
+                    }
+                    _ => return,
+                }
             }
         }
     }
 
     /// Keys remembered or in flight.
     pub fn len(&self) -> usize {
-        self.inner().slots.len()
+        self.shards.iter().map(|shard| lock(shard).len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -280,6 +297,14 @@ impl IdempotencyIndex {
     pub fn evicted(&self) -> u64 {
         self.evicted.load(Ordering::Relaxed)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every mutation is a whole-statement insert, remove or queue push/pop, so a panic elsewhere
+    // cannot leave a map or the queue half-updated.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The right to make the first attempt for a key. Settle it with [`Claim::committed`]; dropping
@@ -406,5 +431,39 @@ mod tests {
             index.begin("c", pay("o-3", "y")).await,
             Begin::Mismatch
         ));
+    }
+
+    #[tokio::test]
+    async fn the_bound_and_the_expiry_order_hold_across_shards() {
+        let index = IdempotencyIndex::new(Duration::from_secs(60), 100);
+        let now = 10_000_000;
+        let print = |n: i64| Fingerprint::new(CommandKind::Pay, Some("o"), &n);
+        for n in 0..1_000 {
+            index.remember(
+                &format!("k{n}"),
+                print(n),
+                receipt("o"),
+                now - 1_000 + n,
+                now,
+            );
+        }
+        assert_eq!((index.len(), index.evicted()), (100, 900));
+        // The newest hundred stay, whichever shards they fell in.
+        for n in [0, 450, 899] {
+            assert!(matches!(
+                index.begin(&format!("k{n}"), print(n)).await,
+                Begin::First(_)
+            ));
+        }
+        for n in [900, 950, 999] {
+            assert!(matches!(
+                index.begin(&format!("k{n}"), print(n)).await,
+                Begin::Replay(_)
+            ));
+        }
+        // The retention window is 60 s: at `now + 59_950`, k900..k949 (committed before
+        // `now - 50`) are older than that, k950..k999 are not.
+        index.expire(now + 59_950);
+        assert_eq!(index.len(), 50);
     }
 }
