@@ -20,9 +20,10 @@ pub(crate) struct CommandBench {
     #[arg(long, default_value_t = 15)]
     duration: u64,
     /// Concurrent HTTP clients (keep-alive connections). Each waits for its commit, so the rate
-    /// is at most clients / latency: with 512 clients the rate is bound by the ~20 ms commit
-    /// cycle, not by the CPU; 2048 saturate this 2-core box.
-    #[arg(long, default_value_t = 2048)]
+    /// is at most clients / latency: 1024 clients leave a fifth of this 2-core box idle, 1536
+    /// saturate it; more only add latency (and CPU per request: each open connection costs the
+    /// HTTP workers and the load generator).
+    #[arg(long, default_value_t = 1536)]
     concurrency: usize,
     /// Seconds of load before measuring. The broker's JIT compiler works for the first ~20 s of
     /// transactional load, and its produce path costs twice as much CPU per record until about
