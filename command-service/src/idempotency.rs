@@ -16,15 +16,17 @@
 //! thousand keys. The expiry order stays one queue, so the bound and the eviction order are
 //! exact.
 
+use std::collections::VecDeque;
 use std::collections::hash_map::{DefaultHasher, Entry};
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shared_events::Position;
 use tokio::sync::watch;
+
+use crate::sharded::{ShardedMap, lock};
 
 /// Which command a receipt answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,8 +109,6 @@ enum Slot {
 /// Maps the keys are spread over.
 const SHARDS: usize = 256;
 
-type Shard = Mutex<HashMap<String, Slot>>;
-
 /// What [`IdempotencyIndex::begin`] found.
 #[derive(Debug)]
 pub enum Begin {
@@ -122,8 +122,7 @@ pub enum Begin {
 
 #[derive(Debug)]
 pub struct IdempotencyIndex {
-    shards: Box<[Shard]>,
-    hasher: RandomState,
+    slots: ShardedMap<Slot>,
     /// Keys of `Done` slots by the time they were committed (ms since the epoch), oldest first.
     /// Locked before a shard, never while one is held.
     expiry: Mutex<VecDeque<(i64, String)>>,
@@ -135,8 +134,7 @@ pub struct IdempotencyIndex {
 impl IdempotencyIndex {
     pub fn new(retention: Duration, max_entries: usize) -> Arc<Self> {
         Arc::new(Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
+            slots: ShardedMap::new(SHARDS),
             expiry: Mutex::default(),
             retention,
             max_entries,
@@ -144,18 +142,10 @@ impl IdempotencyIndex {
         })
     }
 
-    /// The shard holding `key`, locked.
-    fn slots(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
-        // Truncating the hash is fine: any bits pick a shard.
-        #[allow(clippy::cast_possible_truncation)]
-        let index = self.hasher.hash_one(key) as usize % self.shards.len();
-        lock(&self.shards[index])
-    }
-
     /// Records a receipt, then forgets the oldest ones beyond the bound.
     fn insert_done(&self, key: &str, fingerprint: Fingerprint, receipt: Receipt, at_ms: i64) {
         let mut expiry = lock(&self.expiry);
-        self.slots(key).insert(
+        self.slots.shard(key).insert(
             key.to_owned(),
             Slot::Done {
                 fingerprint,
@@ -173,7 +163,7 @@ impl IdempotencyIndex {
 
     /// Removes `key` if it holds a receipt (not if a new attempt has claimed it since).
     fn forget_done(&self, key: &str) {
-        let mut slots = self.slots(key);
+        let mut slots = self.slots.shard(key);
         if matches!(slots.get(key), Some(Slot::Done { .. })) {
             slots.remove(key);
         }
@@ -184,7 +174,7 @@ impl IdempotencyIndex {
     pub async fn begin(self: &Arc<Self>, key: &str, fingerprint: Fingerprint) -> Begin {
         loop {
             let mut waiting = {
-                let mut slots = self.slots(key);
+                let mut slots = self.slots.shard(key);
                 match slots.entry(key.to_owned()) {
                     Entry::Vacant(vacant) => {
                         let (sender, outcome) = watch::channel(Outcome::Pending);
@@ -256,7 +246,7 @@ impl IdempotencyIndex {
         match committed {
             Some((fingerprint, receipt)) => self.insert_done(key, fingerprint, receipt, now_ms),
             None => {
-                let mut slots = self.slots(key);
+                let mut slots = self.slots.shard(key);
                 if matches!(slots.get(key), Some(Slot::InFlight { .. })) {
                     slots.remove(key);
                 }
@@ -286,7 +276,7 @@ impl IdempotencyIndex {
 
     /// Keys remembered or in flight.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|shard| lock(shard).len()).sum()
+        self.slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -297,14 +287,6 @@ impl IdempotencyIndex {
     pub fn evicted(&self) -> u64 {
         self.evicted.load(Ordering::Relaxed)
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every mutation is a whole-statement insert, remove or queue push/pop, so a panic elsewhere
-    // cannot leave a map or the queue half-updated.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The right to make the first attempt for a key. Settle it with [`Claim::committed`]; dropping

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod order;
 pub mod problem;
 pub mod replay;
+pub mod sharded;
 pub mod topics;
 pub mod write_model;
 

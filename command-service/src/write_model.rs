@@ -10,13 +10,13 @@
 //! The model is rebuilt from the topic at start ([`crate::replay`]) and then kept by the command
 //! flow itself, which is why one command-service instance must own a topic at a time.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use shared_events::{AvroEvent, EventEnvelope};
 use tokio::sync::OwnedMutexGuard;
+
+use crate::sharded::ShardedMap;
 
 /// An aggregate's state as the command side keeps it.
 pub trait Aggregate: Sized + Send + Sync + 'static {
@@ -65,53 +65,46 @@ type SlotCell<A> = Arc<tokio::sync::Mutex<Slot<A>>>;
 /// themselves cost ~230 KiB.
 const SHARDS: usize = 4096;
 
-type Shard<A> = Mutex<HashMap<String, SlotCell<A>>>;
-
 #[derive(Debug)]
 pub struct WriteModel<A> {
-    shards: Box<[Shard<A>]>,
-    hasher: RandomState,
+    slots: ShardedMap<SlotCell<A>>,
     gaps: AtomicU64,
 }
 
 impl<A: Aggregate> Default for WriteModel<A> {
     fn default() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            slots: ShardedMap::new(SHARDS),
             gaps: AtomicU64::new(0),
         }
     }
 }
 
 impl<A: Aggregate> WriteModel<A> {
-    /// The shard holding `id`, locked.
-    fn slots(&self, id: &str) -> std::sync::MutexGuard<'_, HashMap<String, SlotCell<A>>> {
-        // Truncating the hash is fine: any bits pick a shard.
-        #[allow(clippy::cast_possible_truncation)]
-        let index = self.hasher.hash_one(id) as usize % self.shards.len();
-        lock(&self.shards[index])
-    }
-
     /// The aggregate's cell, if it has ever had an event (or a command in flight).
     pub fn get(&self, id: &str) -> Option<SlotCell<A>> {
-        self.slots(id).get(id).cloned()
+        self.slots.shard(id).get(id).cloned()
     }
 
     /// The aggregate's cell, created empty for an id never seen before.
     pub fn get_or_create(&self, id: &str) -> SlotCell<A> {
-        Arc::clone(self.slots(id).entry(id.to_owned()).or_insert_with(|| {
-            Arc::new(tokio::sync::Mutex::new(Slot {
-                state: None,
-                version: 0,
-            }))
-        }))
+        Arc::clone(
+            self.slots
+                .shard(id)
+                .entry(id.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(tokio::sync::Mutex::new(Slot {
+                        state: None,
+                        version: 0,
+                    }))
+                }),
+        )
     }
 
     /// Forgets an aggregate that never got an event (its first command failed).
     pub fn forget_if_empty(&self, id: &str, slot: &Slot<A>) {
         if slot.version == 0 {
-            self.slots(id).remove(id);
+            self.slots.shard(id).remove(id);
         }
     }
 
@@ -135,7 +128,7 @@ impl<A: Aggregate> WriteModel<A> {
 
     /// Aggregates known.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|shard| lock(shard).len()).sum()
+        self.slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -146,14 +139,6 @@ impl<A: Aggregate> WriteModel<A> {
     pub fn gaps(&self) -> u64 {
         self.gaps.load(Ordering::Relaxed)
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The maps are only ever mutated by whole-statement inserts and removes, so a panic
-    // elsewhere cannot leave one half-updated.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
