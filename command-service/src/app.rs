@@ -40,6 +40,10 @@ pub enum StartupError {
     Replay(#[from] ReplayError),
     #[error("could not build the HTTP client")]
     HttpClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    Kafka(#[from] service_config::ConnectError),
+    #[error(transparent)]
+    RegistrySettings(#[from] service_config::RegistryAuthError),
 }
 
 /// A built command service, listening but not yet serving until [`Application::run_until_stopped`].
@@ -66,18 +70,23 @@ impl Application {
         let connections = config.connection_cap()?;
         tracing::info!(?config, connections, "starting command service");
         let kafka_timeout = Duration::from_millis(config.kafka_timeout_ms);
+        // Before anything else talks to Kafka: a wrong password, an untrusted certificate or an
+        // unreachable broker stops the service here, named, within the Kafka timeout.
+        let kafka = config.kafka.clone();
+        tokio::task::spawn_blocking(move || kafka.check_connection(kafka_timeout)).await??;
         ensure_topic(
-            &config.kafka_bootstrap,
+            &config.kafka,
             &config.topic,
             config.topic_partitions,
             config.topic_replication,
             kafka_timeout,
         )
         .await?;
+        let registry_timeout = Duration::from_millis(config.registry_timeout_ms);
+        config.registry.check(registry_timeout).await?;
         let codec = EventCodec::<OrderEvent>::new(
-            &config.registry_url,
+            config.registry.sr_settings(registry_timeout)?,
             &config.topic,
-            Duration::from_millis(config.registry_timeout_ms),
         )?;
         let schema_id = codec.register().await?;
         tracing::info!(schema_id, topic = %config.topic, "event schema registered");
@@ -100,7 +109,7 @@ impl Application {
         let started = std::time::Instant::now();
         let now = now_ms();
         let replayed = replay(
-            &config.kafka_bootstrap,
+            &config.kafka,
             &format!("{}-replay", config.instance_id),
             &config.topic,
             &codec,
@@ -153,10 +162,8 @@ impl Application {
             topic: config.topic.clone(),
             max_body_bytes: config.max_body_bytes,
             request_timeout: Duration::from_millis(config.request_timeout_ms),
-            registry_url: config.registry_url.clone(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_millis(config.registry_timeout_ms))
-                .build()?,
+            registry_url: config.registry.url.clone(),
+            http: config.registry.client_builder(registry_timeout)?.build()?,
         });
         let server = HttpServer::new(move || {
             App::new()

@@ -34,7 +34,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use shared_events::Position;
 
 use crate::metrics::{BatchMetrics, OutcomeLabel};
@@ -42,7 +42,7 @@ use crate::metrics::{BatchMetrics, OutcomeLabel};
 /// How a batcher is shaped; see [`crate::config::Config`] for meanings and defaults.
 #[derive(Debug, Clone)]
 pub struct BatcherConfig {
-    pub bootstrap_servers: String,
+    pub kafka: service_config::KafkaArgs,
     pub topic: String,
     /// Prefix of each worker's `transactional.id`; must be unique per running instance.
     pub transactional_id_prefix: String,
@@ -307,8 +307,9 @@ struct TxProducer {
 impl TxProducer {
     fn create(config: &BatcherConfig, index: usize) -> Result<Self, StartError> {
         let id = format!("{}-{index}", config.transactional_id_prefix);
-        let producer: BaseProducer<Deliveries> = ClientConfig::new()
-            .set("bootstrap.servers", &config.bootstrap_servers)
+        let producer: BaseProducer<Deliveries> = config
+            .kafka
+            .client_config()
             .set("transactional.id", &id)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -656,8 +657,10 @@ impl Worker {
         batch: &[Pending],
         deliveries: &[Option<Position>],
     ) -> Result<Vec<CommitResult>, CommitError> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.config.bootstrap_servers)
+        let consumer: BaseConsumer = self
+            .config
+            .kafka
+            .client_config()
             .set(
                 "group.id",
                 format!(

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use service_config::{KafkaArgs, RegistryArgs};
 
 use crate::batcher::BatcherConfig;
 
@@ -19,16 +20,10 @@ pub struct Config {
     /// Address the HTTP API listens on (port 0 picks a free port).
     #[arg(long, env = "COMMAND_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    pub kafka_bootstrap: String,
-    /// Base URL of the schema registry (Confluent REST API).
-    #[arg(
-        long,
-        env = "SCHEMA_REGISTRY_URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    pub registry_url: String,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Topic the order events are written to; its value subject is `<topic>-value`.
     #[arg(long, env = "ORDERS_TOPIC", default_value = "orders")]
     pub topic: String,
@@ -132,9 +127,10 @@ impl Config {
         if self.request_timeout_ms <= 2 * self.kafka_timeout_ms + self.linger_ms {
             return fail("request timeout must exceed twice the Kafka timeout plus the linger");
         }
-        if !self.registry_url.starts_with("http://") && !self.registry_url.starts_with("https://") {
-            return fail("registry url must start with http:// or https://");
-        }
+        self.registry
+            .validate()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        self.kafka.validate().map_err(ConfigError)?;
         self.connection_cap()?;
         Ok(())
     }
@@ -147,7 +143,7 @@ impl Config {
 
     pub fn batcher(&self) -> BatcherConfig {
         BatcherConfig {
-            bootstrap_servers: self.kafka_bootstrap.clone(),
+            kafka: self.kafka.clone(),
             topic: self.topic.clone(),
             transactional_id_prefix: self.instance_id.clone(),
             workers: self.producer_workers,

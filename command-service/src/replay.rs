@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use shared_events::{AvroEvent, EventCodec, Position, WireError};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +44,7 @@ pub struct Replayed {
 /// have been acknowledged. A record that does not decode stops the replay: a write model built
 /// with a hole in it would assign wrong versions.
 pub async fn replay<E, F>(
-    bootstrap: &str,
+    kafka: &service_config::KafkaArgs,
     group: &str,
     topic: &str,
     codec: &EventCodec<E>,
@@ -55,8 +55,8 @@ where
     E: AvroEvent,
     F: FnMut(E, Position),
 {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: StreamConsumer = kafka
+        .client_config()
         // Required by librdkafka for assign(); the group is never joined and nothing is committed.
         .set("group.id", group)
         .set("isolation.level", "read_committed")

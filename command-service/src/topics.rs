@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
@@ -26,7 +25,7 @@ pub enum TopicError {
 /// Creates `topic` with the given shape and unlimited retention unless it exists (whatever its
 /// shape: an existing topic's configuration is the operator's).
 pub async fn ensure_topic(
-    bootstrap: &str,
+    kafka: &service_config::KafkaArgs,
     topic: &str,
     partitions: i32,
     replication: i32,
@@ -36,10 +35,8 @@ pub async fn ensure_topic(
         topic: topic.to_owned(),
         source,
     };
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .map_err(client_error)?;
+    let admin: AdminClient<DefaultClientContext> =
+        kafka.client_config().create().map_err(client_error)?;
     // The log is the system of record: the command side rebuilds its write model and every
     // replica its views from it, so nothing may age out.
     let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::process::{Service, localhost};
+use crate::secured::SecuredListener;
 
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -16,6 +17,8 @@ pub struct KafkaConfig {
     pub controller_port: u16,
     pub partitions: u32,
     pub heap: &'static str,
+    /// A second client listener with TLS and SASL, besides the plaintext one.
+    pub secured: Option<SecuredListener>,
 }
 
 impl KafkaConfig {
@@ -23,20 +26,33 @@ impl KafkaConfig {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn properties(&self) -> String {
+    fn properties(&self) -> anyhow::Result<String> {
         let log_dir = self.data_dir.join("log");
-        format!(
+        let (listener, advertised, protocol, secured) = match &self.secured {
+            Some(secured) => {
+                let tls = SecuredListener::tls_files(&self.data_dir)?;
+                let address = format!("SASL_SSL://{}", secured.bootstrap());
+                (
+                    format!(",{address}"),
+                    format!(",{address}"),
+                    ",SASL_SSL:SASL_SSL",
+                    secured.properties(&tls),
+                )
+            }
+            None => (String::new(), String::new(), "", String::new()),
+        };
+        Ok(format!(
             "\
 # Written by local-kafka at each start; edit local-kafka/src/broker.rs instead.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{controller}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}{listener}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}{advertised}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs={log_dir}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocol}
+{secured}log.dirs={log_dir}
 num.partitions={partitions}
 auto.create.topics.enable=false
 # One broker: internal topics must live with a single replica, or transactions and groups
@@ -54,7 +70,7 @@ group.initial.rebalance.delay.ms=0
             port = self.port,
             log_dir = log_dir.display(),
             partitions = self.partitions,
-        )
+        ))
     }
 }
 
@@ -65,22 +81,31 @@ pub struct KafkaRuntime {
     pub log4j_config: PathBuf,
 }
 
-fn kafka_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("kafka")
+/// The Maven project that names the broker's jars, and the broker's logging configuration.
+/// Compiled in rather than read from the source tree: a build reused from another checkout
+/// (one target directory shared by several) must not read, or need, that checkout's files.
+const POM: &str = include_str!("../kafka/pom.xml");
+const LOG4J: &str = include_str!("../kafka/log4j2.yaml");
+
+/// Writes `contents` to `path` unless it already holds exactly that.
+fn write_if_changed(path: &Path, contents: &str) -> anyhow::Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|current| current == contents) {
+        return Ok(());
+    }
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }
 
 impl KafkaRuntime {
-    /// Resolves the broker's runtime classpath with Maven (`kafka/pom.xml`), once: the result is
-    /// cached in `cache_dir` next to a copy of the pom it came from.
+    /// Resolves the broker's runtime classpath with Maven (from the compiled-in `pom.xml`),
+    /// once: the result is cached in `cache_dir` next to a copy of the pom it came from.
     pub fn resolve(cache_dir: &Path) -> anyhow::Result<Self> {
-        let pom = kafka_dir().join("pom.xml");
-        let pom_text =
-            std::fs::read_to_string(&pom).with_context(|| format!("reading {}", pom.display()))?;
-        std::fs::create_dir_all(cache_dir)?;
+        std::fs::create_dir_all(cache_dir)
+            .with_context(|| format!("creating {}", cache_dir.display()))?;
         let stamp = cache_dir.join("pom.xml");
         let output = cache_dir.join("classpath.txt");
-        let log4j_config = kafka_dir().join("log4j2.yaml");
-        let cached = std::fs::read_to_string(&stamp).is_ok_and(|s| s == pom_text);
+        let log4j_config = cache_dir.join("log4j2.yaml");
+        write_if_changed(&log4j_config, LOG4J)?;
+        let cached = std::fs::read_to_string(&stamp).is_ok_and(|s| s == POM);
         if cached
             && let Ok(cp) = std::fs::read_to_string(&output)
             && cp.trim().split(':').all(|jar| Path::new(jar).is_file())
@@ -91,37 +116,46 @@ impl KafkaRuntime {
             });
         }
         eprintln!("resolving Apache Kafka jars with Maven (the first run downloads them)...");
+        let project = cache_dir.join("resolve");
+        std::fs::create_dir_all(&project)?;
+        let pom = project.join("pom.xml");
+        write_if_changed(&pom, POM)?;
         let status = Command::new("mvn")
             .args(["-q", "-B", "-f"])
             .arg(&pom)
             .args(["dependency:build-classpath", "-Dmdep.includeScope=runtime"])
             .arg(format!("-Dmdep.outputFile={}", output.display()))
             .status()
-            .context("running mvn (is Maven installed?)")?;
+            .context("running mvn (is Maven installed? `cargo xtask doctor` checks)")?;
         anyhow::ensure!(
             status.success(),
             "Maven could not resolve Kafka's jars ({status})"
         );
-        std::fs::write(&stamp, &pom_text)?;
+        std::fs::write(&stamp, POM)?;
         Ok(Self {
             classpath: std::fs::read_to_string(&output)?.trim().to_owned(),
             log4j_config,
         })
     }
 
-    /// The runtime `cargo xtask test` resolved, passed to tests in `KAFKA_CLASSPATH`.
+    /// The runtime `cargo xtask test` resolved, passed to tests in `KAFKA_CLASSPATH` and
+    /// `KAFKA_LOG4J_CONFIG`.
     pub fn from_env() -> anyhow::Result<Self> {
         let classpath = std::env::var("KAFKA_CLASSPATH")
             .context("KAFKA_CLASSPATH is not set: run the tests with `cargo xtask test`")?;
+        let log4j_config = std::env::var_os("KAFKA_LOG4J_CONFIG")
+            .map(PathBuf::from)
+            .context("KAFKA_LOG4J_CONFIG is not set: run the tests with `cargo xtask test`")?;
         Ok(Self {
             classpath,
-            log4j_config: kafka_dir().join("log4j2.yaml"),
+            log4j_config,
         })
     }
 
     /// Exports this runtime to child processes (see [`KafkaRuntime::from_env`]).
     pub fn export(&self, command: &mut Command) {
         command.env("KAFKA_CLASSPATH", &self.classpath);
+        command.env("KAFKA_LOG4J_CONFIG", &self.log4j_config);
     }
 }
 
@@ -188,7 +222,7 @@ fn launch(runtime: &KafkaRuntime, config: &KafkaConfig, log: &Path) -> anyhow::R
     let cp = &runtime.classpath;
     std::fs::create_dir_all(&config.data_dir)?;
     let properties = config.data_dir.join("server.properties");
-    std::fs::write(&properties, config.properties())?;
+    std::fs::write(&properties, config.properties()?)?;
     let log4j = &runtime.log4j_config;
 
     if !config.data_dir.join("log/meta.properties").is_file() {
@@ -210,6 +244,7 @@ fn launch(runtime: &KafkaRuntime, config: &KafkaConfig, log: &Path) -> anyhow::R
                 "-c",
             ])
             .arg(&properties)
+            .args(config.secured.iter().flat_map(SecuredListener::format_args))
             .output()?;
         if !format.status.success() {
             bail!(

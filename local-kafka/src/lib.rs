@@ -9,6 +9,8 @@
 
 pub mod broker;
 pub mod process;
+pub mod secured;
 
 pub use broker::{Broker, KafkaConfig, KafkaRuntime};
 pub use process::Service;
+pub use secured::SecuredListener;

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use shared_events::EventCodec;
@@ -45,6 +44,10 @@ pub enum StartupError {
     },
     #[error("a startup task failed")]
     Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    KafkaConnection(#[from] service_config::ConnectError),
+    #[error(transparent)]
+    RegistryAccess(#[from] service_config::RegistryAuthError),
 }
 
 /// A built replica: consuming, listening, serving once [`Application::run_until_stopped`] runs.
@@ -94,8 +97,14 @@ impl Application {
                 })?;
         let store = Arc::new(store);
         let kafka_timeout = Duration::from_millis(config.kafka_timeout_ms);
+        // Before anything else talks to Kafka: a wrong password, an untrusted certificate or an
+        // unreachable broker stops the replica here, named, within the Kafka timeout.
+        let kafka = config.kafka.clone();
+        tokio::task::spawn_blocking(move || kafka.check_connection(kafka_timeout)).await??;
+        let registry_timeout = Duration::from_millis(config.registry_timeout_ms);
+        config.registry.check(registry_timeout).await?;
         let partitions = wait_for_topic(
-            &config.kafka_bootstrap,
+            &config.kafka,
             &config.topic,
             kafka_timeout,
             Duration::from_millis(config.topic_wait_ms),
@@ -104,8 +113,9 @@ impl Application {
         let table = Arc::new(PartitionTable::new(partitions));
         let context =
             RebalanceContext::new(Arc::clone(&store), config.topic.clone(), Arc::clone(&table));
-        let consumer: StreamConsumer<RebalanceContext> = ClientConfig::new()
-            .set("bootstrap.servers", &config.kafka_bootstrap)
+        let consumer: StreamConsumer<RebalanceContext> = config
+            .kafka
+            .client_config()
             .set("group.id", &config.group_id)
             // Other replicas find this one's URL in the group description.
             .set(
@@ -128,14 +138,13 @@ impl Application {
             .set("statistics.interval.ms", "1000")
             .create_with_context(context)?;
         let codec = EventCodec::new(
-            &config.registry_url,
+            config.registry.sr_settings(registry_timeout)?,
             &config.topic,
-            Duration::from_millis(config.registry_timeout_ms),
         )?;
         consumer.subscribe(&[&config.topic])?;
 
         let cluster = Arc::new(Cluster::new(
-            &config.kafka_bootstrap,
+            &config.kafka,
             &config.group_id,
             &config.topic,
             kafka_timeout,
@@ -230,16 +239,12 @@ impl Application {
 
 /// The topic's partition count, waiting (bounded) for the topic to be created.
 async fn wait_for_topic(
-    bootstrap: &str,
+    kafka: &service_config::KafkaArgs,
     topic: &str,
     call_timeout: Duration,
     total: Duration,
 ) -> Result<i32, StartupError> {
-    let probe: Arc<rdkafka::consumer::BaseConsumer> = Arc::new(
-        ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .create()?,
-    );
+    let probe: Arc<rdkafka::consumer::BaseConsumer> = Arc::new(kafka.client_config().create()?);
     let deadline = Instant::now() + total;
     loop {
         let metadata = {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::projection::PartitionTable;
@@ -115,13 +115,13 @@ impl Cluster {
     /// A client of the group that never joins it: it only describes the group and reads its
     /// committed offsets.
     pub fn new(
-        bootstrap: &str,
+        kafka: &service_config::KafkaArgs,
         group: &str,
         topic: &str,
         timeout: Duration,
     ) -> Result<Self, KafkaError> {
-        let admin: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let admin: BaseConsumer = kafka
+            .client_config()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("socket.timeout.ms", timeout.as_millis().to_string())

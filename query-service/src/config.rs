@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use service_config::{KafkaArgs, RegistryArgs};
 
 /// Query replica: projects the order events into RocksDB and answers queries.
 #[derive(Clone, Parser)]
@@ -16,16 +17,10 @@ pub struct Config {
     /// Address the HTTP API listens on (port 0 picks a free port).
     #[arg(long, env = "QUERY_LISTEN", default_value = "127.0.0.1:8091")]
     pub listen: String,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    pub kafka_bootstrap: String,
-    /// Base URL of the schema registry (Confluent REST API).
-    #[arg(
-        long,
-        env = "SCHEMA_REGISTRY_URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    pub registry_url: String,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Topic of the order events.
     #[arg(long, env = "ORDERS_TOPIC", default_value = "orders")]
     pub topic: String,
@@ -82,8 +77,8 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("config", &self.config)
             .field("listen", &self.listen)
-            .field("kafka_bootstrap", &self.kafka_bootstrap)
-            .field("registry_url", &self.registry_url)
+            .field("kafka", &self.kafka)
+            .field("registry", &self.registry)
             .field("topic", &self.topic)
             .field("group_id", &self.group_id)
             .field("data_dir", &self.data_dir)
@@ -164,9 +159,10 @@ impl Config {
         {
             return fail("timeouts must be positive and the session timeout at least 1000 ms");
         }
-        if !self.registry_url.starts_with("http://") && !self.registry_url.starts_with("https://") {
-            return fail("registry url must start with http:// or https://");
-        }
+        self.registry
+            .validate()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        self.kafka.validate().map_err(ConfigError)?;
         self.connection_cap()?;
         Ok(())
     }

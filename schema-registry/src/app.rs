@@ -10,6 +10,7 @@ use actix_web::{
 
 use crate::{
     api,
+    auth::{self, Access},
     config::Config,
     error::RegistryError,
     persistence::{self, KafkaLog},
@@ -41,14 +42,15 @@ impl Application {
     /// a partially rebuilt registry.
     pub async fn build(config: Config) -> Result<Self, RegistryError> {
         config.validate()?;
-        tracing::info!(
-            listen = %config.listen,
-            kafka_bootstrap = %config.kafka_bootstrap,
-            topic = %config.topic,
-            replication_factor = config.replication_factor,
-            kafka_timeout_ms = config.kafka_timeout_ms,
-            "starting schema registry"
-        );
+        tracing::info!(?config, "starting schema registry");
+        // Before anything else talks to Kafka: a wrong password, an untrusted certificate or an
+        // unreachable broker stops the registry here, named, within the Kafka timeout.
+        let kafka = config.kafka.clone();
+        let timeout = std::time::Duration::from_millis(config.kafka_timeout_ms);
+        tokio::task::spawn_blocking(move || kafka.check_connection(timeout))
+            .await
+            .map_err(|e| RegistryError::Internal(e.to_string()))?
+            .map_err(|e| RegistryError::InvalidConfig(e.to_string()))?;
 
         persistence::ensure_topic(&config).await?;
         let store = rebuild(persistence::replay(&config).await?);
@@ -58,9 +60,12 @@ impl Application {
         let registry = web::Data::new(Registry::new(store, KafkaLog::new(&config)?));
         let listener = TcpListener::bind(&config.listen)?;
         let local_addr = listener.local_addr()?;
+        let access = web::Data::new(Access::new(config.basic_auth.as_deref()));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(registry.clone())
+                .app_data(access.clone())
+                .wrap(actix_web::middleware::from_fn(auth::authenticate))
                 .configure(api::configure)
                 .default_service(web::to(api::not_found))
         })

@@ -5,6 +5,7 @@ use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 
 use clap::Parser;
+use service_config::KafkaArgs;
 
 use crate::error::RegistryError;
 
@@ -13,7 +14,7 @@ use crate::error::RegistryError;
 /// Every field can be set with a command line flag or an environment
 /// variable; tests and other crates can also build it directly (see
 /// [`Config::default`]).
-#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[derive(Clone, PartialEq, Eq, Parser)]
 #[command(
     name = "schema-registry",
     version,
@@ -29,9 +30,12 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: String,
 
-    /// Kafka bootstrap servers (comma separated `host:port` list).
-    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    pub kafka_bootstrap: String,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Require HTTP basic auth, `USER:PASSWORD`, on every route but `/health/live`.
+    #[arg(long, env = "REGISTRY_BASIC_AUTH", value_name = "USER:PASSWORD")]
+    pub basic_auth: Option<String>,
 
     /// Compacted single-partition topic holding the registry state.
     #[arg(long, env = "REGISTRY_TOPIC", default_value = "_schemas")]
@@ -53,12 +57,33 @@ pub struct Config {
     pub kafka_timeout_ms: u64,
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("config", &self.config)
+            .field("listen", &self.listen)
+            .field("kafka", &self.kafka)
+            .field(
+                "basic_auth",
+                &self
+                    .basic_auth
+                    .as_deref()
+                    .map(service_config::registry::redacted_user_info),
+            )
+            .field("topic", &self.topic)
+            .field("replication_factor", &self.replication_factor)
+            .field("kafka_timeout_ms", &self.kafka_timeout_ms)
+            .finish()
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
             config: None,
             listen: "127.0.0.1:8081".to_owned(),
-            kafka_bootstrap: "127.0.0.1:9092".to_owned(),
+            kafka: KafkaArgs::plain("127.0.0.1:9092"),
+            basic_auth: None,
             topic: "_schemas".to_owned(),
             replication_factor: 1,
             kafka_timeout_ms: 10_000,
@@ -82,8 +107,15 @@ impl Config {
             }
             Err(e) => return invalid(format!("listen address '{}' is invalid: {e}", self.listen)),
         }
-        if self.kafka_bootstrap.trim().is_empty() {
-            return invalid("kafka bootstrap servers must not be empty".to_owned());
+        if let Err(msg) = self.kafka.validate() {
+            return invalid(msg);
+        }
+        if self
+            .basic_auth
+            .as_deref()
+            .is_some_and(|b| b.split_once(':').is_none_or(|(user, _)| user.is_empty()))
+        {
+            return invalid("basic auth must be USER:PASSWORD".to_owned());
         }
         if let Err(msg) = validate_topic_name(&self.topic) {
             return invalid(msg);
@@ -169,7 +201,8 @@ mod tests {
             Ok(Config {
                 config: None,
                 listen: "127.0.0.1:0".into(),
-                kafka_bootstrap: "k:1".into(),
+                kafka: KafkaArgs::plain("k:1"),
+                basic_auth: None,
                 topic: "t".into(),
                 replication_factor: 3,
                 kafka_timeout_ms: 500,
@@ -185,7 +218,7 @@ mod tests {
                 ..Config::default()
             },
             Config {
-                kafka_bootstrap: " ".into(),
+                kafka: KafkaArgs::plain(" "),
                 ..Config::default()
             },
             Config {

@@ -85,6 +85,9 @@ pub enum RegistryError {
     /// The request body (or query string) could not be understood.
     #[error("Unrecognized request: {0}")]
     MalformedRequest(String),
+    /// Credentials are required and were missing or wrong.
+    #[error("Unauthorized")]
+    Unauthorized,
     /// No route matches the path.
     #[error("HTTP 404 Not Found")]
     RouteNotFound,
@@ -123,6 +126,7 @@ impl RegistryError {
             E::InvalidVersion(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42202),
             E::InvalidCompatibilityLevel(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42203),
             E::MalformedRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, 422),
+            E::Unauthorized => (StatusCode::UNAUTHORIZED, 401),
             E::RouteNotFound => (StatusCode::NOT_FOUND, 404),
             E::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 405),
             E::Backend(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50003),

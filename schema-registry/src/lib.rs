@@ -57,6 +57,7 @@
 
 mod api;
 mod app;
+mod auth;
 mod compatibility;
 mod config;
 mod error;

@@ -3,7 +3,7 @@
 use std::{fmt, time::Duration};
 
 use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
+    Message, Offset, TopicPartitionList,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
@@ -31,8 +31,9 @@ fn timeout_of(config: &Config) -> Duration {
 /// makes replay deterministic.
 pub(crate) async fn ensure_topic(config: &Config) -> Result<(), RegistryError> {
     let timeout = timeout_of(config);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka_bootstrap)
+    let admin: AdminClient<DefaultClientContext> = config
+        .kafka
+        .client_config()
         .create()
         .map_err(|e| backend("cannot create Kafka admin client", e))?;
     let topic = NewTopic::new(
@@ -77,8 +78,9 @@ fn replay_blocking(config: &Config) -> Result<Vec<EncodedRecord>, RegistryError>
     // librdkafka insists on a group.id, but the group is never joined:
     // the partition is assigned explicitly, offsets are never committed, and
     // replay always starts from the beginning.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka_bootstrap)
+    let consumer: BaseConsumer = config
+        .kafka
+        .client_config()
         .set("group.id", "schema-registry-replay")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -188,8 +190,9 @@ impl fmt::Debug for KafkaLog {
 impl KafkaLog {
     pub(crate) fn new(config: &Config) -> Result<Self, RegistryError> {
         let timeout_ms = config.kafka_timeout_ms.to_string();
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &config.kafka_bootstrap)
+        let producer: FutureProducer = config
+            .kafka
+            .client_config()
             // Idempotence keeps retried batches from being duplicated or
             // reordered, so the log's order is the order of our writes.
             .set("enable.idempotence", "true")

@@ -141,7 +141,7 @@ mod tests {
     #[tokio::test]
     async fn writes_fail_with_backend_error_and_reads_keep_working_when_kafka_is_down() {
         let config = Config {
-            kafka_bootstrap: "127.0.0.1:1".into(),
+            kafka: service_config::KafkaArgs::plain("127.0.0.1:1"),
             kafka_timeout_ms: 1_000,
             ..Config::default()
         };

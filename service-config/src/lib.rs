@@ -7,10 +7,16 @@
 //! environment variable still overrides it, and every value goes through the same parsing as a
 //! flag. A key that names no setting is an error: a typo in a file must not pass silently.
 
+pub mod kafka;
+pub mod registry;
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use clap::{Command, Parser};
+
+pub use kafka::{ConnectError, KafkaArgs, KafkaProperty};
+pub use registry::{RegistryArgs, RegistryAuthError};
 
 /// The id of the argument that names the file: a field `config: Option<PathBuf>`.
 pub const CONFIG_ARG: &str = "config";
@@ -135,7 +141,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString>,
 {
-    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let mut command = C::command();
     // A first, lenient pass only to learn where the file is; the real pass judges everything.
     let path = C::command()
@@ -143,15 +149,39 @@ where
         .try_get_matches_from(&args)
         .ok()
         .and_then(|m| m.try_get_one::<PathBuf>(CONFIG_ARG).ok().flatten().cloned());
+    let mut kafka_properties = Vec::new();
     if let Some(path) = path {
-        command = with_file_defaults(command, &path)?;
+        let (with_defaults, from_file) = with_file_defaults(command, &path)?;
+        command = with_defaults;
+        kafka_properties = from_file;
+    }
+    if command
+        .get_arguments()
+        .any(|arg| arg.get_id() == kafka::PROPERTY_ARG)
+    {
+        let mut from_env: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, v)| kafka::property_from_env(k.to_str()?, v.to_str()?))
+            .collect();
+        from_env.sort();
+        kafka_properties.extend(from_env);
+        // Put before the command line's own flags: a later property replaces an earlier one, so
+        // the file gives way to the environment, and both to the flags.
+        let at = args.len().min(1);
+        let injected = kafka_properties
+            .into_iter()
+            .flat_map(|p| [OsString::from("--kafka-property"), OsString::from(p)]);
+        args.splice(at..at, injected);
     }
     let matches = command.try_get_matches_from(&args)?;
     Ok(C::from_arg_matches(&matches)?)
 }
 
-/// `command` with each setting in the file as its default.
-fn with_file_defaults(mut command: Command, path: &Path) -> Result<Command, ConfigError> {
+/// `command` with each setting in the file as its default, and the `KEY=VALUE` client
+/// properties of the file's `[kafka]` table.
+fn with_file_defaults(
+    mut command: Command,
+    path: &Path,
+) -> Result<(Command, Vec<String>), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -167,7 +197,26 @@ fn with_file_defaults(mut command: Command, path: &Path) -> Result<Command, Conf
         .map(|arg| arg.get_id().as_str().to_owned())
         .filter(|id| !matches!(id.as_str(), CONFIG_ARG | "help" | "version"))
         .collect();
+    let mut kafka_properties = Vec::new();
     for (key, value) in table {
+        if key == "kafka" && settings.iter().any(|s| s == kafka::PROPERTY_ARG) {
+            let toml::Value::Table(properties) = value else {
+                return Err(ConfigError::NotAValue {
+                    path: path.to_owned(),
+                    key,
+                    kind: "not a table of client properties",
+                });
+            };
+            for (name, value) in properties {
+                let text = scalar(&value).ok_or_else(|| ConfigError::NotAValue {
+                    path: path.to_owned(),
+                    key: format!("kafka.{name}"),
+                    kind: "an array or a table",
+                })?;
+                kafka_properties.push(format!("{name}={text}"));
+            }
+            continue;
+        }
         let id = key.replace('-', "_");
         if !settings.contains(&id) {
             return Err(ConfigError::UnknownKey {
@@ -182,17 +231,25 @@ fn with_file_defaults(mut command: Command, path: &Path) -> Result<Command, Conf
             kind,
         };
         let text = match value {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(n) => n.to_string(),
-            toml::Value::Float(x) => x.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Datetime(d) => d.to_string(),
             toml::Value::Array(_) => return Err(not_a_value("an array")),
             toml::Value::Table(_) => return Err(not_a_value("a table")),
+            scalar_value => scalar(&scalar_value).unwrap_or_default(),
         };
         command = command.mut_arg(id, |arg| arg.default_value(text));
     }
-    Ok(command)
+    Ok((command, kafka_properties))
+}
+
+/// A TOML value as a flag would spell it; `None` for arrays and tables.
+fn scalar(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(n) => Some(n.to_string()),
+        toml::Value::Float(x) => Some(x.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        toml::Value::Datetime(d) => Some(d.to_string()),
+        toml::Value::Array(_) | toml::Value::Table(_) => None,
+    }
 }
 
 #[cfg(test)]

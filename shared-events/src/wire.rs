@@ -7,7 +7,6 @@
 
 use std::marker::PhantomData;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use apache_avro::Schema;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
@@ -24,14 +23,17 @@ use crate::event::{AvroEvent, EventError};
 pub enum WireError {
     #[error("the schema compiled into this build is invalid")]
     InvalidSchema(#[source] apache_avro::Error),
-    #[error("schema registry at {url} is unusable")]
-    RegistrySettings {
-        url: String,
+    /// The registry refused, was unreachable or timed out. `retriable` says whether trying again
+    /// may help (network trouble) or not (an incompatible schema, a record that doesn't decode).
+    /// The registry answered 401 or 403: the credentials are missing or wrong.
+    #[error(
+        "the schema registry refused this service's credentials ({status}): check --registry-basic-auth or --registry-bearer-token"
+    )]
+    Unauthorized {
+        status: String,
         #[source]
         source: SRCError,
     },
-    /// The registry refused, was unreachable or timed out. `retriable` says whether trying again
-    /// may help (network trouble) or not (an incompatible schema, a record that doesn't decode).
     #[error("schema registry call failed: {source}")]
     Registry {
         retriable: bool,
@@ -48,6 +50,14 @@ pub enum WireError {
 
 impl From<SRCError> for WireError {
     fn from(source: SRCError) -> Self {
+        for status in ["401 Unauthorized", "403 Forbidden"] {
+            if source.error.contains(status) {
+                return Self::Unauthorized {
+                    status: status.to_owned(),
+                    source,
+                };
+            }
+        }
         Self::Registry {
             retriable: source.retriable,
             source,
@@ -82,24 +92,14 @@ pub fn value_subject(topic: &str) -> String {
 }
 
 impl<E: AvroEvent> EventCodec<E> {
-    /// A codec for the values of `topic`, talking to the registry at `registry_url` with
-    /// `timeout` on every call.
-    pub fn new(registry_url: &str, topic: &str, timeout: Duration) -> Result<Self, WireError> {
+    /// A codec for the values of `topic`, talking to the registry as `registry` says (its URL,
+    /// credentials, TLS trust and timeout).
+    pub fn new(registry: SrSettings, topic: &str) -> Result<Self, WireError> {
         let reader_schema = Schema::parse_str(E::SCHEMA).map_err(WireError::InvalidSchema)?;
-        let settings = |url: &str| {
-            SrSettings::new_builder(url.to_owned())
-                .set_timeout(timeout)
-                .no_proxy()
-                .build()
-                .map_err(|source| WireError::RegistrySettings {
-                    url: url.to_owned(),
-                    source,
-                })
-        };
         let supplied = SuppliedSchema::new(None, SchemaType::Avro, E::SCHEMA.to_owned());
         Ok(Self {
-            encoder: AvroEncoder::new(settings(registry_url)?),
-            decoder: AvroDecoder::new(settings(registry_url)?),
+            encoder: AvroEncoder::new(registry.clone()),
+            decoder: AvroDecoder::new(registry),
             strategy: SubjectNameStrategy::TopicNameStrategyWithSchema(
                 topic.to_owned(),
                 false,

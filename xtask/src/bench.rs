@@ -45,6 +45,7 @@ impl BenchStack {
             controller_port: free_port()?,
             partitions: 6,
             heap: "1g",
+            secured: None,
         };
         eprintln!("starting a private Kafka on {} ...", kafka.bootstrap());
         let broker = Broker::start(&runtime, kafka, &scratch.path().join("kafka.log"))?;

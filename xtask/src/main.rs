@@ -3,7 +3,9 @@
 //! - `cargo xtask dev` starts the whole stack locally (Kafka, schema registry, command service,
 //!   two query replicas) and stops it on Ctrl-C;
 //! - `cargo xtask test` runs the whole test suite against an ephemeral broker and registry that
-//!   it starts and always stops.
+//!   it starts and always stops;
+//! - `cargo xtask doctor` checks this machine's prerequisites (`dev`, `test` and `bench` run it
+//!   first, so a missing piece fails in seconds, not minutes into a build).
 
 mod bench;
 mod load;
@@ -15,13 +17,13 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use local_kafka::process::{ensure_port_free, free_port, localhost};
-use local_kafka::{Broker, KafkaConfig, KafkaRuntime, Service};
+use local_kafka::{Broker, KafkaConfig, KafkaRuntime, SecuredListener, Service};
 
 use crate::workspace::Workspace;
 
@@ -42,6 +44,8 @@ enum Bench {
 
 #[derive(Debug, Subcommand)]
 enum Task {
+    /// Check this machine's prerequisites and print how to install what is missing.
+    Doctor,
     /// Start the local stack (data kept in `.dev/` across restarts) until Ctrl-C.
     Dev {
         /// Delete the stack's data (Kafka log, registry, replica stores) before starting.
@@ -70,20 +74,8 @@ fn main() -> ExitCode {
     if let Err(error) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
         eprintln!("warning: could not install a Ctrl-C handler: {error}");
     }
-    let ws = Workspace::locate();
-    let result = match Cli::parse().command {
-        Task::Dev { wipe, infra_only } => dev(&ws, wipe, infra_only, &interrupted),
-        Task::Test { cargo_args } => test(&ws, &cargo_args),
-        // The load generator must not be the bottleneck: an unoptimised build of it (reqwest,
-        // hyper, tokio) takes most of a core at a few thousand requests/s.
-        Task::Bench(_) if cfg!(debug_assertions) => rerun_optimised(&ws),
-        Task::Bench(Bench::Commands(args)) => {
-            bench::commands::run(&ws, &args).map(|()| ExitCode::SUCCESS)
-        }
-        Task::Bench(Bench::Queries(args)) => {
-            bench::queries::run(&ws, &args).map(|()| ExitCode::SUCCESS)
-        }
-    };
+    let command = Cli::parse().command;
+    let result = Workspace::locate().and_then(|ws| run(&ws, command, &interrupted));
     match result {
         Ok(code) => code,
         Err(error) => {
@@ -91,6 +83,45 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(ws: &Workspace, command: Task, interrupted: &AtomicBool) -> anyhow::Result<ExitCode> {
+    if matches!(command, Task::Doctor) {
+        let host = doctor::Host::this_machine();
+        let findings = doctor::examine(&host);
+        print!("{}", doctor::report(&findings, host.is_root()));
+        return Ok(if doctor::all_found(&findings) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    prerequisites()?;
+    match command {
+        Task::Doctor => Ok(ExitCode::SUCCESS),
+        Task::Dev { wipe, infra_only } => dev(ws, wipe, infra_only, interrupted),
+        Task::Test { cargo_args } => test(ws, &cargo_args),
+        // The load generator must not be the bottleneck: an unoptimised build of it (reqwest,
+        // hyper, tokio) takes most of a core at a few thousand requests/s.
+        Task::Bench(_) if cfg!(debug_assertions) => rerun_optimised(ws),
+        Task::Bench(Bench::Commands(args)) => {
+            bench::commands::run(ws, &args).map(|()| ExitCode::SUCCESS)
+        }
+        Task::Bench(Bench::Queries(args)) => {
+            bench::queries::run(ws, &args).map(|()| ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Fails, with what is missing and how to install it, unless every prerequisite is here.
+fn prerequisites() -> anyhow::Result<()> {
+    let host = doctor::Host::this_machine();
+    let findings = doctor::examine(&host);
+    if doctor::all_found(&findings) {
+        return Ok(());
+    }
+    eprint!("{}", doctor::report(&findings, host.is_root()));
+    anyhow::bail!("prerequisites are missing (see above; `cargo xtask doctor` checks again)")
 }
 
 /// Runs this same command with a release build of the xtask.
@@ -159,22 +190,29 @@ fn dev(
         controller_port: DEV_CONTROLLER_PORT,
         partitions: 6,
         heap: "1g",
+        secured: None,
     };
-    eprintln!("starting Kafka on {} ...", kafka.bootstrap());
     let runtime = KafkaRuntime::resolve(&ws.cache_dir().join("kafka-classpath"))?;
+    eprintln!("starting Kafka on {} ...", kafka.bootstrap());
+    let started = Instant::now();
     let mut broker = Broker::start(&runtime, kafka, &logs.join("kafka.log"))?;
     let bootstrap = broker.bootstrap();
+    let mut timings = vec![("Kafka".to_owned(), started.elapsed())];
 
+    let started = Instant::now();
     let mut registry = Service::spawn(
         "schema-registry",
         registry_command(ws, DEV_REGISTRY_PORT, &bootstrap),
         &logs.join("schema-registry.log"),
     )?;
+    // The registry answers only once it has replayed its topic: live is ready.
     registry.wait_http_ok(localhost(DEV_REGISTRY_PORT), "/health/live", HEALTH_TIMEOUT)?;
+    timings.push(("schema registry".to_owned(), started.elapsed()));
     services.push(registry);
     let registry_url = format!("http://127.0.0.1:{DEV_REGISTRY_PORT}");
 
     if !infra_only {
+        let started = Instant::now();
         let mut command = Command::new(ws.binary("command-service"));
         command
             .env("COMMAND_LISTEN", format!("127.0.0.1:{DEV_COMMAND_PORT}"))
@@ -185,8 +223,13 @@ fn dev(
             command,
             &logs.join("command-service.log"),
         )?;
-        service.wait_http_ok(localhost(DEV_COMMAND_PORT), "/health/live", HEALTH_TIMEOUT)?;
+        // Ready: the topic exists (the replicas need it), the write model is rebuilt and the
+        // producers are initialised.
+        service.wait_http_ok(localhost(DEV_COMMAND_PORT), "/health/ready", HEALTH_TIMEOUT)?;
+        timings.push(("command service".to_owned(), started.elapsed()));
         services.push(service);
+        // Both replicas start together: a replica that joined alone would be ready, then lose
+        // half its partitions (and its readiness) to the next one's rebalance.
         for (index, port) in DEV_QUERY_PORTS.into_iter().enumerate() {
             let name = format!("query-{}", index + 1);
             let mut command = Command::new(ws.binary("query-service"));
@@ -197,15 +240,22 @@ fn dev(
                 .env("QUERY_ADMIN_TOKEN", DEV_ADMIN_TOKEN)
                 .env("KAFKA_BOOTSTRAP", &bootstrap)
                 .env("SCHEMA_REGISTRY_URL", &registry_url);
-            let mut service = Service::spawn(&name, command, &logs.join(format!("{name}.log")))?;
-            service.wait_http_ok(localhost(port), "/health/live", HEALTH_TIMEOUT)?;
-            services.push(service);
+            services.push(Service::spawn(
+                &name,
+                command,
+                &logs.join(format!("{name}.log")),
+            )?);
+        }
+        let replicas = services.len() - DEV_QUERY_PORTS.len()..services.len();
+        let took = wait_all_ready(&mut services[replicas.clone()], &DEV_QUERY_PORTS)?;
+        for (service, took) in services[replicas].iter().zip(took) {
+            timings.push((service.name.clone(), took));
         }
     }
 
     println!();
     println!(
-        "The stack is up (data in {}, logs in {}):",
+        "The stack is up, every service ready (data in {}, logs in {}):",
         data.display(),
         logs.display()
     );
@@ -223,6 +273,11 @@ fn dev(
             );
         }
     }
+    let ready: Vec<String> = timings
+        .iter()
+        .map(|(name, took)| format!("{name} {:.1} s", took.as_secs_f64()))
+        .collect();
+    println!("Ready after: {}.", ready.join(", "));
     println!("Ctrl-C stops everything; `cargo xtask dev --wipe` starts from empty.");
 
     let mut failure = None;
@@ -242,6 +297,46 @@ fn dev(
     }
 }
 
+/// Waits until every one of `services` (listening on `ports`) answers `/health/ready`, all at
+/// the same time: a rebalance may take readiness back from one that was ready before. Returns
+/// how long each took to be ready for good.
+fn wait_all_ready(services: &mut [Service], ports: &[u16]) -> anyhow::Result<Vec<Duration>> {
+    let started = Instant::now();
+    let mut ready_since: Vec<Option<Duration>> = vec![None; services.len()];
+    loop {
+        for ((service, port), since) in services.iter_mut().zip(ports).zip(&mut ready_since) {
+            service.ensure_running()?;
+            let ready =
+                local_kafka::process::http_status(localhost(*port), "/health/ready") == Some(200);
+            *since = match (ready, *since) {
+                (true, None) => Some(started.elapsed()),
+                (true, kept) => kept,
+                (false, _) => None,
+            };
+        }
+        if let Some(all) = ready_since.iter().copied().collect::<Option<Vec<_>>>() {
+            return Ok(all);
+        }
+        if started.elapsed() >= HEALTH_TIMEOUT {
+            let waiting: Vec<&str> = services
+                .iter()
+                .zip(&ready_since)
+                .filter(|(_, since)| since.is_none())
+                .map(|(service, _)| service.name.as_str())
+                .collect();
+            anyhow::bail!(
+                "not ready within {HEALTH_TIMEOUT:?}: {} (logs in {})",
+                waiting.join(", "),
+                services[0]
+                    .log()
+                    .parent()
+                    .map_or_else(String::new, |d| d.display().to_string())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
     // Build first so that compile errors surface before a broker starts.
     ws.cargo(&["build", "--workspace", "--bins", "--tests"])?;
@@ -255,6 +350,11 @@ fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
         controller_port: free_port()?,
         partitions: 3,
         heap: "768m",
+        // The secured-cluster tests connect through it; the rest use the plaintext listener.
+        secured: Some(SecuredListener {
+            port: free_port()?,
+            users: vec![(TEST_SASL_USER.to_owned(), test_sasl_password())],
+        }),
     };
     eprintln!("starting an ephemeral Kafka on {} ...", kafka.bootstrap());
     let runtime = KafkaRuntime::resolve(&ws.cache_dir().join("kafka-classpath"))?;
@@ -281,7 +381,9 @@ fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
             format!("http://127.0.0.1:{registry_port}"),
         )
         .env("INTEROP_PYTHON", &python)
+        .envs(secured_env(&kafka)?)
         .env("KAFKA_CLASSPATH", &runtime.classpath)
+        .env("KAFKA_LOG4J_CONFIG", &runtime.log4j_config)
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo test")?;
@@ -306,6 +408,36 @@ fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+const TEST_SASL_USER: &str = "cqrs-test";
+
+/// A password for the test broker's SASL user, different on every run.
+fn test_sasl_password() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    format!(
+        "pw-{:016x}",
+        RandomState::new().hash_one(std::process::id())
+    )
+}
+
+/// The variables that tell tests how to reach the broker's `SASL_SSL` listener.
+fn secured_env(kafka: &KafkaConfig) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let Some(secured) = &kafka.secured else {
+        return Ok(Vec::new());
+    };
+    let tls = SecuredListener::tls_files(&kafka.data_dir)?;
+    let (user, password) = secured
+        .users
+        .first()
+        .cloned()
+        .context("the secured listener has no user")?;
+    Ok(vec![
+        ("KAFKA_SASL_SSL_BOOTSTRAP", secured.bootstrap()),
+        ("KAFKA_SASL_USERNAME", user),
+        ("KAFKA_SASL_PASSWORD", password),
+        ("KAFKA_CA_FILE", tls.ca.display().to_string()),
+    ])
 }
 
 /// Whether `cargo test` arguments select packages themselves (`-p`, `--package`).

@@ -1,6 +1,12 @@
 //! Where things are: the workspace root, the cargo target directory and the built binaries.
+//!
+//! Found at run time, never from `env!("CARGO_MANIFEST_DIR")`: with a target directory shared
+//! between checkouts (as `.ci/run` shares one), cargo may reuse an xtask compiled in another
+//! checkout, and a path baked in at compile time would point there, or nowhere once it is gone.
 
 use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Workspace {
@@ -9,10 +15,23 @@ pub(crate) struct Workspace {
 }
 
 impl Workspace {
-    pub(crate) fn locate() -> Self {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    /// The workspace this process runs in: the one holding `CARGO_MANIFEST_DIR` (which
+    /// `cargo run` sets at run time), else the nearest enclosing the current directory.
+    pub(crate) fn locate() -> anyhow::Result<Self> {
+        let start = match std::env::var_os("CARGO_MANIFEST_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => std::env::current_dir().context("reading the current directory")?,
+        };
+        let root = workspace_root(&start).with_context(|| {
+            format!(
+                "{} is not inside the project's workspace (no Cargo.toml with [workspace] above it)",
+                start.display()
+            )
+        })?;
+        Ok(Self::at(root))
+    }
+
+    fn at(root: PathBuf) -> Self {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .map(|t| if t.is_absolute() { t } else { root.join(t) })
@@ -43,5 +62,43 @@ impl Workspace {
             args.join(" ")
         );
         Ok(())
+    }
+}
+
+/// The nearest directory at or above `start` whose `Cargo.toml` declares a `[workspace]`.
+fn workspace_root(start: &Path) -> Option<PathBuf> {
+    start.ancestors().find_map(|dir| {
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).ok()?;
+        manifest
+            .lines()
+            .any(|line| line.trim() == "[workspace]")
+            .then(|| dir.to_path_buf())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_workspace_is_found_from_inside_a_moved_tree() {
+        let tree = tempfile::tempdir().unwrap();
+        let root = tree.path().join("moved-checkout");
+        std::fs::create_dir_all(root.join("xtask/src")).unwrap();
+        std::fs::write(
+            root.join("Cargo.toml"),
+            "[workspace]\nmembers = [\"xtask\"]\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("xtask/Cargo.toml"),
+            "[package]\nname = \"xtask\"\n",
+        )
+        .unwrap();
+        assert_eq!(workspace_root(&root.join("xtask")), Some(root.clone()));
+        assert_eq!(workspace_root(&root.join("xtask/src")), Some(root.clone()));
+        assert_eq!(workspace_root(tree.path()), None);
     }
 }

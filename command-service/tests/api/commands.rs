@@ -3,10 +3,9 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
-use shared_events::EventCodec;
 use shared_events::orders::OrderEvent;
 
-use crate::helpers::{TestApp, env, order_body, read_committed, spawn_app};
+use crate::helpers::{TestApp, codec, order_body, read_committed, spawn_app};
 
 /// Places an order (total 2599 cents) and returns its id.
 async fn place(app: &TestApp) -> String {
@@ -38,12 +37,7 @@ async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
 
 /// Every event of the topic, decoded, grouped by order id in log order.
 async fn events_by_order(app: &TestApp) -> HashMap<String, Vec<OrderEvent>> {
-    let codec = EventCodec::<OrderEvent>::new(
-        &env("SCHEMA_REGISTRY_URL"),
-        &app.topic,
-        std::time::Duration::from_secs(5),
-    )
-    .unwrap();
+    let codec = codec(&app.topic);
     let mut records = read_committed(&app.topic);
     records.sort_by_key(|r| (r.partition, r.offset));
     let mut by_order: HashMap<String, Vec<OrderEvent>> = HashMap::new();

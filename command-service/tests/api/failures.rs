@@ -9,12 +9,10 @@ use local_kafka::process::free_port;
 use local_kafka::{Broker, KafkaConfig, KafkaRuntime};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use shared_events::EventCodec;
-use shared_events::orders::OrderEvent;
 
 use crate::helpers::{
-    config, env, fresh_topic, order_body, place_body_with_key, place_with_key, read_committed,
-    read_committed_from, spawn_app_with,
+    codec, config, env, fresh_topic, order_body, place_body_with_key, place_with_key,
+    read_committed, read_committed_from, spawn_app_with,
 };
 
 #[tokio::test]
@@ -144,6 +142,7 @@ async fn a_broker_outage_answers_503_in_bounded_time_then_recovers() {
         controller_port: free_port().unwrap(),
         partitions: 3,
         heap: "512m",
+        secured: None,
     };
     let log = data.path().join("kafka.log");
     let mut broker = tokio::task::spawn_blocking(move || Broker::start(&runtime, kafka, &log))
@@ -153,7 +152,7 @@ async fn a_broker_outage_answers_503_in_bounded_time_then_recovers() {
     let bootstrap = broker.bootstrap();
 
     let mut config = config(&fresh_topic());
-    config.kafka_bootstrap = bootstrap.clone();
+    config.kafka = service_config::KafkaArgs::plain(bootstrap.clone());
     config.kafka_timeout_ms = 3_000;
     config.request_timeout_ms = 8_000;
     let request_timeout = Duration::from_millis(config.request_timeout_ms);
@@ -355,9 +354,7 @@ async fn kill_9_under_load_loses_no_acknowledged_command() {
         422,
         "a recovered key reused for another order"
     );
-    let codec =
-        EventCodec::<OrderEvent>::new(&env("SCHEMA_REGISTRY_URL"), &topic, Duration::from_secs(5))
-            .unwrap();
+    let codec = codec(&topic);
     let records = tokio::task::spawn_blocking(move || read_committed(&topic))
         .await
         .unwrap();

@@ -64,14 +64,21 @@ impl TestApp {
 pub fn config(topic: &str) -> Config {
     let mut config = Config::defaults();
     config.listen = "127.0.0.1:0".into();
-    config.kafka_bootstrap = env("KAFKA_BOOTSTRAP");
-    config.registry_url = env("SCHEMA_REGISTRY_URL");
+    config.kafka = service_config::KafkaArgs::plain(env("KAFKA_BOOTSTRAP"));
+    config.registry = service_config::RegistryArgs::plain(env("SCHEMA_REGISTRY_URL"));
     config.topic = topic.to_owned();
     config.topic_partitions = PARTITIONS;
     config.instance_id = format!("test-{}", uuid::Uuid::new_v4());
     config.kafka_timeout_ms = 5_000;
     config.request_timeout_ms = 15_000;
     config
+}
+
+/// A codec for `topic`'s values, through the test registry.
+pub fn codec(topic: &str) -> shared_events::EventCodec<shared_events::orders::OrderEvent> {
+    let registry = service_config::RegistryArgs::plain(env("SCHEMA_REGISTRY_URL"));
+    shared_events::EventCodec::new(registry.sr_settings(Duration::from_secs(5)).unwrap(), topic)
+        .unwrap()
 }
 
 pub fn fresh_topic() -> String {

@@ -21,10 +21,10 @@ async fn confluent_python_client_decodes_our_events() {
         );
     }
 
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../interop/confluent_interop.py"
-    );
+    // Read at run time (cargo sets it for every test run): a test binary reused from another
+    // checkout must run this checkout's script.
+    let script =
+        std::path::Path::new(&env("CARGO_MANIFEST_DIR")).join("../interop/confluent_interop.py");
     let output = tokio::task::spawn_blocking({
         let topic = app.topic.clone();
         move || {

@@ -1,12 +1,12 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use shared_events::orders::{OrderEvent, OrderPayload};
+use shared_events::ConsistencyToken;
+use shared_events::orders::OrderPayload;
 use shared_events::partitioner::partition_for_key;
-use shared_events::{ConsistencyToken, EventCodec};
 
 use crate::helpers::{
-    PARTITIONS, config, env, fresh_topic, order_body, read_committed, spawn_app, spawn_app_with,
+    PARTITIONS, codec, config, fresh_topic, order_body, read_committed, spawn_app, spawn_app_with,
 };
 
 #[tokio::test]
@@ -42,12 +42,7 @@ async fn a_placed_order_is_committed_before_the_answer() {
         (record.partition, record.offset),
         (token.position.partition, token.position.offset)
     );
-    let codec = EventCodec::<OrderEvent>::new(
-        &env("SCHEMA_REGISTRY_URL"),
-        &app.topic,
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let codec = codec(&app.topic);
     let event = codec.decode(&record.value).await.unwrap();
     assert_eq!(event.envelope.aggregate_id, order_id);
     assert_eq!(event.envelope.aggregate_version, 1);

@@ -26,15 +26,25 @@ pub struct Commands {
 impl Commands {
     pub async fn spawn() -> Self {
         let topic = format!("orders-test-{}", uuid::Uuid::new_v4());
+        Self::spawn_with(Self::config(&topic)).await
+    }
+
+    /// The test configuration of a command service on `topic`.
+    pub fn config(topic: &str) -> command_service::Config {
         let mut config = command_service::Config::defaults();
         config.listen = "127.0.0.1:0".into();
-        config.kafka_bootstrap = env("KAFKA_BOOTSTRAP");
-        config.registry_url = env("SCHEMA_REGISTRY_URL");
-        config.topic = topic.clone();
+        config.kafka = service_config::KafkaArgs::plain(env("KAFKA_BOOTSTRAP"));
+        config.registry = service_config::RegistryArgs::plain(env("SCHEMA_REGISTRY_URL"));
+        config.topic = topic.to_owned();
         config.topic_partitions = PARTITIONS;
         config.instance_id = format!("test-{}", uuid::Uuid::new_v4());
         config.kafka_timeout_ms = 5_000;
         config.request_timeout_ms = 15_000;
+        config
+    }
+
+    pub async fn spawn_with(config: command_service::Config) -> Self {
+        let topic = config.topic.clone();
         let app = command_service::Application::build(config)
             .await
             .expect("the command service did not start");
@@ -76,10 +86,16 @@ impl Replica {
         id: &str,
         data: Arc<tempfile::TempDir>,
     ) -> Self {
+        let config = Self::config(topic, group, id, &data);
+        Self::spawn_with(config, data).await
+    }
+
+    /// The test configuration of a replica.
+    pub fn config(topic: &str, group: &str, id: &str, data: &tempfile::TempDir) -> Config {
         let mut config = Config::defaults();
         config.listen = "127.0.0.1:0".into();
-        config.kafka_bootstrap = env("KAFKA_BOOTSTRAP");
-        config.registry_url = env("SCHEMA_REGISTRY_URL");
+        config.kafka = service_config::KafkaArgs::plain(env("KAFKA_BOOTSTRAP"));
+        config.registry = service_config::RegistryArgs::plain(env("SCHEMA_REGISTRY_URL"));
         config.topic = topic.to_owned();
         config.group_id = group.to_owned();
         config.data_dir = data.path().to_path_buf();
@@ -87,6 +103,11 @@ impl Replica {
         config.session_timeout_ms = 6_000;
         config.admin_token = Some(ADMIN_TOKEN.into());
         config.cluster_refresh_ms = 500;
+        config
+    }
+
+    pub async fn spawn_with(config: Config, data: Arc<tempfile::TempDir>) -> Self {
+        let id = config.replica_id.clone().unwrap_or_default();
         let app = Application::build(config)
             .await
             .expect("the replica did not start");
@@ -95,7 +116,7 @@ impl Replica {
         let stats = app.stats();
         tokio::spawn(app.run_until_stopped());
         Self {
-            id: id.to_owned(),
+            id,
             address,
             stats,
             handle,

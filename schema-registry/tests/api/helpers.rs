@@ -27,7 +27,7 @@ pub(crate) fn fresh_topic() -> String {
 pub(crate) fn config_for(topic: &str) -> Config {
     Config {
         listen: "127.0.0.1:0".into(),
-        kafka_bootstrap: kafka_bootstrap(),
+        kafka: service_config::KafkaArgs::plain(kafka_bootstrap()),
         topic: topic.to_owned(),
         replication_factor: 1,
         kafka_timeout_ms: 10_000,
