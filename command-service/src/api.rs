@@ -20,6 +20,7 @@ use crate::order::{
 };
 use crate::problem::ApiError;
 use crate::write_model::{LockedSlot, WriteModel};
+use http_edge::Route;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -43,13 +44,50 @@ pub struct AppState {
 /// guard: actix's method guards record each method they test in the request's extensions, for
 /// their own `Allow` header, which costs an allocation and a drop on every command.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config
-        .service(web::resource("/orders").to(place_order))
-        .service(web::resource("/orders/{id}/{command}").to(follow_up))
-        .service(readable("/health/live", live))
-        .service(readable("/health/ready", ready))
-        .service(readable("/metrics", metrics));
+    http_edge::routes::register(&ROUTES, config);
 }
+
+/// Every route this service serves; the router is built from it and the OpenAPI document
+/// ([`crate::openapi`]) is held to it.
+pub const ROUTES: [Route; 9] = [
+    Route {
+        path: "/orders",
+        methods: &["POST"],
+        resource: |path| web::resource(path).to(place_order),
+    },
+    Route {
+        path: "/orders/{id}/payment",
+        methods: &["POST"],
+        resource: |path| web::resource(path).to(pay_order),
+    },
+    Route {
+        path: "/orders/{id}/shipment",
+        methods: &["POST"],
+        resource: |path| web::resource(path).to(ship_order),
+    },
+    Route {
+        path: "/orders/{id}/cancellation",
+        methods: &["POST"],
+        resource: |path| web::resource(path).to(cancel_order),
+    },
+    Route {
+        path: "/health/live",
+        methods: &["GET"],
+        resource: |path| readable(path, live),
+    },
+    Route {
+        path: "/health/ready",
+        methods: &["GET"],
+        resource: |path| readable(path, ready),
+    },
+    Route {
+        path: "/metrics",
+        methods: &["GET"],
+        resource: |path| readable(path, metrics),
+    },
+    http_edge::docs::ROUTES[0],
+    http_edge::docs::ROUTES[1],
+];
 
 /// A resource answering `GET` and `HEAD` with `handler`.
 fn readable<F, Args>(path: &str, handler: F) -> actix_web::Resource
@@ -71,11 +109,28 @@ async fn not_allowed(allow: &'static str) -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed(allow))
 }
 
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "operations",
+    summary = "Liveness: the process serves HTTP",
+    responses((status = 200, description = "Alive", content_type = "application/json"))
+)]
 async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
 /// Ready when every producer is initialised and the schema registry answers.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "operations",
+    summary = "Readiness: producers initialised and the schema registry reachable",
+    responses(
+        (status = 200, description = "Ready", content_type = "application/json"),
+        (status = 503, description = "Not ready (with Retry-After)", content_type = "application/json")
+    )
+)]
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let producers = state.batcher.live_producers();
     let registry = state
@@ -103,6 +158,13 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus / OpenMetrics text",
+    responses((status = 200, description = "The metrics", content_type = "application/openmetrics-text"))
+)]
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let m = &state.metrics;
     m.queue_depth
@@ -125,6 +187,24 @@ fn post_only(request: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    summary = "Place an order",
+    description = "Answers 201 only once the OrderPlaced event is in a committed Kafka transaction.",
+    params(crate::openapi::CommandHeaders),
+    request_body(content = crate::order::PlaceBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Placed: the event is committed", body = Accepted,
+            headers(
+                ("Location" = String, description = "/orders/{order_id}"),
+                ("Consistency-Token" = String, description = "Pass it to a query replica to read this write"),
+                ("ETag" = String, description = "The order's version, quoted")
+            )),
+        crate::openapi::CommandProblems
+    )
+)]
 async fn place_order(
     request: HttpRequest,
     payload: web::Payload,
@@ -134,22 +214,91 @@ async fn place_order(
     handle(&request, payload, &state, CommandKind::Place, None).await
 }
 
-/// `POST /orders/{id}/payment|shipment|cancellation`.
-async fn follow_up(
+#[utoipa::path(
+    post,
+    path = "/orders/{id}/payment",
+    tag = "orders",
+    summary = "Pay a placed order (the amount must equal its total)",
+    params(("id" = String, Path, description = "The order id"), crate::openapi::CommandHeaders),
+    request_body(content = crate::order::PayBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Paid: the event is committed", body = Accepted),
+        crate::openapi::CommandProblems
+    )
+)]
+async fn pay_order(
     request: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
+    id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     post_only(&request)?;
-    let (id, command) = path.into_inner();
-    let kind = match command.as_str() {
-        "payment" => CommandKind::Pay,
-        "shipment" => CommandKind::Ship,
-        "cancellation" => CommandKind::Cancel,
-        _ => return Err(ApiError::NoRoute),
-    };
-    handle(&request, payload, &state, kind, Some(id)).await
+    handle(
+        &request,
+        payload,
+        &state,
+        CommandKind::Pay,
+        Some(id.into_inner()),
+    )
+    .await
+}
+
+#[utoipa::path(
+    post,
+    path = "/orders/{id}/shipment",
+    tag = "orders",
+    summary = "Ship a paid order",
+    params(("id" = String, Path, description = "The order id"), crate::openapi::CommandHeaders),
+    request_body(content = crate::order::ShipBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Shipped: the event is committed", body = Accepted),
+        crate::openapi::CommandProblems
+    )
+)]
+async fn ship_order(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    post_only(&request)?;
+    handle(
+        &request,
+        payload,
+        &state,
+        CommandKind::Ship,
+        Some(id.into_inner()),
+    )
+    .await
+}
+
+#[utoipa::path(
+    post,
+    path = "/orders/{id}/cancellation",
+    tag = "orders",
+    summary = "Cancel an order that is not shipped",
+    params(("id" = String, Path, description = "The order id"), crate::openapi::CommandHeaders),
+    request_body(content = crate::order::CancelBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Cancelled: the event is committed", body = Accepted),
+        crate::openapi::CommandProblems
+    )
+)]
+async fn cancel_order(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    post_only(&request)?;
+    handle(
+        &request,
+        payload,
+        &state,
+        CommandKind::Cancel,
+        Some(id.into_inner()),
+    )
+    .await
 }
 
 fn command_name(kind: CommandKind) -> &'static str {
@@ -377,11 +526,16 @@ pub fn receipt_of(event: &OrderEvent, kind: CommandKind, position: Position) -> 
 }
 
 /// Success body of every command.
-#[derive(Debug, serde::Serialize)]
-struct Accepted<'a> {
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Accepted<'a> {
+    /// The order's id.
     order_id: &'a str,
+    /// The order's version after this command: 1, 2, 3 … per order.
     version: i64,
+    /// The id of the event the command wrote.
     event_id: &'a str,
+    /// Where the event is in the log.
+    #[schema(value_type = Object, example = json!({"partition": 4, "offset": 17}))]
     position: Position,
 }
 

@@ -165,9 +165,12 @@ impl Application {
             registry_url: config.registry.url.clone(),
             http: config.registry.client_builder(registry_timeout)?.build()?,
         });
+        let document =
+            web::Data::new(http_edge::docs::ApiDocument::new(crate::openapi::document()));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(document.clone())
                 .configure(api::routes)
                 .default_service(web::to(api::not_found))
         })

@@ -12,6 +12,7 @@ pub mod batcher;
 pub mod config;
 pub mod idempotency;
 pub mod metrics;
+pub mod openapi;
 pub mod order;
 pub mod problem;
 pub mod replay;

@@ -256,24 +256,40 @@ fn in_range(value: i64, min: i64, max: i64) -> Option<i64> {
     (min..=max).contains(&value).then_some(value)
 }
 
-/// `POST /orders` as sent, before validation.
-#[derive(serde::Deserialize)]
+/// `POST /orders` as sent, before validation. Unknown fields are refused.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PlaceBody<'a> {
+#[schema(
+    as = PlaceOrderRequest,
+    example = json!({"customer_id": "c-42", "currency": "EUR", "items": [{"sku": "A-1", "quantity": 2, "unit_price_cents": 1250}]})
+)]
+pub(crate) struct PlaceBody<'a> {
+    /// The customer: 1 to 64 letters, digits, `.`, `_` or `-`.
     #[serde(borrow)]
+    #[schema(value_type = String)]
     customer_id: Cow<'a, str>,
+    /// An ISO 4217 code: three capital letters.
     #[serde(borrow)]
+    #[schema(value_type = String, pattern = "^[A-Z]{3}$")]
     currency: Cow<'a, str>,
+    /// 1 to 100 lines.
     #[serde(borrow)]
+    #[schema(min_items = 1, max_items = 100)]
     items: Vec<ItemBody<'a>>,
 }
 
-#[derive(serde::Deserialize)]
+/// One line of an order.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ItemBody<'a> {
+#[schema(as = OrderItem)]
+pub(crate) struct ItemBody<'a> {
+    /// 1 to 64 letters, digits, `.`, `_` or `-`.
     #[serde(borrow)]
+    #[schema(value_type = String)]
     sku: Cow<'a, str>,
+    #[schema(minimum = 1, maximum = 10000)]
     quantity: i64,
+    #[schema(minimum = 0, maximum = 1000000000)]
     unit_price_cents: i64,
 }
 
@@ -415,11 +431,16 @@ pub struct PayOrder {
     pub payment_ref: Text,
 }
 
-#[derive(serde::Deserialize)]
+/// `POST /orders/{id}/payment` as sent.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PayBody<'a> {
+#[schema(as = PayOrderRequest, example = json!({"amount_cents": 2500, "payment_ref": "pay-7781"}))]
+pub(crate) struct PayBody<'a> {
+    /// Must equal the order's total.
     amount_cents: i64,
+    /// 1 to 200 characters.
     #[serde(borrow)]
+    #[schema(value_type = String)]
     payment_ref: Cow<'a, str>,
 }
 
@@ -460,12 +481,18 @@ pub struct ShipOrder {
     pub tracking_number: Text,
 }
 
-#[derive(serde::Deserialize)]
+/// `POST /orders/{id}/shipment` as sent.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ShipBody<'a> {
+#[schema(as = ShipOrderRequest, example = json!({"carrier": "DHL", "tracking_number": "JD0146000043"}))]
+pub(crate) struct ShipBody<'a> {
+    /// 1 to 200 characters.
     #[serde(borrow)]
+    #[schema(value_type = String)]
     carrier: Cow<'a, str>,
+    /// 1 to 200 characters.
     #[serde(borrow)]
+    #[schema(value_type = String)]
     tracking_number: Cow<'a, str>,
 }
 
@@ -505,10 +532,14 @@ pub struct CancelOrder {
     pub reason: Text,
 }
 
-#[derive(serde::Deserialize)]
+/// `POST /orders/{id}/cancellation` as sent.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CancelBody<'a> {
+#[schema(as = CancelOrderRequest, example = json!({"reason": "changed my mind"}))]
+pub(crate) struct CancelBody<'a> {
+    /// 1 to 200 characters.
     #[serde(borrow)]
+    #[schema(value_type = String)]
     reason: Cow<'a, str>,
 }
 

@@ -1,11 +1,13 @@
-//! The one place where errors become HTTP answers: RFC 7807 `application/problem+json` bodies
-//! with a stable `type` per kind of problem.
+//! The one place where errors become HTTP answers: RFC 9457 `application/problem+json` bodies,
+//! one row of the problem table ([`types`]) per kind of problem.
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 
 use crate::batcher::{CommitError, SubmitError};
+use http_edge::ProblemType;
+
 use crate::order::{CommandError, FieldError};
 
 /// Everything a command handler can answer besides success.
@@ -74,111 +76,198 @@ impl From<SubmitError> for ApiError {
     }
 }
 
-impl ApiError {
-    /// The stable problem type and title of each kind.
-    fn kind(&self) -> (&'static str, &'static str) {
-        match self {
-            Self::Malformed(_) => ("malformed-request", "Malformed request"),
-            Self::Invalid(_) => ("invalid-values", "Invalid values"),
-            Self::TooLarge { .. } => ("body-too-large", "Body too large"),
-            Self::UnsupportedMediaType => ("unsupported-media-type", "Unsupported media type"),
-            Self::Saturated => ("saturated", "Too many requests"),
-            Self::ShuttingDown => ("shutting-down", "Service shutting down"),
-            Self::Commit(_) | Self::CommitTimeout(_) => {
-                ("kafka-unavailable", "Event not committed")
-            }
-            Self::Encode(_) => ("schema-registry-unavailable", "Event not encoded"),
-            Self::BadId(..) => ("invalid-id", "Invalid order id"),
-            Self::BadHeader(_) => ("invalid-header", "Invalid header"),
-            Self::UnknownOrder(_) => ("order-not-found", "Order not found"),
-            Self::Conflict(_) => ("rule-violated", "Command not allowed"),
-            Self::PreconditionFailed { .. } => ("version-mismatch", "Version mismatch"),
-            Self::KeyReused => ("idempotency-key-reused", "Idempotency key reused"),
-            Self::Busy(_) => ("busy", "Busy"),
-            Self::NoRoute => ("not-found", "Not found"),
-            Self::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
-            Self::UnsupportedEncoding(_) => {
-                ("unsupported-encoding", "Unsupported content encoding")
-            }
-            Self::BodyTimeout => ("request-timeout", "Body not received in time"),
+/// The problem table: every kind of error this service answers with, one row each.
+pub mod types {
+    use actix_web::http::StatusCode;
+    use http_edge::ProblemType;
+
+    const fn row(
+        code: &'static str,
+        title: &'static str,
+        status: StatusCode,
+        retry_after: Option<u32>,
+    ) -> ProblemType {
+        ProblemType {
+            code,
+            title,
+            status,
+            retry_after,
         }
     }
 
-    /// Seconds a client should wait before retrying, for the retryable kinds.
-    fn retry_after(&self) -> Option<u32> {
-        match self {
-            Self::Saturated => Some(1),
-            Self::ShuttingDown
-            | Self::Commit(_)
-            | Self::CommitTimeout(_)
-            | Self::Encode(_)
-            | Self::Busy(_) => Some(2),
-            _ => None,
-        }
-    }
+    pub const MALFORMED: ProblemType = row(
+        "malformed-request",
+        "Malformed request",
+        StatusCode::BAD_REQUEST,
+        None,
+    );
+    pub const INVALID_ID: ProblemType = row(
+        "invalid-id",
+        "Invalid order id",
+        StatusCode::BAD_REQUEST,
+        None,
+    );
+    pub const INVALID_HEADER: ProblemType = row(
+        "invalid-header",
+        "Invalid header",
+        StatusCode::BAD_REQUEST,
+        None,
+    );
+    pub const NOT_FOUND: ProblemType = row("not-found", "Not found", StatusCode::NOT_FOUND, None);
+    pub const ORDER_NOT_FOUND: ProblemType = row(
+        "order-not-found",
+        "Order not found",
+        StatusCode::NOT_FOUND,
+        None,
+    );
+    pub const METHOD_NOT_ALLOWED: ProblemType = row(
+        "method-not-allowed",
+        "Method not allowed",
+        StatusCode::METHOD_NOT_ALLOWED,
+        None,
+    );
+    pub const REQUEST_TIMEOUT: ProblemType = row(
+        "request-timeout",
+        "Body not received in time",
+        StatusCode::REQUEST_TIMEOUT,
+        None,
+    );
+    pub const RULE_VIOLATED: ProblemType = row(
+        "rule-violated",
+        "Command not allowed",
+        StatusCode::CONFLICT,
+        None,
+    );
+    pub const VERSION_MISMATCH: ProblemType = row(
+        "version-mismatch",
+        "Version mismatch",
+        StatusCode::PRECONDITION_FAILED,
+        None,
+    );
+    pub const BODY_TOO_LARGE: ProblemType = row(
+        "body-too-large",
+        "Body too large",
+        StatusCode::PAYLOAD_TOO_LARGE,
+        None,
+    );
+    pub const UNSUPPORTED_MEDIA_TYPE: ProblemType = row(
+        "unsupported-media-type",
+        "Unsupported media type",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        None,
+    );
+    pub const UNSUPPORTED_ENCODING: ProblemType = row(
+        "unsupported-encoding",
+        "Unsupported content encoding",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        None,
+    );
+    pub const INVALID_VALUES: ProblemType = row(
+        "invalid-values",
+        "Invalid values",
+        StatusCode::UNPROCESSABLE_ENTITY,
+        None,
+    );
+    pub const IDEMPOTENCY_KEY_REUSED: ProblemType = row(
+        "idempotency-key-reused",
+        "Idempotency key reused",
+        StatusCode::UNPROCESSABLE_ENTITY,
+        None,
+    );
+    pub const SATURATED: ProblemType = row(
+        "saturated",
+        "Too many requests",
+        StatusCode::TOO_MANY_REQUESTS,
+        Some(1),
+    );
+    pub const SHUTTING_DOWN: ProblemType = row(
+        "shutting-down",
+        "Service shutting down",
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some(2),
+    );
+    pub const KAFKA_UNAVAILABLE: ProblemType = row(
+        "kafka-unavailable",
+        "Event not committed",
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some(2),
+    );
+    pub const REGISTRY_UNAVAILABLE: ProblemType = row(
+        "schema-registry-unavailable",
+        "Event not encoded",
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some(2),
+    );
+    pub const BUSY: ProblemType = row("busy", "Busy", StatusCode::SERVICE_UNAVAILABLE, Some(2));
+
+    /// Every row, for the OpenAPI document.
+    pub const ALL: &[ProblemType] = &[
+        MALFORMED,
+        INVALID_ID,
+        INVALID_HEADER,
+        NOT_FOUND,
+        ORDER_NOT_FOUND,
+        METHOD_NOT_ALLOWED,
+        REQUEST_TIMEOUT,
+        RULE_VIOLATED,
+        VERSION_MISMATCH,
+        BODY_TOO_LARGE,
+        UNSUPPORTED_MEDIA_TYPE,
+        UNSUPPORTED_ENCODING,
+        INVALID_VALUES,
+        IDEMPOTENCY_KEY_REUSED,
+        SATURATED,
+        SHUTTING_DOWN,
+        KAFKA_UNAVAILABLE,
+        REGISTRY_UNAVAILABLE,
+        BUSY,
+    ];
 }
 
-/// Renders a problem body.
-fn problem(
-    status: StatusCode,
-    kind: &str,
-    title: &str,
-    detail: &str,
-    errors: Option<&[FieldError]>,
-) -> HttpResponse {
-    let mut body = serde_json::json!({
-        "type": format!("urn:problem-type:{kind}"),
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    if let Some(errors) = errors {
-        body["errors"] = serde_json::json!(errors);
+impl ApiError {
+    /// This error's row of the problem table.
+    pub fn problem_type(&self) -> &'static ProblemType {
+        use types::*;
+        match self {
+            Self::Malformed(_) => &MALFORMED,
+            Self::Invalid(_) => &INVALID_VALUES,
+            Self::TooLarge { .. } => &BODY_TOO_LARGE,
+            Self::UnsupportedMediaType => &UNSUPPORTED_MEDIA_TYPE,
+            Self::Saturated => &SATURATED,
+            Self::ShuttingDown => &SHUTTING_DOWN,
+            Self::Commit(_) | Self::CommitTimeout(_) => &KAFKA_UNAVAILABLE,
+            Self::Encode(_) => &REGISTRY_UNAVAILABLE,
+            Self::BadId(..) => &INVALID_ID,
+            Self::BadHeader(_) => &INVALID_HEADER,
+            Self::UnknownOrder(_) => &ORDER_NOT_FOUND,
+            Self::Conflict(_) => &RULE_VIOLATED,
+            Self::PreconditionFailed { .. } => &VERSION_MISMATCH,
+            Self::KeyReused => &IDEMPOTENCY_KEY_REUSED,
+            Self::Busy(_) => &BUSY,
+            Self::NoRoute => &NOT_FOUND,
+            Self::MethodNotAllowed(_) => &METHOD_NOT_ALLOWED,
+            Self::UnsupportedEncoding(_) => &UNSUPPORTED_ENCODING,
+            Self::BodyTimeout => &REQUEST_TIMEOUT,
+        }
     }
-    HttpResponse::build(status)
-        .content_type("application/problem+json")
-        .body(body.to_string())
 }
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            Self::Malformed(_) | Self::BadId(..) | Self::BadHeader(_) => StatusCode::BAD_REQUEST,
-            Self::UnknownOrder(_) | Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
-            Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType | Self::UnsupportedEncoding(_) => {
-                StatusCode::UNSUPPORTED_MEDIA_TYPE
-            }
-            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Saturated => StatusCode::TOO_MANY_REQUESTS,
-            Self::ShuttingDown
-            | Self::Commit(_)
-            | Self::CommitTimeout(_)
-            | Self::Encode(_)
-            | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
+        self.problem_type().status
     }
 
     fn error_response(&self) -> HttpResponse {
-        let status = self.status_code();
-        if status.is_server_error() {
+        let problem = self.problem_type();
+        if problem.status.is_server_error() {
             tracing::warn!(error = %self, "command failed");
         }
-        let (kind, title) = self.kind();
-        let errors = match self {
-            Self::Invalid(fields) => Some(fields.as_slice()),
+        let extra = match self {
+            Self::Invalid(fields) => Some(serde_json::json!({ "errors": fields })),
             _ => None,
         };
-        let mut response = problem(status, kind, title, &self.to_string(), errors);
+        let mut response = problem.response(&self.to_string(), extra);
         let headers = response.headers_mut();
-        if let Some(seconds) = self.retry_after() {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
         match self {
             Self::MethodNotAllowed(allow) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));

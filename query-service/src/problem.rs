@@ -4,6 +4,8 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 
+use http_edge::ProblemType;
+
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,61 +39,132 @@ pub enum QueryError {
     MethodNotAllowed(&'static str),
 }
 
+/// The problem table: every kind of error a replica answers with, one row each.
+pub mod types {
+    use actix_web::http::StatusCode;
+    use http_edge::ProblemType;
+
+    const fn row(
+        code: &'static str,
+        title: &'static str,
+        status: StatusCode,
+        retry_after: Option<u32>,
+    ) -> ProblemType {
+        ProblemType {
+            code,
+            title,
+            status,
+            retry_after,
+        }
+    }
+
+    pub const INVALID_ID: ProblemType =
+        row("invalid-id", "Invalid id", StatusCode::BAD_REQUEST, None);
+    pub const INVALID_CONSISTENCY_TOKEN: ProblemType = row(
+        "invalid-consistency-token",
+        "Invalid consistency token",
+        StatusCode::BAD_REQUEST,
+        None,
+    );
+    pub const INVALID_QUERY: ProblemType = row(
+        "invalid-query",
+        "Invalid query",
+        StatusCode::BAD_REQUEST,
+        None,
+    );
+    pub const UNAUTHORIZED: ProblemType = row(
+        "unauthorized",
+        "Unauthorized",
+        StatusCode::UNAUTHORIZED,
+        None,
+    );
+    pub const ADMIN_DISABLED: ProblemType = row(
+        "admin-disabled",
+        "Admin API disabled",
+        StatusCode::FORBIDDEN,
+        None,
+    );
+    pub const NOT_FOUND: ProblemType = row("not-found", "Not found", StatusCode::NOT_FOUND, None);
+    pub const ORDER_NOT_FOUND: ProblemType = row(
+        "order-not-found",
+        "Order not found",
+        StatusCode::NOT_FOUND,
+        None,
+    );
+    pub const METHOD_NOT_ALLOWED: ProblemType = row(
+        "method-not-allowed",
+        "Method not allowed",
+        StatusCode::METHOD_NOT_ALLOWED,
+        None,
+    );
+    pub const STORE_FAILURE: ProblemType = row(
+        "store-failure",
+        "Store failure",
+        StatusCode::INTERNAL_SERVER_ERROR,
+        None,
+    );
+    pub const TEMPORARILY_UNAVAILABLE: ProblemType = row(
+        "temporarily-unavailable",
+        "Temporarily unavailable",
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some(1),
+    );
+    pub const CONSISTENCY_TIMEOUT: ProblemType = row(
+        "consistency-timeout",
+        "Position not reached in time",
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some(1),
+    );
+
+    /// Every row, for the OpenAPI document.
+    pub const ALL: &[ProblemType] = &[
+        INVALID_ID,
+        INVALID_CONSISTENCY_TOKEN,
+        INVALID_QUERY,
+        UNAUTHORIZED,
+        ADMIN_DISABLED,
+        NOT_FOUND,
+        ORDER_NOT_FOUND,
+        METHOD_NOT_ALLOWED,
+        STORE_FAILURE,
+        TEMPORARILY_UNAVAILABLE,
+        CONSISTENCY_TIMEOUT,
+    ];
+}
+
 impl QueryError {
-    fn kind(&self) -> (&'static str, &'static str) {
+    /// This error's row of the problem table.
+    pub fn problem_type(&self) -> &'static ProblemType {
+        use types::*;
         match self {
-            Self::BadId(_) => ("invalid-id", "Invalid id"),
-            Self::UnknownOrder { .. } => ("order-not-found", "Order not found"),
-            Self::Unavailable(_) => ("temporarily-unavailable", "Temporarily unavailable"),
-            Self::BadToken(_) => ("invalid-consistency-token", "Invalid consistency token"),
-            Self::BadQuery(_) => ("invalid-query", "Invalid query"),
-            Self::ConsistencyTimeout { .. } => {
-                ("consistency-timeout", "Position not reached in time")
-            }
-            Self::AdminDisabled => ("admin-disabled", "Admin API disabled"),
-            Self::Unauthorized => ("unauthorized", "Unauthorized"),
-            Self::Store(_) => ("store-failure", "Store failure"),
-            Self::NoRoute => ("not-found", "Not found"),
-            Self::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
+            Self::BadId(_) => &INVALID_ID,
+            Self::UnknownOrder { .. } => &ORDER_NOT_FOUND,
+            Self::Unavailable(_) => &TEMPORARILY_UNAVAILABLE,
+            Self::BadToken(_) => &INVALID_CONSISTENCY_TOKEN,
+            Self::BadQuery(_) => &INVALID_QUERY,
+            Self::ConsistencyTimeout { .. } => &CONSISTENCY_TIMEOUT,
+            Self::AdminDisabled => &ADMIN_DISABLED,
+            Self::Unauthorized => &UNAUTHORIZED,
+            Self::Store(_) => &STORE_FAILURE,
+            Self::NoRoute => &NOT_FOUND,
+            Self::MethodNotAllowed(_) => &METHOD_NOT_ALLOWED,
         }
     }
 }
 
 impl ResponseError for QueryError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            Self::BadId(_) | Self::BadToken(_) | Self::BadQuery(_) => StatusCode::BAD_REQUEST,
-            Self::UnknownOrder { .. } | Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::Unavailable(_) | Self::ConsistencyTimeout { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::AdminDisabled => StatusCode::FORBIDDEN,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.problem_type().status
     }
 
     fn error_response(&self) -> HttpResponse {
-        let status = self.status_code();
-        if status.is_server_error() {
+        let problem = self.problem_type();
+        if problem.status.is_server_error() {
             tracing::warn!(error = %self, "query failed");
         }
-        let (kind, title) = self.kind();
-        let body = serde_json::json!({
-            "type": format!("urn:problem-type:{kind}"),
-            "title": title,
-            "status": status.as_u16(),
-            "detail": self.to_string(),
-        });
-        let mut response = HttpResponse::build(status)
-            .content_type("application/problem+json")
-            .body(body.to_string());
+        let mut response = problem.response(&self.to_string(), None);
         let headers = response.headers_mut();
         match self {
-            Self::Unavailable(_) | Self::ConsistencyTimeout { .. } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(1u32));
-            }
             Self::MethodNotAllowed(allow) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }

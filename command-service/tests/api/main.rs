@@ -7,4 +7,5 @@ mod commands;
 mod failures;
 mod helpers;
 mod interop;
+mod openapi;
 mod place_order;

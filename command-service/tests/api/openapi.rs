@@ -1,0 +1,169 @@
+//! The OpenAPI document against the running service: it lists exactly the routes the router
+//! serves, with exactly their methods, and each request example gets the status it promises.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use crate::helpers::{TestApp, spawn_app};
+
+async fn document(app: &TestApp) -> Value {
+    let response = app
+        .client
+        .get(format!("{}/openapi.json", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// `(path, METHOD)` of every operation in the document.
+fn operations(document: &Value) -> BTreeSet<(String, String)> {
+    let mut found = BTreeSet::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in ["get", "put", "post", "delete", "patch", "head", "options"] {
+            if item.get(method).is_some() {
+                found.insert((path.clone(), method.to_uppercase()));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_document_lists_exactly_the_routes_the_router_serves() {
+    let app = spawn_app().await;
+    let document = document(&app).await;
+    assert_eq!(document["openapi"], "3.1.0");
+    let table: BTreeSet<(String, String)> = command_service::api::ROUTES
+        .iter()
+        .flat_map(|r| {
+            r.methods
+                .iter()
+                .map(|m| (r.path.to_owned(), (*m).to_owned()))
+        })
+        .collect();
+    assert_eq!(operations(&document), table);
+
+    // The router serves each path with exactly those methods: any other gets 405 and an
+    // `Allow` that names them (GET routes also answer HEAD).
+    for route in command_service::api::ROUTES {
+        let path = route.path.replace("{id}", "some-order");
+        let response = app
+            .client
+            .delete(format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "DELETE {path}");
+        let allow = response.headers()["allow"].to_str().unwrap().to_owned();
+        let mut expected: Vec<&str> = route.methods.to_vec();
+        if expected.contains(&"GET") {
+            expected.push("HEAD");
+        }
+        let allowed: Vec<&str> = allow.split(',').map(str::trim).collect();
+        assert_eq!(allowed, expected, "Allow of {path}");
+    }
+    app.stop().await;
+}
+
+/// The documented example body of an operation.
+fn example(document: &Value, path: &str) -> String {
+    let media = &document["paths"][path]["post"]["requestBody"]["content"]["application/json"];
+    let schema = media["schema"]["$ref"]
+        .as_str()
+        .and_then(|r| r.rsplit('/').next())
+        .unwrap_or_else(|| panic!("{path} has no request schema"));
+    let example = &document["components"]["schemas"][schema]["example"];
+    assert!(example.is_object(), "{path}: no example");
+    example.to_string()
+}
+
+/// The status an operation promises on success: its lowest 2xx.
+fn promised(document: &Value, path: &str, method: &str) -> u16 {
+    document["paths"][path][method]["responses"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter_map(|status| status.parse::<u16>().ok())
+        .filter(|status| (200..300).contains(status))
+        .min()
+        .unwrap_or_else(|| panic!("{method} {path} promises no success"))
+}
+
+#[tokio::test]
+async fn each_request_example_gets_the_status_the_document_promises() {
+    let app = spawn_app().await;
+    let document = document(&app).await;
+    let post = |path: String, body: String| {
+        let app = &app;
+        async move {
+            app.post(&path, "application/json", body)
+                .await
+                .status()
+                .as_u16()
+        }
+    };
+    let place = || async {
+        let response = app
+            .post("/orders", "application/json", example(&document, "/orders"))
+            .await;
+        assert_eq!(
+            response.status().as_u16(),
+            promised(&document, "/orders", "post")
+        );
+        let body: Value = response.json().await.unwrap();
+        body["order_id"].as_str().unwrap().to_owned()
+    };
+
+    // Each follow-up on an order in the state its rule asks for: the examples chain (the
+    // payment example pays the place example's total).
+    let order = place().await;
+    let payment = "/orders/{id}/payment";
+    assert_eq!(
+        post(payment.replace("{id}", &order), example(&document, payment)).await,
+        promised(&document, payment, "post")
+    );
+    let shipment = "/orders/{id}/shipment";
+    assert_eq!(
+        post(
+            shipment.replace("{id}", &order),
+            example(&document, shipment)
+        )
+        .await,
+        promised(&document, shipment, "post")
+    );
+    let order = place().await;
+    let cancellation = "/orders/{id}/cancellation";
+    assert_eq!(
+        post(
+            cancellation.replace("{id}", &order),
+            example(&document, cancellation)
+        )
+        .await,
+        promised(&document, cancellation, "post")
+    );
+
+    for (path, method) in operations(&document) {
+        if method != "GET" {
+            continue;
+        }
+        let response = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            promised(&document, &path, "get"),
+            "GET {path}"
+        );
+        if path == "/docs" {
+            let page = response.text().await.unwrap();
+            assert!(page.contains("/openapi.json"));
+        }
+    }
+    app.stop().await;
+}

@@ -1,0 +1,16 @@
+//! What the services' HTTP edges share.
+//!
+//! - [`problem`]: a problem type is one row (code, title, status, retry-after) of a service's
+//!   problem table, and the one way an error becomes an `application/problem+json` answer
+//!   (RFC 9457).
+//! - [`routes`]: a service's route table, from which its router is built, so that what the
+//!   table (and the OpenAPI document checked against it) says is what the router serves.
+//! - [`docs`]: the OpenAPI document at `/openapi.json` and a browsable page at `/docs`, whose
+//!   assets are compiled in: no CDN.
+
+pub mod docs;
+pub mod problem;
+pub mod routes;
+
+pub use problem::ProblemType;
+pub use routes::Route;

@@ -1,0 +1,23 @@
+//! A service's route table: each route's path template, its methods, and how to make its actix
+//! resource. The router is built from the table ([`register`]), and tests hold the OpenAPI
+//! document to the same table, so neither can list a route the other does not serve.
+
+use actix_web::{Resource, web};
+
+/// One route.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// The path template, as actix and OpenAPI both write it: `/orders/{id}`.
+    pub path: &'static str,
+    /// The methods it serves (`GET` routes also answer `HEAD`, which is not listed).
+    pub methods: &'static [&'static str],
+    /// Its actix resource, for `path`; other methods are its business (`405` with `Allow`).
+    pub resource: fn(&'static str) -> Resource,
+}
+
+/// Registers every route of `table`.
+pub fn register(table: &[Route], config: &mut web::ServiceConfig) {
+    for route in table {
+        config.service((route.resource)(route.path));
+    }
+}
