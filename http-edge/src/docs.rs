@@ -2,6 +2,8 @@
 //! one compiled-in HTML file that renders the document in the browser: nothing is fetched from
 //! anywhere but the service itself.
 
+use std::collections::BTreeSet;
+
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, guard, web};
@@ -87,6 +89,45 @@ async fn docs_page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(PAGE)
+}
+
+/// Every operation of a rendered document, as `(path, METHOD)`, for checking it against a
+/// route table.
+pub fn operations(document: &serde_json::Value) -> BTreeSet<(String, String)> {
+    let mut found = BTreeSet::new();
+    let Some(paths) = document["paths"].as_object() else {
+        return found;
+    };
+    for (path, item) in paths {
+        for method in ["get", "put", "post", "delete", "patch", "head", "options"] {
+            if item.get(method).is_some() {
+                found.insert((path.clone(), method.to_uppercase()));
+            }
+        }
+    }
+    found
+}
+
+/// The status an operation of a rendered document promises on success: its lowest 2xx.
+pub fn promised_status(document: &serde_json::Value, path: &str, method: &str) -> Option<u16> {
+    document["paths"][path][method.to_lowercase()]["responses"]
+        .as_object()?
+        .keys()
+        .filter_map(|status| status.parse::<u16>().ok())
+        .filter(|status| (200..300).contains(status))
+        .min()
+}
+
+/// `(path, METHOD)` of every route of a table.
+pub fn table_operations(table: &[Route]) -> BTreeSet<(String, String)> {
+    table
+        .iter()
+        .flat_map(|r| {
+            r.methods
+                .iter()
+                .map(|m| (r.path.to_owned(), (*m).to_owned()))
+        })
+        .collect()
 }
 
 fn add_routes(document: &mut OpenApi) {

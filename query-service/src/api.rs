@@ -17,6 +17,7 @@ use crate::problem::QueryError;
 use crate::projection::{PartitionTable, ProjectionStats};
 use crate::routing::{FORWARDED_BY, Forwarder, Route, route};
 use crate::store::Store;
+use http_edge::problem::Problem;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -38,18 +39,50 @@ pub struct AppState {
 /// Every route serves `GET` and `HEAD` (actix sends the headers without the body) and answers
 /// other methods with `405` and an `Allow` header.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config
-        .service(readable("/orders/{id}", get_order))
-        .service(readable("/customers/{customer_id}/orders", customer_orders))
-        .service(readable(
-            "/internal/customers/{customer_id}/orders",
-            customer_orders_here,
-        ))
-        .service(readable("/admin/cluster", admin_cluster))
-        .service(readable("/health/live", live))
-        .service(readable("/health/ready", ready))
-        .service(readable("/metrics", metrics));
+    http_edge::routes::register(&ROUTES, config);
 }
+
+/// Every route a replica serves; the router is built from it and the OpenAPI document
+/// ([`crate::openapi`]) is held to it.
+pub const ROUTES: [http_edge::Route; 9] = [
+    http_edge::Route {
+        path: "/orders/{id}",
+        methods: &["GET"],
+        resource: |path| readable(path, get_order),
+    },
+    http_edge::Route {
+        path: "/customers/{customer_id}/orders",
+        methods: &["GET"],
+        resource: |path| readable(path, customer_orders),
+    },
+    http_edge::Route {
+        path: "/internal/customers/{customer_id}/orders",
+        methods: &["GET"],
+        resource: |path| readable(path, customer_orders_here),
+    },
+    http_edge::Route {
+        path: "/admin/cluster",
+        methods: &["GET"],
+        resource: |path| readable(path, admin_cluster),
+    },
+    http_edge::Route {
+        path: "/health/live",
+        methods: &["GET"],
+        resource: |path| readable(path, live),
+    },
+    http_edge::Route {
+        path: "/health/ready",
+        methods: &["GET"],
+        resource: |path| readable(path, ready),
+    },
+    http_edge::Route {
+        path: "/metrics",
+        methods: &["GET"],
+        resource: |path| readable(path, metrics),
+    },
+    http_edge::docs::ROUTES[0],
+    http_edge::docs::ROUTES[1],
+];
 
 fn readable<F, Args>(path: &str, handler: F) -> actix_web::Resource
 where
@@ -68,12 +101,29 @@ where
         }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "operations",
+    summary = "Liveness: the process serves HTTP",
+    responses((status = 200, description = "Alive", content_type = "application/json"))
+)]
 async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
 /// Ready once the replica joined the group and every partition it owns has caught up to within
 /// `max_ready_lag` records of the committed end.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "operations",
+    summary = "Readiness: joined the group and every owned partition caught up",
+    responses(
+        (status = 200, description = "Ready", content_type = "application/json"),
+        (status = 503, description = "Not ready (with Retry-After)", content_type = "application/json")
+    )
+)]
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let table = &state.table;
     let lagging: Vec<i32> = table
@@ -97,6 +147,13 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus / OpenMetrics text",
+    responses((status = 200, description = "The metrics", content_type = "application/openmetrics-text"))
+)]
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
@@ -141,6 +198,25 @@ fn consistency_token(
     Ok(Some(token))
 }
 
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    tag = "orders",
+    summary = "An order's current view, from any replica",
+    description = "A replica that does not own the key's partition forwards once to the owner (`Forwarded-To`); `Served-By` names the replica that answered.",
+    params(
+        ("id" = String, Path, description = "The order id"),
+        ("Consistency-Token" = Option<String>, Header,
+            description = "From a command's answer: wait (bounded) until that position is applied")
+    ),
+    responses(
+        (status = 200, description = "The order", body = OrderView,
+            headers(("Served-By" = String, description = "The replica that answered"))),
+        (status = 400, description = "A bad id or consistency token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order (said only by a caught-up owner)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Partition in transit or position not reached in time (with Retry-After)", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn get_order(
     request: HttpRequest,
     id: web::Path<String>,
@@ -248,23 +324,35 @@ const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 200;
 
 /// One replica's part of a customer's orders (the answer to a forwarded request).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 struct PartialPage {
     partitions: Vec<i32>,
     orders: Vec<PageEntry>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 struct PageEntry {
     cursor: String,
     order: OrderView,
 }
 
-#[derive(Debug, Serialize)]
+/// A page of a customer's orders, oldest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Page {
     customer_id: String,
     orders: Vec<OrderView>,
     next_cursor: Option<String>,
+}
+
+/// The paging parameters of a customer query, for the OpenAPI document.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code, reason = "read by the OpenAPI derive only")]
+struct PageParams {
+    /// Orders per page, 1 to 200 (default 50).
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    after: Option<String>,
 }
 
 /// The paging parameters of a customer query: `limit` (1..=200) and `after` (a cursor).
@@ -324,6 +412,23 @@ async fn customer_query(
 
 /// `GET /internal/customers/{id}/orders`: this replica's part of a customer query (the
 /// partitions it serves and their orders), for the replica that merges the parts.
+#[utoipa::path(
+    get,
+    path = "/internal/customers/{customer_id}/orders",
+    tag = "internal",
+    summary = "Between replicas: this replica's part of a customer's orders",
+    params(
+        ("customer_id" = String, Path, description = "The customer id"),
+        PageParams,
+        ("Consistency-Token" = Option<String>, Header,
+            description = "From a command's answer: the partition's owner waits (bounded) until it applied it")
+    ),
+    responses(
+        (status = 200, description = "The partitions this replica serves and their orders", body = PartialPage),
+        (status = 400, description = "A bad id, limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Position not reached in time (with Retry-After)", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn customer_orders_here(
     request: HttpRequest,
     customer_id: web::Path<String>,
@@ -340,6 +445,23 @@ async fn customer_orders_here(
 /// oldest first. The receiving replica asks each owner for its partitions (its own included)
 /// and merges; if some partition has no owner that answered, the answer is a retryable 503,
 /// never a silently partial list. A `Consistency-Token` makes its partition's owner wait first.
+#[utoipa::path(
+    get,
+    path = "/customers/{customer_id}/orders",
+    tag = "orders",
+    summary = "A customer's orders from every partition, oldest first, in pages",
+    params(
+        ("customer_id" = String, Path, description = "The customer id"),
+        PageParams,
+        ("Consistency-Token" = Option<String>, Header,
+            description = "From a command's answer: the partition's owner waits (bounded) until it applied it")
+    ),
+    responses(
+        (status = 200, description = "A page; `next_cursor` is absent on the last", body = Page),
+        (status = 400, description = "A bad id, limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Some partition had no owner that answered (with Retry-After)", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn customer_orders(
     request: HttpRequest,
     customer_id: web::Path<String>,
@@ -502,6 +624,19 @@ struct LocalPartition {
 }
 
 /// `GET /admin/cluster`: replicas, partition ownership, lag.
+#[utoipa::path(
+    get,
+    path = "/admin/cluster",
+    tag = "admin",
+    summary = "Replicas, partition ownership, committed offsets and lag",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The cluster as this replica sees it", content_type = "application/json"),
+        (status = 401, description = "No or a wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The admin API is disabled on this replica", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka did not answer (with Retry-After)", body = Problem, content_type = "application/problem+json")
+    )
+)]
 async fn admin_cluster(
     request: HttpRequest,
     state: web::Data<AppState>,

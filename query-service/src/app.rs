@@ -187,9 +187,12 @@ impl Application {
             max_ready_lag: config.max_ready_lag,
             admin_token: config.admin_token.clone(),
         });
+        let document =
+            web::Data::new(http_edge::docs::ApiDocument::new(crate::openapi::document()));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(document.clone())
                 .configure(api::routes)
                 .default_service(web::to(api::not_found))
         })

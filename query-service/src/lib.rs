@@ -12,6 +12,7 @@ pub mod app;
 pub mod cluster;
 pub mod config;
 pub mod metrics;
+pub mod openapi;
 pub mod orders;
 pub mod problem;
 pub mod projection;

@@ -1,8 +1,7 @@
 //! The OpenAPI document against the running service: it lists exactly the routes the router
 //! serves, with exactly their methods, and each request example gets the status it promises.
 
-use std::collections::BTreeSet;
-
+use http_edge::docs::{operations, promised_status, table_operations};
 use serde_json::Value;
 
 use crate::helpers::{TestApp, spawn_app};
@@ -18,33 +17,15 @@ async fn document(app: &TestApp) -> Value {
     response.json().await.unwrap()
 }
 
-/// `(path, METHOD)` of every operation in the document.
-fn operations(document: &Value) -> BTreeSet<(String, String)> {
-    let mut found = BTreeSet::new();
-    for (path, item) in document["paths"].as_object().unwrap() {
-        for method in ["get", "put", "post", "delete", "patch", "head", "options"] {
-            if item.get(method).is_some() {
-                found.insert((path.clone(), method.to_uppercase()));
-            }
-        }
-    }
-    found
-}
-
 #[tokio::test]
 async fn the_document_lists_exactly_the_routes_the_router_serves() {
     let app = spawn_app().await;
     let document = document(&app).await;
     assert_eq!(document["openapi"], "3.1.0");
-    let table: BTreeSet<(String, String)> = command_service::api::ROUTES
-        .iter()
-        .flat_map(|r| {
-            r.methods
-                .iter()
-                .map(|m| (r.path.to_owned(), (*m).to_owned()))
-        })
-        .collect();
-    assert_eq!(operations(&document), table);
+    assert_eq!(
+        operations(&document),
+        table_operations(&command_service::api::ROUTES)
+    );
 
     // The router serves each path with exactly those methods: any other gets 405 and an
     // `Allow` that names them (GET routes also answer HEAD).
@@ -80,15 +61,9 @@ fn example(document: &Value, path: &str) -> String {
     example.to_string()
 }
 
-/// The status an operation promises on success: its lowest 2xx.
+/// The status an operation promises on success.
 fn promised(document: &Value, path: &str, method: &str) -> u16 {
-    document["paths"][path][method]["responses"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .filter_map(|status| status.parse::<u16>().ok())
-        .filter(|status| (200..300).contains(status))
-        .min()
+    promised_status(document, path, method)
         .unwrap_or_else(|| panic!("{method} {path} promises no success"))
 }
 

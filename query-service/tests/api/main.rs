@@ -5,4 +5,5 @@
 
 mod end_to_end;
 mod helpers;
+mod openapi;
 mod secured;

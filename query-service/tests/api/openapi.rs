@@ -1,0 +1,63 @@
+//! The OpenAPI document against a running replica: it lists exactly the routes the router
+//! serves, with exactly their methods, and each documented request gets the status it promises.
+
+use http_edge::docs::{operations, promised_status, table_operations};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_document_matches_the_router_and_every_request_gets_its_promised_status() {
+    let commands = Commands::spawn().await;
+    let group = format!("openapi-{}", uuid::Uuid::new_v4());
+    let replica = Replica::spawn(&commands.topic, &group, "docs-a").await;
+    let http = client();
+    wait_settled(&http, &[&replica]).await;
+    let written = post(
+        &http,
+        &format!("{}/orders", commands.address),
+        &order_body("c-docs", 1),
+    )
+    .await;
+
+    let document: Value = http
+        .get(format!("{}/openapi.json", replica.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(document["openapi"], "3.1.0");
+    assert_eq!(
+        operations(&document),
+        table_operations(&query_service::api::ROUTES)
+    );
+
+    for route in query_service::api::ROUTES {
+        let path = route
+            .path
+            .replace("{id}", &written.order_id)
+            .replace("{customer_id}", "c-docs");
+        // Any method but the documented ones: 405, and `Allow` names exactly them.
+        let refused = http
+            .delete(format!("{}{path}", replica.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 405, "DELETE {path}");
+        assert_eq!(refused.headers()["allow"], "GET, HEAD", "{path}");
+
+        let mut request = http
+            .get(format!("{}{path}", replica.address))
+            .header("consistency-token", &written.token);
+        if document["paths"][route.path]["get"]["security"].is_array() {
+            request = request.bearer_auth(ADMIN_TOKEN);
+        }
+        let response = request.send().await.unwrap();
+        let promised = promised_status(&document, route.path, "GET").unwrap();
+        assert_eq!(response.status().as_u16(), promised, "GET {path}");
+    }
+    replica.stop().await;
+    commands.stop().await;
+}
