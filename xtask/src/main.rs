@@ -8,6 +8,7 @@
 //!   first, so a missing piece fails in seconds, not minutes into a build).
 
 mod bench;
+mod compose;
 mod load;
 mod python;
 mod workspace;
@@ -89,6 +90,7 @@ fn run(ws: &Workspace, command: Task, interrupted: &AtomicBool) -> anyhow::Resul
     if matches!(command, Task::Doctor) {
         let host = doctor::Host::this_machine();
         let findings = doctor::examine(&host);
+        println!("workspace: {}", ws.root.display());
         print!("{}", doctor::report(&findings, host.is_root()));
         return Ok(if doctor::all_found(&findings) {
             ExitCode::SUCCESS
