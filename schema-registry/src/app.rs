@@ -17,6 +17,7 @@ use crate::{
     records::LogRecord,
     registry::Registry,
     store::Store,
+    tls,
 };
 
 /// A built registry: state rebuilt from Kafka and the listener bound, ready
@@ -60,7 +61,14 @@ impl Application {
         let registry = web::Data::new(Registry::new(store, KafkaLog::new(&config)?));
         let listener = TcpListener::bind(&config.listen)?;
         let local_addr = listener.local_addr()?;
-        let access = web::Data::new(Access::new(config.basic_auth.as_deref()));
+        let access = web::Data::new(Access::new(
+            config.basic_auth.as_deref(),
+            config.bearer_token.as_deref(),
+        ));
+        let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+            _ => None,
+        };
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(registry.clone())
@@ -68,8 +76,11 @@ impl Application {
                 .wrap(actix_web::middleware::from_fn(auth::authenticate))
                 .configure(api::configure)
                 .default_service(web::to(api::not_found))
-        })
-        .listen(listener)?
+        });
+        let server = match tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+            None => server.listen(listener)?,
+        }
         // Signals are the binary's business (see main.rs); in-process users
         // such as tests stop the server through `handle()`.
         .disable_signals()

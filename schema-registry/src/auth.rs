@@ -1,6 +1,7 @@
-//! HTTP basic auth in front of the API, as Confluent's registry offers it: when credentials are
-//! configured, every route but `/health/live` needs them, and a request without them is `401`
-//! with a `WWW-Authenticate` challenge and the Confluent error body.
+//! Credentials in front of the API, as Confluent's registry and its managed offerings take them:
+//! HTTP basic auth and bearer tokens. When either is configured, every route but `/health/live`
+//! needs one of them, and a request without is `401` with a `WWW-Authenticate` challenge and the
+//! Confluent error body.
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -12,37 +13,66 @@ use base64::Engine as _;
 use crate::error::RegistryError;
 
 /// Who may call the API: anybody, or holders of the configured credentials.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Access {
     /// `USER:PASSWORD` as configured.
-    credentials: Option<String>,
+    basic: Option<String>,
+    bearer: Option<String>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("basic", &self.basic.is_some())
+            .field("bearer", &self.bearer.is_some())
+            .finish()
+    }
 }
 
 impl Access {
-    pub(crate) fn new(credentials: Option<&str>) -> Self {
+    pub(crate) fn new(basic: Option<&str>, bearer: Option<&str>) -> Self {
         Self {
-            credentials: credentials.map(str::to_owned),
+            basic: basic.map(str::to_owned),
+            bearer: bearer.map(str::to_owned),
         }
     }
 
     /// Whether a request with this `Authorization` header may pass.
     fn permits(&self, authorization: Option<&header::HeaderValue>) -> bool {
-        let Some(expected) = &self.credentials else {
+        if self.basic.is_none() && self.bearer.is_none() {
             return true;
-        };
-        let Some(presented) = authorization
+        }
+        let Some((scheme, credentials)) = authorization
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
-            .and_then(|(_, encoded)| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(encoded.trim())
-                    .ok()
-            })
         else {
             return false;
         };
-        constant_time_eq(&presented, expected.as_bytes())
+        let credentials = credentials.trim();
+        if scheme.eq_ignore_ascii_case("basic")
+            && let Some(expected) = &self.basic
+        {
+            return base64::engine::general_purpose::STANDARD
+                .decode(credentials)
+                .is_ok_and(|presented| constant_time_eq(&presented, expected.as_bytes()));
+        }
+        if scheme.eq_ignore_ascii_case("bearer")
+            && let Some(expected) = &self.bearer
+        {
+            return constant_time_eq(credentials.as_bytes(), expected.as_bytes());
+        }
+        false
+    }
+
+    /// The challenge of a `401`: the schemes this registry takes.
+    fn challenge(&self) -> &'static str {
+        match (&self.basic, &self.bearer) {
+            (Some(_), Some(_)) => {
+                "Basic realm=\"schema-registry\", Bearer realm=\"schema-registry\""
+            }
+            (None, Some(_)) => "Bearer realm=\"schema-registry\"",
+            _ => "Basic realm=\"schema-registry\"",
+        }
     }
 }
 
@@ -57,10 +87,11 @@ pub(crate) async fn authenticate(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let access = request.app_data::<web::Data<Access>>().cloned();
     let open = request.path() == "/health/live";
     let permitted = open
-        || request
-            .app_data::<web::Data<Access>>()
+        || access
+            .as_ref()
             .is_none_or(|access| access.permits(request.headers().get(header::AUTHORIZATION)));
     if permitted {
         return next
@@ -68,10 +99,11 @@ pub(crate) async fn authenticate(
             .await
             .map(ServiceResponse::map_into_left_body);
     }
+    let challenge = access.map_or("Basic realm=\"schema-registry\"", |a| a.challenge());
     let mut response = RegistryError::Unauthorized.error_response();
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Basic realm=\"schema-registry\""),
+        header::HeaderValue::from_static(challenge),
     );
     Ok(request.into_response(response).map_into_right_body())
 }
@@ -88,7 +120,7 @@ mod tests {
 
     #[test]
     fn only_the_configured_credentials_pass() {
-        let access = Access::new(Some("admin:s3cret"));
+        let access = Access::new(Some("admin:s3cret"), None);
         assert!(access.permits(Some(&basic("admin:s3cret"))));
         assert!(!access.permits(Some(&basic("admin:wrong"))));
         assert!(!access.permits(Some(&basic("admin:s3cret2"))));
@@ -97,6 +129,19 @@ mod tests {
             "Bearer admin:s3cret"
         ))));
         assert!(!access.permits(Some(&header::HeaderValue::from_static("Basic !!!"))));
-        assert!(Access::new(None).permits(None));
+        assert!(Access::new(None, None).permits(None));
+    }
+
+    #[test]
+    fn bearer_tokens_pass_when_configured() {
+        let access = Access::new(None, Some("t0ken"));
+        assert!(access.permits(Some(&header::HeaderValue::from_static("Bearer t0ken"))));
+        assert!(access.permits(Some(&header::HeaderValue::from_static("bearer t0ken"))));
+        assert!(!access.permits(Some(&header::HeaderValue::from_static("Bearer t0ken2"))));
+        assert!(!access.permits(Some(&basic("admin:t0ken"))));
+        let both = Access::new(Some("admin:s3cret"), Some("t0ken"));
+        assert!(both.permits(Some(&basic("admin:s3cret"))));
+        assert!(both.permits(Some(&header::HeaderValue::from_static("Bearer t0ken"))));
+        assert!(both.challenge().contains("Bearer"));
     }
 }

@@ -37,6 +37,28 @@ pub struct Config {
     #[arg(long, env = "REGISTRY_BASIC_AUTH", value_name = "USER:PASSWORD")]
     pub basic_auth: Option<String>,
 
+    /// Also (or instead) accept this bearer token (`Authorization: Bearer …`).
+    #[arg(long, env = "REGISTRY_BEARER_TOKEN", value_name = "TOKEN")]
+    pub bearer_token: Option<String>,
+
+    /// Serve HTTPS with this PEM certificate chain (with `--tls-key-file`).
+    #[arg(
+        long,
+        env = "REGISTRY_TLS_CERT_FILE",
+        value_name = "PEM",
+        requires = "tls_key_file"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The PEM (PKCS#8, PKCS#1 or SEC1) private key of `--tls-cert-file`.
+    #[arg(
+        long,
+        env = "REGISTRY_TLS_KEY_FILE",
+        value_name = "PEM",
+        requires = "tls_cert_file"
+    )]
+    pub tls_key_file: Option<PathBuf>,
+
     /// Compacted single-partition topic holding the registry state.
     #[arg(long, env = "REGISTRY_TOPIC", default_value = "_schemas")]
     pub topic: String,
@@ -70,6 +92,12 @@ impl std::fmt::Debug for Config {
                     .as_deref()
                     .map(service_config::registry::redacted_user_info),
             )
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .field("topic", &self.topic)
             .field("replication_factor", &self.replication_factor)
             .field("kafka_timeout_ms", &self.kafka_timeout_ms)
@@ -84,6 +112,9 @@ impl Default for Config {
             listen: "127.0.0.1:8081".to_owned(),
             kafka: KafkaArgs::plain("127.0.0.1:9092"),
             basic_auth: None,
+            bearer_token: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             topic: "_schemas".to_owned(),
             replication_factor: 1,
             kafka_timeout_ms: 10_000,
@@ -203,6 +234,9 @@ mod tests {
                 listen: "127.0.0.1:0".into(),
                 kafka: KafkaArgs::plain("k:1"),
                 basic_auth: None,
+                bearer_token: None,
+                tls_cert_file: None,
+                tls_key_file: None,
                 topic: "t".into(),
                 replication_factor: 3,
                 kafka_timeout_ms: 500,

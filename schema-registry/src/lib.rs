@@ -66,6 +66,7 @@ mod records;
 mod registry;
 mod schema;
 mod store;
+mod tls;
 
 pub use app::Application;
 pub use compatibility::CompatibilityLevel;

@@ -439,6 +439,8 @@ fn secured_env(kafka: &KafkaConfig) -> anyhow::Result<Vec<(&'static str, String)
         ("KAFKA_SASL_USERNAME", user),
         ("KAFKA_SASL_PASSWORD", password),
         ("KAFKA_CA_FILE", tls.ca.display().to_string()),
+        // The broker's key and certificates, which tests reuse for an HTTPS registry.
+        ("KAFKA_TLS_KEYSTORE", tls.keystore.display().to_string()),
     ])
 }
 

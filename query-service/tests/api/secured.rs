@@ -45,17 +45,26 @@ struct Registry {
 
 impl Registry {
     async fn spawn(kafka: KafkaArgs) -> Self {
-        let config = schema_registry::Config {
-            listen: "127.0.0.1:0".into(),
+        Self::spawn_with(schema_registry::Config {
             kafka,
             basic_auth: Some(REGISTRY_CREDENTIALS.into()),
-            topic: format!("_schemas-test-{}", uuid::Uuid::new_v4()),
             ..schema_registry::Config::default()
+        })
+        .await
+    }
+
+    async fn spawn_with(config: schema_registry::Config) -> Self {
+        let https = config.tls_cert_file.is_some();
+        let config = schema_registry::Config {
+            listen: "127.0.0.1:0".into(),
+            topic: format!("_schemas-test-{}", uuid::Uuid::new_v4()),
+            ..config
         };
         let app = schema_registry::Application::build(config)
             .await
             .expect("the registry did not start");
-        let url = format!("http://127.0.0.1:{}", app.port());
+        let scheme = if https { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{}", app.port());
         let handle = app.handle();
         tokio::spawn(app.run_until_stopped());
         Self { url, handle }
@@ -213,5 +222,60 @@ async fn wrong_registry_credentials_stop_the_services_at_start_naming_them() {
         .unwrap_or_default();
         assert!(error.contains(named), "{error}");
     }
+    registry.handle.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_registry_over_https_is_trusted_through_its_ca_and_takes_a_bearer_token() {
+    let keystore = std::path::PathBuf::from(env("KAFKA_TLS_KEYSTORE"));
+    let registry = Registry::spawn_with(schema_registry::Config {
+        kafka: KafkaArgs::plain(env("KAFKA_BOOTSTRAP")),
+        bearer_token: Some("registry-token".into()),
+        tls_cert_file: Some(keystore.clone()),
+        tls_key_file: Some(keystore),
+        ..schema_registry::Config::default()
+    })
+    .await;
+    assert!(registry.url.starts_with("https://"));
+    let access = |token: &str, ca: bool| {
+        let mut args = RegistryArgs::plain(registry.url.clone());
+        args.bearer_token = Some(token.to_owned());
+        args.ca_file = ca.then(|| env("KAFKA_CA_FILE").into());
+        args
+    };
+
+    let topic = format!("orders-test-{}", uuid::Uuid::new_v4());
+    let mut config = Commands::config(&topic);
+    config.registry = access("registry-token", true);
+    let commands = Commands::spawn_with(config).await;
+    let response = client()
+        .post(format!("{}/orders", commands.address))
+        .header("content-type", "application/json")
+        .body(order_body("c-https", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    commands.stop().await;
+
+    let failure = |registry: RegistryArgs| {
+        let mut config = Commands::config(&topic);
+        config.instance_id = format!("test-{}", uuid::Uuid::new_v4());
+        config.registry = registry;
+        async move {
+            command_service::Application::build(config)
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        }
+    };
+    let untrusted = failure(access("registry-token", false)).await;
+    assert!(untrusted.contains("certificate"), "{untrusted}");
+    let wrong_token = failure(access("another-token", true)).await;
+    assert!(
+        wrong_token.contains("refused the bearer token"),
+        "{wrong_token}"
+    );
     registry.handle.stop(true).await;
 }
