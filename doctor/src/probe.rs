@@ -124,6 +124,11 @@ pub(crate) const MAVEN: Check = Check {
     debian_packages: &["maven"],
     other_install: None,
 };
+pub(crate) const CHROMIUM: Check = Check {
+    name: "Chromium (browser tests)",
+    debian_packages: &["chromium"],
+    other_install: None,
+};
 pub(crate) const PYTHON: Check = Check {
     name: "Python 3 with venv",
     debian_packages: &["python3", "python3-venv"],
@@ -148,6 +153,7 @@ pub(crate) fn all(host: &Host) -> Vec<Finding> {
         finding(JAVA, java(host)),
         finding(MAVEN, version_line(host, "mvn", &["-v"])),
         finding(PYTHON, python(host)),
+        finding(CHROMIUM, chromium(host)),
     ];
     let _ = std::fs::remove_dir_all(&scratch);
     findings
@@ -432,6 +438,29 @@ fn python(host: &Host) -> Result<String, String> {
     run(host, &python, &["-c", "import venv, ensurepip"])
         .map_err(|_| "python3 cannot import venv and ensurepip (python3-venv)".to_owned())?;
     version_line(host, &python.to_string_lossy(), &["--version"])
+}
+
+/// The browser the `/docs` tests drive headless (`CHROMIUM`, else `chromium`).
+fn chromium(host: &Host) -> Result<String, String> {
+    let program = host
+        .var("CHROMIUM")
+        .cloned()
+        .unwrap_or_else(|| OsString::from("chromium"));
+    let text = run(host, &program, &["--version"])?;
+    let line = text
+        .lines()
+        .find(|l| l.contains("Chromium") || l.contains("Chrome"))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    if line.is_empty() {
+        Err(format!(
+            "`{} --version` names no Chromium",
+            program.to_string_lossy()
+        ))
+    } else {
+        Ok(line)
+    }
 }
 
 fn parse_version(text: &str) -> Option<(u32, u32)> {

@@ -142,3 +142,45 @@ async fn each_request_example_gets_the_status_the_document_promises() {
     }
     app.stop().await;
 }
+
+/// `/docs` in headless Chromium: the page fetches the document and renders every operation.
+#[tokio::test]
+async fn the_docs_page_renders_every_operation_in_a_browser() {
+    let app = spawn_app().await;
+    let document = document(&app).await;
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("{}/docs", app.address);
+    let browser = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let output = tokio::process::Command::new(&browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            // Waits (in virtual time) for the page's fetch of the document before the dump.
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(&url)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(60), output)
+        .await
+        .expect("chromium did not finish within 60 s")
+        .unwrap_or_else(|e| panic!("{browser}: {e} (`cargo xtask doctor` checks for it)"));
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        dom.contains("Command service"),
+        "the title was not rendered:\n{dom}"
+    );
+    for (path, method) in operations(&document) {
+        let rendered = format!("<span class=\"path\">{path}</span>");
+        assert!(dom.contains(&rendered), "{method} {path} was not rendered");
+    }
+    app.stop().await;
+}
