@@ -352,6 +352,44 @@ mod tests {
         assert!(error.to_string().contains("lots"), "{error}");
     }
 
+    #[derive(Debug, Parser)]
+    #[command(name = "svc")]
+    struct WithKafka {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    }
+
+    #[test]
+    fn kafka_properties_come_from_the_file_table_and_flags_win() {
+        let settings = file(
+            "kafka_bootstrap = \"k:1\"\n[kafka]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.password\" = \"from-file\"\n\"socket.timeout.ms\" = 5000\n",
+        );
+        let path = settings.path().to_str().unwrap();
+        let s: WithKafka = parse_from([
+            "svc",
+            "--config",
+            path,
+            "--kafka-property",
+            "sasl.password=from-flag",
+        ])
+        .unwrap();
+        let effective = s.kafka.effective();
+        assert_eq!(effective["bootstrap.servers"], "k:1");
+        assert_eq!(effective["security.protocol"], "SASL_SSL");
+        assert_eq!(effective["socket.timeout.ms"], "5000");
+        assert_eq!(effective["sasl.password"], "from-flag");
+        // A [kafka] table where the binary has no Kafka settings is an unknown key.
+        let error = with_file("[kafka]\n\"a.b\" = 1\n", &[]).unwrap_err();
+        assert!(matches!(error, ConfigError::UnknownKey { .. }), "{error:?}");
+        let nested = file("[kafka]\n\"a.b\" = [1]\n");
+        let error =
+            parse_from::<WithKafka, _, _>(["svc", "--config", nested.path().to_str().unwrap()])
+                .unwrap_err();
+        assert!(matches!(error, ConfigError::NotAValue { .. }), "{error:?}");
+    }
+
     #[test]
     fn unknown_keys_and_bad_files_are_errors() {
         let error = with_file("max_bacth = 7", &[]).unwrap_err();
