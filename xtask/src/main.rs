@@ -9,6 +9,7 @@
 
 mod bench;
 mod compose;
+mod layers;
 mod load;
 mod python;
 mod workspace;
@@ -47,6 +48,9 @@ enum Bench {
 enum Task {
     /// Check this machine's prerequisites and print how to install what is missing.
     Doctor,
+    /// Check the layering rule (engine and HTTP crates never depend on a domain crate; domain
+    /// crates never on Kafka, RocksDB or actix-web).
+    Layers,
     /// Start the local stack (data kept in `.dev/` across restarts) until Ctrl-C.
     Dev {
         /// Delete the stack's data (Kafka log, registry, replica stores) before starting.
@@ -98,9 +102,14 @@ fn run(ws: &Workspace, command: Task, interrupted: &AtomicBool) -> anyhow::Resul
             ExitCode::FAILURE
         });
     }
+    if matches!(command, Task::Layers) {
+        layers::check(ws)?;
+        println!("the layering rule holds");
+        return Ok(ExitCode::SUCCESS);
+    }
     prerequisites()?;
     match command {
-        Task::Doctor => Ok(ExitCode::SUCCESS),
+        Task::Doctor | Task::Layers => Ok(ExitCode::SUCCESS),
         Task::Dev { wipe, infra_only } => dev(ws, wipe, infra_only, interrupted),
         Task::Test { cargo_args } => test(ws, &cargo_args),
         // The load generator must not be the bottleneck: an unoptimised build of it (reqwest,
@@ -340,6 +349,7 @@ fn wait_all_ready(services: &mut [Service], ports: &[u16]) -> anyhow::Result<Vec
 }
 
 fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
+    layers::check(ws)?;
     // Build first so that compile errors surface before a broker starts.
     ws.cargo(&["build", "--workspace", "--bins", "--tests"])?;
     let python = python::interop_python(ws)?;
