@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, guard, web};
 use futures::StreamExt;
-use shared_events::orders::OrderEvent;
+use orders::events::OrderEvent;
 use shared_events::{ConsistencyToken, EventCodec, Position};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout_at};
@@ -14,13 +14,13 @@ use tokio::time::{Instant, timeout_at};
 use crate::batcher::{Batcher, CommitError, CommitResult};
 use crate::idempotency::{Begin, Claim, CommandKind, Fingerprint, IdempotencyIndex, Receipt};
 use crate::metrics::{CommandLabels, Metrics};
-use crate::order::{
-    CancelOrder, EventMetadata, Identifier, OrderCommand, OrderState, PayOrder, PlaceOrder,
-    ShipOrder, decide,
-};
 use crate::problem::ApiError;
 use crate::write_model::{LockedSlot, WriteModel};
 use http_edge::Route;
+use orders::commands::{
+    CancelOrder, EventMetadata, Identifier, OrderCommand, OrderState, PayOrder, PlaceOrder,
+    ShipOrder, decide,
+};
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -194,7 +194,7 @@ fn post_only(request: &HttpRequest) -> Result<(), ApiError> {
     summary = "Place an order",
     description = "Answers 201 only once the OrderPlaced event is in a committed Kafka transaction.",
     params(crate::openapi::CommandHeaders),
-    request_body(content = crate::order::PlaceBody, content_type = "application/json"),
+    request_body(content = orders::commands::PlaceBody, content_type = "application/json"),
     responses(
         (status = 201, description = "Placed: the event is committed", body = Accepted,
             headers(
@@ -220,7 +220,7 @@ async fn place_order(
     tag = "orders",
     summary = "Pay a placed order (the amount must equal its total)",
     params(("id" = String, Path, description = "The order id"), crate::openapi::CommandHeaders),
-    request_body(content = crate::order::PayBody, content_type = "application/json"),
+    request_body(content = orders::commands::PayBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Paid: the event is committed", body = Accepted),
         crate::openapi::CommandProblems
@@ -249,7 +249,7 @@ async fn pay_order(
     tag = "orders",
     summary = "Ship a paid order",
     params(("id" = String, Path, description = "The order id"), crate::openapi::CommandHeaders),
-    request_body(content = crate::order::ShipBody, content_type = "application/json"),
+    request_body(content = orders::commands::ShipBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Shipped: the event is committed", body = Accepted),
         crate::openapi::CommandProblems
@@ -278,7 +278,7 @@ async fn ship_order(
     tag = "orders",
     summary = "Cancel an order that is not shipped",
     params(("id" = String, Path, description = "The order id"), crate::openapi::CommandHeaders),
-    request_body(content = crate::order::CancelBody, content_type = "application/json"),
+    request_body(content = orders::commands::CancelBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Cancelled: the event is committed", body = Accepted),
         crate::openapi::CommandProblems

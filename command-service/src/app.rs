@@ -5,18 +5,18 @@ use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
+use orders::events::OrderEvent;
 use shared_events::EventCodec;
-use shared_events::orders::OrderEvent;
 
 use crate::api::{self, AppState, fingerprint_of, now_ms, receipt_of};
 use crate::batcher::{Batcher, StartError};
 use crate::config::{Config, ConfigError};
 use crate::idempotency::{CommandKind, IdempotencyIndex};
 use crate::metrics::Metrics;
-use crate::order::OrderState;
 use crate::replay::{ReplayError, replay};
 use crate::topics::{TopicError, ensure_topic};
 use crate::write_model::WriteModel;
+use orders::commands::OrderState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {

@@ -6,6 +6,7 @@
 //! a committed Kafka transaction; a full queue answers `429` at once; Kafka trouble answers `503`
 //! within a bounded time. Errors become `application/problem+json` in one place ([`problem`]).
 
+pub mod aggregates;
 pub mod api;
 pub mod app;
 pub mod batcher;
@@ -13,7 +14,7 @@ pub mod config;
 pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
-pub mod order;
+
 pub mod problem;
 pub mod replay;
 pub mod sharded;

@@ -118,7 +118,7 @@ mod tests {
 
     #[test]
     fn each_request_example_parses_as_its_command() {
-        use crate::order::{CancelOrder, PayOrder, PlaceOrder, ShipOrder};
+        use orders::commands::{CancelOrder, PayOrder, PlaceOrder, ShipOrder};
         let json = serde_json::to_value(document()).unwrap();
         let example = |schema: &str| {
             serde_json::to_vec(&json["components"]["schemas"][schema]["example"]).unwrap()

@@ -8,7 +8,7 @@ use actix_web::{HttpResponse, ResponseError};
 use crate::batcher::{CommitError, SubmitError};
 use http_edge::ProblemType;
 
-use crate::order::{CommandError, FieldError};
+use orders::commands::{CommandError, FieldError};
 
 /// Everything a command handler can answer besides success.
 #[derive(Debug, thiserror::Error)]

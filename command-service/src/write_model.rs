@@ -146,7 +146,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::WriteModel;
-    use crate::order::OrderState;
+    use orders::commands::OrderState;
 
     #[test]
     fn one_cell_per_aggregate_across_shards() {

@@ -12,12 +12,13 @@ use shared_events::partitioner::partition_for_key;
 
 use crate::cluster::{Cluster, Member};
 use crate::metrics::{Metrics, OutcomeLabel};
-use crate::orders::{CustomerCursor, OrderView, OrdersProjection};
+use crate::order_projection::{CustomerCursor, OrdersProjection};
 use crate::problem::QueryError;
 use crate::projection::{PartitionTable, ProjectionStats};
 use crate::routing::{FORWARDED_BY, Forwarder, Route, route};
 use crate::store::Store;
 use http_edge::problem::Problem;
+use orders::views::OrderView;
 
 /// What every handler shares.
 #[derive(Debug)]

@@ -15,7 +15,7 @@ use crate::api::{self, AppState};
 use crate::cluster::{self, Cluster};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::orders::OrdersProjection;
+use crate::order_projection::OrdersProjection;
 use crate::projection::{PartitionTable, Projection, ProjectionStats, RebalanceContext, Runner};
 use crate::routing::Forwarder;
 use crate::store::{Store, StoreError};

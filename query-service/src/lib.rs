@@ -13,7 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod openapi;
-pub mod orders;
+pub mod order_projection;
 pub mod problem;
 pub mod projection;
 pub mod routing;

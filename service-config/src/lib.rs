@@ -364,7 +364,7 @@ mod tests {
     #[test]
     fn kafka_properties_come_from_the_file_table_and_flags_win() {
         let settings = file(
-            "kafka_bootstrap = \"k:1\"\n[kafka]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.password\" = \"from-file\"\n\"socket.timeout.ms\" = 5000\n",
+            "[kafka]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.password\" = \"from-file\"\n\"socket.timeout.ms\" = 5000\n",
         );
         let path = settings.path().to_str().unwrap();
         let s: WithKafka = parse_from([
@@ -376,7 +376,6 @@ mod tests {
         ])
         .unwrap();
         let effective = s.kafka.effective();
-        assert_eq!(effective["bootstrap.servers"], "k:1");
         assert_eq!(effective["security.protocol"], "SASL_SSL");
         assert_eq!(effective["socket.timeout.ms"], "5000");
         assert_eq!(effective["sasl.password"], "from-flag");

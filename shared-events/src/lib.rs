@@ -1,9 +1,8 @@
-//! Events on the wire: the Avro contract between the command service, the query replicas and any
-//! other Kafka client.
+//! Events on the wire, for any domain: the Avro contract between the command service, the query
+//! replicas and any other Kafka client. The domains' own events live in their crates.
 //!
 //! - [`event`]: the small trait a domain event implements to travel as Avro ([`AvroEvent`]).
 //! - [`binary`]: the Avro binary primitives an event writes its record with.
-//! - [`orders`]: the reference domain's events, bound to `schemas/orders-value.avsc`.
 //! - [`wire`]: the Confluent wire format (magic byte, 4-byte schema id, Avro body) through a
 //!   schema registry, via `schema_registry_converter`.
 //! - [`partitioner`]: Kafka's murmur2 partitioner, so every client agrees which partition owns a key.
@@ -16,7 +15,6 @@
 
 pub mod binary;
 pub mod event;
-pub mod orders;
 pub mod partitioner;
 pub mod position;
 pub mod wire;

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
+use orders::events::OrderEvent;
 use serde_json::Value;
-use shared_events::orders::OrderEvent;
 
 use crate::helpers::{TestApp, codec, order_body, read_committed, spawn_app};
 

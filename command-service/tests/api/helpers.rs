@@ -75,7 +75,7 @@ pub fn config(topic: &str) -> Config {
 }
 
 /// A codec for `topic`'s values, through the test registry.
-pub fn codec(topic: &str) -> shared_events::EventCodec<shared_events::orders::OrderEvent> {
+pub fn codec(topic: &str) -> shared_events::EventCodec<orders::events::OrderEvent> {
     let registry = service_config::RegistryArgs::plain(env("SCHEMA_REGISTRY_URL"));
     shared_events::EventCodec::new(registry.sr_settings(Duration::from_secs(5)).unwrap(), topic)
         .unwrap()

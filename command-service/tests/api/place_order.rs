@@ -1,8 +1,8 @@
 use std::time::Duration;
 
+use orders::events::OrderPayload;
 use serde_json::Value;
 use shared_events::ConsistencyToken;
-use shared_events::orders::OrderPayload;
 use shared_events::partitioner::partition_for_key;
 
 use crate::helpers::{

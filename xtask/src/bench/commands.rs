@@ -40,7 +40,7 @@ pub(crate) struct CommandBench {
 
 /// The size of one benchmark order's record value: magic byte, schema id, Avro body.
 fn record_size() -> anyhow::Result<usize> {
-    use shared_events::orders::{Envelope, LineItem, OrderEvent, OrderPayload};
+    use orders::events::{Envelope, LineItem, OrderEvent, OrderPayload};
     use shared_events::{AvroEvent, AvroWriter};
 
     let uuid = "0193a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b".to_owned();

@@ -1,135 +1,11 @@
-//! The orders read model: one JSON view per order, keyed by order id.
+//! The orders read model in a replica's store: one JSON view per order ([`OrderView`], folded by
+//! the domain), keyed by order id, and a customer → orders index.
 
-use std::time::{Duration, UNIX_EPOCH};
-
-use shared_events::orders::{OrderEvent, OrderPayload};
+use orders::events::{OrderEvent, OrderPayload};
+use orders::views::{OrderView, VersionGap, evolve};
 
 use crate::projection::{Applied, Projection};
 use crate::store::{Store, StoreBatch, StoreError};
-
-/// An order as `GET /orders/{id}` shows it. This is the public response contract and the stored
-/// form of the view.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct OrderView {
-    pub order_id: String,
-    pub customer_id: String,
-    pub status: OrderStatus,
-    pub items: Vec<ItemView>,
-    pub total_cents: i64,
-    pub currency: String,
-    pub version: i64,
-    pub placed_at: String,
-    pub updated_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payment_ref: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub carrier: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tracking_number: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cancellation_reason: Option<String>,
-}
-
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum OrderStatus {
-    Placed,
-    Paid,
-    Shipped,
-    Cancelled,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct ItemView {
-    pub sku: String,
-    pub quantity: i32,
-    pub unit_price_cents: i64,
-}
-
-/// RFC 3339 UTC with milliseconds.
-fn timestamp(ms: i64) -> String {
-    let ms = u64::try_from(ms).unwrap_or(0);
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
-/// The next view of an order after `event`, or why the event does not follow.
-pub fn evolve(current: Option<OrderView>, event: &OrderEvent) -> Result<OrderView, Applied> {
-    let envelope = &event.envelope;
-    let expected = current.as_ref().map_or(1, |v| v.version + 1);
-    if envelope.aggregate_version != expected {
-        return Err(Applied::VersionGap {
-            expected,
-            got: envelope.aggregate_version,
-        });
-    }
-    let at = timestamp(envelope.occurred_at_ms);
-    let mut view = match (current, &event.payload) {
-        (
-            None,
-            OrderPayload::Placed {
-                customer_id,
-                currency,
-                items,
-                total_cents,
-            },
-        ) => OrderView {
-            order_id: envelope.aggregate_id.clone(),
-            customer_id: customer_id.clone(),
-            status: OrderStatus::Placed,
-            items: items
-                .iter()
-                .map(|i| ItemView {
-                    sku: i.sku.clone(),
-                    quantity: i.quantity,
-                    unit_price_cents: i.unit_price_cents,
-                })
-                .collect(),
-            total_cents: *total_cents,
-            currency: currency.clone(),
-            version: 0,
-            placed_at: at.clone(),
-            updated_at: at.clone(),
-            payment_ref: None,
-            carrier: None,
-            tracking_number: None,
-            cancellation_reason: None,
-        },
-        // A first event that is not a placement, or a second placement: not a valid history.
-        (None, _) | (Some(_), OrderPayload::Placed { .. }) => {
-            return Err(Applied::VersionGap {
-                expected,
-                got: envelope.aggregate_version,
-            });
-        }
-        (Some(mut view), OrderPayload::Paid { payment_ref, .. }) => {
-            view.status = OrderStatus::Paid;
-            view.payment_ref = Some(payment_ref.clone());
-            view
-        }
-        (
-            Some(mut view),
-            OrderPayload::Shipped {
-                carrier,
-                tracking_number,
-            },
-        ) => {
-            view.status = OrderStatus::Shipped;
-            view.carrier = Some(carrier.clone());
-            view.tracking_number = Some(tracking_number.clone());
-            view
-        }
-        (Some(mut view), OrderPayload::Cancelled { reason }) => {
-            view.status = OrderStatus::Cancelled;
-            view.cancellation_reason = Some(reason.clone());
-            view
-        }
-    };
-    view.version = envelope.aggregate_version;
-    view.updated_at = at;
-    Ok(view)
-}
 
 /// Where a customer's order sits in the customer's list: by placement time, then id.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -272,7 +148,7 @@ impl Projection for OrdersProjection {
                 batch.put_view(&view.order_id, bytes);
                 Ok(Applied::Changed)
             }
-            Err(outcome) => Ok(outcome),
+            Err(VersionGap { expected, got }) => Ok(Applied::VersionGap { expected, got }),
         }
     }
 }
@@ -282,7 +158,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use shared_events::orders::{Envelope, LineItem};
+    use orders::events::{Envelope, LineItem};
+    use orders::views::OrderStatus;
 
     fn event(version: i64, payload: OrderPayload) -> OrderEvent {
         OrderEvent {
@@ -387,14 +264,14 @@ mod tests {
         let cancelled = |v| event(v, OrderPayload::Cancelled { reason: "r".into() });
         assert_eq!(
             evolve(Some(view.clone()), &cancelled(3)),
-            Err(Applied::VersionGap {
+            Err(VersionGap {
                 expected: 2,
                 got: 3
             })
         );
         assert_eq!(
             evolve(Some(view), &placed()),
-            Err(Applied::VersionGap {
+            Err(VersionGap {
                 expected: 2,
                 got: 1
             })

@@ -1,12 +1,13 @@
-//! The orders domain on the command side: validated command values and the events they decide.
+//! The orders domain's commands: validated command values, the rules that decide them into
+//! events, and the state the command side folds from those events.
 //!
 //! Request bodies are parsed here into typed values; the rest of the service never sees an
 //! unchecked field. Every offending field is reported, not just the first.
 
 use std::borrow::Cow;
 
+use crate::events::{Envelope, LineItem, OrderEvent, OrderPayload};
 use serde_json::{Map, Value};
-use shared_events::orders::{Envelope, LineItem, OrderEvent, OrderPayload};
 
 /// One field that failed validation, named by its JSON path (`items[1].quantity`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -257,13 +258,13 @@ fn in_range(value: i64, min: i64, max: i64) -> Option<i64> {
 }
 
 /// `POST /orders` as sent, before validation. Unknown fields are refused.
-#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(
     as = PlaceOrderRequest,
     example = json!({"customer_id": "c-42", "currency": "EUR", "items": [{"sku": "A-1", "quantity": 2, "unit_price_cents": 1250}]})
 )]
-pub(crate) struct PlaceBody<'a> {
+pub struct PlaceBody<'a> {
     /// The customer: 1 to 64 letters, digits, `.`, `_` or `-`.
     #[serde(borrow)]
     #[schema(value_type = String)]
@@ -279,10 +280,10 @@ pub(crate) struct PlaceBody<'a> {
 }
 
 /// One line of an order.
-#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = OrderItem)]
-pub(crate) struct ItemBody<'a> {
+pub struct ItemBody<'a> {
     /// 1 to 64 letters, digits, `.`, `_` or `-`.
     #[serde(borrow)]
     #[schema(value_type = String)]
@@ -432,10 +433,10 @@ pub struct PayOrder {
 }
 
 /// `POST /orders/{id}/payment` as sent.
-#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = PayOrderRequest, example = json!({"amount_cents": 2500, "payment_ref": "pay-7781"}))]
-pub(crate) struct PayBody<'a> {
+pub struct PayBody<'a> {
     /// Must equal the order's total.
     amount_cents: i64,
     /// 1 to 200 characters.
@@ -482,10 +483,10 @@ pub struct ShipOrder {
 }
 
 /// `POST /orders/{id}/shipment` as sent.
-#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = ShipOrderRequest, example = json!({"carrier": "DHL", "tracking_number": "JD0146000043"}))]
-pub(crate) struct ShipBody<'a> {
+pub struct ShipBody<'a> {
     /// 1 to 200 characters.
     #[serde(borrow)]
     #[schema(value_type = String)]
@@ -533,10 +534,10 @@ pub struct CancelOrder {
 }
 
 /// `POST /orders/{id}/cancellation` as sent.
-#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = CancelOrderRequest, example = json!({"reason": "changed my mind"}))]
-pub(crate) struct CancelBody<'a> {
+pub struct CancelBody<'a> {
     /// 1 to 200 characters.
     #[serde(borrow)]
     #[schema(value_type = String)]
@@ -685,14 +686,6 @@ pub fn evolve(state: Option<&OrderState>, payload: &OrderPayload) -> Option<Orde
             ..*s
         }),
         _ => None,
-    }
-}
-
-impl crate::write_model::Aggregate for OrderState {
-    type Event = OrderEvent;
-
-    fn evolve(state: Option<&Self>, event: &OrderEvent) -> Option<Self> {
-        evolve(state, &event.payload)
     }
 }
 
