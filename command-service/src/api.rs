@@ -7,7 +7,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, guard, web};
 use futures::StreamExt;
 use orders::events::OrderEvent;
-use shared_events::{ConsistencyToken, EventCodec, Position};
+use shared_events::{ConsistencyToken, EventCodec, Identifier, Position};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout_at};
 
@@ -18,8 +18,7 @@ use crate::problem::ApiError;
 use crate::write_model::{LockedSlot, WriteModel};
 use http_edge::Route;
 use orders::commands::{
-    CancelOrder, EventMetadata, Identifier, OrderCommand, OrderState, PayOrder, PlaceOrder,
-    ShipOrder, decide,
+    CancelOrder, EventMetadata, OrderCommand, OrderState, PayOrder, PlaceOrder, ShipOrder, decide,
 };
 
 /// What every handler shares.

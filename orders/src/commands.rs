@@ -6,6 +6,8 @@
 
 use std::borrow::Cow;
 
+use shared_events::Identifier;
+
 use crate::events::{Envelope, LineItem, OrderEvent, OrderPayload};
 use serde_json::{Map, Value};
 
@@ -40,37 +42,8 @@ const MAX_ITEMS: usize = 100;
 const MAX_QUANTITY: i64 = 10_000;
 /// Ten million in the currency's major unit, per line: beyond any order this shop takes.
 const MAX_UNIT_PRICE_CENTS: i64 = 1_000_000_000;
-const MAX_ID_LEN: usize = 64;
 /// The largest total an order can have under the limits above.
 const MAX_ORDER_CENTS: i64 = MAX_ITEMS as i64 * MAX_QUANTITY * MAX_UNIT_PRICE_CENTS;
-
-/// An identifier as clients send it: 1..=64 characters of `[A-Za-z0-9._-]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identifier(String);
-
-impl Identifier {
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        if raw.is_empty() || raw.len() > MAX_ID_LEN {
-            return Err(format!("must be 1 to {MAX_ID_LEN} characters"));
-        }
-        if !raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            return Err("may contain only letters, digits, '.', '_' and '-'".into());
-        }
-        // They name an order or customer in URL paths, where `.` and `..` are dot-segments that
-        // clients and proxies resolve away.
-        if raw == "." || raw == ".." {
-            return Err("must not be `.` or `..`".into());
-        }
-        Ok(Self(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
 
 /// An ISO 4217-shaped currency code: three upper-case ASCII letters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -947,15 +920,6 @@ mod tests {
             ),
             ["items"]
         );
-    }
-
-    #[test]
-    fn identifiers_are_checked() {
-        assert!(Identifier::parse("o-1.a_B").is_ok());
-        assert!(Identifier::parse("...").is_ok());
-        for bad in ["", "a b", "ä", "a/b", ".", "..", &"x".repeat(65)] {
-            assert!(Identifier::parse(bad).is_err(), "{bad}");
-        }
     }
 
     fn placed(total_cents: i64) -> OrderState {

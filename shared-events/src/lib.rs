@@ -5,6 +5,7 @@
 //! - [`binary`]: the Avro binary primitives an event writes its record with.
 //! - [`wire`]: the Confluent wire format (magic byte, 4-byte schema id, Avro body) through a
 //!   schema registry, via `schema_registry_converter`.
+//! - [`key`]: what an aggregate id may look like ([`Identifier`]), on both sides.
 //! - [`partitioner`]: Kafka's murmur2 partitioner, so every client agrees which partition owns a key.
 //! - [`position`]: a record's place in the log and the consistency token that names it.
 //!
@@ -15,11 +16,13 @@
 
 pub mod binary;
 pub mod event;
+pub mod key;
 pub mod partitioner;
 pub mod position;
 pub mod wire;
 
 pub use binary::AvroWriter;
 pub use event::{AvroEvent, EventEnvelope, EventError};
+pub use key::Identifier;
 pub use position::{ConsistencyToken, Position};
 pub use wire::{EventCodec, WireError};
