@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, guard, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt;
 use orders::events::OrderEvent;
 use shared_events::{ConsistencyToken, EventCodec, Identifier, Position};
@@ -17,6 +17,7 @@ use crate::metrics::{CommandLabels, Metrics};
 use crate::problem::ApiError;
 use crate::write_model::{LockedSlot, WriteModel};
 use http_edge::Route;
+use http_edge::routes::readable;
 use orders::commands::{
     CancelOrder, EventMetadata, OrderCommand, OrderState, PayOrder, PlaceOrder, ShipOrder, decide,
 };
@@ -72,7 +73,7 @@ pub const ROUTES: [Route; 9] = [
     Route {
         path: "/health/live",
         methods: &["GET"],
-        resource: |path| readable(path, live),
+        resource: |path| readable(path, http_edge::health::live),
     },
     Route {
         path: "/health/ready",
@@ -87,37 +88,6 @@ pub const ROUTES: [Route; 9] = [
     http_edge::docs::ROUTES[0],
     http_edge::docs::ROUTES[1],
 ];
-
-/// A resource answering `GET` and `HEAD` with `handler`.
-fn readable<F, Args>(path: &str, handler: F) -> actix_web::Resource
-where
-    F: actix_web::Handler<Args>,
-    Args: actix_web::FromRequest + 'static,
-    F::Output: actix_web::Responder + 'static,
-{
-    web::resource(path)
-        .route(
-            web::route()
-                .guard(guard::Any(guard::Get()).or(guard::Head()))
-                .to(handler),
-        )
-        .default_service(web::to(|| not_allowed("GET, HEAD")))
-}
-
-async fn not_allowed(allow: &'static str) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed(allow))
-}
-
-#[utoipa::path(
-    get,
-    path = "/health/live",
-    tag = "operations",
-    summary = "Liveness: the process serves HTTP",
-    responses((status = 200, description = "Alive", content_type = "application/json"))
-)]
-async fn live() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
-}
 
 /// Ready when every producer is initialised and the schema registry answers.
 #[utoipa::path(
@@ -741,10 +711,6 @@ pub fn now_ms() -> i64 {
 }
 
 /// Answers 404 in the problem format for routes that do not exist.
-pub async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NoRoute)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

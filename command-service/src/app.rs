@@ -172,7 +172,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(document.clone())
                 .configure(api::routes)
-                .default_service(web::to(api::not_found))
+                .default_service(web::to(http_edge::problem::not_found))
         })
         .workers(config.http_workers)
         .max_connections(connections.div_ceil(config.http_workers))

@@ -2,7 +2,8 @@
 //! and the request and response types, with the problem table in its description. It is served
 //! at `/openapi.json` and browsable at `/docs`; tests hold it to [`crate::api::ROUTES`].
 
-use http_edge::problem::{Problem, ProblemField, markdown_table};
+use http_edge::docs::describe_problems;
+use http_edge::problem::{Problem, ProblemField};
 use utoipa::OpenApi;
 
 use crate::problem::types;
@@ -18,7 +19,7 @@ use crate::problem::types;
         crate::api::pay_order,
         crate::api::ship_order,
         crate::api::cancel_order,
-        crate::api::live,
+        http_edge::health::live,
         crate::api::ready,
         crate::api::metrics,
     ),
@@ -33,12 +34,7 @@ struct Document;
 /// The document, with the problem table appended to its description.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut document = Document::openapi();
-    document.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    let intro = document.info.description.take().unwrap_or_default();
-    document.info.description = Some(format!(
-        "{intro}\n\nErrors are `application/problem+json` (RFC 9457). Every problem type:\n\n{}",
-        markdown_table(types::ALL)
-    ));
+    describe_problems(&mut document, env!("CARGO_PKG_VERSION"), types::ALL);
     document
 }
 

@@ -48,8 +48,6 @@ pub enum ApiError {
     KeyReused,
     #[error("{0}; retry shortly")]
     Busy(&'static str),
-    #[error("no such route")]
-    NoRoute,
     #[error("this route answers {0} only")]
     MethodNotAllowed(&'static str),
     #[error("Content-Encoding `{0}` is not supported: send the body uncompressed")]
@@ -113,19 +111,14 @@ pub mod types {
         StatusCode::BAD_REQUEST,
         None,
     );
-    pub const NOT_FOUND: ProblemType = row("not-found", "Not found", StatusCode::NOT_FOUND, None);
+    pub const NOT_FOUND: ProblemType = http_edge::problem::NOT_FOUND;
     pub const ORDER_NOT_FOUND: ProblemType = row(
         "order-not-found",
         "Order not found",
         StatusCode::NOT_FOUND,
         None,
     );
-    pub const METHOD_NOT_ALLOWED: ProblemType = row(
-        "method-not-allowed",
-        "Method not allowed",
-        StatusCode::METHOD_NOT_ALLOWED,
-        None,
-    );
+    pub const METHOD_NOT_ALLOWED: ProblemType = http_edge::problem::METHOD_NOT_ALLOWED;
     pub const REQUEST_TIMEOUT: ProblemType = row(
         "request-timeout",
         "Body not received in time",
@@ -244,7 +237,6 @@ impl ApiError {
             Self::PreconditionFailed { .. } => &VERSION_MISMATCH,
             Self::KeyReused => &IDEMPOTENCY_KEY_REUSED,
             Self::Busy(_) => &BUSY,
-            Self::NoRoute => &NOT_FOUND,
             Self::MethodNotAllowed(_) => &METHOD_NOT_ALLOWED,
             Self::UnsupportedEncoding(_) => &UNSUPPORTED_ENCODING,
             Self::BodyTimeout => &REQUEST_TIMEOUT,

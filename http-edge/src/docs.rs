@@ -4,24 +4,14 @@
 
 use std::collections::BTreeSet;
 
-use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpResponse, guard, web};
+use actix_web::{HttpResponse, web};
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
 use utoipa::openapi::{ContentBuilder, OpenApi, ResponseBuilder};
 
-use crate::problem::ProblemType;
-use crate::routes::Route;
+use crate::problem::{ProblemType, markdown_table};
+use crate::routes::{Route, readable};
 
 const PAGE: &str = include_str!("../assets/docs.html");
-
-/// `405` for the two documentation routes.
-const METHOD_NOT_ALLOWED: ProblemType = ProblemType {
-    code: "method-not-allowed",
-    title: "Method not allowed",
-    status: StatusCode::METHOD_NOT_ALLOWED,
-    retry_after: None,
-};
 
 /// The document, rendered once at start.
 #[derive(Debug, Clone)]
@@ -56,28 +46,6 @@ pub const ROUTES: [Route; 2] = [
         resource: |path| readable(path, docs_page),
     },
 ];
-
-fn readable<F, Args>(path: &str, handler: F) -> actix_web::Resource
-where
-    F: actix_web::Handler<Args>,
-    Args: actix_web::FromRequest + 'static,
-    F::Output: actix_web::Responder + 'static,
-{
-    web::resource(path)
-        .route(
-            web::route()
-                .guard(guard::Any(guard::Get()).or(guard::Head()))
-                .to(handler),
-        )
-        .default_service(web::to(|| async {
-            let mut response =
-                METHOD_NOT_ALLOWED.response("this route answers GET, HEAD only", None);
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            response
-        }))
-}
 
 async fn openapi_json(document: web::Data<ApiDocument>) -> HttpResponse {
     HttpResponse::Ok()
@@ -116,6 +84,16 @@ pub fn promised_status(document: &serde_json::Value, path: &str, method: &str) -
         .filter_map(|status| status.parse::<u16>().ok())
         .filter(|status| (200..300).contains(status))
         .min()
+}
+
+/// Sets the document's version and appends the problem table to its description.
+pub fn describe_problems(document: &mut OpenApi, version: &str, problems: &[ProblemType]) {
+    document.info.version = version.to_owned();
+    let intro = document.info.description.take().unwrap_or_default();
+    document.info.description = Some(format!(
+        "{intro}\n\nErrors are `application/problem+json` (RFC 9457). Every problem type:\n\n{}",
+        markdown_table(problems)
+    ));
 }
 
 /// `(path, METHOD)` of every route of a table.

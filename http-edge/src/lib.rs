@@ -5,10 +5,12 @@
 //!   (RFC 9457).
 //! - [`routes`]: a service's route table, from which its router is built, so that what the
 //!   table (and the OpenAPI document checked against it) says is what the router serves.
+//! - [`health`]: the liveness route.
 //! - [`docs`]: the OpenAPI document at `/openapi.json` and a browsable page at `/docs`, whose
 //!   assets are compiled in: no CDN.
 
 pub mod docs;
+pub mod health;
 pub mod problem;
 pub mod routes;
 

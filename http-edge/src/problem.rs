@@ -51,6 +51,37 @@ impl ProblemType {
     }
 }
 
+/// No route has this path: a row every service's table shares.
+pub const NOT_FOUND: ProblemType = ProblemType {
+    code: "not-found",
+    title: "Not found",
+    status: StatusCode::NOT_FOUND,
+    retry_after: None,
+};
+
+/// The route does not serve this method: a row every service's table shares.
+pub const METHOD_NOT_ALLOWED: ProblemType = ProblemType {
+    code: "method-not-allowed",
+    title: "Method not allowed",
+    status: StatusCode::METHOD_NOT_ALLOWED,
+    retry_after: None,
+};
+
+/// `405` with the `Allow` header RFC 9110 asks for.
+pub fn method_not_allowed(allow: &'static str) -> HttpResponse {
+    let mut response =
+        METHOD_NOT_ALLOWED.response(&format!("this route answers {allow} only"), None);
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+/// The answer for a path no route has, for an app's default service.
+pub async fn not_found() -> HttpResponse {
+    NOT_FOUND.response("no such route", None)
+}
+
 /// The body of every problem answer (RFC 9457), for the OpenAPI document.
 #[derive(Debug, utoipa::ToSchema)]
 #[schema(example = json!({

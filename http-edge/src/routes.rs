@@ -2,7 +2,9 @@
 //! resource. The router is built from the table ([`register`]), and tests hold the OpenAPI
 //! document to the same table, so neither can list a route the other does not serve.
 
-use actix_web::{Resource, web};
+use actix_web::{Resource, guard, web};
+
+use crate::problem::method_not_allowed;
 
 /// One route.
 #[derive(Debug, Clone, Copy)]
@@ -20,4 +22,21 @@ pub fn register(table: &[Route], config: &mut web::ServiceConfig) {
     for route in table {
         config.service((route.resource)(route.path));
     }
+}
+
+/// A resource answering `GET` and `HEAD` (actix sends the headers without the body) with
+/// `handler`, and any other method `405` with `Allow: GET, HEAD`.
+pub fn readable<F, Args>(path: &str, handler: F) -> Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(
+            web::route()
+                .guard(guard::Any(guard::Get()).or(guard::Head()))
+                .to(handler),
+        )
+        .default_service(web::to(|| async { method_not_allowed("GET, HEAD") }))
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, guard, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use shared_events::partitioner::partition_for_key;
 use shared_events::{ConsistencyToken, Identifier};
@@ -18,6 +18,7 @@ use crate::projection::{PartitionTable, ProjectionStats};
 use crate::routing::{FORWARDED_BY, Forwarder, Route, route};
 use crate::store::Store;
 use http_edge::problem::Problem;
+use http_edge::routes::readable;
 use orders::views::OrderView;
 
 /// What every handler shares.
@@ -69,7 +70,7 @@ pub const ROUTES: [http_edge::Route; 9] = [
     http_edge::Route {
         path: "/health/live",
         methods: &["GET"],
-        resource: |path| readable(path, live),
+        resource: |path| readable(path, http_edge::health::live),
     },
     http_edge::Route {
         path: "/health/ready",
@@ -84,34 +85,6 @@ pub const ROUTES: [http_edge::Route; 9] = [
     http_edge::docs::ROUTES[0],
     http_edge::docs::ROUTES[1],
 ];
-
-fn readable<F, Args>(path: &str, handler: F) -> actix_web::Resource
-where
-    F: actix_web::Handler<Args>,
-    Args: actix_web::FromRequest + 'static,
-    F::Output: actix_web::Responder + 'static,
-{
-    web::resource(path)
-        .route(
-            web::route()
-                .guard(guard::Any(guard::Get()).or(guard::Head()))
-                .to(handler),
-        )
-        .default_service(web::to(|| async {
-            Err::<HttpResponse, _>(QueryError::MethodNotAllowed("GET, HEAD"))
-        }))
-}
-
-#[utoipa::path(
-    get,
-    path = "/health/live",
-    tag = "operations",
-    summary = "Liveness: the process serves HTTP",
-    responses((status = 200, description = "Alive", content_type = "application/json"))
-)]
-async fn live() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
-}
 
 /// Ready once the replica joined the group and every partition it owns has caught up to within
 /// `max_ready_lag` records of the committed end.
@@ -670,10 +643,6 @@ async fn admin_cluster(
             "version_gaps": state.stats.version_gaps.get(),
         },
     })))
-}
-
-pub async fn not_found() -> Result<HttpResponse, QueryError> {
-    Err(QueryError::NoRoute)
 }
 
 #[cfg(test)]

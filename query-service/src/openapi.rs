@@ -2,7 +2,8 @@
 //! response types, with the problem table in its description. It is served at `/openapi.json`
 //! and browsable at `/docs`; tests hold it to [`crate::api::ROUTES`].
 
-use http_edge::problem::{Problem, ProblemField, markdown_table};
+use http_edge::docs::describe_problems;
+use http_edge::problem::{Problem, ProblemField};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -19,7 +20,7 @@ use crate::problem::types;
         crate::api::customer_orders,
         crate::api::customer_orders_here,
         crate::api::admin_cluster,
-        crate::api::live,
+        http_edge::health::live,
         crate::api::ready,
         crate::api::metrics,
     ),
@@ -36,12 +37,7 @@ struct Document;
 /// The document, with the admin token's scheme and the problem table.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut document = Document::openapi();
-    document.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    let intro = document.info.description.take().unwrap_or_default();
-    document.info.description = Some(format!(
-        "{intro}\n\nErrors are `application/problem+json` (RFC 9457). Every problem type:\n\n{}",
-        markdown_table(types::ALL)
-    ));
+    describe_problems(&mut document, env!("CARGO_PKG_VERSION"), types::ALL);
     if let Some(components) = document.components.as_mut() {
         components.add_security_scheme(
             "admin_token",

@@ -33,8 +33,6 @@ pub enum QueryError {
     Unauthorized,
     #[error("the local store failed")]
     Store(#[from] StoreError),
-    #[error("no such route")]
-    NoRoute,
     #[error("this route answers {0} only")]
     MethodNotAllowed(&'static str),
 }
@@ -84,19 +82,14 @@ pub mod types {
         StatusCode::FORBIDDEN,
         None,
     );
-    pub const NOT_FOUND: ProblemType = row("not-found", "Not found", StatusCode::NOT_FOUND, None);
+    pub const NOT_FOUND: ProblemType = http_edge::problem::NOT_FOUND;
     pub const ORDER_NOT_FOUND: ProblemType = row(
         "order-not-found",
         "Order not found",
         StatusCode::NOT_FOUND,
         None,
     );
-    pub const METHOD_NOT_ALLOWED: ProblemType = row(
-        "method-not-allowed",
-        "Method not allowed",
-        StatusCode::METHOD_NOT_ALLOWED,
-        None,
-    );
+    pub const METHOD_NOT_ALLOWED: ProblemType = http_edge::problem::METHOD_NOT_ALLOWED;
     pub const STORE_FAILURE: ProblemType = row(
         "store-failure",
         "Store failure",
@@ -146,7 +139,6 @@ impl QueryError {
             Self::AdminDisabled => &ADMIN_DISABLED,
             Self::Unauthorized => &UNAUTHORIZED,
             Self::Store(_) => &STORE_FAILURE,
-            Self::NoRoute => &NOT_FOUND,
             Self::MethodNotAllowed(_) => &METHOD_NOT_ALLOWED,
         }
     }
