@@ -371,3 +371,71 @@ async fn kill_9_under_load_loses_no_acknowledged_command() {
     service.kill().unwrap();
     service.wait().unwrap();
 }
+
+/// A `201` means committed, so it survives the service dying the moment after: each round
+/// places one order and kills the service (`kill -9`) as soon as the answer arrives. The next
+/// start, under the same instance id, fences the dead producers and aborts whatever they left
+/// open. An answer sent before the commit would leave its event in a transaction that is then
+/// aborted, and the event would be missing from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_command_survives_a_kill_9_right_after_its_answer() {
+    let topic = fresh_topic();
+    let port = free_port().unwrap();
+    let address = format!("http://127.0.0.1:{port}");
+    let instance = format!("answer-{}", uuid::Uuid::new_v4());
+    let logs = tempfile::tempdir().unwrap();
+    let start = |run: u32| {
+        let log = std::fs::File::create(logs.path().join(format!("run-{run}.log"))).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_command-service"))
+            .env("COMMAND_LISTEN", format!("127.0.0.1:{port}"))
+            .env("KAFKA_BOOTSTRAP", env("KAFKA_BOOTSTRAP"))
+            .env("SCHEMA_REGISTRY_URL", env("SCHEMA_REGISTRY_URL"))
+            .env("ORDERS_TOPIC", &topic)
+            .env("ORDERS_TOPIC_PARTITIONS", "3")
+            .env("COMMAND_INSTANCE_ID", &instance)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap()
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut answered = Vec::new();
+    for round in 0..4 {
+        let mut service = start(round);
+        wait_live(&client, &address).await;
+        let response = client
+            .post(format!("{address}/orders"))
+            .header("content-type", "application/json")
+            .body(order_body(&format!("c-{round}")))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        service.kill().unwrap();
+        service.wait().unwrap();
+        assert_eq!(status, 201, "round {round}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        answered.push(body["order_id"].as_str().unwrap().to_owned());
+    }
+    // One more start aborts whatever the last one left open.
+    let mut service = start(99);
+    wait_live(&client, &address).await;
+    let records = tokio::task::spawn_blocking({
+        let topic = topic.clone();
+        move || read_committed(&topic)
+    })
+    .await
+    .unwrap();
+    service.kill().unwrap();
+    service.wait().unwrap();
+    let in_log: HashSet<String> = records.into_iter().map(|r| r.key).collect();
+    for id in &answered {
+        assert!(
+            in_log.contains(id),
+            "order {id} was answered 201 but is not in the log"
+        );
+    }
+}

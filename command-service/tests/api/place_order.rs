@@ -33,7 +33,8 @@ async fn a_placed_order_is_committed_before_the_answer() {
         partition_for_key(order_id.as_bytes(), PARTITIONS)
     );
 
-    // Already committed: an independent read-committed consumer sees it at that position.
+    // In the log: an independent read-committed consumer sees it at that position. (That the
+    // commit came before the answer is `failures::an_answered_command_survives_a_kill_9_right_after_its_answer`.)
     let records = read_committed(&app.topic);
     assert_eq!(records.len(), 1);
     let record = &records[0];
