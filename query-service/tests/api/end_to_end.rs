@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::helpers::{
-    ADMIN_TOKEN, Commands, PARTITIONS, Replica, client, env, eventually, order_body, post,
-    wait_settled,
+    ADMIN_TOKEN, Commands, PARTITIONS, Replica, client, delete_group, env, eventually, order_body,
+    post, wait_settled,
 };
 
 fn group() -> String {
@@ -402,6 +402,9 @@ async fn a_restarted_replica_resumes_from_its_store_and_reapplies_nothing() {
     first.stop().await;
     let data = first.data.clone();
     drop(first);
+    // Without the group's committed offsets, a replica that resumed from the group instead of
+    // from its own store would start over from the earliest offset and apply all seven.
+    delete_group(&group).await;
 
     let second = Replica::spawn_in(&commands.topic, &group, "replica-a", data).await;
     wait_settled(&http, &[&second]).await;

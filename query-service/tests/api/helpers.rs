@@ -230,3 +230,28 @@ pub async fn wait_settled(http: &reqwest::Client, replicas: &[&Replica]) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Deletes a consumer group and with it every offset it committed; waits (bounded) until its
+/// members have left, which Kafka requires.
+pub async fn delete_group(group: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", env("KAFKA_BOOTSTRAP"))
+        .create()
+        .unwrap();
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let results = admin.delete_groups(&[group], &options).await.unwrap();
+        match results.first() {
+            Some(Ok(_)) => return,
+            Some(Err((_, code))) => assert!(
+                Instant::now() < deadline,
+                "the group {group} was not deleted: {code:?}"
+            ),
+            None => panic!("no answer for the group {group}"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
