@@ -132,20 +132,81 @@ async fn every_replica_answers_every_key_and_reads_its_writes() {
     let replica = replicas.iter().find(|r| r.id == owner_of_0).unwrap();
     let started = std::time::Instant::now();
     let key = key_in_partition(0);
-    let (status, headers, _) = get(
+    let (status, headers, body) = get(
         &http,
         &format!("{}/orders/{key}", replica.address),
         &[("consistency-token", &far)],
     )
     .await;
+    let waited = started.elapsed();
     assert_eq!(status, 503);
+    assert_eq!(
+        body["type"], "urn:problem-type:consistency-timeout",
+        "{body}"
+    );
     assert!(headers.contains_key("retry-after"));
-    assert!(started.elapsed() < Duration::from_secs(15));
+    // The whole bounded wait (5 s by default), not an immediate refusal, and not more.
+    assert!(
+        waited >= Duration::from_millis(4_900) && waited < Duration::from_secs(15),
+        "waited {waited:?}"
+    );
+
+    // A token for the next record of partition 0: the read waits until a command writes it,
+    // then answers for the key (here: not found, now that the partition is known to be applied
+    // that far).
+    let next = next_offset(&commands.topic, 0);
+    let ahead = format!("{}:0:{next}", commands.topic);
+    let read = {
+        let (http, url) = (http.clone(), format!("{}/orders/{key}", replica.address));
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let answer = get(&http, &url, &[("consistency-token", &ahead)]).await;
+            (answer, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(
+        !read.is_finished(),
+        "the read did not wait for its position"
+    );
+    let mut written_at = None;
+    for i in 0..200 {
+        let written = post(
+            &http,
+            &format!("{}/orders", commands.address),
+            &order_body("c-wait", i % 5 + 1),
+        )
+        .await;
+        if written.token.split(':').nth(1) == Some("0") {
+            written_at = Some(std::time::Instant::now());
+            break;
+        }
+    }
+    assert!(written_at.is_some(), "no order landed in partition 0");
+    let ((status, _, body), waited) = read.await.unwrap();
+    assert_eq!(
+        status, 404,
+        "the read answered for the key once applied: {body}"
+    );
+    assert!(waited >= Duration::from_millis(1_000), "waited {waited:?}");
 
     for replica in &replicas {
         replica.stop().await;
     }
     commands.stop().await;
+}
+
+/// The offset the next record of `partition` will get.
+fn next_offset(topic: &str, partition: i32) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", env("KAFKA_BOOTSTRAP"))
+        .create()
+        .unwrap();
+    let (_, high) = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .unwrap();
+    high
 }
 
 /// Some key that hashes to `partition`.
