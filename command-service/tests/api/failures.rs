@@ -12,7 +12,7 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use crate::helpers::{
     codec, config, env, fresh_topic, order_body, place_body_with_key, place_with_key,
-    read_committed, read_committed_from, spawn_app_with,
+    read_committed, read_committed_from, spawn_app, spawn_app_with,
 };
 
 #[tokio::test]
@@ -438,4 +438,59 @@ async fn an_answered_command_survives_a_kill_9_right_after_its_answer() {
             "order {id} was answered 201 but is not in the log"
         );
     }
+}
+
+/// The service registers its event schema under `<topic>-value` at start; a subject holding a
+/// schema this one cannot read (no defaults for the fields the old one lacks) stops it there,
+/// with the registry's verdict, before it takes a command.
+#[tokio::test]
+async fn an_incompatible_schema_stops_the_service_at_start() {
+    let client = reqwest::Client::new();
+    let registry = env("SCHEMA_REGISTRY_URL");
+
+    // A clean start registers under exactly `<topic>-value`.
+    let app = spawn_app().await;
+    let versions = client
+        .get(format!("{registry}/subjects/{}-value/versions", app.topic))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(versions.status(), 200);
+    app.stop().await;
+
+    let topic = fresh_topic();
+    let subject = format!("{topic}-value");
+    let old = r#"{"type":"record","name":"OrderEvent","namespace":"orders","fields":[{"name":"legacy","type":"int"}]}"#;
+    let registered = client
+        .post(format!("{registry}/subjects/{subject}/versions"))
+        .header("content-type", "application/vnd.schemaregistry.v1+json")
+        .body(serde_json::json!({ "schema": old }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 200);
+
+    let error = command_service::Application::build(config(&topic))
+        .await
+        .err()
+        .map(|e| format!("{e} ({:?})", std::error::Error::source(&e)))
+        .unwrap_or_default();
+    assert!(error.contains("incompatible"), "{error}");
+    assert!(error.contains(&subject), "{error}");
+    // Nothing was written: the topic holds no record.
+    let topic_for_read = topic.clone();
+    let records = tokio::task::spawn_blocking(move || read_committed(&topic_for_read))
+        .await
+        .unwrap();
+    assert!(records.is_empty());
+    // The subject still holds only the old schema.
+    let versions: serde_json::Value = client
+        .get(format!("{registry}/subjects/{subject}/versions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(versions, serde_json::json!([1]));
 }
