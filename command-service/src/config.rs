@@ -166,6 +166,19 @@ mod tests {
     }
 
     #[test]
+    fn the_request_timeout_must_outlast_a_commit_and_its_abort() {
+        // The boundary: twice the Kafka timeout plus the linger is refused, a millisecond more
+        // is enough.
+        let mut c = Config::defaults();
+        c.kafka_timeout_ms = 4_000;
+        c.linger_ms = 5;
+        c.request_timeout_ms = 8_005;
+        assert!(c.validate().is_err());
+        c.request_timeout_ms = 8_006;
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
     fn nonsense_is_refused() {
         let mut c = Config::defaults();
         c.producer_workers = 0;

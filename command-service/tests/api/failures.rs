@@ -494,3 +494,106 @@ async fn an_incompatible_schema_stops_the_service_at_start() {
         .unwrap();
     assert_eq!(versions, serde_json::json!([1]));
 }
+
+/// After a `kill -9`, the restarted service's write model (rebuilt from the log) holds every
+/// order's state and version: the rules and `If-Match` hold for orders placed before the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_model_is_right_after_a_kill_9() {
+    let topic = fresh_topic();
+    let port = free_port().unwrap();
+    let address = format!("http://127.0.0.1:{port}");
+    let instance = format!("model-{}", uuid::Uuid::new_v4());
+    let logs = tempfile::tempdir().unwrap();
+    let start = |run: u32| {
+        let log = std::fs::File::create(logs.path().join(format!("run-{run}.log"))).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_command-service"))
+            .env("COMMAND_LISTEN", format!("127.0.0.1:{port}"))
+            .env("KAFKA_BOOTSTRAP", env("KAFKA_BOOTSTRAP"))
+            .env("SCHEMA_REGISTRY_URL", env("SCHEMA_REGISTRY_URL"))
+            .env("ORDERS_TOPIC", &topic)
+            .env("ORDERS_TOPIC_PARTITIONS", "3")
+            .env("COMMAND_INSTANCE_ID", &instance)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap()
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let post = |path: String, body: &'static str, if_match: Option<&'static str>| {
+        let (client, address) = (client.clone(), address.clone());
+        async move {
+            let mut request = client
+                .post(format!("{address}{path}"))
+                .header("content-type", "application/json")
+                .body(body);
+            if let Some(tag) = if_match {
+                request = request.header("if-match", tag);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            (status, body)
+        }
+    };
+    const PAY: &str = r#"{"amount_cents":2599,"payment_ref":"p-1"}"#;
+    const SHIP: &str = r#"{"carrier":"DHL","tracking_number":"T-1"}"#;
+    const CANCEL: &str = r#"{"reason":"changed my mind"}"#;
+
+    let mut service = start(1);
+    wait_live(&client, &address).await;
+    let mut orders = Vec::new();
+    for customer in ["c-a", "c-b", "c-c"] {
+        let response = client
+            .post(format!("{address}/orders"))
+            .header("content-type", "application/json")
+            .body(order_body(customer))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let body: serde_json::Value = response.json().await.unwrap();
+        orders.push(body["order_id"].as_str().unwrap().to_owned());
+    }
+    let (a, b, c) = (&orders[0], &orders[1], &orders[2]);
+    assert_eq!(post(format!("/orders/{a}/payment"), PAY, None).await.0, 200);
+    service.kill().unwrap();
+    service.wait().unwrap();
+
+    let mut service = start(2);
+    wait_live(&client, &address).await;
+    // A was paid before the kill: paying again breaks a rule, shipping is version 3.
+    assert_eq!(post(format!("/orders/{a}/payment"), PAY, None).await.0, 409);
+    let (status, body) = post(format!("/orders/{a}/shipment"), SHIP, None).await;
+    assert_eq!(
+        (status, body["version"].clone()),
+        (200, serde_json::json!(3))
+    );
+    // B is at version 1: `If-Match: "2"` is stale, `"1"` holds.
+    assert_eq!(
+        post(format!("/orders/{b}/payment"), PAY, Some("\"2\""))
+            .await
+            .0,
+        412
+    );
+    let (status, body) = post(format!("/orders/{b}/payment"), PAY, Some("\"1\"")).await;
+    assert_eq!(
+        (status, body["version"].clone()),
+        (200, serde_json::json!(2))
+    );
+    // C was only placed: it cannot ship, it can be cancelled, and then not paid.
+    assert_eq!(
+        post(format!("/orders/{c}/shipment"), SHIP, None).await.0,
+        409
+    );
+    let (status, body) = post(format!("/orders/{c}/cancellation"), CANCEL, None).await;
+    assert_eq!(
+        (status, body["version"].clone()),
+        (200, serde_json::json!(2))
+    );
+    assert_eq!(post(format!("/orders/{c}/payment"), PAY, None).await.0, 409);
+    service.kill().unwrap();
+    service.wait().unwrap();
+}
