@@ -508,6 +508,16 @@ struct ReplicaProcess {
 }
 
 fn start_process(topic: &str, group: &str, id: &str) -> ReplicaProcess {
+    start_process_with(topic, group, id, &[])
+}
+
+/// [`start_process`] with extra environment variables (later ones win).
+fn start_process_with(
+    topic: &str,
+    group: &str,
+    id: &str,
+    extra: &[(&str, &str)],
+) -> ReplicaProcess {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -526,6 +536,7 @@ fn start_process(topic: &str, group: &str, id: &str) -> ReplicaProcess {
         .env("KAFKA_BOOTSTRAP", env("KAFKA_BOOTSTRAP"))
         .env("SCHEMA_REGISTRY_URL", env("SCHEMA_REGISTRY_URL"))
         .env("RUST_LOG", "warn")
+        .envs(extra.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -612,5 +623,106 @@ async fn after_kill_9_of_a_replica_the_survivors_answer_every_key() {
     eprintln!("failover after kill -9 took {:?}", killed_at.elapsed());
     drop(victim);
     drop(replicas);
+    commands.stop().await;
+}
+
+/// A forwarded read whose owner hangs (stopped with SIGSTOP: its connections accept, nothing
+/// answers) ends at the forward timeout with a retryable 503: after waiting for it, not before,
+/// and not much after.
+#[tokio::test]
+async fn a_forward_to_a_hung_owner_ends_at_the_forward_timeout() {
+    let commands = Commands::spawn().await;
+    let group = group();
+    let http = client();
+    // A session long enough that the group does not reassign the stopped replica's partitions
+    // during the test.
+    let settings = [
+        ("QUERY_SESSION_TIMEOUT_MS", "45000"),
+        ("QUERY_FORWARD_TIMEOUT_MS", "2000"),
+        ("QUERY_CONSISTENCY_WAIT_MS", "1000"),
+    ];
+    let asker = start_process_with(&commands.topic, &group, "asker", &settings);
+    let owner = start_process_with(&commands.topic, &group, "owner", &settings);
+    // Both in the group, each owning partitions, both ready.
+    let cluster_url = format!("{}/admin/cluster", asker.address);
+    eventually(
+        Duration::from_secs(60),
+        "both replicas to own partitions",
+        || async {
+            let mut all_ready = true;
+            for replica in [&asker, &owner] {
+                all_ready &= http
+                    .get(format!("{}/health/ready", replica.address))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+            }
+            let cluster: Value = match http.get(&cluster_url).bearer_auth(ADMIN_TOKEN).send().await
+            {
+                Ok(r) => r.json().await.unwrap_or_default(),
+                Err(_) => Value::Null,
+            };
+            let owning = cluster["replicas"].as_array().map_or(0, |members| {
+                members
+                    .iter()
+                    .filter(|m| m["partitions"].as_array().is_some_and(|p| !p.is_empty()))
+                    .count()
+            });
+            all_ready && owning == 2
+        },
+    )
+    .await;
+    // A key the owner serves, as the asker sees it.
+    let mut owned = None;
+    for i in 0..30u32 {
+        let id = post(
+            &http,
+            &format!("{}/orders", commands.address),
+            &order_body("c-hang", i % 5 + 1),
+        )
+        .await
+        .order_id;
+        let url = format!("{}/orders/{id}", asker.address);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let served_by = loop {
+            match http.get(&url).send().await {
+                Ok(r) if r.status() == 200 => {
+                    break r.headers()["served-by"].to_str().unwrap().to_owned();
+                }
+                _ => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the order is not readable through the asker"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        if served_by == owner.id {
+            owned = Some(id);
+            break;
+        }
+    }
+    let owned = owned.expect("no order landed on the owner's partitions");
+
+    let pid = owner.child.id().to_string();
+    let stopped = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    assert!(stopped.success());
+    let started = std::time::Instant::now();
+    let response = http
+        .get(format!("{}/orders/{owned}", asker.address))
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(
+        waited >= Duration::from_millis(1_900) && waited < Duration::from_secs(6),
+        "the forward took {waited:?}, its bound is 2 s"
+    );
+    drop(owner);
+    drop(asker);
     commands.stop().await;
 }
