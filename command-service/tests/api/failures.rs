@@ -597,3 +597,44 @@ async fn the_write_model_is_right_after_a_kill_9() {
     service.kill().unwrap();
     service.wait().unwrap();
 }
+
+/// A peer that accepts connections and never answers: every call to it must end at its bound.
+fn black_hole() -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        // Accepts (and keeps) a few connections, then lets the test end.
+        listener.set_nonblocking(true).unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if let Ok((socket, _)) = listener.accept() {
+                held.push(socket);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    (address, holder)
+}
+
+/// A registry that accepts and never answers stops the service at start within the registry
+/// timeout, naming the registry: after the timeout, not at once, and not much later.
+#[tokio::test]
+async fn a_hung_registry_stops_the_service_at_start_within_its_timeout() {
+    let (address, _holder) = black_hole();
+    let mut config = config(&fresh_topic());
+    config.registry = service_config::RegistryArgs::plain(format!("http://{address}"));
+    config.registry_timeout_ms = 1_000;
+    let started = Instant::now();
+    let error = command_service::Application::build(config)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    let waited = started.elapsed();
+    assert!(error.contains("schema registry"), "{error}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "the start-up registry check took {waited:?}, its bound is 1 s"
+    );
+}
