@@ -638,3 +638,70 @@ async fn a_hung_registry_stops_the_service_at_start_within_its_timeout() {
         "the start-up registry check took {waited:?}, its bound is 1 s"
     );
 }
+
+/// Two live services started with the same instance id (an operator's mistake, or a paused
+/// instance that wakes up next to its replacement) fence each other's producers under load.
+/// Whatever either answers, a `2xx` is an event in the log, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_with_one_id_never_acknowledge_what_is_not_in_the_log() {
+    let topic = fresh_topic();
+    let first = config(&topic);
+    let mut second = config(&topic);
+    second.instance_id = first.instance_id.clone();
+    let a = spawn_app_with(first).await;
+    let b = spawn_app_with(second).await;
+
+    let stop_at = Instant::now() + Duration::from_secs(5);
+    let load = |app: &crate::helpers::TestApp, name: &'static str| {
+        let (client, address) = (app.client.clone(), app.address.clone());
+        (0..4).map(move |c| {
+            let (client, address) = (client.clone(), address.clone());
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                let mut n = 0;
+                while Instant::now() < stop_at {
+                    let key = format!("{name}-{c}-{n}");
+                    n += 1;
+                    outcomes.push(place_with_key(&client, &address, &key).await);
+                }
+                outcomes
+            })
+        })
+    };
+    let tasks: Vec<_> = load(&a, "a").chain(load(&b, "b")).collect();
+    let outcomes: Vec<(u16, Option<String>)> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect();
+    let acknowledged: Vec<&String> = outcomes
+        .iter()
+        .filter(|(status, _)| *status == 201)
+        .filter_map(|(_, id)| id.as_ref())
+        .collect();
+    let refused = outcomes.iter().filter(|(status, _)| *status != 201).count();
+    eprintln!(
+        "two instances, one id: {} acknowledged, {refused} refused",
+        acknowledged.len()
+    );
+    assert!(!acknowledged.is_empty(), "nothing was acknowledged");
+    assert!(refused > 0, "the instances never fenced each other");
+
+    let topic_for_read = topic.clone();
+    let records = tokio::task::spawn_blocking(move || read_committed(&topic_for_read))
+        .await
+        .unwrap();
+    let mut in_log: HashMap<String, usize> = HashMap::new();
+    for record in records {
+        *in_log.entry(record.key).or_default() += 1;
+    }
+    for id in acknowledged {
+        assert_eq!(
+            in_log.get(id),
+            Some(&1),
+            "order {id} was acknowledged but is not in the log exactly once"
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}
