@@ -705,3 +705,144 @@ async fn two_instances_with_one_id_never_acknowledge_what_is_not_in_the_log() {
     a.stop().await;
     b.stop().await;
 }
+
+/// SIGTERM while the write queue is full: the service stops taking requests, drains the queue
+/// (committing it) and answers every request it took before it exits. Every `201` is in the
+/// log; nothing it took goes unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_with_a_full_queue_answers_everything_it_took() {
+    const REQUESTS: i64 = 1500;
+    let topic = fresh_topic();
+    let port = free_port().unwrap();
+    let address = format!("http://127.0.0.1:{port}");
+    let logs = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(logs.path().join("service.log")).unwrap();
+    // One producer committing one record per transaction: a queue that drains slowly.
+    let mut service = Command::new(env!("CARGO_BIN_EXE_command-service"))
+        .env("COMMAND_LISTEN", format!("127.0.0.1:{port}"))
+        .env("KAFKA_BOOTSTRAP", env("KAFKA_BOOTSTRAP"))
+        .env("SCHEMA_REGISTRY_URL", env("SCHEMA_REGISTRY_URL"))
+        .env("ORDERS_TOPIC", &topic)
+        .env("ORDERS_TOPIC_PARTITIONS", "3")
+        .env(
+            "COMMAND_INSTANCE_ID",
+            format!("drain-{}", uuid::Uuid::new_v4()),
+        )
+        .env("COMMAND_PRODUCER_WORKERS", "1")
+        .env("COMMAND_MAX_BATCH", "1")
+        .env("COMMAND_LINGER_MS", "0")
+        .env("COMMAND_QUEUE_CAPACITY", "1200")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    wait_live(&client, &address).await;
+
+    let requests: Vec<_> = (0..REQUESTS)
+        .map(|i| {
+            let (client, address) = (client.clone(), address.clone());
+            tokio::spawn(async move {
+                let response = client
+                    .post(format!("{address}/orders"))
+                    .header("content-type", "application/json")
+                    .body(order_body(&format!("c-{i}")))
+                    .send()
+                    .await;
+                match response {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let body: serde_json::Value = r.json().await.unwrap_or_default();
+                        Ok((status, body["order_id"].as_str().map(str::to_owned)))
+                    }
+                    Err(e) => {
+                        let mut text = e.to_string();
+                        let mut source = std::error::Error::source(&e);
+                        while let Some(cause) = source {
+                            text = format!("{text}: {cause}");
+                            source = cause.source();
+                        }
+                        Err(text)
+                    }
+                }
+            })
+        })
+        .collect();
+    // SIGTERM once the service has taken every request (each is answered or waits in the
+    // queue) and the queue holds a backlog.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = client
+            .get(format!("{address}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let depth: i64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("command_service_queue_depth "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let answered: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("command_service_commands_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        #[allow(clippy::cast_possible_truncation)]
+        if answered as i64 + depth >= REQUESTS {
+            assert!(
+                depth >= 10,
+                "the queue drained before the test could stop it: {depth}"
+            );
+            eprintln!("SIGTERM with {depth} commands queued");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service never took every request"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let terminated = Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+
+    let mut acknowledged = Vec::new();
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    for request in requests {
+        let outcome = request.await.unwrap();
+        let (status, id) = outcome.unwrap_or_else(|e| panic!("a request went unanswered: {e}"));
+        *statuses.entry(status).or_default() += 1;
+        // Kafka is healthy: what was queued commits, nothing is refused but for the full queue.
+        assert!(matches!(status, 201 | 429), "unexpected {status}");
+        if status == 201 {
+            acknowledged.push(id.unwrap());
+        }
+    }
+    eprintln!("SIGTERM with a full queue: {statuses:?}");
+    let exit = tokio::task::spawn_blocking(move || service.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "the service exited with {exit}");
+    assert!(!acknowledged.is_empty());
+
+    let records = tokio::task::spawn_blocking(move || read_committed(&topic))
+        .await
+        .unwrap();
+    let in_log: HashSet<String> = records.into_iter().map(|r| r.key).collect();
+    for id in &acknowledged {
+        assert!(
+            in_log.contains(id),
+            "order {id} was acknowledged but is not in the log"
+        );
+    }
+}
