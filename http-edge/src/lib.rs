@@ -6,11 +6,13 @@
 //! - [`routes`]: a service's route table, from which its router is built, so that what the
 //!   table (and the OpenAPI document checked against it) says is what the router serves.
 //! - [`health`]: the liveness route.
+//! - [`lifecycle`]: the stop signal.
 //! - [`docs`]: the OpenAPI document at `/openapi.json` and a browsable page at `/docs`, whose
 //!   assets are compiled in: no CDN.
 
 pub mod docs;
 pub mod health;
+pub mod lifecycle;
 pub mod problem;
 pub mod routes;
 

@@ -44,6 +44,8 @@ pub enum StartupError {
     },
     #[error("a startup task failed")]
     Join(#[from] tokio::task::JoinError),
+    #[error("could not start the projection thread")]
+    Thread(#[source] std::io::Error),
     #[error(transparent)]
     KafkaConnection(#[from] service_config::ConnectError),
     #[error(transparent)]
@@ -55,7 +57,11 @@ pub struct Application {
     port: u16,
     server: Server,
     shutdown: CancellationToken,
+    /// The projection runner's own thread: its RocksDB writes and its consumer never take the
+    /// HTTP runtime's thread, so requests and the stop signal are served while it catches up.
+    projection: std::thread::JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
+    grace: Duration,
     stats: Arc<ProjectionStats>,
 }
 
@@ -97,6 +103,7 @@ impl Application {
                 })?;
         let store = Arc::new(store);
         let kafka_timeout = Duration::from_millis(config.kafka_timeout_ms);
+        let grace = Duration::from_millis(config.shutdown_grace_ms);
         // Before anything else talks to Kafka: a wrong password, an untrusted certificate or an
         // unreachable broker stops the replica here, named, within the Kafka timeout.
         let kafka = config.kafka.clone();
@@ -160,15 +167,13 @@ impl Application {
             stats: Arc::clone(&stats),
             table: Arc::clone(&table),
         };
-        let tasks = vec![
-            tokio::spawn(runner.run(shutdown.clone())),
-            tokio::spawn(cluster::keep_fresh(
-                Arc::clone(&cluster),
-                Arc::clone(&table),
-                Duration::from_millis(config.cluster_refresh_ms),
-                shutdown.clone(),
-            )),
-        ];
+        let projection = spawn_projection(runner, shutdown.clone())?;
+        let tasks = vec![tokio::spawn(cluster::keep_fresh(
+            Arc::clone(&cluster),
+            Arc::clone(&table),
+            Duration::from_millis(config.cluster_refresh_ms),
+            shutdown.clone(),
+        ))];
 
         let state = web::Data::new(AppState {
             store,
@@ -198,9 +203,11 @@ impl Application {
         })
         .workers(config.http_workers)
         .max_connections(connections.div_ceil(config.http_workers))
-        // In-flight requests get this long to finish on SIGTERM; idle keep-alive connections
-        // would otherwise hold the shutdown for actix's default 30 s.
-        .shutdown_timeout(5)
+        // In-flight requests get most of the grace to finish; idle keep-alive connections would
+        // otherwise hold the stop for actix's default 30 s. The signal is ours to handle (see
+        // `run_until_stopped`), so that the whole stop fits the grace.
+        .shutdown_timeout(http_grace_secs(grace))
+        .disable_signals()
         .listen(listener)
         .map_err(listen_error)?
         .run();
@@ -208,7 +215,9 @@ impl Application {
             port: address.port(),
             server,
             shutdown,
+            projection,
             tasks,
+            grace,
             stats,
         })
     }
@@ -226,18 +235,67 @@ impl Application {
         Arc::clone(&self.stats)
     }
 
-    /// Serves until the server stops, then stops the projection runner (which leaves the group)
-    /// and the cluster view refresher.
+    /// Serves until SIGTERM or Ctrl-C (or a stop through [`Application::handle`]), then stops
+    /// within the grace: the projection stops at once (its store is consistent after every
+    /// batch) and leaves the group, in-flight requests finish, the store closes. What has not
+    /// stopped by the end of the grace is abandoned.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let served = self.server.await;
+        let handle = self.server.handle();
+        let mut server = std::pin::pin!(self.server);
+        let (served, deadline) = tokio::select! {
+            served = &mut server => (served, Instant::now() + self.grace),
+            () = http_edge::lifecycle::terminate_signal() => {
+                let deadline = Instant::now() + self.grace;
+                tracing::info!(grace_ms = self.grace.as_millis(), "stopping");
+                self.shutdown.cancel();
+                // The server future runs the stop: it must be polled while the stop is awaited.
+                let ((), served) = tokio::join!(handle.stop(true), &mut server);
+                (served, deadline)
+            }
+        };
         self.shutdown.cancel();
         for task in self.tasks {
-            if task.await.is_err() {
-                tracing::error!("a background task panicked");
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => tracing::error!("a background task panicked"),
+                Err(_) => tracing::warn!("a background task did not stop within the grace"),
             }
+        }
+        let projection = self.projection;
+        while !projection.is_finished() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if projection.is_finished() {
+            if projection.join().is_err() {
+                tracing::error!("the projection thread panicked");
+            }
+            tracing::info!("stopped: the projection left the group and the store is closed");
+        } else {
+            tracing::error!("the projection did not stop within the grace; abandoning it");
         }
         served
     }
+}
+
+/// Starts the projection runner on a thread of its own, with a runtime of its own.
+fn spawn_projection<P: Projection>(
+    runner: Runner<P>,
+    shutdown: CancellationToken,
+) -> Result<std::thread::JoinHandle<()>, StartupError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartupError::Thread)?;
+    std::thread::Builder::new()
+        .name("projection".into())
+        .spawn(move || runtime.block_on(runner.run(shutdown)))
+        .map_err(StartupError::Thread)
+}
+
+/// Seconds in-flight requests get at a stop: the grace, less a second for the rest.
+fn http_grace_secs(grace: Duration) -> u64 {
+    grace.as_secs().saturating_sub(1).max(1)
 }
 
 /// The topic's partition count, waiting (bounded) for the topic to be created.

@@ -70,6 +70,11 @@ pub struct Config {
     /// How often the group's partition ownership is re-read between rebalances, in milliseconds.
     #[arg(long, env = "QUERY_CLUSTER_REFRESH_MS", default_value_t = 2_000)]
     pub cluster_refresh_ms: u64,
+    /// How long a stop (SIGTERM, Ctrl-C) may take in all, in milliseconds: in-flight requests
+    /// finish, the projection stops and leaves the group, the store closes. Whatever is still
+    /// running then is abandoned (the store and the group recover from that as from a crash).
+    #[arg(long, env = "QUERY_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
+    pub shutdown_grace_ms: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -98,6 +103,7 @@ impl std::fmt::Debug for Config {
             .field("consistency_wait_ms", &self.consistency_wait_ms)
             .field("forward_timeout_ms", &self.forward_timeout_ms)
             .field("cluster_refresh_ms", &self.cluster_refresh_ms)
+            .field("shutdown_grace_ms", &self.shutdown_grace_ms)
             .finish()
     }
 }
@@ -149,6 +155,9 @@ impl Config {
             return fail(
                 "listening on a wildcard address needs --advertised-url: other replicas cannot reach 0.0.0.0",
             );
+        }
+        if self.shutdown_grace_ms < 1_000 {
+            return fail("the shutdown grace must be at least 1000 ms");
         }
         if self.http_workers == 0 {
             return fail("http workers must be at least 1");

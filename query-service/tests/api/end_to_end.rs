@@ -726,3 +726,136 @@ async fn a_forward_to_a_hung_owner_ends_at_the_forward_timeout() {
     drop(asker);
     commands.stop().await;
 }
+
+/// Writes `count` placed orders straight to `topic` (as the command service would encode them),
+/// much faster than through HTTP.
+async fn write_backlog(topic: &str, count: usize) {
+    use orders::events::{Envelope, LineItem, OrderEvent, OrderPayload};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let registry = service_config::RegistryArgs::plain(env("SCHEMA_REGISTRY_URL"));
+    let codec: shared_events::EventCodec<OrderEvent> = shared_events::EventCodec::new(
+        registry.sr_settings(Duration::from_secs(5)).unwrap(),
+        topic,
+    )
+    .unwrap();
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", env("KAFKA_BOOTSTRAP"))
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let mut sends = Vec::with_capacity(count);
+    for i in 0..count {
+        let id = format!("backlog-{i}");
+        let event = OrderEvent {
+            envelope: Envelope {
+                event_id: format!("e-{i}"),
+                aggregate_id: id.clone(),
+                aggregate_version: 1,
+                occurred_at_ms: 1_795_000_000_000,
+                command_id: format!("k-{i}"),
+                idempotency_key: None,
+                correlation_id: format!("c-{i}"),
+            },
+            payload: OrderPayload::Placed {
+                customer_id: format!("c-{}", i % 100),
+                currency: "EUR".into(),
+                items: vec![LineItem {
+                    sku: "A-1".into(),
+                    quantity: 1,
+                    unit_price_cents: 100,
+                }],
+                total_cents: 100,
+            },
+        };
+        let value = codec.encode(&event).await.unwrap();
+        let producer = producer.clone();
+        let topic = topic.to_owned();
+        sends.push(tokio::spawn(async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&id).payload(&value),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map(drop)
+                .map_err(|(e, _)| e)
+        }));
+    }
+    for send in sends {
+        send.await.unwrap().unwrap();
+    }
+}
+
+/// SIGTERM while a replica is still catching up with a backlog: it stops within its grace
+/// (here 3 s), having served HTTP all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_while_catching_up_stops_within_the_grace() {
+    const BACKLOG: usize = 100_000;
+    let commands = Commands::spawn().await;
+    write_backlog(&commands.topic, BACKLOG).await;
+    let http = client();
+    let mut replica = start_process_with(
+        &commands.topic,
+        &group(),
+        "catching-up",
+        &[("QUERY_SHUTDOWN_GRACE_MS", "3000")],
+    );
+    // Catching up: it answers, it has applied some of the backlog, not all.
+    let metrics_url = format!("{}/metrics", replica.address);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let applied = loop {
+        let applied = match http
+            .get(&metrics_url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            Ok(r) => r
+                .text()
+                .await
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("query_service_applied_events_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0),
+            Err(_) => 0.0,
+        };
+        if applied > 0.0 {
+            break applied;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica never started applying"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    #[allow(clippy::cast_precision_loss)]
+    let backlog = BACKLOG as f64;
+    assert!(applied < backlog, "caught up before the test could stop it");
+
+    let signalled = std::time::Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &replica.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = loop {
+        if let Some(exit) = replica.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "the replica did not stop within 10 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = signalled.elapsed();
+    eprintln!("SIGTERM after {applied} of {BACKLOG} events: stopped in {took:?} ({exit})");
+    assert!(exit.success(), "{exit}");
+    assert!(
+        took < Duration::from_millis(3_000 + 700),
+        "stopped in {took:?}, grace 3 s"
+    );
+    commands.stop().await;
+}
