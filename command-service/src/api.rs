@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout_at};
 
 use crate::batcher::{Batcher, CommitError, CommitResult};
+use crate::circuit::BrokerCircuit;
 use crate::idempotency::{Begin, Claim, CommandKind, Fingerprint, IdempotencyIndex, Receipt};
 use crate::metrics::{CommandLabels, Metrics};
 use crate::problem::ApiError;
@@ -35,6 +36,7 @@ pub struct AppState {
     pub request_timeout: Duration,
     pub registry_url: String,
     pub http: reqwest::Client,
+    pub circuit: Arc<BrokerCircuit>,
 }
 
 /// Every route answers the methods it does not serve with `405` and an `Allow` header; a `GET`
@@ -89,7 +91,7 @@ pub const ROUTES: [Route; 9] = [
     http_edge::docs::ROUTES[1],
 ];
 
-/// Ready when every producer is initialised and the schema registry answers.
+/// Ready when a producer is initialised, the schema registry answers and Kafka is reachable.
 #[utoipa::path(
     get,
     path = "/health/ready",
@@ -112,11 +114,13 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
         .send()
         .await
         .is_ok_and(|r| r.status().is_success());
-    let ready = producers > 0 && registry;
+    let kafka = !state.circuit.is_open();
+    let ready = producers > 0 && registry && kafka;
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not ready" },
         "live_producers": producers,
         "registry_reachable": registry,
+        "kafka_reachable": kafka,
     });
     if ready {
         HttpResponse::Ok().json(body)
@@ -325,6 +329,9 @@ async fn execute(
     };
     let key = idempotency_key(request)?;
     let if_match = IfMatch::from_request(request)?;
+    if state.circuit.is_open() {
+        return Err(ApiError::KafkaUnreachable);
+    }
 
     let claim = match &key {
         None => None,

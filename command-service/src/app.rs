@@ -10,6 +10,7 @@ use shared_events::EventCodec;
 
 use crate::api::{self, AppState, fingerprint_of, now_ms, receipt_of};
 use crate::batcher::{Batcher, StartError};
+use crate::circuit::BrokerCircuit;
 use crate::config::{Config, ConfigError};
 use crate::idempotency::{CommandKind, IdempotencyIndex};
 use crate::metrics::Metrics;
@@ -42,6 +43,8 @@ pub enum StartupError {
     HttpClient(#[from] reqwest::Error),
     #[error(transparent)]
     Kafka(#[from] service_config::ConnectError),
+    #[error("could not start watching Kafka")]
+    Circuit(#[source] rdkafka::error::KafkaError),
     #[error(transparent)]
     RegistrySettings(#[from] service_config::RegistryAuthError),
 }
@@ -51,6 +54,7 @@ pub struct Application {
     port: u16,
     server: Server,
     batcher: Arc<Batcher>,
+    circuit: Arc<BrokerCircuit>,
     sweeper: tokio::task::JoinHandle<()>,
 }
 
@@ -140,6 +144,12 @@ impl Application {
             "write model rebuilt from the topic"
         );
         let sweeper = tokio::spawn(sweep_idempotency(Arc::clone(&idempotency)));
+        let circuit = BrokerCircuit::start(
+            &config.kafka,
+            Duration::from_millis(500),
+            Duration::from_millis(1_000),
+        )
+        .map_err(StartupError::Circuit)?;
 
         let listener =
             service_config::listen(&config.listen).map_err(|source| StartupError::Listen {
@@ -164,6 +174,7 @@ impl Application {
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             registry_url: config.registry.url.clone(),
             http: config.registry.client_builder(registry_timeout)?.build()?,
+            circuit: Arc::clone(&circuit),
         });
         let document =
             web::Data::new(http_edge::docs::ApiDocument::new(crate::openapi::document()));
@@ -188,6 +199,7 @@ impl Application {
             port,
             server,
             batcher,
+            circuit,
             sweeper,
         })
     }
@@ -206,6 +218,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
         self.sweeper.abort();
+        self.circuit.stop();
         let batcher = self.batcher;
         tracing::info!(
             queued = batcher.queue_depth(),

@@ -325,6 +325,9 @@ impl TxProducer {
             // floor of ~100 ms under every commit. Markers take a few ms on a healthy broker.
             .set("retry.backoff.ms", "5")
             .set("retry.backoff.max.ms", "100")
+            // After an outage, reconnect within a second of the broker's return rather than
+            // librdkafka's default backoff of up to ten.
+            .set("reconnect.backoff.max.ms", "1000")
             .set(
                 "transaction.timeout.ms",
                 config.transaction_timeout.as_millis().to_string(),

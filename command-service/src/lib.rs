@@ -10,6 +10,7 @@ pub mod aggregates;
 pub mod api;
 pub mod app;
 pub mod batcher;
+pub mod circuit;
 pub mod config;
 pub mod idempotency;
 pub mod metrics;

@@ -29,6 +29,8 @@ pub enum ApiError {
     Commit(#[from] CommitError),
     #[error("no answer from Kafka within {0:?}")]
     CommitTimeout(std::time::Duration),
+    #[error("Kafka is unreachable; nothing was written")]
+    KafkaUnreachable,
     #[error("the event could not be encoded: {0}")]
     Encode(#[source] shared_events::WireError),
     #[error("`{0}` is not a valid order id: {1}")]
@@ -185,6 +187,12 @@ pub mod types {
         StatusCode::SERVICE_UNAVAILABLE,
         Some(2),
     );
+    pub const KAFKA_UNREACHABLE: ProblemType = row(
+        "kafka-unreachable",
+        "Kafka unreachable",
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some(2),
+    );
     pub const REGISTRY_UNAVAILABLE: ProblemType = row(
         "schema-registry-unavailable",
         "Event not encoded",
@@ -212,6 +220,7 @@ pub mod types {
         SATURATED,
         SHUTTING_DOWN,
         KAFKA_UNAVAILABLE,
+        KAFKA_UNREACHABLE,
         REGISTRY_UNAVAILABLE,
         BUSY,
     ];
@@ -229,6 +238,7 @@ impl ApiError {
             Self::Saturated => &SATURATED,
             Self::ShuttingDown => &SHUTTING_DOWN,
             Self::Commit(_) | Self::CommitTimeout(_) => &KAFKA_UNAVAILABLE,
+            Self::KafkaUnreachable => &KAFKA_UNREACHABLE,
             Self::Encode(_) => &REGISTRY_UNAVAILABLE,
             Self::BadId(..) => &INVALID_ID,
             Self::BadHeader(_) => &INVALID_HEADER,

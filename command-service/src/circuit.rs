@@ -1,0 +1,80 @@
+//! Whether Kafka is reachable, watched off the write path: while it is not, new commands get a
+//! `503` with `Retry-After` at once instead of waiting for a commit that cannot happen.
+//!
+//! A thread asks the cluster for its metadata every `every`; two failed probes in a row open
+//! the circuit, one answered probe closes it. Commands already queued when it opens are not
+//! touched: their transactions end (or resolve) as they would have.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use service_config::KafkaArgs;
+
+/// Probes in a row that must fail before commands are refused: one lost probe is not an outage.
+const FAILURES_TO_OPEN: u32 = 2;
+
+#[derive(Debug)]
+pub struct BrokerCircuit {
+    open: AtomicBool,
+    stopping: AtomicBool,
+}
+
+impl BrokerCircuit {
+    /// Starts watching; the circuit starts closed (the service checked Kafka at start).
+    pub fn start(
+        kafka: &KafkaArgs,
+        every: Duration,
+        probe_timeout: Duration,
+    ) -> Result<Arc<Self>, KafkaError> {
+        let probe: BaseConsumer = kafka
+            .client_config()
+            // Notice a broker that is back within a second, not librdkafka's default ten.
+            .set("reconnect.backoff.ms", "100")
+            .set("reconnect.backoff.max.ms", "1000")
+            .create()?;
+        let circuit = Arc::new(Self {
+            open: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+        });
+        let watched = Arc::clone(&circuit);
+        std::thread::Builder::new()
+            .name("kafka-circuit".into())
+            .spawn(move || watched.watch(&probe, every, probe_timeout))
+            .map_err(|e| KafkaError::ClientCreation(format!("the circuit thread: {e}")))?;
+        Ok(circuit)
+    }
+
+    /// Whether Kafka is known to be unreachable now.
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Ends the watch (within one probe).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    fn watch(&self, probe: &BaseConsumer, every: Duration, probe_timeout: Duration) {
+        let mut failures = 0;
+        while !self.stopping.load(Ordering::Acquire) {
+            match probe.fetch_metadata(None, probe_timeout) {
+                Ok(_) => {
+                    failures = 0;
+                    if self.open.swap(false, Ordering::AcqRel) {
+                        tracing::info!("Kafka is reachable again; taking commands");
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    if failures >= FAILURES_TO_OPEN && !self.open.swap(true, Ordering::AcqRel) {
+                        tracing::warn!(%error, "Kafka is unreachable; refusing commands until it is back");
+                    }
+                }
+            }
+            std::thread::sleep(every);
+        }
+    }
+}
