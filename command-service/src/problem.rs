@@ -81,125 +81,112 @@ pub mod types {
     use actix_web::http::StatusCode;
     use http_edge::ProblemType;
 
-    const fn row(
-        code: &'static str,
-        title: &'static str,
-        status: StatusCode,
-        retry_after: Option<u32>,
-    ) -> ProblemType {
-        ProblemType {
-            code,
-            title,
-            status,
-            retry_after,
-        }
-    }
-
-    pub const MALFORMED: ProblemType = row(
+    pub const MALFORMED: ProblemType = ProblemType::new(
         "malformed-request",
         "Malformed request",
         StatusCode::BAD_REQUEST,
         None,
     );
-    pub const INVALID_ID: ProblemType = row(
+    pub const INVALID_ID: ProblemType = ProblemType::new(
         "invalid-id",
         "Invalid order id",
         StatusCode::BAD_REQUEST,
         None,
     );
-    pub const INVALID_HEADER: ProblemType = row(
+    pub const INVALID_HEADER: ProblemType = ProblemType::new(
         "invalid-header",
         "Invalid header",
         StatusCode::BAD_REQUEST,
         None,
     );
     pub const NOT_FOUND: ProblemType = http_edge::problem::NOT_FOUND;
-    pub const ORDER_NOT_FOUND: ProblemType = row(
+    pub const ORDER_NOT_FOUND: ProblemType = ProblemType::new(
         "order-not-found",
         "Order not found",
         StatusCode::NOT_FOUND,
         None,
     );
     pub const METHOD_NOT_ALLOWED: ProblemType = http_edge::problem::METHOD_NOT_ALLOWED;
-    pub const REQUEST_TIMEOUT: ProblemType = row(
+    pub const REQUEST_TIMEOUT: ProblemType = ProblemType::new(
         "request-timeout",
         "Body not received in time",
         StatusCode::REQUEST_TIMEOUT,
         None,
     );
-    pub const RULE_VIOLATED: ProblemType = row(
+    pub const RULE_VIOLATED: ProblemType = ProblemType::new(
         "rule-violated",
         "Command not allowed",
         StatusCode::CONFLICT,
         None,
     );
-    pub const VERSION_MISMATCH: ProblemType = row(
+    pub const VERSION_MISMATCH: ProblemType = ProblemType::new(
         "version-mismatch",
         "Version mismatch",
         StatusCode::PRECONDITION_FAILED,
         None,
     );
-    pub const BODY_TOO_LARGE: ProblemType = row(
+    pub const BODY_TOO_LARGE: ProblemType = ProblemType::new(
         "body-too-large",
         "Body too large",
         StatusCode::PAYLOAD_TOO_LARGE,
         None,
     );
-    pub const UNSUPPORTED_MEDIA_TYPE: ProblemType = row(
+    pub const UNSUPPORTED_MEDIA_TYPE: ProblemType = ProblemType::new(
         "unsupported-media-type",
         "Unsupported media type",
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         None,
     );
-    pub const UNSUPPORTED_ENCODING: ProblemType = row(
+    pub const UNSUPPORTED_ENCODING: ProblemType = ProblemType::new(
         "unsupported-encoding",
         "Unsupported content encoding",
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         None,
     );
-    pub const INVALID_VALUES: ProblemType = row(
+    pub const INVALID_VALUES: ProblemType = ProblemType::new(
         "invalid-values",
         "Invalid values",
         StatusCode::UNPROCESSABLE_ENTITY,
         None,
     );
-    pub const IDEMPOTENCY_KEY_REUSED: ProblemType = row(
+    pub const IDEMPOTENCY_KEY_REUSED: ProblemType = ProblemType::new(
         "idempotency-key-reused",
         "Idempotency key reused",
         StatusCode::UNPROCESSABLE_ENTITY,
         None,
     );
-    pub const SATURATED: ProblemType = row(
+    pub const SATURATED: ProblemType = ProblemType::new(
         "saturated",
         "Too many requests",
         StatusCode::TOO_MANY_REQUESTS,
         Some(1),
     );
-    pub const SHUTTING_DOWN: ProblemType = row(
+    pub const SHUTTING_DOWN: ProblemType = ProblemType::new(
         "shutting-down",
         "Service shutting down",
         StatusCode::SERVICE_UNAVAILABLE,
         Some(2),
     );
-    pub const KAFKA_UNAVAILABLE: ProblemType = row(
+    pub const KAFKA_UNAVAILABLE: ProblemType = ProblemType::new(
         "kafka-unavailable",
         "Event not committed",
         StatusCode::SERVICE_UNAVAILABLE,
         Some(2),
     );
-    pub const KAFKA_UNREACHABLE: ProblemType = row(
+    pub const KAFKA_UNREACHABLE: ProblemType = ProblemType::new(
         "kafka-unreachable",
         "Kafka unreachable",
         StatusCode::SERVICE_UNAVAILABLE,
         Some(2),
     );
-    pub const REGISTRY_UNAVAILABLE: ProblemType = row(
+    pub const REGISTRY_UNAVAILABLE: ProblemType = ProblemType::new(
         "schema-registry-unavailable",
         "Event not encoded",
         StatusCode::SERVICE_UNAVAILABLE,
         Some(2),
     );
-    pub const BUSY: ProblemType = row("busy", "Busy", StatusCode::SERVICE_UNAVAILABLE, Some(2));
+    pub const BUSY: ProblemType =
+        ProblemType::new("busy", "Busy", StatusCode::SERVICE_UNAVAILABLE, Some(2));
 
     /// Every row, for the OpenAPI document.
     pub const ALL: &[ProblemType] = &[

@@ -20,6 +20,21 @@ pub struct ProblemType {
 }
 
 impl ProblemType {
+    /// A row of a problem table.
+    pub const fn new(
+        code: &'static str,
+        title: &'static str,
+        status: StatusCode,
+        retry_after: Option<u32>,
+    ) -> Self {
+        Self {
+            code,
+            title,
+            status,
+            retry_after,
+        }
+    }
+
     /// The problem's `type` member.
     pub fn type_uri(&self) -> String {
         format!("urn:problem-type:{}", self.code)
@@ -52,20 +67,16 @@ impl ProblemType {
 }
 
 /// No route has this path: a row every service's table shares.
-pub const NOT_FOUND: ProblemType = ProblemType {
-    code: "not-found",
-    title: "Not found",
-    status: StatusCode::NOT_FOUND,
-    retry_after: None,
-};
+pub const NOT_FOUND: ProblemType =
+    ProblemType::new("not-found", "Not found", StatusCode::NOT_FOUND, None);
 
 /// The route does not serve this method: a row every service's table shares.
-pub const METHOD_NOT_ALLOWED: ProblemType = ProblemType {
-    code: "method-not-allowed",
-    title: "Method not allowed",
-    status: StatusCode::METHOD_NOT_ALLOWED,
-    retry_after: None,
-};
+pub const METHOD_NOT_ALLOWED: ProblemType = ProblemType::new(
+    "method-not-allowed",
+    "Method not allowed",
+    StatusCode::METHOD_NOT_ALLOWED,
+    None,
+);
 
 /// `405` with the `Allow` header RFC 9110 asks for.
 pub fn method_not_allowed(allow: &'static str) -> HttpResponse {

@@ -42,67 +42,53 @@ pub mod types {
     use actix_web::http::StatusCode;
     use http_edge::ProblemType;
 
-    const fn row(
-        code: &'static str,
-        title: &'static str,
-        status: StatusCode,
-        retry_after: Option<u32>,
-    ) -> ProblemType {
-        ProblemType {
-            code,
-            title,
-            status,
-            retry_after,
-        }
-    }
-
     pub const INVALID_ID: ProblemType =
-        row("invalid-id", "Invalid id", StatusCode::BAD_REQUEST, None);
-    pub const INVALID_CONSISTENCY_TOKEN: ProblemType = row(
+        ProblemType::new("invalid-id", "Invalid id", StatusCode::BAD_REQUEST, None);
+    pub const INVALID_CONSISTENCY_TOKEN: ProblemType = ProblemType::new(
         "invalid-consistency-token",
         "Invalid consistency token",
         StatusCode::BAD_REQUEST,
         None,
     );
-    pub const INVALID_QUERY: ProblemType = row(
+    pub const INVALID_QUERY: ProblemType = ProblemType::new(
         "invalid-query",
         "Invalid query",
         StatusCode::BAD_REQUEST,
         None,
     );
-    pub const UNAUTHORIZED: ProblemType = row(
+    pub const UNAUTHORIZED: ProblemType = ProblemType::new(
         "unauthorized",
         "Unauthorized",
         StatusCode::UNAUTHORIZED,
         None,
     );
-    pub const ADMIN_DISABLED: ProblemType = row(
+    pub const ADMIN_DISABLED: ProblemType = ProblemType::new(
         "admin-disabled",
         "Admin API disabled",
         StatusCode::FORBIDDEN,
         None,
     );
     pub const NOT_FOUND: ProblemType = http_edge::problem::NOT_FOUND;
-    pub const ORDER_NOT_FOUND: ProblemType = row(
+    pub const ORDER_NOT_FOUND: ProblemType = ProblemType::new(
         "order-not-found",
         "Order not found",
         StatusCode::NOT_FOUND,
         None,
     );
     pub const METHOD_NOT_ALLOWED: ProblemType = http_edge::problem::METHOD_NOT_ALLOWED;
-    pub const STORE_FAILURE: ProblemType = row(
+    pub const STORE_FAILURE: ProblemType = ProblemType::new(
         "store-failure",
         "Store failure",
         StatusCode::INTERNAL_SERVER_ERROR,
         None,
     );
-    pub const TEMPORARILY_UNAVAILABLE: ProblemType = row(
+    pub const TEMPORARILY_UNAVAILABLE: ProblemType = ProblemType::new(
         "temporarily-unavailable",
         "Temporarily unavailable",
         StatusCode::SERVICE_UNAVAILABLE,
         Some(1),
     );
-    pub const CONSISTENCY_TIMEOUT: ProblemType = row(
+    pub const CONSISTENCY_TIMEOUT: ProblemType = ProblemType::new(
         "consistency-timeout",
         "Position not reached in time",
         StatusCode::SERVICE_UNAVAILABLE,

@@ -253,6 +253,48 @@ async fn a_broker_outage_answers_503_in_bounded_time_then_recovers() {
 }
 
 /// Waits until the command service answers `/health/live`.
+/// The command service as a process of its own, for `kill -9` and SIGTERM: the same port,
+/// topic and instance id on every start, each run logging to its own file.
+struct ServiceRuns {
+    port: u16,
+    topic: String,
+    instance: String,
+    settings: Vec<(&'static str, &'static str)>,
+    logs: tempfile::TempDir,
+}
+
+impl ServiceRuns {
+    fn new(name: &str, settings: &[(&'static str, &'static str)]) -> Self {
+        Self {
+            port: free_port().unwrap(),
+            topic: fresh_topic(),
+            instance: format!("{name}-{}", uuid::Uuid::new_v4()),
+            settings: settings.to_vec(),
+            logs: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn address(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn start(&self, run: u32) -> std::process::Child {
+        let log = std::fs::File::create(self.logs.path().join(format!("run-{run}.log"))).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_command-service"))
+            .env("COMMAND_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("KAFKA_BOOTSTRAP", env("KAFKA_BOOTSTRAP"))
+            .env("SCHEMA_REGISTRY_URL", env("SCHEMA_REGISTRY_URL"))
+            .env("ORDERS_TOPIC", &self.topic)
+            .env("ORDERS_TOPIC_PARTITIONS", "3")
+            .env("COMMAND_INSTANCE_ID", &self.instance)
+            .envs(self.settings.iter().copied())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap()
+    }
+}
+
 async fn wait_live(client: &reqwest::Client, address: &str) {
     let deadline = Instant::now() + Duration::from_secs(90);
     while client
@@ -271,25 +313,9 @@ async fn wait_live(client: &reqwest::Client, address: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acknowledged_command() {
-    let topic = fresh_topic();
-    let port = free_port().unwrap();
-    let address = format!("http://127.0.0.1:{port}");
-    let instance = format!("crash-{}", uuid::Uuid::new_v4());
-    let logs = tempfile::tempdir().unwrap();
-    let start = |run: u32| {
-        let log = std::fs::File::create(logs.path().join(format!("run-{run}.log"))).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_command-service"))
-            .env("COMMAND_LISTEN", format!("127.0.0.1:{port}"))
-            .env("KAFKA_BOOTSTRAP", env("KAFKA_BOOTSTRAP"))
-            .env("SCHEMA_REGISTRY_URL", env("SCHEMA_REGISTRY_URL"))
-            .env("ORDERS_TOPIC", &topic)
-            .env("ORDERS_TOPIC_PARTITIONS", "3")
-            .env("COMMAND_INSTANCE_ID", &instance)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap()
-    };
+    let runs = ServiceRuns::new("crash", &[]);
+    let (topic, address) = (runs.topic.clone(), runs.address());
+    let start = |run: u32| runs.start(run);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -413,25 +439,9 @@ async fn kill_9_under_load_loses_no_acknowledged_command() {
 /// aborted, and the event would be missing from the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answered_command_survives_a_kill_9_right_after_its_answer() {
-    let topic = fresh_topic();
-    let port = free_port().unwrap();
-    let address = format!("http://127.0.0.1:{port}");
-    let instance = format!("answer-{}", uuid::Uuid::new_v4());
-    let logs = tempfile::tempdir().unwrap();
-    let start = |run: u32| {
-        let log = std::fs::File::create(logs.path().join(format!("run-{run}.log"))).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_command-service"))
-            .env("COMMAND_LISTEN", format!("127.0.0.1:{port}"))
-            .env("KAFKA_BOOTSTRAP", env("KAFKA_BOOTSTRAP"))
-            .env("SCHEMA_REGISTRY_URL", env("SCHEMA_REGISTRY_URL"))
-            .env("ORDERS_TOPIC", &topic)
-            .env("ORDERS_TOPIC_PARTITIONS", "3")
-            .env("COMMAND_INSTANCE_ID", &instance)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap()
-    };
+    let runs = ServiceRuns::new("answer", &[]);
+    let (topic, address) = (runs.topic.clone(), runs.address());
+    let start = |run: u32| runs.start(run);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -533,25 +543,9 @@ async fn an_incompatible_schema_stops_the_service_at_start() {
 /// order's state and version: the rules and `If-Match` hold for orders placed before the kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_write_model_is_right_after_a_kill_9() {
-    let topic = fresh_topic();
-    let port = free_port().unwrap();
-    let address = format!("http://127.0.0.1:{port}");
-    let instance = format!("model-{}", uuid::Uuid::new_v4());
-    let logs = tempfile::tempdir().unwrap();
-    let start = |run: u32| {
-        let log = std::fs::File::create(logs.path().join(format!("run-{run}.log"))).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_command-service"))
-            .env("COMMAND_LISTEN", format!("127.0.0.1:{port}"))
-            .env("KAFKA_BOOTSTRAP", env("KAFKA_BOOTSTRAP"))
-            .env("SCHEMA_REGISTRY_URL", env("SCHEMA_REGISTRY_URL"))
-            .env("ORDERS_TOPIC", &topic)
-            .env("ORDERS_TOPIC_PARTITIONS", "3")
-            .env("COMMAND_INSTANCE_ID", &instance)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap()
-    };
+    let runs = ServiceRuns::new("model", &[]);
+    let address = runs.address();
+    let start = |run: u32| runs.start(run);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -746,30 +740,18 @@ async fn two_instances_with_one_id_never_acknowledge_what_is_not_in_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_with_a_full_queue_answers_everything_it_took() {
     const REQUESTS: i64 = 1500;
-    let topic = fresh_topic();
-    let port = free_port().unwrap();
-    let address = format!("http://127.0.0.1:{port}");
-    let logs = tempfile::tempdir().unwrap();
-    let log = std::fs::File::create(logs.path().join("service.log")).unwrap();
     // One producer committing one record per transaction: a queue that drains slowly.
-    let mut service = Command::new(env!("CARGO_BIN_EXE_command-service"))
-        .env("COMMAND_LISTEN", format!("127.0.0.1:{port}"))
-        .env("KAFKA_BOOTSTRAP", env("KAFKA_BOOTSTRAP"))
-        .env("SCHEMA_REGISTRY_URL", env("SCHEMA_REGISTRY_URL"))
-        .env("ORDERS_TOPIC", &topic)
-        .env("ORDERS_TOPIC_PARTITIONS", "3")
-        .env(
-            "COMMAND_INSTANCE_ID",
-            format!("drain-{}", uuid::Uuid::new_v4()),
-        )
-        .env("COMMAND_PRODUCER_WORKERS", "1")
-        .env("COMMAND_MAX_BATCH", "1")
-        .env("COMMAND_LINGER_MS", "0")
-        .env("COMMAND_QUEUE_CAPACITY", "1200")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
+    let runs = ServiceRuns::new(
+        "drain",
+        &[
+            ("COMMAND_PRODUCER_WORKERS", "1"),
+            ("COMMAND_MAX_BATCH", "1"),
+            ("COMMAND_LINGER_MS", "0"),
+            ("COMMAND_QUEUE_CAPACITY", "1200"),
+        ],
+    );
+    let (topic, address) = (runs.topic.clone(), runs.address());
+    let mut service = runs.start(1);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(0)
