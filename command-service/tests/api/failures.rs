@@ -862,3 +862,160 @@ async fn sigterm_with_a_full_queue_answers_everything_it_took() {
         );
     }
 }
+
+/// A broker frozen (SIGSTOP) under commands: the commit of the first command cannot finish, so
+/// its outcome is in doubt until the broker is back. Whatever it answered must be the truth,
+/// and a retry with its key must converge on exactly one event; the second command on the same
+/// order, waiting for the first one's lock, answers within its request timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_broker_leaves_no_false_answer_and_no_unbounded_wait() {
+    let runtime = KafkaRuntime::from_env().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let kafka = KafkaConfig {
+        data_dir: data.path().join("kafka"),
+        port: free_port().unwrap(),
+        controller_port: free_port().unwrap(),
+        partitions: 3,
+        heap: "512m",
+        secured: None,
+    };
+    let log = data.path().join("kafka.log");
+    let broker = tokio::task::spawn_blocking(move || Broker::start(&runtime, kafka, &log))
+        .await
+        .unwrap()
+        .unwrap();
+    let bootstrap = broker.bootstrap();
+    let mut config = config(&fresh_topic());
+    config.kafka = service_config::KafkaArgs::plain(bootstrap.clone());
+    config.kafka_timeout_ms = 2_000;
+    config.request_timeout_ms = 6_000;
+    config.producer_workers = 1;
+    let request_timeout = Duration::from_millis(config.request_timeout_ms);
+    let app = spawn_app_with(config).await;
+    let order = place_until_created(
+        &app.client,
+        &app.address,
+        "frozen-0",
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let command = |path: String, body: &'static str, key: &'static str| {
+        let (client, address) = (app.client.clone(), app.address.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let response = client
+                .post(format!("{address}{path}"))
+                .header("content-type", "application/json")
+                .header("idempotency-key", key)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), started.elapsed())
+        })
+    };
+    let pid = broker.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let pay = command(
+        format!("/orders/{order}/payment"),
+        r#"{"amount_cents":2599,"payment_ref":"p-frozen"}"#,
+        "frozen-pay",
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cancel = command(
+        format!("/orders/{order}/cancellation"),
+        r#"{"reason":"frozen"}"#,
+        "frozen-cancel",
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let (paid, paid_after) = pay.await.unwrap();
+    let (cancelled, cancelled_after) = cancel.await.unwrap();
+    eprintln!(
+        "frozen broker: pay {paid} after {paid_after:?}, cancel {cancelled} after {cancelled_after:?}"
+    );
+    // Both answered within their bound (the second waited for the first one's lock).
+    for (status, after) in [(paid, paid_after), (cancelled, cancelled_after)] {
+        assert!(matches!(status, 200 | 409 | 503), "{status}");
+        assert!(
+            after < request_timeout + Duration::from_secs(2),
+            "answered after {after:?}"
+        );
+    }
+
+    // Retries with the same keys converge once the broker is back, and the log holds exactly
+    // what the answers say.
+    let retry = |path: String, body: &'static str, key: &'static str| {
+        let (client, address) = (app.client.clone(), app.address.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let response = client
+                    .post(format!("{address}{path}"))
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", key)
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                if status != 503 {
+                    return status;
+                }
+                assert!(Instant::now() < deadline, "{key} still 503 a minute later");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    let paid_finally = retry(
+        format!("/orders/{order}/payment"),
+        r#"{"amount_cents":2599,"payment_ref":"p-frozen"}"#,
+        "frozen-pay",
+    )
+    .await;
+    let cancelled_finally = retry(
+        format!("/orders/{order}/cancellation"),
+        r#"{"reason":"frozen"}"#,
+        "frozen-cancel",
+    )
+    .await;
+    if paid == 200 {
+        assert_eq!(paid_finally, 200, "a 200 must replay as 200");
+    }
+    let codec = codec(&app.topic);
+    let records = read_committed_from(&bootstrap, &app.topic);
+    let mut per_key: HashMap<String, usize> = HashMap::new();
+    for record in &records {
+        let event = codec.decode(&record.value).await.unwrap();
+        if let Some(key) = event.envelope.idempotency_key {
+            *per_key.entry(key).or_default() += 1;
+        }
+    }
+    let expect = |status: u16| usize::from(status == 200);
+    assert_eq!(
+        per_key.get("frozen-pay").copied().unwrap_or(0),
+        expect(paid_finally),
+        "{per_key:?}"
+    );
+    assert_eq!(
+        per_key.get("frozen-cancel").copied().unwrap_or(0),
+        expect(cancelled_finally),
+        "{per_key:?}"
+    );
+    app.stop().await;
+    drop(broker);
+}
