@@ -94,13 +94,14 @@ impl Application {
         tracing::info!(?config, connections, %replica_id, %advertised_url, "starting query replica");
 
         let path = config.data_dir.clone();
-        let store =
-            tokio::task::spawn_blocking(move || Store::open(&path, OrdersProjection::VERSION))
-                .await?
-                .map_err(|source| StartupError::Store {
-                    path: config.data_dir.display().to_string(),
-                    source,
-                })?;
+        let store = tokio::task::spawn_blocking(move || {
+            Store::open(&path, &[OrdersProjection::namespace()])
+        })
+        .await?
+        .map_err(|source| StartupError::Store {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
         let store = Arc::new(store);
         let kafka_timeout = Duration::from_millis(config.kafka_timeout_ms);
         let grace = Duration::from_millis(config.shutdown_grace_ms);
@@ -118,8 +119,12 @@ impl Application {
         )
         .await?;
         let table = Arc::new(PartitionTable::new(partitions));
-        let context =
-            RebalanceContext::new(Arc::clone(&store), config.topic.clone(), Arc::clone(&table));
+        let context = RebalanceContext::new(
+            Arc::clone(&store),
+            OrdersProjection::namespace(),
+            config.topic.clone(),
+            Arc::clone(&table),
+        );
         let consumer: StreamConsumer<RebalanceContext> = config
             .kafka
             .client_config()

@@ -74,7 +74,7 @@ impl OrdersProjection {
         // The store may hold orders of partitions this replica no longer owns; skip those.
         const CHUNK: usize = 256;
         loop {
-            let keys = store.index_scan(&prefix, &start, CHUNK)?;
+            let keys = store.index_scan(Self::namespace(), &prefix, &start, CHUNK)?;
             let exhausted = keys.len() < CHUNK;
             for key in &keys {
                 let Some(cursor) = cursor_of(key) else {
@@ -106,12 +106,12 @@ impl OrdersProjection {
     /// to the shape of [`OrderView`] must therefore bump [`Projection::VERSION`], which rebuilds
     /// every stored view.
     pub fn read_json(store: &Store, order_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        store.view(order_id)
+        store.view(Self::namespace(), order_id)
     }
 
     pub fn read(store: &Store, order_id: &str) -> Result<Option<OrderView>, StoreError> {
         Ok(store
-            .view(order_id)?
+            .view(Self::namespace(), order_id)?
             .and_then(|bytes| match serde_json::from_slice(&bytes) {
                 Ok(view) => Some(view),
                 Err(error) => {
@@ -124,6 +124,7 @@ impl OrdersProjection {
 
 impl Projection for OrdersProjection {
     type Event = OrderEvent;
+    const NAMESPACE: &'static str = "orders";
     /// 2: the customer index.
     const VERSION: u32 = 2;
 
@@ -231,12 +232,12 @@ mod tests {
     #[test]
     fn customer_orders_page_through_owned_orders_only() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), OrdersProjection::VERSION).unwrap();
+        let store = Store::open(dir.path(), &[OrdersProjection::namespace()]).unwrap();
         for (i, id) in ["o-a", "o-b", "o-c", "o-d"].into_iter().enumerate() {
             let mut event = placed();
             event.envelope.aggregate_id = id.into();
             event.envelope.occurred_at_ms += i64::try_from(i).unwrap();
-            let mut batch = StoreBatch::default();
+            let mut batch = StoreBatch::new(OrdersProjection::namespace());
             assert_eq!(
                 OrdersProjection.apply(&store, &mut batch, &event).unwrap(),
                 Applied::Changed

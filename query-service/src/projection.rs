@@ -27,7 +27,7 @@ use shared_events::{AvroEvent, EventCodec, WireError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Store, StoreBatch, StoreError};
+use crate::store::{Namespace, Store, StoreBatch, StoreError};
 
 /// What applying one event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,9 +42,20 @@ pub enum Applied {
 pub trait Projection: Send + Sync + 'static {
     type Event: AvroEvent + Send + Sync;
 
-    /// The version of what the projection stores; a store written by another version is
-    /// rebuilt from the topic. Bump it whenever `apply` changes what it writes.
+    /// The projection's namespace in the store: its data lives apart from every other's.
+    const NAMESPACE: &'static str;
+
+    /// The version of what the projection stores; its namespace, when written by another
+    /// version, is rebuilt from the topic. Bump it whenever `apply` changes what it writes.
     const VERSION: u32;
+
+    /// Where in the store the projection lives.
+    fn namespace() -> Namespace {
+        Namespace {
+            name: Self::NAMESPACE,
+            version: Self::VERSION,
+        }
+    }
 
     /// Stages the effect of `event` into `batch`, reading the current state from `store`.
     fn apply(
@@ -281,6 +292,7 @@ pub struct ProjectionStats {
 /// Consumer callbacks: seeds every newly assigned partition with the store's offset.
 pub struct RebalanceContext {
     store: Arc<Store>,
+    namespace: Namespace,
     topic: String,
     table: Arc<PartitionTable>,
 }
@@ -294,9 +306,15 @@ impl std::fmt::Debug for RebalanceContext {
 }
 
 impl RebalanceContext {
-    pub fn new(store: Arc<Store>, topic: String, table: Arc<PartitionTable>) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        namespace: Namespace,
+        topic: String,
+        table: Arc<PartitionTable>,
+    ) -> Self {
         Self {
             store,
+            namespace,
             topic,
             table,
         }
@@ -309,7 +327,7 @@ impl RebalanceContext {
             .map(|e| (e.topic().to_owned(), e.partition()))
             .collect();
         for (topic, partition) in partitions {
-            let offset = match self.store.next_offset(&topic, partition) {
+            let offset = match self.store.next_offset(self.namespace, &topic, partition) {
                 Ok(Some(next)) => {
                     if topic == self.topic {
                         self.table.assigned(partition, next);
@@ -470,12 +488,12 @@ impl<P: Projection> Runner<P> {
                     offset = message.offset(),
                     "skipping undecodable record"
                 );
-                let mut batch = StoreBatch::default();
+                let mut batch = StoreBatch::new(P::namespace());
                 batch.set_next_offset(message.topic(), message.partition(), message.offset() + 1);
                 self.write(batch, &message);
                 continue;
             };
-            let mut batch = StoreBatch::default();
+            let mut batch = StoreBatch::new(P::namespace());
             match self.projection.apply(&self.store, &mut batch, &event) {
                 Ok(Applied::Changed) => {
                     self.stats.applied.inc();

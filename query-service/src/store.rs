@@ -1,29 +1,48 @@
-//! The replica's RocksDB store: projected views and, beside them, the log position each
+//! The replica's RocksDB store: for each projection, in a namespace of its own (its own column
+//! families and version), its views, its index and, beside them, the log position each
 //! partition has been applied up to.
 //!
-//! Invariant: a view change and the offset it came from are written in one [`WriteBatch`]
+//! Invariants: a view change and the offset it came from are written in one [`WriteBatch`]
 //! ([`Store::write`]), so after a crash the store is at a consistent position and resuming from
-//! the stored offset applies each event exactly once. Only the projection runner writes; HTTP
-//! handlers only read.
+//! the stored offset applies each event exactly once. Projections never see each other's keys,
+//! and a projection whose version changed is rebuilt alone. Only the projection runners write;
+//! HTTP handlers only read.
 
 use std::path::Path;
 
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch};
 
-const VIEWS: &str = "views";
-const INDEX: &str = "index";
-const OFFSETS: &str = "offsets";
-/// In the default column family: the projection version the store was written by.
-const VERSION_KEY: &[u8] = b"projection-version";
+/// The kinds of data a projection keeps, each a column family `<namespace>.<kind>`.
+const KINDS: [&str; 3] = ["views", "index", "offsets"];
+/// In the default column family, per namespace: the projection version its data was written by.
+const VERSION_PREFIX: &str = "version/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("RocksDB: {0}")]
     Rocks(#[from] rocksdb::Error),
     #[error("column family `{0}` is missing")]
-    MissingColumnFamily(&'static str),
+    MissingColumnFamily(String),
     #[error("stored offset for {0} is corrupt")]
     CorruptOffset(String),
+}
+
+/// One projection's part of the store: its views, index and applied offsets, apart from every
+/// other projection's, and rebuilt on its own when its version changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: &'static str,
+    pub version: u32,
+}
+
+impl Namespace {
+    fn family(self, kind: &str) -> String {
+        format!("{}.{kind}", self.name)
+    }
+
+    fn version_key(self) -> Vec<u8> {
+        format!("{VERSION_PREFIX}{}", self.name).into_bytes()
+    }
 }
 
 #[derive(Debug)]
@@ -31,9 +50,9 @@ pub struct Store {
     db: DB,
 }
 
-/// Changes staged for one atomic write.
-#[derive(Default)]
+/// Changes of one namespace staged for one atomic write.
 pub struct StoreBatch {
+    namespace: Namespace,
     views: Vec<(Vec<u8>, Vec<u8>)>,
     index: Vec<Vec<u8>>,
     offsets: Vec<(Vec<u8>, i64)>,
@@ -42,6 +61,7 @@ pub struct StoreBatch {
 impl std::fmt::Debug for StoreBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreBatch")
+            .field("namespace", &self.namespace.name)
             .field("views", &self.views.len())
             .field("index", &self.index.len())
             .field("offsets", &self.offsets.len())
@@ -50,6 +70,15 @@ impl std::fmt::Debug for StoreBatch {
 }
 
 impl StoreBatch {
+    pub fn new(namespace: Namespace) -> Self {
+        Self {
+            namespace,
+            views: Vec::new(),
+            index: Vec::new(),
+            offsets: Vec::new(),
+        }
+    }
+
     pub fn put_view(&mut self, key: &str, value: Vec<u8>) {
         self.views.push((key.as_bytes().to_vec(), value));
     }
@@ -71,44 +100,73 @@ fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (or creates) the store of a projection whose stored format is `version`. A store
-    /// written by another version of the projection is emptied, offsets included, so the
-    /// replica rebuilds it from the beginning of the topic instead of serving a stale shape.
-    pub fn open(path: &Path, version: u32) -> Result<Self, StoreError> {
+    /// Opens (or creates) the store of the given projections. A namespace written by another
+    /// version of its projection is emptied, offsets included, so the replica rebuilds it from
+    /// the beginning of its topics instead of serving a stale shape; the other namespaces keep
+    /// their data. Column families of projections this build no longer has are dropped.
+    pub fn open(path: &Path, namespaces: &[Namespace]) -> Result<Self, StoreError> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        let families = [VIEWS, INDEX, OFFSETS]
-            .into_iter()
+        // RocksDB opens a database only with every column family it has.
+        let existing = DB::list_cf(&options, path).unwrap_or_default();
+        let wanted: Vec<String> = namespaces
+            .iter()
+            .flat_map(|ns| KINDS.map(|kind| ns.family(kind)))
+            .collect();
+        let mut families: Vec<String> = existing.clone();
+        families.extend(wanted.iter().filter(|f| !existing.contains(f)).cloned());
+        let descriptors = families
+            .iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let mut db = DB::open_cf_descriptors(&options, path, families)?;
-        let stored = db.get(VERSION_KEY)?;
-        if stored.as_deref() != Some(&version.to_be_bytes()[..]) {
+        let mut db = DB::open_cf_descriptors(&options, path, descriptors)?;
+        for stale in existing
+            .iter()
+            .filter(|f| *f != rocksdb::DEFAULT_COLUMN_FAMILY_NAME && !wanted.contains(f))
+        {
+            tracing::warn!(path = %path.display(), family = %stale, "dropping data no projection of this build reads");
+            db.drop_cf(stale)?;
+        }
+        for namespace in namespaces {
+            let key = namespace.version_key();
+            let stored = db.get(&key)?;
+            if stored.as_deref() == Some(&namespace.version.to_be_bytes()[..]) {
+                continue;
+            }
             if stored.is_some() {
-                tracing::warn!(path = %path.display(), version, "the projection changed; rebuilding the store from the topic");
+                tracing::warn!(path = %path.display(), projection = namespace.name, version = namespace.version, "the projection changed; rebuilding it from the topic");
             }
-            for name in [VIEWS, INDEX, OFFSETS] {
-                db.drop_cf(name)?;
-                db.create_cf(name, &Options::default())?;
+            for kind in KINDS {
+                let family = namespace.family(kind);
+                db.drop_cf(&family)?;
+                db.create_cf(&family, &Options::default())?;
             }
-            db.put(VERSION_KEY, version.to_be_bytes())?;
+            db.put(&key, namespace.version.to_be_bytes())?;
         }
         Ok(Self { db })
     }
 
-    fn family(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, StoreError> {
+    fn family(
+        &self,
+        namespace: Namespace,
+        kind: &str,
+    ) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        let name = namespace.family(kind);
         self.db
-            .cf_handle(name)
+            .cf_handle(&name)
             .ok_or(StoreError::MissingColumnFamily(name))
     }
 
-    pub fn view(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get_cf(self.family(VIEWS)?, key.as_bytes())?)
+    pub fn view(&self, namespace: Namespace, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .db
+            .get_cf(self.family(namespace, "views")?, key.as_bytes())?)
     }
 
     /// Index keys that start with `prefix`, from `start` (inclusive) on, at most `limit`.
     pub fn index_scan(
         &self,
+        namespace: Namespace,
         prefix: &[u8],
         start: &[u8],
         limit: usize,
@@ -116,7 +174,7 @@ impl Store {
         let from = if start > prefix { start } else { prefix };
         let mut keys = Vec::new();
         for item in self.db.iterator_cf(
-            self.family(INDEX)?,
+            self.family(namespace, "index")?,
             IteratorMode::From(from, Direction::Forward),
         ) {
             let (key, _) = item?;
@@ -128,10 +186,16 @@ impl Store {
         Ok(keys)
     }
 
-    /// The next offset to consume in `topic`/`partition`, if this store ever applied any of it.
-    pub fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
+    /// The next offset of `topic`/`partition` this namespace has to apply, if it ever applied
+    /// any of it.
+    pub fn next_offset(
+        &self,
+        namespace: Namespace,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, StoreError> {
         let key = offset_key(topic, partition);
-        match self.db.get_cf(self.family(OFFSETS)?, &key)? {
+        match self.db.get_cf(self.family(namespace, "offsets")?, &key)? {
             None => Ok(None),
             Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
                 .map(|b| Some(i64::from_be_bytes(b)))
@@ -142,17 +206,18 @@ impl Store {
     /// Applies the batch atomically: views and offsets together or not at all.
     pub fn write(&self, staged: StoreBatch) -> Result<(), StoreError> {
         let StoreBatch {
+            namespace,
             views,
             index,
             offsets,
         } = staged;
         let mut batch = WriteBatch::default();
-        let views_cf = self.family(VIEWS)?;
-        let index_cf = self.family(INDEX)?;
+        let views_cf = self.family(namespace, "views")?;
+        let index_cf = self.family(namespace, "index")?;
+        let offsets_cf = self.family(namespace, "offsets")?;
         for key in index {
             batch.put_cf(index_cf, key, []);
         }
-        let offsets_cf = self.family(OFFSETS)?;
         for (key, value) in views {
             batch.put_cf(views_cf, key, value);
         }
@@ -170,13 +235,22 @@ mod tests {
 
     use super::*;
 
+    const ORDERS: Namespace = Namespace {
+        name: "orders",
+        version: 1,
+    };
+    const CUSTOMERS: Namespace = Namespace {
+        name: "customers",
+        version: 1,
+    };
+
     #[test]
     fn views_and_offsets_persist_together() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path(), 1).unwrap();
-            assert_eq!(store.next_offset("orders", 0).unwrap(), None);
-            let mut batch = StoreBatch::default();
+            let store = Store::open(dir.path(), &[ORDERS]).unwrap();
+            assert_eq!(store.next_offset(ORDERS, "orders", 0).unwrap(), None);
+            let mut batch = StoreBatch::new(ORDERS);
             batch.put_view("o-1", b"{}".to_vec());
             batch.set_next_offset("orders", 0, 7);
             batch.put_index(b"c1/2".to_vec());
@@ -184,24 +258,82 @@ mod tests {
             batch.put_index(b"c2/1".to_vec());
             store.write(batch).unwrap();
         }
-        let store = Store::open(dir.path(), 1).unwrap();
-        assert_eq!(store.view("o-1").unwrap().as_deref(), Some(&b"{}"[..]));
-        assert_eq!(store.next_offset("orders", 0).unwrap(), Some(7));
-        assert_eq!(store.next_offset("orders", 1).unwrap(), None);
+        let store = Store::open(dir.path(), &[ORDERS]).unwrap();
         assert_eq!(
-            store.index_scan(b"c1/", b"", 10).unwrap(),
+            store.view(ORDERS, "o-1").unwrap().as_deref(),
+            Some(&b"{}"[..])
+        );
+        assert_eq!(store.next_offset(ORDERS, "orders", 0).unwrap(), Some(7));
+        assert_eq!(store.next_offset(ORDERS, "orders", 1).unwrap(), None);
+        assert_eq!(
+            store.index_scan(ORDERS, b"c1/", b"", 10).unwrap(),
             [b"c1/1".to_vec(), b"c1/2".to_vec()]
         );
         assert_eq!(
-            store.index_scan(b"c1/", b"c1/2", 10).unwrap(),
+            store.index_scan(ORDERS, b"c1/", b"c1/2", 10).unwrap(),
             [b"c1/2".to_vec()]
         );
-        assert_eq!(store.index_scan(b"c1/", b"", 1).unwrap().len(), 1);
+        assert_eq!(store.index_scan(ORDERS, b"c1/", b"", 1).unwrap().len(), 1);
         drop(store);
-        // Another projection version: everything is rebuilt, offsets included.
-        let store = Store::open(dir.path(), 2).unwrap();
-        assert_eq!(store.view("o-1").unwrap(), None);
-        assert_eq!(store.next_offset("orders", 0).unwrap(), None);
-        assert!(store.index_scan(b"c1/", b"", 10).unwrap().is_empty());
+        // Another projection version: everything of it is rebuilt, offsets included.
+        let next = Namespace {
+            version: 2,
+            ..ORDERS
+        };
+        let store = Store::open(dir.path(), &[next]).unwrap();
+        assert_eq!(store.view(next, "o-1").unwrap(), None);
+        assert_eq!(store.next_offset(next, "orders", 0).unwrap(), None);
+        assert!(store.index_scan(next, b"c1/", b"", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn projections_keep_apart_and_rebuild_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), &[ORDERS, CUSTOMERS]).unwrap();
+            for namespace in [ORDERS, CUSTOMERS] {
+                let mut batch = StoreBatch::new(namespace);
+                batch.put_view("same-key", namespace.name.as_bytes().to_vec());
+                batch.set_next_offset("orders", 0, 5);
+                store.write(batch).unwrap();
+            }
+            assert_eq!(store.view(ORDERS, "same-key").unwrap().unwrap(), b"orders");
+            assert_eq!(
+                store.view(CUSTOMERS, "same-key").unwrap().unwrap(),
+                b"customers"
+            );
+        }
+        // Bumping one projection's version rebuilds it and leaves the other alone.
+        let customers_v2 = Namespace {
+            version: 2,
+            ..CUSTOMERS
+        };
+        let store = Store::open(dir.path(), &[ORDERS, customers_v2]).unwrap();
+        assert_eq!(store.view(ORDERS, "same-key").unwrap().unwrap(), b"orders");
+        assert_eq!(store.next_offset(ORDERS, "orders", 0).unwrap(), Some(5));
+        assert_eq!(store.view(customers_v2, "same-key").unwrap(), None);
+        assert_eq!(store.next_offset(customers_v2, "orders", 0).unwrap(), None);
+        drop(store);
+        // A projection this build no longer has is dropped; the others open as they were.
+        let store = Store::open(dir.path(), &[ORDERS]).unwrap();
+        assert_eq!(store.view(ORDERS, "same-key").unwrap().unwrap(), b"orders");
+        assert!(store.view(CUSTOMERS, "same-key").is_err());
+    }
+
+    #[test]
+    fn a_store_of_the_single_projection_layout_opens_and_rebuilds() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The layout before namespaces: three unprefixed families and one version key.
+            let mut options = Options::default();
+            options.create_if_missing(true);
+            options.create_missing_column_families(true);
+            let families = ["views", "index", "offsets"]
+                .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+            let db = DB::open_cf_descriptors(&options, dir.path(), families).unwrap();
+            db.put(b"projection-version", 2u32.to_be_bytes()).unwrap();
+        }
+        let store = Store::open(dir.path(), &[ORDERS]).unwrap();
+        assert_eq!(store.next_offset(ORDERS, "orders", 0).unwrap(), None);
     }
 }
