@@ -511,8 +511,14 @@ pub(crate) struct Accepted<'a> {
     /// The id of the event the command wrote.
     event_id: &'a str,
     /// Where the event is in the log.
-    #[schema(value_type = Object, example = json!({"partition": 4, "offset": 17}))]
-    position: Position,
+    position: PositionAnswer,
+}
+
+/// A place in the log, as answers show it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct PositionAnswer {
+    partition: i32,
+    offset: i64,
 }
 
 fn respond(state: &AppState, receipt: &Receipt, replayed: bool) -> HttpResponse {
@@ -540,7 +546,10 @@ fn respond(state: &AppState, receipt: &Receipt, replayed: bool) -> HttpResponse 
         order_id: &receipt.aggregate_id,
         version: receipt.version,
         event_id: &receipt.event_id,
-        position: receipt.position,
+        position: PositionAnswer {
+            partition: receipt.position.partition,
+            offset: receipt.position.offset,
+        },
     })
 }
 

@@ -582,7 +582,58 @@ fn authorize(request: &HttpRequest, state: &AppState) -> Result<(), QueryError> 
     }
 }
 
-#[derive(Debug, Serialize)]
+/// `GET /admin/cluster`: the response contract, built from the internal state explicitly.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ClusterAnswer {
+    replica_id: String,
+    group: String,
+    topic: String,
+    group_state: String,
+    rebalances_seen: u64,
+    view_refreshed_at_ms: i64,
+    replicas: Vec<ReplicaAnswer>,
+    partitions: Vec<PartitionAnswer>,
+    this_replica: ThisReplica,
+}
+
+/// A replica of the group and the partitions it owns.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ReplicaAnswer {
+    replica_id: String,
+    url: String,
+    partitions: Vec<i32>,
+}
+
+/// A partition: its owner, the group's committed offset, the end of committed data, the lag.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct PartitionAnswer {
+    partition: i32,
+    owner: Option<String>,
+    committed_offset: Option<i64>,
+    end_offset: Option<i64>,
+    lag: Option<i64>,
+}
+
+/// What the answering replica knows of itself.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ThisReplica {
+    membership: MembershipAnswer,
+    partitions: Vec<LocalPartition>,
+    applied_events: u64,
+    version_gaps: u64,
+}
+
+/// The replica's group membership as librdkafka reports it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct MembershipAnswer {
+    state: String,
+    join_state: String,
+    rebalances: i64,
+    last_rebalance_reason: String,
+    last_rebalance_age_ms: i64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct LocalPartition {
     partition: i32,
     applied_offset: i64,
@@ -598,7 +649,7 @@ struct LocalPartition {
     summary = "Replicas, partition ownership, committed offsets and lag",
     security(("admin_token" = [])),
     responses(
-        (status = 200, description = "The cluster as this replica sees it", content_type = "application/json"),
+        (status = 200, description = "The cluster as this replica sees it", body = ClusterAnswer),
         (status = 401, description = "No or a wrong admin token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The admin API is disabled on this replica", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka did not answer (with Retry-After)", body = Problem, content_type = "application/problem+json")
@@ -627,22 +678,46 @@ async fn admin_cluster(
             caught_up: table.serves(p),
         })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "replica_id": state.replica_id,
-        "group": state.group,
-        "topic": state.topic,
-        "group_state": view.group_state,
-        "rebalances_seen": table.rebalances(),
-        "view_refreshed_at_ms": view.refreshed_at_ms,
-        "replicas": view.members,
-        "partitions": partitions,
-        "this_replica": {
-            "membership": table.membership(),
-            "partitions": local,
-            "applied_events": state.stats.applied.get(),
-            "version_gaps": state.stats.version_gaps.get(),
+    let membership = table.membership();
+    Ok(HttpResponse::Ok().json(ClusterAnswer {
+        replica_id: state.replica_id.clone(),
+        group: state.group.clone(),
+        topic: state.topic.clone(),
+        group_state: view.group_state.clone(),
+        rebalances_seen: table.rebalances(),
+        view_refreshed_at_ms: view.refreshed_at_ms,
+        replicas: view
+            .members
+            .iter()
+            .map(|m| ReplicaAnswer {
+                replica_id: m.replica_id.clone(),
+                url: m.url.clone(),
+                partitions: m.partitions.clone(),
+            })
+            .collect(),
+        partitions: partitions
+            .into_iter()
+            .map(|p| PartitionAnswer {
+                partition: p.partition,
+                owner: p.owner,
+                committed_offset: p.committed_offset,
+                end_offset: p.end_offset,
+                lag: p.lag,
+            })
+            .collect(),
+        this_replica: ThisReplica {
+            membership: MembershipAnswer {
+                state: membership.state,
+                join_state: membership.join_state,
+                rebalances: membership.rebalances,
+                last_rebalance_reason: membership.last_rebalance_reason,
+                last_rebalance_age_ms: membership.last_rebalance_age_ms,
+            },
+            partitions: local,
+            applied_events: state.stats.applied.get(),
+            version_gaps: state.stats.version_gaps.get(),
         },
-    })))
+    }))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::projection::PartitionTable;
 
 /// A replica in the group.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     pub replica_id: String,
     pub url: String,
@@ -26,7 +26,7 @@ pub struct Member {
 }
 
 /// The group as last described.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct ClusterView {
     pub group_state: String,
     pub members: Vec<Member>,
@@ -84,7 +84,7 @@ pub fn parse_assignment(bytes: &[u8], topic: &str) -> Vec<i32> {
 }
 
 /// One partition's position as the group's committed offsets and the log's end show it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct PartitionLag {
     pub partition: i32,
     pub owner: Option<String>,

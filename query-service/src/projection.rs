@@ -84,7 +84,7 @@ pub struct PartitionTable {
 
 /// This member's group membership as librdkafka reports it. Kafka does not expose a classic
 /// group's generation to clients; the member's rebalance count stands in for it.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct Membership {
     pub state: String,
     pub join_state: String,
