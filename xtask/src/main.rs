@@ -399,6 +399,7 @@ fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo test")?;
+    let tests_started = process_start_ticks(child.id()).unwrap_or(0);
     // Pass the output through and add up the per-binary results into one closing line.
     let mut totals = TestTotals::default();
     if let Some(stdout) = child.stdout.take() {
@@ -408,6 +409,7 @@ fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
         }
     }
     let status = child.wait()?;
+    let leftovers = leftover_services(ws, tests_started, &[registry.pid()]);
 
     registry.stop(Duration::from_secs(10));
     broker.stop(Duration::from_secs(30));
@@ -415,7 +417,14 @@ fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
         "\ntests: {} passed, {} failed",
         totals.passed, totals.failed
     );
-    if !status.success() || totals.passed == 0 {
+    if !leftovers.is_empty() {
+        eprintln!(
+            "tests left {} service processes running (now killed): {}",
+            leftovers.len(),
+            leftovers.join(", ")
+        );
+    }
+    if !status.success() || totals.passed == 0 || !leftovers.is_empty() {
         show_logs_hint(&logs, &scratch.keep());
         return Ok(ExitCode::FAILURE);
     }
@@ -452,6 +461,51 @@ fn secured_env(kafka: &KafkaConfig) -> anyhow::Result<Vec<(&'static str, String)
         // The broker's key and certificates, which tests reuse for an HTTPS registry.
         ("KAFKA_TLS_KEYSTORE", tls.keystore.display().to_string()),
     ])
+}
+
+/// When a process started, in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Processes of this workspace's service binaries that started after the tests did and are
+/// still running once they are over (but `keep`): what a test failed to stop. They are killed.
+fn leftover_services(ws: &Workspace, tests_started: u64, keep: &[u32]) -> Vec<String> {
+    let binaries: Vec<std::path::PathBuf> = ["command-service", "query-service", "schema-registry"]
+        .iter()
+        .filter_map(|name| ws.binary(name).canonicalize().ok())
+        .collect();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if keep.contains(&pid) {
+            continue;
+        }
+        let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else {
+            continue;
+        };
+        if !binaries.contains(&exe) || process_start_ticks(pid).is_none_or(|t| t < tests_started) {
+            continue;
+        }
+        let name = exe.file_name().map(|n| n.to_string_lossy().into_owned());
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        found.push(format!("{} (pid {pid})", name.unwrap_or_default()));
+    }
+    found
 }
 
 /// Whether `cargo test` arguments select packages themselves (`-p`, `--package`).

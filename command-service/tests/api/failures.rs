@@ -278,7 +278,7 @@ impl ServiceRuns {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn start(&self, run: u32) -> std::process::Child {
+    fn start(&self, run: u32) -> KillOnDrop {
         let log = std::fs::File::create(self.logs.path().join(format!("run-{run}.log"))).unwrap();
         Command::new(env!("CARGO_BIN_EXE_command-service"))
             .env("COMMAND_LISTEN", format!("127.0.0.1:{}", self.port))
@@ -291,7 +291,32 @@ impl ServiceRuns {
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
+            .map(KillOnDrop)
             .unwrap()
+    }
+}
+
+/// A child process that is killed when the test lets go of it, also when the test fails.
+struct KillOnDrop(std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
