@@ -203,11 +203,19 @@ async fn connections_beyond_the_cap_wait_for_a_free_one() {
     config.max_connections = Some(2);
     let app = spawn_app_with(config).await;
     let address = app.address.trim_start_matches("http://").to_owned();
+    // Two connections the service has taken: each has been answered once and stays open.
     let mut held = Vec::new();
     for _ in 0..2 {
-        held.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+        let mut connection = tokio::net::TcpStream::connect(&address).await.unwrap();
+        connection
+            .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 512];
+        let read = connection.read(&mut answer).await.unwrap();
+        assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+        held.push(connection);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     // The kernel completes the handshake; the service does not take the connection yet.
     let mut third = tokio::net::TcpStream::connect(&address).await.unwrap();
     third
