@@ -298,6 +298,21 @@ fn await_deliveries(producer: &BaseProducer<Deliveries>, deadline: Instant) {
     }
 }
 
+/// A batch: `first`, then whatever else arrives on `intake`, until the batch holds `max_batch`
+/// records or `linger` has passed since `first` was taken; never waits longer than `linger`.
+fn gather<T>(intake: &Receiver<T>, first: T, max_batch: usize, linger: Duration) -> Vec<T> {
+    let deadline = Instant::now() + linger;
+    let mut batch = Vec::with_capacity(max_batch);
+    batch.push(first);
+    while batch.len() < max_batch {
+        match intake.recv_deadline(deadline) {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
 /// A transactional producer with its id, ready for `begin_transaction`.
 struct TxProducer {
     id: String,
@@ -416,15 +431,12 @@ impl Worker {
 
     /// Takes up to `max_batch` records, waiting at most `linger` after the first.
     fn gather(&self, first: Pending) -> Vec<Pending> {
-        let deadline = Instant::now() + self.config.linger;
-        let mut batch = Vec::with_capacity(self.config.max_batch);
-        batch.push(first);
-        while batch.len() < self.config.max_batch {
-            match self.intake.recv_deadline(deadline) {
-                Ok(pending) => batch.push(pending),
-                Err(_) => break,
-            }
-        }
+        let batch = gather(
+            &self.intake,
+            first,
+            self.config.max_batch,
+            self.config.linger,
+        );
         let taken = Instant::now();
         for pending in &batch {
             self.metrics
@@ -730,5 +742,55 @@ impl Worker {
         Err(CommitError::InDoubt(
             "the log could not be read in time".into(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_batch_stops_at_its_size() {
+        let (queue, intake) = crossbeam_channel::bounded(16);
+        for i in 1..10 {
+            queue.send(i).unwrap();
+        }
+        // A long linger is not waited for: the batch is full first.
+        let batch = gather(&intake, 0, 4, Duration::from_secs(60));
+        assert_eq!(batch, [0, 1, 2, 3]);
+        assert_eq!(
+            intake.len(),
+            6,
+            "the rest waits for the next batch, in order"
+        );
+        let first = intake.recv().unwrap();
+        assert_eq!(
+            gather(&intake, first, 4, Duration::from_secs(60)),
+            [4, 5, 6, 7]
+        );
+    }
+
+    #[test]
+    fn a_batch_takes_what_arrives_within_the_linger_and_no_more() {
+        let (queue, intake) = crossbeam_channel::bounded(16);
+        queue.send(1).unwrap();
+        let late = std::thread::spawn(move || {
+            // Arrives long after the linger: not part of this batch.
+            std::thread::sleep(Duration::from_millis(300));
+            queue.send(2).unwrap();
+            queue
+        });
+        let batch = gather(&intake, 0, 100, Duration::from_millis(20));
+        assert_eq!(batch, [0, 1]);
+        let _queue = late.join().unwrap();
+        assert_eq!(intake.recv().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_batch_of_one_does_not_wait() {
+        let (_queue, intake) = crossbeam_channel::bounded::<u32>(1);
+        assert_eq!(gather(&intake, 7, 1, Duration::from_secs(60)), [7]);
     }
 }

@@ -608,3 +608,121 @@ impl<P: Projection> Runner<P> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_partition_serves_only_once_owned_and_caught_up_with_its_target() {
+        let table = PartitionTable::new(3);
+        assert!(!table.joined() && !table.owns(0) && !table.serves(0));
+        table.assigned(0, 10);
+        table.rebalance_done();
+        assert!(table.joined() && table.owns(0));
+        assert!(
+            !table.serves(0),
+            "owned but the end of its log is not known yet"
+        );
+        assert_eq!(table.needing_target(), [0]);
+        table.set_catch_up_target(0, 15);
+        assert!(table.needing_target().is_empty());
+        table.applied_to(0, 14);
+        assert!(!table.serves(0), "one record short of the target");
+        table.applied_to(0, 15);
+        assert!(table.serves(0));
+        // A later target (a second read) does not replace the first.
+        table.set_catch_up_target(0, 99);
+        assert!(table.serves(0));
+        // Stalled (the registry is gone): nothing is caught up, so nothing is "not found".
+        table.set_stalled(true);
+        assert!(!table.serves(0));
+        table.set_stalled(false);
+        // Revoked: neither owned nor served; reassigned: caught up again only from scratch.
+        table.revoked(0);
+        assert!(!table.owns(0) && !table.serves(0));
+        table.assigned(0, 15);
+        assert!(!table.serves(0));
+        table.set_catch_up_target(0, 15);
+        assert!(table.serves(0), "already at the target when it is learned");
+        assert_eq!(table.rebalances(), 1);
+    }
+
+    #[test]
+    fn lag_needs_the_end_and_never_goes_below_zero() {
+        let table = PartitionTable::new(1);
+        table.assigned(0, 5);
+        assert_eq!(table.lag(0), None);
+        table.stable_end(0, 12);
+        assert_eq!(table.lag(0), Some(7));
+        table.applied_to(0, 13);
+        assert_eq!(table.lag(0), Some(0));
+        // Statistics for a partition no longer owned are not taken.
+        table.revoked(0);
+        table.stable_end(0, 100);
+        assert_eq!(table.lag(0), Some(0));
+        assert_eq!(table.lag(7), None, "no such partition");
+    }
+
+    #[test]
+    fn skipping_moves_an_owned_partition_forward_only() {
+        let table = PartitionTable::new(1);
+        table.skipped_to(0, 9);
+        assert_eq!(table.applied(0), 0, "not owned: ignored");
+        table.assigned(0, 4);
+        table.skipped_to(0, 3);
+        assert_eq!(table.applied(0), 4, "never backwards");
+        table.skipped_to(0, 9);
+        assert_eq!(table.applied(0), 9);
+    }
+
+    #[tokio::test]
+    async fn a_wait_ends_when_its_offset_is_applied() {
+        let table = Arc::new(PartitionTable::new(1));
+        table.assigned(0, 0);
+        let mut wait = Box::pin(table.wait_applied(0, 4));
+        assert!(futures::poll!(&mut wait).is_pending());
+        table.applied_to(0, 4);
+        assert!(
+            futures::poll!(&mut wait).is_pending(),
+            "offset 4 is applied only at next 5"
+        );
+        table.applied_to(0, 5);
+        assert!(wait.await);
+        assert!(!table.wait_applied(9, 0).await, "no such partition");
+    }
+
+    #[test]
+    fn rebalance_seeding_starts_each_partition_where_its_store_left_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let namespace = Namespace {
+            name: "test",
+            version: 1,
+        };
+        let store = Arc::new(Store::open(dir.path(), &[namespace]).unwrap());
+        let mut batch = StoreBatch::new(namespace);
+        batch.set_next_offset("events", 1, 42);
+        store.write(batch).unwrap();
+        let table = Arc::new(PartitionTable::new(3));
+        let context = RebalanceContext::new(store, namespace, "events".into(), Arc::clone(&table));
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("events", 0);
+        tpl.add_partition("events", 1);
+        context.seed_offsets(&mut tpl);
+        let offset = |p| tpl.find_partition("events", p).unwrap().offset();
+        assert_eq!(
+            offset(0),
+            Offset::Beginning,
+            "never applied: from the beginning"
+        );
+        assert_eq!(
+            offset(1),
+            Offset::Offset(42),
+            "from the store, not the group"
+        );
+        assert!(table.owns(0) && table.owns(1) && !table.owns(2));
+        assert_eq!((table.applied(0), table.applied(1)), (0, 42));
+    }
+}
