@@ -627,23 +627,16 @@ async fn after_kill_9_of_a_replica_the_survivors_answer_every_key() {
     commands.stop().await;
 }
 
-/// A forwarded read whose owner hangs (stopped with SIGSTOP: its connections accept, nothing
-/// answers) ends at the forward timeout with a retryable 503: after waiting for it, not before,
-/// and not much after.
-#[tokio::test]
-async fn a_forward_to_a_hung_owner_ends_at_the_forward_timeout() {
-    let commands = Commands::spawn().await;
+/// Two replica processes in one group, both owning partitions and ready, and the id of an
+/// order the second one owns, as the first one sees it.
+async fn asker_and_owner(
+    commands: &Commands,
+    settings: &[(&str, &str)],
+) -> (ReplicaProcess, ReplicaProcess, String) {
     let group = group();
     let http = client();
-    // A session long enough that the group does not reassign the stopped replica's partitions
-    // during the test.
-    let settings = [
-        ("QUERY_SESSION_TIMEOUT_MS", "45000"),
-        ("QUERY_FORWARD_TIMEOUT_MS", "2000"),
-        ("QUERY_CONSISTENCY_WAIT_MS", "1000"),
-    ];
-    let asker = start_process_with(&commands.topic, &group, "asker", &settings);
-    let owner = start_process_with(&commands.topic, &group, "owner", &settings);
+    let asker = start_process_with(&commands.topic, &group, "asker", settings);
+    let owner = start_process_with(&commands.topic, &group, "owner", settings);
     // Both in the group, each owning partitions, both ready.
     let cluster_url = format!("{}/admin/cluster", asker.address);
     eventually(
@@ -705,6 +698,24 @@ async fn a_forward_to_a_hung_owner_ends_at_the_forward_timeout() {
         }
     }
     let owned = owned.expect("no order landed on the owner's partitions");
+    (asker, owner, owned)
+}
+
+/// A forwarded read whose owner hangs (stopped with SIGSTOP: its connections accept, nothing
+/// answers) ends at the forward timeout with a retryable 503: after waiting for it, not before,
+/// and not much after.
+#[tokio::test]
+async fn a_forward_to_a_hung_owner_ends_at_the_forward_timeout() {
+    let commands = Commands::spawn().await;
+    let http = client();
+    // A session long enough that the group does not reassign the stopped replica's partitions
+    // during the test.
+    let settings = [
+        ("QUERY_SESSION_TIMEOUT_MS", "45000"),
+        ("QUERY_FORWARD_TIMEOUT_MS", "2000"),
+        ("QUERY_CONSISTENCY_WAIT_MS", "1000"),
+    ];
+    let (asker, owner, owned) = asker_and_owner(&commands, &settings).await;
 
     let pid = owner.child.id().to_string();
     let stopped = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
@@ -858,5 +869,63 @@ async fn sigterm_while_catching_up_stops_within_the_grace() {
         took < Duration::from_millis(3_000 + 700),
         "stopped in {took:?}, grace 3 s"
     );
+    commands.stop().await;
+}
+
+/// SIGTERM while a forwarded read waits on an owner that hangs (SIGSTOP) for longer than the
+/// grace: the replica still stops within the grace, dropping the read.
+#[tokio::test]
+async fn sigterm_while_forwarding_to_a_hung_owner_stops_within_the_grace() {
+    let commands = Commands::spawn().await;
+    let settings = [
+        ("QUERY_SESSION_TIMEOUT_MS", "45000"),
+        ("QUERY_FORWARD_TIMEOUT_MS", "20000"),
+        ("QUERY_CONSISTENCY_WAIT_MS", "1000"),
+        ("QUERY_SHUTDOWN_GRACE_MS", "3000"),
+    ];
+    let (mut asker, owner, owned) = asker_and_owner(&commands, &settings).await;
+    let pid = owner.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let read = {
+        let url = format!("{}/orders/{owned}", asker.address);
+        tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) })
+    };
+    // The read is in flight (forwarded, waiting) before the stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!read.is_finished());
+    let signalled = std::time::Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &asker.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = loop {
+        if let Some(exit) = asker.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(30),
+            "no stop within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = signalled.elapsed();
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    eprintln!("SIGTERM while forwarding: stopped in {took:?} ({exit})");
+    assert!(exit.success(), "{exit}");
+    assert!(
+        took < Duration::from_millis(3_000 + 700),
+        "stopped in {took:?}, grace 3 s"
+    );
+    let _ = read.await;
+    drop(owner);
     commands.stop().await;
 }
