@@ -13,14 +13,15 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::batcher::{Batcher, CommitError, CommitResult};
 use crate::circuit::BrokerCircuit;
-use crate::idempotency::{Begin, Claim, CommandKind, Fingerprint, IdempotencyIndex, Receipt};
+use crate::idempotency::{Begin, Claim, Fingerprint, IdempotencyIndex, Receipt};
 use crate::metrics::{CommandLabels, Metrics};
 use crate::problem::ApiError;
 use crate::write_model::{LockedSlot, WriteModel};
 use http_edge::Route;
 use http_edge::routes::readable;
 use orders::commands::{
-    CancelOrder, EventMetadata, OrderCommand, OrderState, PayOrder, PlaceOrder, ShipOrder, decide,
+    CancelOrder, CommandKind, EventMetadata, OrderCommand, OrderState, PayOrder, PlaceOrder,
+    ShipOrder, decide,
 };
 
 /// What every handler shares.
@@ -274,15 +275,6 @@ async fn cancel_order(
     .await
 }
 
-fn command_name(kind: CommandKind) -> &'static str {
-    match kind {
-        CommandKind::Place => "place",
-        CommandKind::Pay => "pay",
-        CommandKind::Ship => "ship",
-        CommandKind::Cancel => "cancel",
-    }
-}
-
 /// Runs a command and counts its answer.
 async fn handle(
     request: &HttpRequest,
@@ -300,7 +292,7 @@ async fn handle(
         .metrics
         .commands
         .get_or_create(&CommandLabels {
-            command: command_name(kind),
+            command: kind.name(),
             status,
         })
         .inc();
@@ -336,7 +328,8 @@ async fn execute(
     let claim = match &key {
         None => None,
         Some(key) => {
-            let fingerprint = Fingerprint::new(kind, target.as_deref(), &command.requested());
+            let fingerprint =
+                Fingerprint::new(kind.name(), target.as_deref(), &command.requested());
             match timeout_at(deadline, state.idempotency.begin(key, fingerprint)).await {
                 Err(_) => {
                     return Err(ApiError::Busy(
@@ -351,17 +344,18 @@ async fn execute(
     };
 
     let order_id = target.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let cell = match kind {
-        CommandKind::Place => state.model.get_or_create(&order_id),
-        _ => state
+    let cell = if kind.creates() {
+        state.model.get_or_create(&order_id)
+    } else {
+        state
             .model
             .get(&order_id)
-            .ok_or_else(|| ApiError::UnknownOrder(order_id.clone()))?,
+            .ok_or_else(|| ApiError::UnknownOrder(order_id.clone()))?
     };
     let slot = timeout_at(deadline, cell.lock_owned())
         .await
         .map_err(|_| ApiError::Busy("the order is busy with another command"))?;
-    if kind != CommandKind::Place && slot.state.is_none() {
+    if !kind.creates() && slot.state.is_none() {
         // Known only from a first command that is still failing or failed.
         return Err(ApiError::UnknownOrder(order_id));
     }
@@ -487,13 +481,14 @@ impl Aftermath {
 /// The fingerprint of the request that wrote `event`, as the command handler computed it from
 /// the request.
 pub fn fingerprint_of(event: &OrderEvent, kind: CommandKind) -> Fingerprint {
-    let target = (kind != CommandKind::Place).then_some(event.envelope.aggregate_id.as_str());
-    Fingerprint::new(kind, target, &event.payload)
+    let target = (!kind.creates()).then_some(event.envelope.aggregate_id.as_str());
+    Fingerprint::new(kind.name(), target, &event.payload)
 }
 
 pub fn receipt_of(event: &OrderEvent, kind: CommandKind, position: Position) -> Receipt {
     Receipt {
-        kind,
+        command: kind.name(),
+        created: kind.creates(),
         aggregate_id: event.envelope.aggregate_id.clone(),
         version: event.envelope.aggregate_version,
         event_id: event.envelope.event_id.clone(),
@@ -526,7 +521,7 @@ fn respond(state: &AppState, receipt: &Receipt, replayed: bool) -> HttpResponse 
         topic: state.topic.clone(),
         position: receipt.position,
     };
-    let mut response = if receipt.kind == CommandKind::Place {
+    let mut response = if receipt.created {
         let mut created = HttpResponse::Created();
         created.insert_header((
             header::LOCATION,

@@ -12,11 +12,12 @@ use crate::api::{self, AppState, fingerprint_of, now_ms, receipt_of};
 use crate::batcher::{Batcher, StartError};
 use crate::circuit::BrokerCircuit;
 use crate::config::{Config, ConfigError};
-use crate::idempotency::{CommandKind, IdempotencyIndex};
+use crate::idempotency::IdempotencyIndex;
 use crate::metrics::Metrics;
 use crate::replay::{ReplayError, replay};
 use crate::topics::{TopicError, ensure_topic};
 use crate::write_model::WriteModel;
+use orders::commands::CommandKind;
 use orders::commands::OrderState;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +55,8 @@ pub struct Application {
     port: u16,
     server: Server,
     batcher: Arc<Batcher>,
-    circuit: Arc<BrokerCircuit>,
+    /// Dropped with the service, which ends the watch.
+    _circuit: crate::circuit::Watch,
     sweeper: tokio::task::JoinHandle<()>,
 }
 
@@ -120,10 +122,8 @@ impl Application {
             Duration::from_millis(config.replay_timeout_ms),
             |event: OrderEvent, position| {
                 model.apply_from_log(&event);
-                if let (Some(key), Some(kind)) = (
-                    event.envelope.idempotency_key.as_deref(),
-                    CommandKind::of_payload(event.payload.name()),
-                ) {
+                if let Some(key) = event.envelope.idempotency_key.as_deref() {
+                    let kind = CommandKind::of_payload(&event.payload);
                     idempotency.remember(
                         key,
                         fingerprint_of(&event, kind),
@@ -144,7 +144,7 @@ impl Application {
             "write model rebuilt from the topic"
         );
         let sweeper = tokio::spawn(sweep_idempotency(Arc::clone(&idempotency)));
-        let circuit = BrokerCircuit::start(
+        let (circuit, circuit_watch) = BrokerCircuit::start(
             &config.kafka,
             Duration::from_millis(500),
             Duration::from_millis(1_000),
@@ -199,7 +199,7 @@ impl Application {
             port,
             server,
             batcher,
-            circuit,
+            _circuit: circuit_watch,
             sweeper,
         })
     }
@@ -218,7 +218,6 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
         self.sweeper.abort();
-        self.circuit.stop();
         let batcher = self.batcher;
         tracing::info!(
             queued = batcher.queue_depth(),

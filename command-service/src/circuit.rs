@@ -23,12 +23,13 @@ pub struct BrokerCircuit {
 }
 
 impl BrokerCircuit {
-    /// Starts watching; the circuit starts closed (the service checked Kafka at start).
+    /// Starts watching; the circuit starts closed (the service checked Kafka at start). The
+    /// watch ends when the returned [`Watch`] is dropped.
     pub fn start(
         kafka: &KafkaArgs,
         every: Duration,
         probe_timeout: Duration,
-    ) -> Result<Arc<Self>, KafkaError> {
+    ) -> Result<(Arc<Self>, Watch), KafkaError> {
         let probe: BaseConsumer = kafka
             .client_config()
             // Notice a broker that is back within a second, not librdkafka's default ten.
@@ -40,21 +41,20 @@ impl BrokerCircuit {
             stopping: AtomicBool::new(false),
         });
         let watched = Arc::clone(&circuit);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("kafka-circuit".into())
             .spawn(move || watched.watch(&probe, every, probe_timeout))
             .map_err(|e| KafkaError::ClientCreation(format!("the circuit thread: {e}")))?;
-        Ok(circuit)
+        let watch = Watch {
+            circuit: Arc::clone(&circuit),
+            thread: Some(thread),
+        };
+        Ok((circuit, watch))
     }
 
     /// Whether Kafka is known to be unreachable now.
     pub fn is_open(&self) -> bool {
         self.open.load(Ordering::Acquire)
-    }
-
-    /// Ends the watch (within one probe).
-    pub fn stop(&self) {
-        self.stopping.store(true, Ordering::Release);
     }
 
     fn watch(&self, probe: &BaseConsumer, every: Duration, probe_timeout: Duration) {
@@ -74,7 +74,32 @@ impl BrokerCircuit {
                     }
                 }
             }
-            std::thread::sleep(every);
+            // In steps, so that a stop does not wait for a whole interval.
+            let mut slept = Duration::ZERO;
+            while slept < every && !self.stopping.load(Ordering::Acquire) {
+                let step = (every - slept).min(Duration::from_millis(50));
+                std::thread::sleep(step);
+                slept += step;
+            }
+        }
+    }
+}
+
+/// The watching thread; dropping it ends the watch and waits for the thread (at most one
+/// probe), so no Kafka client outlives the service.
+#[derive(Debug)]
+pub struct Watch {
+    circuit: Arc<BrokerCircuit>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.circuit.stopping.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the circuit thread panicked");
         }
     }
 }

@@ -28,57 +28,38 @@ use tokio::sync::watch;
 
 use crate::sharded::{ShardedMap, lock};
 
-/// Which command a receipt answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CommandKind {
-    Place,
-    Pay,
-    Ship,
-    Cancel,
-}
-
-impl CommandKind {
-    /// The kind of command that yields an event with this payload name.
-    pub fn of_payload(name: &str) -> Option<Self> {
-        match name {
-            "OrderPlaced" => Some(Self::Place),
-            "OrderPaid" => Some(Self::Pay),
-            "OrderShipped" => Some(Self::Ship),
-            "OrderCancelled" => Some(Self::Cancel),
-            _ => None,
-        }
-    }
-}
-
 /// What a committed command answered: everything needed to answer a retry identically.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
-    pub kind: CommandKind,
+    /// The command's name, as the domain names it (`pay`).
+    pub command: &'static str,
+    /// Whether the command created its aggregate (answered `201`, not `200`).
+    pub created: bool,
     pub aggregate_id: String,
     pub version: i64,
     pub event_id: String,
     pub position: Position,
 }
 
-/// What identifies "the same request" for a key: the command, the order it names, and a hash of
-/// what it asks for (the payload of the event it writes). Computed from the request, and again
+/// What identifies "the same request" for a key: the command, the aggregate it names, and a hash
+/// of what it asks for (the payload of the event it writes). Computed from the request, and again
 /// from the event in the log after a restart, so both agree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint {
-    kind: CommandKind,
+    command: &'static str,
     /// The aggregate named in the path (None for commands that create one).
     target: Option<String>,
     content: u64,
 }
 
 impl Fingerprint {
-    pub fn new(kind: CommandKind, target: Option<&str>, content: &impl Hash) -> Self {
+    pub fn new(command: &'static str, target: Option<&str>, content: &impl Hash) -> Self {
         // SipHash with fixed keys: the same in every run of the same build, and the value is
         // never stored, only recomputed.
         let mut hasher = DefaultHasher::new();
         content.hash(&mut hasher);
         Self {
-            kind,
+            command,
             target: target.map(str::to_owned),
             content: hasher.finish(),
         }
@@ -324,7 +305,8 @@ mod tests {
 
     fn receipt(id: &str) -> Receipt {
         Receipt {
-            kind: CommandKind::Pay,
+            command: "pay",
+            created: false,
             aggregate_id: id.into(),
             version: 2,
             event_id: "e".into(),
@@ -336,7 +318,7 @@ mod tests {
     }
 
     fn fingerprint(body: &[u8]) -> Fingerprint {
-        Fingerprint::new(CommandKind::Pay, Some("o-1"), &body)
+        Fingerprint::new("pay", Some("o-1"), &body)
     }
 
     #[tokio::test]
@@ -384,7 +366,7 @@ mod tests {
     async fn receipts_expire_and_are_bounded() {
         let index = IdempotencyIndex::new(Duration::from_millis(1_000), 2);
         let now = 10_000;
-        let pay = |id: &str, content: &str| Fingerprint::new(CommandKind::Pay, Some(id), &content);
+        let pay = |id: &str, content: &str| Fingerprint::new("pay", Some(id), &content);
         index.remember("old", pay("o-1", "x"), receipt("o-1"), now - 5_000, now);
         assert!(index.is_empty(), "outside the window: not remembered");
         index.remember("a", pay("o-1", "x"), receipt("o-1"), now - 900, now);
@@ -413,7 +395,7 @@ mod tests {
     async fn the_bound_and_the_expiry_order_hold_across_shards() {
         let index = IdempotencyIndex::new(Duration::from_secs(60), 100);
         let now = 10_000_000;
-        let print = |n: i64| Fingerprint::new(CommandKind::Pay, Some("o"), &n);
+        let print = |n: i64| Fingerprint::new("pay", Some("o"), &n);
         for n in 0..1_000 {
             index.remember(
                 &format!("k{n}"),

@@ -551,6 +551,42 @@ impl CancelOrder {
     }
 }
 
+/// The commands on an order, by name: what the service routes, counts and remembers
+/// idempotency keys by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CommandKind {
+    Place,
+    Pay,
+    Ship,
+    Cancel,
+}
+
+impl CommandKind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Place => "place",
+            Self::Pay => "pay",
+            Self::Ship => "ship",
+            Self::Cancel => "cancel",
+        }
+    }
+
+    /// Whether the command creates its order (the others need one that exists).
+    pub const fn creates(self) -> bool {
+        matches!(self, Self::Place)
+    }
+
+    /// The command that writes an event with this payload.
+    pub fn of_payload(payload: &OrderPayload) -> Self {
+        match payload {
+            OrderPayload::Placed { .. } => Self::Place,
+            OrderPayload::Paid { .. } => Self::Pay,
+            OrderPayload::Shipped { .. } => Self::Ship,
+            OrderPayload::Cancelled { .. } => Self::Cancel,
+        }
+    }
+}
+
 /// Any command on an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderCommand {

@@ -59,7 +59,7 @@ pub struct Application {
     shutdown: CancellationToken,
     /// The projection runner's own thread: its RocksDB writes and its consumer never take the
     /// HTTP runtime's thread, so requests and the stop signal are served while it catches up.
-    projection: std::thread::JoinHandle<()>,
+    projection: ProjectionThread,
     tasks: Vec<JoinHandle<()>>,
     grace: Duration,
     stats: Arc<ProjectionStats>,
@@ -267,19 +267,55 @@ impl Application {
                 Err(_) => tracing::warn!("a background task did not stop within the grace"),
             }
         }
-        let projection = self.projection;
+        let mut projection = self.projection;
         while !projection.is_finished() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if projection.is_finished() {
-            if projection.join().is_err() {
-                tracing::error!("the projection thread panicked");
-            }
+            projection.join();
             tracing::info!("stopped: the projection left the group and the store is closed");
         } else {
             tracing::error!("the projection did not stop within the grace; abandoning it");
+            projection.abandon();
         }
         served
+    }
+}
+
+/// The projection runner's thread. Dropped (a replica dropped without a stop, or its stop cut
+/// short), it cancels the runner and waits for it, so that the consumer leaves the group and
+/// the store closes before the process can exit under them.
+#[derive(Debug)]
+struct ProjectionThread {
+    shutdown: CancellationToken,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProjectionThread {
+    fn is_finished(&self) -> bool {
+        self.handle
+            .as_ref()
+            .is_none_or(std::thread::JoinHandle::is_finished)
+    }
+
+    fn join(&mut self) {
+        if let Some(handle) = self.handle.take()
+            && handle.join().is_err()
+        {
+            tracing::error!("the projection thread panicked");
+        }
+    }
+
+    /// Leaves a runner that did not stop in time to the process's exit.
+    fn abandon(mut self) {
+        self.handle = None;
+    }
+}
+
+impl Drop for ProjectionThread {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.join();
     }
 }
 
@@ -287,15 +323,20 @@ impl Application {
 fn spawn_projection<P: Projection>(
     runner: Runner<P>,
     shutdown: CancellationToken,
-) -> Result<std::thread::JoinHandle<()>, StartupError> {
+) -> Result<ProjectionThread, StartupError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(StartupError::Thread)?;
-    std::thread::Builder::new()
+    let token = shutdown.clone();
+    let handle = std::thread::Builder::new()
         .name("projection".into())
-        .spawn(move || runtime.block_on(runner.run(shutdown)))
-        .map_err(StartupError::Thread)
+        .spawn(move || runtime.block_on(runner.run(token)))
+        .map_err(StartupError::Thread)?;
+    Ok(ProjectionThread {
+        shutdown,
+        handle: Some(handle),
+    })
 }
 
 /// Seconds in-flight requests get at a stop: the grace, less a second for the rest.
