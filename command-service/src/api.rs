@@ -770,3 +770,115 @@ mod tests {
         assert!(!IfMatch::parse(r#""+2""#).unwrap().holds(Some(2)));
     }
 }
+
+#[cfg(test)]
+mod settlement_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use orders::commands::{CommandKind, OrderState};
+    use orders::events::{Envelope, OrderEvent, OrderPayload};
+    use tokio::sync::oneshot;
+
+    use super::{Aftermath, Settlement};
+    use crate::batcher::CommitError;
+    use crate::idempotency::{Begin, Fingerprint, IdempotencyIndex};
+    use crate::write_model::WriteModel;
+
+    fn placed(id: &str) -> OrderEvent {
+        OrderEvent {
+            envelope: Envelope {
+                event_id: "e-1".into(),
+                aggregate_id: id.into(),
+                aggregate_version: 1,
+                occurred_at_ms: 1,
+                command_id: "c-1".into(),
+                idempotency_key: Some("k".into()),
+                correlation_id: "r-1".into(),
+            },
+            payload: OrderPayload::Placed {
+                customer_id: "c-42".into(),
+                currency: "EUR".into(),
+                items: Vec::new(),
+                total_cents: 0,
+            },
+        }
+    }
+
+    /// A settlement dropped unanswered (never queued, or its worker died) releases everything
+    /// it held, as "not committed": the waiting request hears so, the new aggregate is
+    /// forgotten, its lock is free, and the idempotency key can be used again.
+    #[tokio::test]
+    async fn a_settlement_dropped_unanswered_releases_all_it_held() {
+        let model = Arc::new(WriteModel::<OrderState>::default());
+        let index = IdempotencyIndex::new(Duration::from_secs(60), 10);
+        let fingerprint = || Fingerprint::new("place", None, &1);
+        let Begin::First(claim) = index.begin("k", fingerprint()).await else {
+            panic!("expected a first attempt");
+        };
+        let cell = model.get_or_create("o-1");
+        let slot = Arc::clone(&cell).lock_owned().await;
+        let (settled, outcome) = oneshot::channel();
+        let settlement = Settlement(Some(Aftermath {
+            model: Arc::clone(&model),
+            slot,
+            claim: Some(claim),
+            event: placed("o-1"),
+            kind: CommandKind::Place,
+            settled,
+        }));
+
+        drop(settlement);
+
+        assert!(matches!(outcome.await, Ok(Err(CommitError::InDoubt(_)))));
+        assert!(
+            model.get("o-1").is_none(),
+            "the empty aggregate is forgotten"
+        );
+        assert!(cell.try_lock().is_ok(), "the lock is free");
+        assert!(
+            matches!(index.begin("k", fingerprint()).await, Begin::First(_)),
+            "the key is free for a retry"
+        );
+    }
+
+    /// Settled as committed: the event is applied, the receipt remembered for the key.
+    #[tokio::test]
+    async fn a_committed_settlement_applies_the_event_and_keeps_the_receipt() {
+        let model = Arc::new(WriteModel::<OrderState>::default());
+        let index = IdempotencyIndex::new(Duration::from_secs(60), 10);
+        let fingerprint = || Fingerprint::new("place", None, &1);
+        let Begin::First(claim) = index.begin("k", fingerprint()).await else {
+            panic!("expected a first attempt");
+        };
+        let slot = model.get_or_create("o-1").lock_owned().await;
+        let (settled, outcome) = oneshot::channel();
+        let settlement = Settlement(Some(Aftermath {
+            model: Arc::clone(&model),
+            slot,
+            claim: Some(claim),
+            event: placed("o-1"),
+            kind: CommandKind::Place,
+            settled,
+        }));
+        let position = shared_events::Position {
+            partition: 2,
+            offset: 7,
+        };
+
+        settlement.settle(Ok(position));
+
+        let receipt = outcome.await.unwrap().unwrap();
+        assert_eq!((receipt.version, receipt.position), (1, position));
+        assert!(receipt.created);
+        let slot = model.get("o-1").unwrap().lock_owned().await;
+        assert_eq!(slot.version, 1);
+        assert!(slot.state.is_some());
+        assert!(matches!(
+            index.begin("k", fingerprint()).await,
+            Begin::Replay(_)
+        ));
+    }
+}
