@@ -184,7 +184,6 @@ async fn place_order(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    post_only(&request)?;
     handle(&request, payload, &state, CommandKind::Place, None).await
 }
 
@@ -206,7 +205,6 @@ async fn pay_order(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    post_only(&request)?;
     handle(
         &request,
         payload,
@@ -235,7 +233,6 @@ async fn ship_order(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    post_only(&request)?;
     handle(
         &request,
         payload,
@@ -264,7 +261,6 @@ async fn cancel_order(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    post_only(&request)?;
     handle(
         &request,
         payload,
@@ -275,7 +271,7 @@ async fn cancel_order(
     .await
 }
 
-/// Runs a command and counts its answer.
+/// Runs a command (every command route answers `POST` only) and counts its answer.
 async fn handle(
     request: &HttpRequest,
     payload: web::Payload,
@@ -283,6 +279,7 @@ async fn handle(
     kind: CommandKind,
     target: Option<String>,
 ) -> Result<HttpResponse, ApiError> {
+    post_only(request)?;
     let result = execute(request, payload, state, kind, target).await;
     let status = match &result {
         Ok(response) => response.status().as_u16(),

@@ -134,21 +134,7 @@ async fn a_zombie_with_our_transactional_id_is_fenced_off_and_nothing_is_lost() 
 
 #[tokio::test]
 async fn a_broker_outage_answers_503_in_bounded_time_then_recovers() {
-    let runtime = KafkaRuntime::from_env().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let kafka = KafkaConfig {
-        data_dir: data.path().join("kafka"),
-        port: free_port().unwrap(),
-        controller_port: free_port().unwrap(),
-        partitions: 3,
-        heap: "512m",
-        secured: None,
-    };
-    let log = data.path().join("kafka.log");
-    let mut broker = tokio::task::spawn_blocking(move || Broker::start(&runtime, kafka, &log))
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut broker, _data) = private_broker().await;
     let bootstrap = broker.bootstrap();
 
     let mut config = config(&fresh_topic());
@@ -253,6 +239,27 @@ async fn a_broker_outage_answers_503_in_bounded_time_then_recovers() {
 }
 
 /// Waits until the command service answers `/health/live`.
+/// A broker of the test's own, to stop, freeze or restart; its data lives as long as the
+/// returned directory.
+async fn private_broker() -> (Broker, tempfile::TempDir) {
+    let runtime = KafkaRuntime::from_env().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let kafka = KafkaConfig {
+        data_dir: data.path().join("kafka"),
+        port: free_port().unwrap(),
+        controller_port: free_port().unwrap(),
+        partitions: 3,
+        heap: "512m",
+        secured: None,
+    };
+    let log = data.path().join("kafka.log");
+    let broker = tokio::task::spawn_blocking(move || Broker::start(&runtime, kafka, &log))
+        .await
+        .unwrap()
+        .unwrap();
+    (broker, data)
+}
+
 /// The command service as a process of its own, for `kill -9` and SIGTERM: the same port,
 /// topic and instance id on every start, each run logging to its own file.
 struct ServiceRuns {
@@ -905,21 +912,7 @@ async fn sigterm_with_a_full_queue_answers_everything_it_took() {
 /// order, waiting for the first one's lock, answers within its request timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_broker_leaves_no_false_answer_and_no_unbounded_wait() {
-    let runtime = KafkaRuntime::from_env().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let kafka = KafkaConfig {
-        data_dir: data.path().join("kafka"),
-        port: free_port().unwrap(),
-        controller_port: free_port().unwrap(),
-        partitions: 3,
-        heap: "512m",
-        secured: None,
-    };
-    let log = data.path().join("kafka.log");
-    let broker = tokio::task::spawn_blocking(move || Broker::start(&runtime, kafka, &log))
-        .await
-        .unwrap()
-        .unwrap();
+    let (broker, _data) = private_broker().await;
     let bootstrap = broker.bootstrap();
     let mut config = config(&fresh_topic());
     config.kafka = service_config::KafkaArgs::plain(bootstrap.clone());
