@@ -1,24 +1,30 @@
 //! Wiring: configuration in, a running HTTP server and producer pool out.
+//!
+//! The aggregates this service runs are listed once, in [`aggregates`]; the lanes, the routes
+//! and the API document are all built from that list.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
-use orders::events::OrderEvent;
-use shared_events::EventCodec;
+use command_engine::batcher::{Batcher, StartError};
+use command_engine::circuit::BrokerCircuit;
+use command_engine::lane::{AnyLane, Lane, Retention, Visit};
+use command_engine::metrics::Metrics;
+use command_engine::pipeline::{Engine, now_ms};
+use command_engine::replay::ReplayError;
+use command_engine::topics::{TopicError, ensure_topic};
+use futures::future::BoxFuture;
+use shared_events::{Aggregate, EventCodec};
 
-use crate::api::{self, AppState, fingerprint_of, now_ms, receipt_of};
-use crate::batcher::{Batcher, StartError};
-use crate::circuit::BrokerCircuit;
+use crate::api::{self, Operations};
 use crate::config::{Config, ConfigError};
-use crate::idempotency::IdempotencyIndex;
-use crate::metrics::Metrics;
-use crate::replay::{ReplayError, replay};
-use crate::topics::{TopicError, ensure_topic};
-use crate::write_model::WriteModel;
-use orders::commands::CommandKind;
-use orders::commands::OrderState;
+
+/// Every aggregate this service runs, with its topic: adding one is one line here.
+pub fn aggregates(config: &Config, visit: &mut impl Visit) {
+    visit.aggregate::<orders::commands::OrderState>(&config.topic);
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -56,7 +62,7 @@ pub struct Application {
     server: Server,
     batcher: Arc<Batcher>,
     /// Dropped with the service, which ends the watch.
-    _circuit: crate::circuit::Watch,
+    _circuit: command_engine::circuit::Watch,
     sweeper: tokio::task::JoinHandle<()>,
 }
 
@@ -69,8 +75,9 @@ impl std::fmt::Debug for Application {
 }
 
 impl Application {
-    /// Checks the configuration, creates the topic if needed, registers the event schema,
-    /// starts the transactional producers and binds the listener.
+    /// Checks the configuration, creates each aggregate's topic if needed, registers its event
+    /// schema, starts the transactional producers, rebuilds the write models from the topics
+    /// and binds the listener.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         config.validate()?;
         let connections = config.connection_cap()?;
@@ -80,22 +87,19 @@ impl Application {
         // unreachable broker stops the service here, named, within the Kafka timeout.
         let kafka = config.kafka.clone();
         tokio::task::spawn_blocking(move || kafka.check_connection(kafka_timeout)).await??;
-        ensure_topic(
-            &config.kafka,
-            &config.topic,
-            config.topic_partitions,
-            config.topic_replication,
-            kafka_timeout,
-        )
-        .await?;
         let registry_timeout = Duration::from_millis(config.registry_timeout_ms);
         config.registry.check(registry_timeout).await?;
-        let codec = EventCodec::<OrderEvent>::new(
-            config.registry.sr_settings(registry_timeout)?,
-            &config.topic,
-        )?;
-        let schema_id = codec.register().await?;
-        tracing::info!(schema_id, topic = %config.topic, "event schema registered");
+        let mut opening = Opening {
+            config: &config,
+            registry_timeout,
+            kafka_timeout,
+            lanes: Vec::new(),
+        };
+        aggregates(&config, &mut opening);
+        let mut lanes: Vec<Arc<dyn AnyLane>> = Vec::new();
+        for lane in opening.lanes {
+            lanes.push(lane.await?);
+        }
 
         // Producers first: initialising them fences a previous instance and aborts whatever it
         // left open, so the replay below reads a log nobody else is extending.
@@ -107,43 +111,28 @@ impl Application {
                 .await??,
         );
 
-        let model = Arc::new(WriteModel::<OrderState>::default());
-        let idempotency = IdempotencyIndex::new(
-            Duration::from_secs(config.idempotency_retention_secs),
-            config.idempotency_max_keys,
-        );
-        let started = std::time::Instant::now();
-        let now = now_ms();
-        let replayed = replay(
-            &config.kafka,
-            &format!("{}-replay", config.instance_id),
-            &config.topic,
-            &codec,
-            Duration::from_millis(config.replay_timeout_ms),
-            |event: OrderEvent, position| {
-                model.apply_from_log(&event);
-                if let Some(key) = event.envelope.idempotency_key.as_deref() {
-                    let kind = CommandKind::of_payload(&event.payload);
-                    idempotency.remember(
-                        key,
-                        fingerprint_of(&event, kind),
-                        receipt_of(&event, kind, position),
-                        event.envelope.occurred_at_ms,
-                        now,
-                    );
-                }
-            },
-        )
-        .await?;
-        tracing::info!(
-            records = replayed.records,
-            orders = model.len(),
-            idempotency_keys = idempotency.len(),
-            gaps = model.gaps(),
-            elapsed_ms = started.elapsed().as_millis(),
-            "write model rebuilt from the topic"
-        );
-        let sweeper = tokio::spawn(sweep_idempotency(Arc::clone(&idempotency)));
+        for lane in &lanes {
+            let started = std::time::Instant::now();
+            let replayed = lane
+                .restore(
+                    &config.kafka,
+                    &format!("{}-replay", config.instance_id),
+                    Duration::from_millis(config.replay_timeout_ms),
+                )
+                .await?;
+            tracing::info!(
+                aggregate = lane.name(),
+                topic = lane.topic(),
+                records = replayed.records,
+                partitions = replayed.partitions,
+                aggregates = lane.aggregates(),
+                idempotency_keys = lane.idempotency_keys(),
+                gaps = lane.gaps(),
+                elapsed_ms = started.elapsed().as_millis(),
+                "write model rebuilt from the topic"
+            );
+        }
+        let sweeper = tokio::spawn(sweep_idempotency(lanes.clone()));
         let (circuit, circuit_watch) = BrokerCircuit::start(
             &config.kafka,
             Duration::from_millis(500),
@@ -163,27 +152,35 @@ impl Application {
                 source,
             })?
             .port();
-        let state = web::Data::new(AppState {
-            codec: Arc::new(codec),
+        let engine = web::Data::new(Engine {
             batcher: Arc::clone(&batcher),
-            model,
-            idempotency,
-            metrics,
-            topic: config.topic.clone(),
+            circuit: Arc::clone(&circuit),
+            metrics: Arc::clone(&metrics),
             max_body_bytes: config.max_body_bytes,
             request_timeout: Duration::from_millis(config.request_timeout_ms),
+        });
+        let operations = web::Data::new(Operations {
+            batcher: Arc::clone(&batcher),
+            circuit,
+            metrics,
+            lanes: lanes.clone(),
             registry_url: config.registry.url.clone(),
             http: config.registry.client_builder(registry_timeout)?.build()?,
-            circuit: Arc::clone(&circuit),
         });
-        let document =
-            web::Data::new(http_edge::docs::ApiDocument::new(crate::openapi::document()));
+        let document = web::Data::new(http_edge::docs::ApiDocument::new(crate::openapi::document(
+            &config,
+        )));
         let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
+            let mut app = App::new()
+                .app_data(engine.clone())
+                .app_data(operations.clone())
                 .app_data(document.clone())
-                .configure(api::routes)
-                .default_service(web::to(http_edge::problem::not_found))
+                .configure(api::routes);
+            for lane in &lanes {
+                let lane = Arc::clone(lane);
+                app = app.configure(move |config| lane.configure(config));
+            }
+            app.default_service(web::to(http_edge::problem::not_found))
         })
         .workers(config.http_workers)
         .max_connections(connections.div_ceil(config.http_workers))
@@ -234,10 +231,49 @@ impl Application {
 }
 
 /// Forgets idempotency receipts past the retention window, once a minute.
-async fn sweep_idempotency(index: Arc<IdempotencyIndex>) {
+async fn sweep_idempotency(lanes: Vec<Arc<dyn AnyLane>>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
-        index.expire(now_ms());
+        for lane in &lanes {
+            lane.expire(now_ms());
+        }
+    }
+}
+
+/// Opens each aggregate's lane: its topic created if need be, its schema registered.
+struct Opening<'a> {
+    config: &'a Config,
+    registry_timeout: Duration,
+    kafka_timeout: Duration,
+    lanes: Vec<BoxFuture<'a, Result<Arc<dyn AnyLane>, StartupError>>>,
+}
+
+impl Visit for Opening<'_> {
+    fn aggregate<A: Aggregate>(&mut self, topic: &str) {
+        let (config, registry_timeout, kafka_timeout) =
+            (self.config, self.registry_timeout, self.kafka_timeout);
+        let topic = topic.to_owned();
+        self.lanes.push(Box::pin(async move {
+            let partitions = ensure_topic(
+                &config.kafka,
+                &topic,
+                config.topic_partitions,
+                config.topic_replication,
+                kafka_timeout,
+            )
+            .await?;
+            let codec =
+                EventCodec::<A::Event>::new(config.registry.sr_settings(registry_timeout)?, &topic)?;
+            let schema_id = codec.register().await?;
+            tracing::info!(schema_id, %topic, partitions, aggregate = A::NAME, "event schema registered");
+            let retention = Retention {
+                window: Duration::from_secs(config.idempotency_retention_secs),
+                max_keys: config.idempotency_max_keys,
+            };
+            let lane: Arc<dyn AnyLane> =
+                Arc::new(Lane::<A>::new(&topic, codec, partitions, retention));
+            Ok(lane)
+        }));
     }
 }

@@ -7,9 +7,9 @@ use std::time::Duration;
 use clap::Parser;
 use service_config::{KafkaArgs, RegistryArgs};
 
-use crate::batcher::BatcherConfig;
+use command_engine::batcher::BatcherConfig;
 
-/// Command service: validates order commands and commits their events to Kafka.
+/// Command service: validates commands (orders, customers) and commits their events to Kafka.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "command-service", version)]
 pub struct Config {
@@ -27,10 +27,13 @@ pub struct Config {
     /// Topic the order events are written to; its value subject is `<topic>-value`.
     #[arg(long, env = "ORDERS_TOPIC", default_value = "orders")]
     pub topic: String,
-    /// Partitions of the topic when this service has to create it.
+    /// Topic the customer events are written to; its value subject is `<topic>-value`.
+    #[arg(long, env = "CUSTOMERS_TOPIC", default_value = "customers")]
+    pub customers_topic: String,
+    /// Partitions of each topic when this service has to create it.
     #[arg(long, env = "ORDERS_TOPIC_PARTITIONS", default_value_t = 6)]
     pub topic_partitions: i32,
-    /// Replication factor of the topic when this service has to create it.
+    /// Replication factor of each topic when this service has to create it.
     #[arg(long, env = "ORDERS_TOPIC_REPLICATION", default_value_t = 1)]
     pub topic_replication: i32,
     /// Identity of this instance; producer `transactional.id`s are `<instance-id>-<worker>`.
@@ -83,7 +86,7 @@ pub struct Config {
         default_value_t = 1_000_000
     )]
     pub idempotency_max_keys: usize,
-    /// Longest the start-up replay of the topic may take, in milliseconds.
+    /// Longest the start-up replay of each topic may take, in milliseconds.
     #[arg(long, env = "COMMAND_REPLAY_TIMEOUT_MS", default_value_t = 300_000)]
     pub replay_timeout_ms: u64,
 }
@@ -101,8 +104,13 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |m: &str| Err(ConfigError(m.to_owned()));
-        if self.topic.is_empty() || self.topic.contains(':') {
-            return fail("topic must be non-empty and contain no ':'");
+        for topic in [&self.topic, &self.customers_topic] {
+            if topic.is_empty() || topic.contains(':') {
+                return fail("topics must be non-empty and contain no ':'");
+            }
+        }
+        if self.topic == self.customers_topic {
+            return fail("each aggregate needs a topic of its own");
         }
         if self.topic_partitions < 1 || self.topic_replication < 1 {
             return fail("topic partitions and replication must be at least 1");
@@ -144,7 +152,6 @@ impl Config {
     pub fn batcher(&self) -> BatcherConfig {
         BatcherConfig {
             kafka: self.kafka.clone(),
-            topic: self.topic.clone(),
             transactional_id_prefix: self.instance_id.clone(),
             workers: self.producer_workers,
             queue_capacity: self.queue_capacity,
@@ -188,6 +195,9 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = Config::defaults();
         c.topic = "a:b".into();
+        assert!(c.validate().is_err());
+        let mut c = Config::defaults();
+        c.customers_topic.clone_from(&c.topic);
         assert!(c.validate().is_err());
     }
 }

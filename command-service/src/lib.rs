@@ -1,26 +1,14 @@
-//! The command service: turns validated REST commands into Avro events committed to Kafka.
+//! The command service: the composition root of the command side. It reads its configuration,
+//! opens a [`command_engine::lane::Lane`] per aggregate it runs ([`app::aggregates`]), starts
+//! the transactional producers and serves the command routes beside its operational ones.
 //!
-//! A request is parsed at the edge into a typed command ([`order`]), decided into an event,
-//! encoded in the Confluent wire format, and queued in the bounded [`batcher`], whose
-//! transactional producers commit batches and only then answer. So a `2xx` means the event is in
-//! a committed Kafka transaction; a full queue answers `429` at once; Kafka trouble answers `503`
-//! within a bounded time. Errors become `application/problem+json` in one place ([`problem`]).
+//! What a command goes through, and what a `2xx` means, is the engine's
+//! ([`command_engine`]); what a command may do is its domain's (`orders`, `customers`).
 
-pub mod aggregates;
 pub mod api;
 pub mod app;
-pub mod batcher;
-pub mod circuit;
 pub mod config;
-pub mod idempotency;
-pub mod metrics;
 pub mod openapi;
-
-pub mod problem;
-pub mod replay;
-pub mod sharded;
-pub mod topics;
-pub mod write_model;
 
 pub use app::{Application, StartupError};
 pub use config::Config;

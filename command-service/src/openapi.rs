@@ -1,94 +1,49 @@
-//! The OpenAPI 3.1 document of the command service, generated from the handlers' annotations
-//! and the request and response types, with the problem table in its description. It is served
-//! at `/openapi.json` and browsable at `/docs`; tests hold it to [`crate::api::ROUTES`].
+//! The OpenAPI 3.1 document of the command service: each aggregate's command operations (made
+//! by [`command_engine::openapi`] from the aggregate's command specs), the operational routes,
+//! and the problem table in its description. It is served at `/openapi.json` and browsable at
+//! `/docs`; tests hold it to [`crate::api::table`].
 
+use command_engine::lane::Visit;
+use command_engine::problem::types;
 use http_edge::docs::describe_problems;
 use http_edge::problem::{Problem, ProblemField};
+use shared_events::Aggregate;
 use utoipa::OpenApi;
 
-use crate::problem::types;
+use crate::config::Config;
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Command service",
-        description = "Validates order commands and commits their events to Kafka; a 2xx means the event is in a committed transaction."
+        description = "Validates commands and commits their events to Kafka; a 2xx means the event is in a committed transaction."
     ),
-    paths(
-        crate::api::place_order,
-        crate::api::pay_order,
-        crate::api::ship_order,
-        crate::api::cancel_order,
-        http_edge::health::live,
-        crate::api::ready,
-        crate::api::metrics,
-    ),
+    paths(http_edge::health::live, crate::api::ready, crate::api::metrics),
     components(schemas(Problem, ProblemField)),
-    tags(
-        (name = "orders", description = "Order commands"),
-        (name = "operations", description = "Health and metrics"),
-    )
+    tags((name = "operations", description = "Health and metrics"))
 )]
 struct Document;
 
-/// The document, with the problem table appended to its description.
-pub fn document() -> utoipa::openapi::OpenApi {
-    let mut document = Document::openapi();
+/// The document for the aggregates `config` runs, with the problem table appended to its
+/// description.
+pub fn document(config: &Config) -> utoipa::openapi::OpenApi {
+    struct Commands {
+        document: utoipa::openapi::OpenApi,
+    }
+    impl Visit for Commands {
+        fn aggregate<A: Aggregate>(&mut self, _topic: &str) {
+            if let Err(error) = command_engine::openapi::add_commands::<A>(&mut self.document) {
+                tracing::error!(%error, aggregate = A::NAME, "could not document the commands");
+            }
+        }
+    }
+    let mut commands = Commands {
+        document: Document::openapi(),
+    };
+    crate::app::aggregates(config, &mut commands);
+    let mut document = commands.document;
     describe_problems(&mut document, env!("CARGO_PKG_VERSION"), types::ALL);
     document
-}
-
-/// The optional headers of every command.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code, reason = "read by the OpenAPI derive only")]
-pub(crate) struct CommandHeaders {
-    /// A retry with the same key returns the first answer (`Idempotent-Replayed: true`) and
-    /// writes nothing; 1 to 255 visible ASCII characters.
-    #[param(rename = "Idempotency-Key")]
-    idempotency_key: Option<String>,
-    /// `"<version>"`, `*` or a list of tags: the command applies only if one matches the
-    /// order's `ETag` (strong comparison), else `412`.
-    #[param(rename = "If-Match")]
-    if_match: Option<String>,
-}
-
-/// The problems a command may answer with; each body is a [`Problem`].
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code, reason = "read by the OpenAPI derive only")]
-pub(crate) enum CommandProblems {
-    /// Malformed JSON (a repeated key included), a bad id or a bad header.
-    #[response(status = 400, content_type = "application/problem+json")]
-    BadRequest(Problem),
-    /// No such order.
-    #[response(status = 404, content_type = "application/problem+json")]
-    NotFound(Problem),
-    /// The body did not arrive within the request timeout.
-    #[response(status = 408, content_type = "application/problem+json")]
-    RequestTimeout(Problem),
-    /// A rule is broken (pay only a placed order, ship only a paid one, …).
-    #[response(status = 409, content_type = "application/problem+json")]
-    Conflict(Problem),
-    /// `If-Match` does not match the order's version.
-    #[response(status = 412, content_type = "application/problem+json")]
-    PreconditionFailed(Problem),
-    /// The body is too large.
-    #[response(status = 413, content_type = "application/problem+json")]
-    TooLarge(Problem),
-    /// Not `application/json`, or a compressed body.
-    #[response(status = 415, content_type = "application/problem+json")]
-    UnsupportedMediaType(Problem),
-    /// Invalid values (each named in `errors`), unknown fields, or an `Idempotency-Key` reused
-    /// for another request.
-    #[response(status = 422, content_type = "application/problem+json")]
-    Unprocessable(Problem),
-    /// The write queue is full (with `Retry-After`).
-    #[response(status = 429, content_type = "application/problem+json")]
-    TooManyRequests(Problem),
-    /// Kafka or the registry unavailable, the order busy, or shutting down (with
-    /// `Retry-After`); a retry with the same `Idempotency-Key` learns the outcome.
-    #[response(status = 503, content_type = "application/problem+json")]
-    Unavailable(Problem),
 }
 
 #[cfg(test)]
@@ -99,7 +54,7 @@ mod tests {
 
     #[test]
     fn the_document_is_openapi_3_1_and_lists_every_problem_type() {
-        let json = serde_json::to_value(document()).unwrap();
+        let json = serde_json::to_value(document(&Config::defaults())).unwrap();
         assert!(
             json["openapi"].as_str().unwrap().starts_with("3.1"),
             "{}",
@@ -112,16 +67,24 @@ mod tests {
         }
     }
 
+    /// Each command's documented example is a body its aggregate accepts.
     #[test]
     fn each_request_example_parses_as_its_command() {
-        use orders::commands::{CancelOrder, PayOrder, PlaceOrder, ShipOrder};
-        let json = serde_json::to_value(document()).unwrap();
-        let example = |schema: &str| {
-            serde_json::to_vec(&json["components"]["schemas"][schema]["example"]).unwrap()
-        };
-        assert!(PlaceOrder::parse(&example("PlaceOrderRequest")).is_ok());
-        assert!(PayOrder::parse(&example("PayOrderRequest")).is_ok());
-        assert!(ShipOrder::parse(&example("ShipOrderRequest")).is_ok());
-        assert!(CancelOrder::parse(&example("CancelOrderRequest")).is_ok());
+        struct Examples(serde_json::Value, usize);
+        impl Visit for Examples {
+            fn aggregate<A: Aggregate>(&mut self, _topic: &str) {
+                for spec in A::COMMANDS {
+                    let (schema, _) = (spec.body_schema)();
+                    let example = &self.0["components"]["schemas"][&schema]["example"];
+                    let body = serde_json::to_vec(example).unwrap();
+                    assert!(A::parse(spec.name, &body).is_ok(), "{schema}: {example}");
+                    self.1 += 1;
+                }
+            }
+        }
+        let config = Config::defaults();
+        let mut examples = Examples(serde_json::to_value(document(&config)).unwrap(), 0);
+        crate::app::aggregates(&config, &mut examples);
+        assert!(examples.1 >= 4, "every command has an example");
     }
 }

@@ -33,19 +33,13 @@ impl ApiDocument {
     }
 }
 
-/// The routes of this module, for a service's route table.
-pub const ROUTES: [Route; 2] = [
-    Route {
-        path: "/openapi.json",
-        methods: &["GET"],
-        resource: |path| readable(path, openapi_json),
-    },
-    Route {
-        path: "/docs",
-        methods: &["GET"],
-        resource: |path| readable(path, docs_page),
-    },
-];
+/// `GET /openapi.json`, for a service's route table.
+pub const OPENAPI_ROUTE: Route = Route::fixed("/openapi.json", &["GET"], |path| {
+    readable(path, openapi_json)
+});
+
+/// `GET /docs`, for a service's route table.
+pub const DOCS_ROUTE: Route = Route::fixed("/docs", &["GET"], |path| readable(path, docs_page));
 
 async fn openapi_json(document: web::Data<ApiDocument>) -> HttpResponse {
     HttpResponse::Ok()
@@ -103,7 +97,7 @@ pub fn table_operations(table: &[Route]) -> BTreeSet<(String, String)> {
         .flat_map(|r| {
             r.methods
                 .iter()
-                .map(|m| (r.path.to_owned(), (*m).to_owned()))
+                .map(|m| (r.path.to_string(), (*m).to_owned()))
         })
         .collect()
 }

@@ -5,14 +5,18 @@
 //!   (RFC 9457).
 //! - [`routes`]: a service's route table, from which its router is built, so that what the
 //!   table (and the OpenAPI document checked against it) says is what the router serves.
+//! - [`body`]: reading a JSON request body, bounded in size and time.
+//! - [`precondition`]: `If-Match` (RFC 9110) against a version `ETag`.
 //! - [`health`]: the liveness route.
 //! - [`lifecycle`]: the stop signal.
 //! - [`docs`]: the OpenAPI document at `/openapi.json` and a browsable page at `/docs`, whose
 //!   assets are compiled in: no CDN.
 
+pub mod body;
 pub mod docs;
 pub mod health;
 pub mod lifecycle;
+pub mod precondition;
 pub mod problem;
 pub mod routes;
 

@@ -2,25 +2,42 @@
 //! resource. The router is built from the table ([`register`]), and tests hold the OpenAPI
 //! document to the same table, so neither can list a route the other does not serve.
 
+use std::borrow::Cow;
+
 use actix_web::{Resource, guard, web};
 
 use crate::problem::method_not_allowed;
 
 /// One route.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Route {
     /// The path template, as actix and OpenAPI both write it: `/orders/{id}`.
-    pub path: &'static str,
+    pub path: Cow<'static, str>,
     /// The methods it serves (`GET` routes also answer `HEAD`, which is not listed).
     pub methods: &'static [&'static str],
     /// Its actix resource, for `path`; other methods are its business (`405` with `Allow`).
-    pub resource: fn(&'static str) -> Resource,
+    pub resource: fn(&str) -> Resource,
+}
+
+impl Route {
+    /// A route at a fixed path.
+    pub const fn fixed(
+        path: &'static str,
+        methods: &'static [&'static str],
+        resource: fn(&str) -> Resource,
+    ) -> Self {
+        Self {
+            path: Cow::Borrowed(path),
+            methods,
+            resource,
+        }
+    }
 }
 
 /// Registers every route of `table`.
 pub fn register(table: &[Route], config: &mut web::ServiceConfig) {
     for route in table {
-        config.service((route.resource)(route.path));
+        config.service((route.resource)(&route.path));
     }
 }
 

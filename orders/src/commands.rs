@@ -2,41 +2,16 @@
 //! events, and the state the command side folds from those events.
 //!
 //! Request bodies are parsed here into typed values; the rest of the service never sees an
-//! unchecked field. Every offending field is reported, not just the first.
+//! unchecked field. Every offending field is reported, not just the first. [`OrderState`] is
+//! the orders aggregate the command engine runs ([`Aggregate`]).
 
 use std::borrow::Cow;
 
-use shared_events::Identifier;
+use serde_json::Value;
+use shared_events::validation::{Checker, Text, fast, in_range, object, parse_fast_or_thorough};
+use shared_events::{Aggregate, CommandError, CommandSpec, EventMetadata, Identifier, Rejection};
 
 use crate::events::{Envelope, LineItem, OrderEvent, OrderPayload};
-use serde_json::{Map, Value};
-
-/// One field that failed validation, named by its JSON path (`items[1].quantity`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-/// Why a body is not a command.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CommandError {
-    /// Not JSON at all, or not a JSON object.
-    #[error("{0}")]
-    Malformed(String),
-    /// JSON of the wrong shape or with values out of range.
-    #[error("{} field(s) are invalid", .0.len())]
-    Invalid(Vec<FieldError>),
-}
 
 const MAX_ITEMS: usize = 100;
 const MAX_QUANTITY: i64 = 10_000;
@@ -73,169 +48,6 @@ pub struct PlaceOrder {
     pub customer_id: Identifier,
     pub currency: Currency,
     pub items: Vec<OrderLine>,
-}
-
-/// Accumulates field errors while a body is taken apart.
-struct Checker {
-    errors: Vec<FieldError>,
-}
-
-impl Checker {
-    fn fail<T>(&mut self, field: impl Into<String>, message: impl Into<String>) -> Option<T> {
-        self.errors.push(FieldError::new(field, message));
-        None
-    }
-
-    fn unknown_fields(&mut self, object: &Map<String, Value>, known: &[&str], prefix: &str) {
-        for key in object.keys().filter(|k| !known.contains(&k.as_str())) {
-            self.errors
-                .push(FieldError::new(format!("{prefix}{key}"), "unknown field"));
-        }
-    }
-
-    fn string<'a>(
-        &mut self,
-        object: &'a Map<String, Value>,
-        name: &str,
-        path: &str,
-    ) -> Option<&'a str> {
-        match object.get(name) {
-            None | Some(Value::Null) => self.fail(path, "is required"),
-            Some(Value::String(s)) => Some(s),
-            Some(_) => self.fail(path, "must be a string"),
-        }
-    }
-
-    fn integer(
-        &mut self,
-        object: &Map<String, Value>,
-        name: &str,
-        path: &str,
-        min: i64,
-        max: i64,
-    ) -> Option<i64> {
-        match object.get(name) {
-            None | Some(Value::Null) => self.fail(path, "is required"),
-            Some(Value::Number(n)) => match n.as_i64().and_then(|v| in_range(v, min, max)) {
-                Some(v) => Some(v),
-                None => self.fail(path, format!("must be an integer from {min} to {max}")),
-            },
-            Some(_) => self.fail(path, "must be an integer"),
-        }
-    }
-
-    fn identifier(
-        &mut self,
-        object: &Map<String, Value>,
-        name: &str,
-        path: &str,
-    ) -> Option<Identifier> {
-        let raw = self.string(object, name, path)?;
-        Identifier::parse(raw).map_or_else(|m| self.fail(path, m), Some)
-    }
-}
-
-/// Parses a JSON body into an object, or says why it is malformed. A repeated key is
-/// malformed: `Value` would keep the last one silently, and readers disagree on which wins.
-fn object(body: &[u8]) -> Result<Map<String, Value>, CommandError> {
-    if let Err(e) = serde_json::from_slice::<UniqueKeys>(body) {
-        return Err(CommandError::Malformed(format!(
-            "the body is not valid JSON: {e}"
-        )));
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(CommandError::Malformed(
-            "the body must be a JSON object".into(),
-        )),
-        Err(e) => Err(CommandError::Malformed(format!(
-            "the body is not valid JSON: {e}"
-        ))),
-    }
-}
-
-/// Any JSON document in which no object repeats a key.
-struct UniqueKeys;
-
-impl<'de> serde::Deserialize<'de> for UniqueKeys {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(UniqueKeys)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for UniqueKeys {
-    type Value = UniqueKeys;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
-        Ok(self)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
-        Ok(self)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
-        Ok(self)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
-        Ok(self)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
-        Ok(self)
-    }
-    fn visit_unit<E>(self) -> Result<Self, E> {
-        Ok(self)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
-        while seq.next_element::<UniqueKeys>()?.is_some() {}
-        Ok(self)
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
-        let mut seen = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if seen.contains(&key) {
-                let shown = key.chars().take(64).collect::<String>();
-                return Err(serde::de::Error::custom(format_args!(
-                    "duplicate key `{shown}`"
-                )));
-            }
-            map.next_value::<UniqueKeys>()?;
-            seen.insert(key);
-        }
-        Ok(self)
-    }
-}
-
-/// The fast way to a command: straight into `W` (no unknown fields, every value of the right
-/// type), then through `valid`. A body it refuses goes the thorough way, which names every
-/// offending field. Both ways accept exactly the same bodies, with the same result (see the
-/// tests); the fast one is for the bodies that are fine, which are nearly all of them.
-fn fast<'a, W: serde::Deserialize<'a>, C>(
-    body: &'a [u8],
-    valid: impl FnOnce(W) -> Option<C>,
-) -> Option<C> {
-    serde_json::from_slice::<W>(body).ok().and_then(valid)
-}
-
-/// The fast way, else the thorough one.
-fn parse_fast_or_thorough<C>(
-    body: &[u8],
-    fast: impl FnOnce(&[u8]) -> Option<C>,
-    thorough: impl FnOnce(&[u8]) -> Result<C, CommandError>,
-) -> Result<C, CommandError> {
-    match fast(body) {
-        Some(command) => Ok(command),
-        None => thorough(body),
-    }
-}
-
-/// An integer field's value when within `min..=max`.
-fn in_range(value: i64, min: i64, max: i64) -> Option<i64> {
-    (min..=max).contains(&value).then_some(value)
 }
 
 /// `POST /orders` as sent, before validation. Unknown fields are refused.
@@ -372,41 +184,6 @@ impl PlaceOrder {
             .iter()
             .map(|l| i64::from(l.quantity) * l.unit_price_cents)
             .sum()
-    }
-}
-
-const MAX_TEXT_LEN: usize = 200;
-
-/// Free text of 1..=200 characters without control characters (references, carriers, reasons).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Text(String);
-
-impl Text {
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let length = raw.chars().count();
-        if length == 0 || length > MAX_TEXT_LEN || raw.trim().is_empty() {
-            return Err(format!(
-                "must be 1 to {MAX_TEXT_LEN} characters, not all blank"
-            ));
-        }
-        if raw.chars().any(char::is_control) {
-            return Err("must not contain control characters".into());
-        }
-        Ok(Self(raw.to_owned()))
-    }
-}
-
-impl Checker {
-    fn text(&mut self, object: &Map<String, Value>, name: &str) -> Option<Text> {
-        let raw = self.string(object, name, name)?;
-        Text::parse(raw).map_or_else(|m| self.fail(name, m), Some)
-    }
-
-    fn finish<T>(self, value: Option<T>) -> Result<T, CommandError> {
-        match value {
-            Some(value) if self.errors.is_empty() => Ok(value),
-            _ => Err(CommandError::Invalid(self.errors)),
-        }
     }
 }
 
@@ -576,6 +353,13 @@ impl CommandKind {
         matches!(self, Self::Place)
     }
 
+    /// The command of this name.
+    pub fn named(name: &str) -> Option<Self> {
+        [Self::Place, Self::Pay, Self::Ship, Self::Cancel]
+            .into_iter()
+            .find(|kind| kind.name() == name)
+    }
+
     /// The command that writes an event with this payload.
     pub fn of_payload(payload: &OrderPayload) -> Self {
         match payload {
@@ -605,14 +389,14 @@ impl OrderCommand {
             Self::Place(place) => place.payload(),
             Self::Pay(pay) => OrderPayload::Paid {
                 amount_cents: pay.amount_cents,
-                payment_ref: pay.payment_ref.0.clone(),
+                payment_ref: pay.payment_ref.as_str().to_owned(),
             },
             Self::Ship(ship) => OrderPayload::Shipped {
-                carrier: ship.carrier.0.clone(),
-                tracking_number: ship.tracking_number.0.clone(),
+                carrier: ship.carrier.as_str().to_owned(),
+                tracking_number: ship.tracking_number.as_str().to_owned(),
             },
             Self::Cancel(cancel) => OrderPayload::Cancelled {
-                reason: cancel.reason.0.clone(),
+                reason: cancel.reason.as_str().to_owned(),
             },
         }
     }
@@ -644,11 +428,6 @@ pub struct OrderState {
     pub status: OrderStatus,
     pub total_cents: i64,
 }
-
-/// A command that breaks a rule of the order's life cycle.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Rejection(pub String);
 
 /// The payload of the event `command` yields on an order in `state` (None: a new order).
 pub fn decide(
@@ -729,30 +508,95 @@ impl PlaceOrder {
     }
 }
 
-/// Who and when, for the envelope of an event being decided.
-#[derive(Debug, Clone)]
-pub struct EventMetadata {
-    pub event_id: String,
-    pub occurred_at_ms: i64,
-    pub command_id: String,
-    pub idempotency_key: Option<String>,
-    pub correlation_id: String,
+/// The body schema of a command, for the API documentation.
+fn schema_of<T: utoipa::ToSchema>() -> (
+    String,
+    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+) {
+    (T::name().into_owned(), T::schema())
 }
 
-impl EventMetadata {
-    pub fn event(self, order_id: &str, version: i64, payload: OrderPayload) -> OrderEvent {
+impl Aggregate for OrderState {
+    type Event = OrderEvent;
+    type Command = OrderCommand;
+    type Payload = OrderPayload;
+
+    const NAME: &'static str = "order";
+    const COLLECTION: &'static str = "orders";
+    const COMMANDS: &'static [CommandSpec] = &[
+        CommandSpec {
+            name: CommandKind::Place.name(),
+            segment: None,
+            summary: "Place an order",
+            body_schema: schema_of::<PlaceBody<'static>>,
+        },
+        CommandSpec {
+            name: CommandKind::Pay.name(),
+            segment: Some("payment"),
+            summary: "Pay a placed order (the amount must equal its total)",
+            body_schema: schema_of::<PayBody<'static>>,
+        },
+        CommandSpec {
+            name: CommandKind::Ship.name(),
+            segment: Some("shipment"),
+            summary: "Ship a paid order",
+            body_schema: schema_of::<ShipBody<'static>>,
+        },
+        CommandSpec {
+            name: CommandKind::Cancel.name(),
+            segment: Some("cancellation"),
+            summary: "Cancel an order that has not shipped",
+            body_schema: schema_of::<CancelBody<'static>>,
+        },
+    ];
+
+    fn parse(command: &'static str, body: &[u8]) -> Result<OrderCommand, CommandError> {
+        Ok(match CommandKind::named(command) {
+            Some(CommandKind::Place) => OrderCommand::Place(PlaceOrder::parse(body)?),
+            Some(CommandKind::Pay) => OrderCommand::Pay(PayOrder::parse(body)?),
+            Some(CommandKind::Ship) => OrderCommand::Ship(ShipOrder::parse(body)?),
+            Some(CommandKind::Cancel) => OrderCommand::Cancel(CancelOrder::parse(body)?),
+            None => {
+                return Err(CommandError::Malformed(format!(
+                    "orders have no command `{command}`"
+                )));
+            }
+        })
+    }
+
+    fn requested(command: &OrderCommand) -> OrderPayload {
+        command.requested()
+    }
+
+    fn decide(state: Option<&Self>, command: &OrderCommand) -> Result<OrderPayload, Rejection> {
+        decide(state, command)
+    }
+
+    fn evolve(state: Option<&Self>, event: &OrderEvent) -> Option<Self> {
+        evolve(state, &event.payload)
+    }
+
+    fn event(metadata: EventMetadata, id: &str, version: i64, payload: OrderPayload) -> OrderEvent {
         OrderEvent {
             envelope: Envelope {
-                event_id: self.event_id,
-                aggregate_id: order_id.to_owned(),
+                event_id: metadata.event_id,
+                aggregate_id: id.to_owned(),
                 aggregate_version: version,
-                occurred_at_ms: self.occurred_at_ms,
-                command_id: self.command_id,
-                idempotency_key: self.idempotency_key,
-                correlation_id: self.correlation_id,
+                occurred_at_ms: metadata.occurred_at_ms,
+                command_id: metadata.command_id,
+                idempotency_key: metadata.idempotency_key,
+                correlation_id: metadata.correlation_id,
             },
             payload,
         }
+    }
+
+    fn payload(event: &OrderEvent) -> &OrderPayload {
+        &event.payload
+    }
+
+    fn command_of(event: &OrderEvent) -> &'static str {
+        CommandKind::of_payload(&event.payload).name()
     }
 }
 
@@ -993,20 +837,20 @@ mod tests {
     fn pay(amount_cents: i64) -> OrderCommand {
         OrderCommand::Pay(PayOrder {
             amount_cents,
-            payment_ref: Text("p".into()),
+            payment_ref: Text::parse("p").unwrap(),
         })
     }
 
     fn ship() -> OrderCommand {
         OrderCommand::Ship(ShipOrder {
-            carrier: Text("DHL".into()),
-            tracking_number: Text("1".into()),
+            carrier: Text::parse("DHL").unwrap(),
+            tracking_number: Text::parse("1").unwrap(),
         })
     }
 
     fn cancel() -> OrderCommand {
         OrderCommand::Cancel(CancelOrder {
-            reason: Text("r".into()),
+            reason: Text::parse("r").unwrap(),
         })
     }
 

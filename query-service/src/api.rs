@@ -47,43 +47,25 @@ pub fn routes(config: &mut web::ServiceConfig) {
 /// Every route a replica serves; the router is built from it and the OpenAPI document
 /// ([`crate::openapi`]) is held to it.
 pub const ROUTES: [http_edge::Route; 9] = [
-    http_edge::Route {
-        path: "/orders/{id}",
-        methods: &["GET"],
-        resource: |path| readable(path, get_order),
-    },
-    http_edge::Route {
-        path: "/customers/{customer_id}/orders",
-        methods: &["GET"],
-        resource: |path| readable(path, customer_orders),
-    },
-    http_edge::Route {
-        path: "/internal/customers/{customer_id}/orders",
-        methods: &["GET"],
-        resource: |path| readable(path, customer_orders_here),
-    },
-    http_edge::Route {
-        path: "/admin/cluster",
-        methods: &["GET"],
-        resource: |path| readable(path, admin_cluster),
-    },
-    http_edge::Route {
-        path: "/health/live",
-        methods: &["GET"],
-        resource: |path| readable(path, http_edge::health::live),
-    },
-    http_edge::Route {
-        path: "/health/ready",
-        methods: &["GET"],
-        resource: |path| readable(path, ready),
-    },
-    http_edge::Route {
-        path: "/metrics",
-        methods: &["GET"],
-        resource: |path| readable(path, metrics),
-    },
-    http_edge::docs::ROUTES[0],
-    http_edge::docs::ROUTES[1],
+    http_edge::Route::fixed("/orders/{id}", &["GET"], |path| readable(path, get_order)),
+    http_edge::Route::fixed("/customers/{customer_id}/orders", &["GET"], |path| {
+        readable(path, customer_orders)
+    }),
+    http_edge::Route::fixed(
+        "/internal/customers/{customer_id}/orders",
+        &["GET"],
+        |path| readable(path, customer_orders_here),
+    ),
+    http_edge::Route::fixed("/admin/cluster", &["GET"], |path| {
+        readable(path, admin_cluster)
+    }),
+    http_edge::Route::fixed("/health/live", &["GET"], |path| {
+        readable(path, http_edge::health::live)
+    }),
+    http_edge::Route::fixed("/health/ready", &["GET"], |path| readable(path, ready)),
+    http_edge::Route::fixed("/metrics", &["GET"], |path| readable(path, metrics)),
+    http_edge::docs::OPENAPI_ROUTE,
+    http_edge::docs::DOCS_ROUTE,
 ];
 
 /// Ready once the replica joined the group and every partition it owns has caught up to within

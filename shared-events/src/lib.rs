@@ -1,6 +1,9 @@
 //! Events on the wire, for any domain: the Avro contract between the command service, the query
 //! replicas and any other Kafka client. The domains' own events live in their crates.
 //!
+//! - [`aggregate`]: the contract between a domain's aggregate and the command engine
+//!   ([`Aggregate`]): parse, decide, evolve.
+//! - [`validation`]: the toolkit request bodies are checked with, naming every bad field.
 //! - [`event`]: the small trait a domain event implements to travel as Avro ([`AvroEvent`]).
 //! - [`binary`]: the Avro binary primitives an event writes its record with.
 //! - [`wire`]: the Confluent wire format (magic byte, 4-byte schema id, Avro body) through a
@@ -14,13 +17,16 @@
 //! compiled with, registered under the topic's value subject; decoding resolves whatever writer
 //! schema a record carries against that same reader schema, so compatible evolutions read fine.
 
+pub mod aggregate;
 pub mod binary;
 pub mod event;
 pub mod key;
 pub mod partitioner;
 pub mod position;
+pub mod validation;
 pub mod wire;
 
+pub use aggregate::{Aggregate, CommandError, CommandSpec, EventMetadata, FieldError, Rejection};
 pub use binary::AvroWriter;
 pub use event::{AvroEvent, EventEnvelope, EventError};
 pub use key::Identifier;

@@ -373,7 +373,7 @@ async fn health_and_metrics_answer() {
         "command_service_queue_depth",
         "command_service_batch_size_bucket",
         "command_service_commit_seconds_bucket",
-        "command_service_commands_total{command=\"place\",status=\"201\"} 1",
+        "command_service_commands_total{command=\"place\",status=\"201\",aggregate=\"order\"} 1",
     ] {
         assert!(text.contains(name), "metrics lack {name}:\n{text}");
     }

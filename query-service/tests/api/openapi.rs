@@ -51,11 +51,11 @@ async fn the_document_matches_the_router_and_every_request_gets_its_promised_sta
         let mut request = http
             .get(format!("{}{path}", replica.address))
             .header("consistency-token", &written.token);
-        if document["paths"][route.path]["get"]["security"].is_array() {
+        if document["paths"][&*route.path]["get"]["security"].is_array() {
             request = request.bearer_auth(ADMIN_TOKEN);
         }
         let response = request.send().await.unwrap();
-        let promised = promised_status(&document, route.path, "GET").unwrap();
+        let promised = promised_status(&document, &route.path, "GET").unwrap();
         assert_eq!(response.status().as_u16(), promised, "GET {path}");
     }
     replica.stop().await;

@@ -288,7 +288,7 @@ pub(crate) fn run(ws: &Workspace, args: &QueryBench) -> anyhow::Result<()> {
                     .await?;
                 metric_value(
                     &metrics,
-                    "command_service_commands_total{command=\"place\",status=\"201\"} ",
+                    "command_service_commands_total{command=\"place\",status=\"201\",aggregate=\"order\"} ",
                 )
                 .context("the command service's metrics lack the count of placed orders")
             })?;

@@ -1,4 +1,4 @@
-//! Prometheus metrics of the command service, served at `/metrics` (OpenMetrics text).
+//! Prometheus metrics of the command side, served at `/metrics` (OpenMetrics text).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -11,6 +11,13 @@ use prometheus_client::registry::Registry;
 pub struct CommandLabels {
     pub command: &'static str,
     pub status: u16,
+    /// The aggregate's name (`order`).
+    pub aggregate: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AggregateLabel {
+    pub aggregate: &'static str,
 }
 
 /// What the batcher records about each transaction.
@@ -56,8 +63,8 @@ pub struct Metrics {
     registry: Registry,
     pub commands: Family<CommandLabels, Counter>,
     pub queue_depth: Gauge,
-    pub aggregates: Gauge,
-    pub idempotency_keys: Gauge,
+    pub aggregates: Family<AggregateLabel, Gauge>,
+    pub idempotency_keys: Family<AggregateLabel, Gauge>,
     pub batch: BatchMetrics,
 }
 
@@ -66,12 +73,12 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("command_service");
         let commands = Family::<CommandLabels, Counter>::default();
         let queue_depth = Gauge::default();
-        let aggregates = Gauge::default();
-        let idempotency_keys = Gauge::default();
+        let aggregates = Family::<AggregateLabel, Gauge>::default();
+        let idempotency_keys = Family::<AggregateLabel, Gauge>::default();
         let batch = BatchMetrics::default();
         registry.register(
             "commands",
-            "Commands answered, by command and HTTP status",
+            "Commands answered, by aggregate, command and HTTP status",
             commands.clone(),
         );
         registry.register(
@@ -81,12 +88,12 @@ impl Default for Metrics {
         );
         registry.register(
             "aggregates",
-            "Aggregates in the write model",
+            "Aggregates in the write model, by kind",
             aggregates.clone(),
         );
         registry.register(
             "idempotency_keys",
-            "Idempotency keys remembered or in flight",
+            "Idempotency keys remembered or in flight, by aggregate kind",
             idempotency_keys.clone(),
         );
         registry.register(

@@ -8,23 +8,17 @@
 //! never wait for each other and share transactions.
 //!
 //! The model is rebuilt from the topic at start ([`crate::replay`]) and then kept by the command
-//! flow itself, which is why one command-service instance must own a topic at a time.
+//! flow itself, which is why one command-service instance must own a topic at a time. There is
+//! one model per partition of the topic ([`crate::lane`]), so that a partition's model can move
+//! between instances on its own.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use shared_events::{AvroEvent, EventEnvelope};
+use shared_events::{Aggregate, EventEnvelope};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::sharded::ShardedMap;
-
-/// An aggregate's state as the command side keeps it.
-pub trait Aggregate: Sized + Send + Sync + 'static {
-    type Event: AvroEvent + EventEnvelope + Send + Sync;
-
-    /// The state after `event`, or None when the event cannot follow `state`.
-    fn evolve(state: Option<&Self>, event: &Self::Event) -> Option<Self>;
-}
 
 /// One aggregate: its state (None until its first event) and the version of its last event.
 #[derive(Debug)]
@@ -56,7 +50,7 @@ pub type LockedSlot<A> = OwnedMutexGuard<Slot<A>>;
 
 type SlotCell<A> = Arc<tokio::sync::Mutex<Slot<A>>>;
 
-/// Shards of the map. The model holds every aggregate ever written, and a map that outgrows its
+/// Shards of the maps of one topic, spread over its partitions' models. The model holds every aggregate ever written, and a map that outgrows its
 /// table rehashes every key in it while the inserting HTTP thread waits. Keys spread evenly, so
 /// all shards outgrow their tables within moments of each other: with 64 shards, at 3.6 million
 /// aggregates, that was 64 rehashes of ~57 000 keys (~11 ms each, 0.7 s in all) within two
@@ -73,14 +67,19 @@ pub struct WriteModel<A> {
 
 impl<A: Aggregate> Default for WriteModel<A> {
     fn default() -> Self {
-        Self {
-            slots: ShardedMap::new(SHARDS),
-            gaps: AtomicU64::new(0),
-        }
+        Self::for_partition_of(1)
     }
 }
 
 impl<A: Aggregate> WriteModel<A> {
+    /// The model of one of `partitions` partitions: its share of the shards.
+    pub fn for_partition_of(partitions: usize) -> Self {
+        Self {
+            slots: ShardedMap::new((SHARDS / partitions.max(1)).max(64)),
+            gaps: AtomicU64::new(0),
+        }
+    }
+
     /// The aggregate's cell, if it has ever had an event (or a command in flight).
     pub fn get(&self, id: &str) -> Option<SlotCell<A>> {
         self.slots.shard(id).get(id).cloned()
@@ -146,7 +145,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::WriteModel;
-    use orders::commands::OrderState;
+    use crate::toy::Counter as OrderState;
 
     #[test]
     fn one_cell_per_aggregate_across_shards() {

@@ -20,7 +20,8 @@
 //! - The queue is bounded: [`Batcher::submit`] fails at once with [`SubmitError::Full`].
 //! - [`Batcher::close`] stops intake; the workers drain what was queued, then exit.
 //!
-//! The batcher knows nothing of the domain: it moves keyed byte records to one topic.
+//! The batcher knows nothing of the domain: it moves keyed byte records to the topic and
+//! partition each names, and one transaction may span several topics.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -43,7 +44,6 @@ use crate::metrics::{BatchMetrics, OutcomeLabel};
 #[derive(Debug, Clone)]
 pub struct BatcherConfig {
     pub kafka: service_config::KafkaArgs,
-    pub topic: String,
     /// Prefix of each worker's `transactional.id`; must be unique per running instance.
     pub transactional_id_prefix: String,
     pub workers: usize,
@@ -103,11 +103,20 @@ pub type CommitResult = Result<Position, CommitError>;
 /// learned the outcome, so it must be quick and must not block.
 pub type OnOutcome = Box<dyn FnOnce(CommitResult) + Send>;
 
+/// A record to write: where, its key, its encoded value.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: Arc<str>,
+    /// The partition the key belongs to (the caller computed it with Kafka's partitioner).
+    pub partition: i32,
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
 /// One record waiting for its transaction.
 struct Pending {
     queued_at: Instant,
-    key: String,
-    value: Vec<u8>,
+    record: Record,
     on_outcome: OnOutcome,
 }
 
@@ -122,7 +131,9 @@ pub struct Batcher {
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("key", &self.key).finish()
+        f.debug_struct("Pending")
+            .field("record", &self.record)
+            .finish()
     }
 }
 
@@ -168,19 +179,13 @@ impl Batcher {
     /// Queues a record. `on_outcome` is called once its transaction committed or failed, on
     /// the worker's thread; if the record is not queued (the error), or a worker dies with it,
     /// `on_outcome` is dropped without being called.
-    pub fn submit(
-        &self,
-        key: String,
-        value: Vec<u8>,
-        on_outcome: OnOutcome,
-    ) -> Result<(), SubmitError> {
+    pub fn submit(&self, record: Record, on_outcome: OnOutcome) -> Result<(), SubmitError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(SubmitError::Closed);
         }
         match self.queue.try_send(Pending {
             queued_at: Instant::now(),
-            key,
-            value,
+            record,
             on_outcome,
         }) {
             Ok(()) => Ok(()),
@@ -507,7 +512,6 @@ impl Worker {
     }
 
     fn transact(&mut self, batch: &[Pending]) -> Verdict {
-        let topic = self.config.topic.clone();
         let timeout = self.config.kafka_timeout;
         if let Err(error) = self.ensure_producer() {
             return Verdict::NotCommitted(error);
@@ -524,9 +528,10 @@ impl Worker {
         let begun = Instant::now();
         producer.context().reset(batch.len());
         for (index, pending) in batch.iter().enumerate() {
-            let record = BaseRecord::with_opaque_to(&topic, index)
-                .key(pending.key.as_bytes())
-                .payload(&pending.value);
+            let record = BaseRecord::with_opaque_to(&pending.record.topic, index)
+                .partition(pending.record.partition)
+                .key(pending.record.key.as_bytes())
+                .payload(&pending.record.value);
             if let Err((e, _)) = producer.send(record) {
                 // Never committed: abort, and if even that fails, the broker aborts the
                 // transaction when the replacement producer fences this one.
@@ -697,7 +702,7 @@ impl Worker {
                 )));
                 continue;
             };
-            let committed = self.is_committed(&consumer, *position, &pending.key)?;
+            let committed = self.is_committed(&consumer, &pending.record, *position)?;
             answers.push(if committed {
                 Ok(*position)
             } else {
@@ -711,13 +716,14 @@ impl Worker {
     fn is_committed(
         &self,
         consumer: &BaseConsumer,
+        record: &Record,
         position: Position,
-        key: &str,
     ) -> Result<bool, CommitError> {
+        let key = &record.key;
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(
-                &self.config.topic,
+                &record.topic,
                 position.partition,
                 Offset::Offset(position.offset),
             )

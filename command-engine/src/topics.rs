@@ -1,4 +1,4 @@
-//! Creating the event topic when it does not exist yet.
+//! Creating an aggregate's topic when it does not exist yet, and learning its partitions.
 
 use std::time::Duration;
 
@@ -20,17 +20,20 @@ pub enum TopicError {
         topic: String,
         code: RDKafkaErrorCode,
     },
+    #[error("topic `{0}` shows no partitions")]
+    NoPartitions(String),
 }
 
 /// Creates `topic` with the given shape and unlimited retention unless it exists (whatever its
-/// shape: an existing topic's configuration is the operator's).
+/// shape: an existing topic's configuration is the operator's), and answers how many
+/// partitions it has.
 pub async fn ensure_topic(
     kafka: &service_config::KafkaArgs,
     topic: &str,
     partitions: i32,
     replication: i32,
     timeout: Duration,
-) -> Result<(), TopicError> {
+) -> Result<i32, TopicError> {
     let client_error = |source| TopicError::Client {
         topic: topic.to_owned(),
         source,
@@ -60,5 +63,24 @@ pub async fn ensure_topic(
             }
         }
     }
-    Ok(())
+    // A topic just created may take a moment to show up in every broker's metadata.
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(client_error)?;
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map_or(0, |t| t.partitions().len());
+        if found > 0 {
+            return Ok(i32::try_from(found).unwrap_or(i32::MAX));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(TopicError::NoPartitions(topic.to_owned()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -5,10 +5,12 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 
-use crate::batcher::{CommitError, SubmitError};
 use http_edge::ProblemType;
+use http_edge::body::BodyError;
+use http_edge::precondition::BadIfMatch;
+use shared_events::{CommandError, FieldError};
 
-use orders::commands::{CommandError, FieldError};
+use crate::batcher::{CommitError, SubmitError};
 
 /// Everything a command handler can answer besides success.
 #[derive(Debug, thiserror::Error)]
@@ -33,19 +35,26 @@ pub enum ApiError {
     KafkaUnreachable,
     #[error("the event could not be encoded: {0}")]
     Encode(#[source] shared_events::WireError),
-    #[error("`{0}` is not a valid order id: {1}")]
-    BadId(String, String),
+    #[error("`{id}` is not a valid {aggregate} id: {reason}")]
+    BadId {
+        aggregate: &'static str,
+        id: String,
+        reason: String,
+    },
     #[error("{0}")]
-    BadHeader(&'static str),
-    #[error("order {0} does not exist")]
-    UnknownOrder(String),
+    BadHeader(String),
+    #[error("{aggregate} {id} does not exist")]
+    Unknown { aggregate: &'static str, id: String },
     #[error("{0}")]
     Conflict(String),
     #[error("{}", match current {
-        Some(version) => format!("If-Match does not match the order's ETag \"{version}\""),
-        None => "If-Match needs an existing order".to_owned(),
+        Some(version) => format!("If-Match does not match the {aggregate}'s ETag \"{version}\""),
+        None => format!("If-Match needs an existing {aggregate}"),
     })]
-    PreconditionFailed { current: Option<i64> },
+    PreconditionFailed {
+        aggregate: &'static str,
+        current: Option<i64>,
+    },
     #[error("this Idempotency-Key was already used for a different request")]
     KeyReused,
     #[error("{0}; retry shortly")]
@@ -64,6 +73,24 @@ impl From<CommandError> for ApiError {
             CommandError::Malformed(detail) => Self::Malformed(detail),
             CommandError::Invalid(fields) => Self::Invalid(fields),
         }
+    }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(error: BodyError) -> Self {
+        match error {
+            BodyError::NotJson => Self::UnsupportedMediaType,
+            BodyError::Encoded(coding) => Self::UnsupportedEncoding(coding),
+            BodyError::TooLarge { limit } => Self::TooLarge { limit },
+            BodyError::Timeout => Self::BodyTimeout,
+            BodyError::Broken(_) => Self::Malformed(error.to_string()),
+        }
+    }
+}
+
+impl From<BadIfMatch> for ApiError {
+    fn from(error: BadIfMatch) -> Self {
+        Self::BadHeader(error.to_string())
     }
 }
 
@@ -87,12 +114,8 @@ pub mod types {
         StatusCode::BAD_REQUEST,
         None,
     );
-    pub const INVALID_ID: ProblemType = ProblemType::new(
-        "invalid-id",
-        "Invalid order id",
-        StatusCode::BAD_REQUEST,
-        None,
-    );
+    pub const INVALID_ID: ProblemType =
+        ProblemType::new("invalid-id", "Invalid id", StatusCode::BAD_REQUEST, None);
     pub const INVALID_HEADER: ProblemType = ProblemType::new(
         "invalid-header",
         "Invalid header",
@@ -100,9 +123,9 @@ pub mod types {
         None,
     );
     pub const NOT_FOUND: ProblemType = http_edge::problem::NOT_FOUND;
-    pub const ORDER_NOT_FOUND: ProblemType = ProblemType::new(
-        "order-not-found",
-        "Order not found",
+    pub const AGGREGATE_NOT_FOUND: ProblemType = ProblemType::new(
+        "aggregate-not-found",
+        "No such aggregate",
         StatusCode::NOT_FOUND,
         None,
     );
@@ -194,7 +217,7 @@ pub mod types {
         INVALID_ID,
         INVALID_HEADER,
         NOT_FOUND,
-        ORDER_NOT_FOUND,
+        AGGREGATE_NOT_FOUND,
         METHOD_NOT_ALLOWED,
         REQUEST_TIMEOUT,
         RULE_VIOLATED,
@@ -227,9 +250,9 @@ impl ApiError {
             Self::Commit(_) | Self::CommitTimeout(_) => &KAFKA_UNAVAILABLE,
             Self::KafkaUnreachable => &KAFKA_UNREACHABLE,
             Self::Encode(_) => &REGISTRY_UNAVAILABLE,
-            Self::BadId(..) => &INVALID_ID,
+            Self::BadId { .. } => &INVALID_ID,
             Self::BadHeader(_) => &INVALID_HEADER,
-            Self::UnknownOrder(_) => &ORDER_NOT_FOUND,
+            Self::Unknown { .. } => &AGGREGATE_NOT_FOUND,
             Self::Conflict(_) => &RULE_VIOLATED,
             Self::PreconditionFailed { .. } => &VERSION_MISMATCH,
             Self::KeyReused => &IDEMPOTENCY_KEY_REUSED,

@@ -1,0 +1,498 @@
+//! The one command flow every aggregate's commands go through, and the routes that lead to it.
+//!
+//! parse → `Idempotency-Key` claim → lock the aggregate → check `If-Match` → decide → encode →
+//! queue → wait (bounded) for the commit → answer.
+//!
+//! Once queued, a command's aftermath belongs to its [`Settlement`]: the aggregate's lock and
+//! the idempotency claim are released when the batcher learns the record's fate, even if the
+//! request stopped waiting, and a settlement dropped unanswered releases them as "not
+//! committed". So an aggregate is never left locked, and a key never left claimed, by a request
+//! that went away.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, Resource, web};
+use http_edge::Route;
+use http_edge::precondition::IfMatch;
+use shared_events::{
+    Aggregate, CommandSpec, ConsistencyToken, EventEnvelope, EventMetadata, Identifier,
+};
+use tokio::sync::oneshot;
+use tokio::time::{Instant, timeout_at};
+
+use crate::batcher::{Batcher, CommitError, CommitResult, Record};
+use crate::circuit::BrokerCircuit;
+use crate::idempotency::{Begin, Claim, Fingerprint, Receipt};
+use crate::lane::{Lane, receipt_of};
+use crate::metrics::{CommandLabels, Metrics};
+use crate::problem::ApiError;
+use crate::write_model::{LockedSlot, WriteModel};
+
+/// What every aggregate's commands share.
+#[derive(Debug)]
+pub struct Engine {
+    pub batcher: Arc<Batcher>,
+    pub circuit: Arc<BrokerCircuit>,
+    pub metrics: Arc<Metrics>,
+    pub max_body_bytes: usize,
+    /// From the request's arrival to its answer, body and commit included.
+    pub request_timeout: Duration,
+}
+
+/// The path of a command's route: `/orders` or `/orders/{id}/payment`.
+pub fn path_of<A: Aggregate>(spec: &CommandSpec) -> String {
+    match spec.segment {
+        None => format!("/{}", A::COLLECTION),
+        Some(segment) => format!("/{}/{{id}}/{segment}", A::COLLECTION),
+    }
+}
+
+/// The routes of `A`'s commands. Each answers `POST` only (else `405` with `Allow`).
+///
+/// The method is checked in the handler, not with a route guard: actix's method guards record
+/// each method they test in the request's extensions, for their own `Allow` header, which
+/// costs an allocation and a drop on every command.
+pub fn routes<A: Aggregate>() -> Vec<Route> {
+    A::COMMANDS
+        .iter()
+        .map(|spec| Route {
+            path: Cow::Owned(path_of::<A>(spec)),
+            methods: &["POST"],
+            resource: resource::<A>,
+        })
+        .collect()
+}
+
+/// The command a resource serves, as an index into `A::COMMANDS`.
+#[derive(Debug, Clone, Copy)]
+struct CommandIndex(usize);
+
+fn resource<A: Aggregate>(path: &str) -> Resource {
+    let index = A::COMMANDS
+        .iter()
+        .position(|spec| path_of::<A>(spec) == path)
+        .unwrap_or_default();
+    web::resource(path)
+        .app_data(CommandIndex(index))
+        .to(handle::<A>)
+}
+
+async fn handle<A: Aggregate>(
+    request: HttpRequest,
+    payload: web::Payload,
+    engine: web::Data<Engine>,
+    lane: web::Data<Lane<A>>,
+) -> Result<HttpResponse, ApiError> {
+    let index = request.app_data::<CommandIndex>().map_or(0, |i| i.0);
+    let spec = &A::COMMANDS[index.min(A::COMMANDS.len().saturating_sub(1))];
+    let result = if request.method() == actix_web::http::Method::POST {
+        execute(&request, payload, &engine, &lane, spec).await
+    } else {
+        Err(ApiError::MethodNotAllowed("POST"))
+    };
+    let status = match &result {
+        Ok(response) => response.status().as_u16(),
+        Err(error) => actix_web::ResponseError::status_code(error).as_u16(),
+    };
+    engine
+        .metrics
+        .commands
+        .get_or_create(&CommandLabels {
+            command: spec.name,
+            status,
+            aggregate: A::NAME,
+        })
+        .inc();
+    result
+}
+
+async fn execute<A: Aggregate>(
+    request: &HttpRequest,
+    payload: web::Payload,
+    engine: &Engine,
+    lane: &Lane<A>,
+    spec: &CommandSpec,
+) -> Result<HttpResponse, ApiError> {
+    let deadline = Instant::now() + engine.request_timeout;
+    let target = request.match_info().get("id");
+    if let Some(id) = target {
+        Identifier::parse(id).map_err(|reason| ApiError::BadId {
+            aggregate: A::NAME,
+            id: id.to_owned(),
+            reason,
+        })?;
+    }
+    let body =
+        http_edge::body::read_json(request, payload, engine.max_body_bytes, deadline).await?;
+    let command = A::parse(spec.name, &body)?;
+    let key = idempotency_key(request)?;
+    let if_match = IfMatch::from_request(request)?;
+    if engine.circuit.is_open() {
+        return Err(ApiError::KafkaUnreachable);
+    }
+
+    // The partition the command lives in: its aggregate's, or for a new aggregate without a
+    // chosen id, its idempotency key's (the new id is made to fall there), so that the receipt
+    // and the aggregate share a partition.
+    let named = target.or_else(|| A::chosen_id(&command));
+    let partition = match (named, &key) {
+        (Some(id), _) => lane.partition_of(id),
+        (None, Some(key)) => lane.partition_of(key),
+        (None, None) => lane.partition_of(&uuid::Uuid::new_v4().to_string()),
+    };
+
+    let claim = match &key {
+        None => None,
+        Some(key) => {
+            let fingerprint = Fingerprint::new(spec.name, target, &A::requested(&command));
+            match timeout_at(deadline, partition.idempotency.begin(key, fingerprint)).await {
+                Err(_) => {
+                    return Err(ApiError::Busy(
+                        "an earlier attempt with this Idempotency-Key is still in progress",
+                    ));
+                }
+                Ok(Begin::Replay(receipt)) => return Ok(respond::<A>(lane, &receipt, true)),
+                Ok(Begin::Mismatch) => return Err(ApiError::KeyReused),
+                Ok(Begin::First(claim)) => Some(claim),
+            }
+        }
+    };
+
+    let id = match named {
+        Some(id) => id.to_owned(),
+        None => lane.new_id_in(partition),
+    };
+    let model = &partition.model;
+    let cell = if spec.creates() {
+        model.get_or_create(&id)
+    } else {
+        model.get(&id).ok_or_else(|| ApiError::Unknown {
+            aggregate: A::NAME,
+            id: id.clone(),
+        })?
+    };
+    let slot = timeout_at(deadline, cell.lock_owned())
+        .await
+        .map_err(|_| ApiError::Busy("the aggregate is busy with another command"))?;
+    if !spec.creates() && slot.state.is_none() {
+        // Known only from a first command that is still failing or failed.
+        return Err(ApiError::Unknown {
+            aggregate: A::NAME,
+            id,
+        });
+    }
+    let current = slot.state.is_some().then_some(slot.version);
+    if let Some(precondition) = &if_match
+        && !precondition.holds(current)
+    {
+        model.forget_if_empty(&id, &slot);
+        return Err(ApiError::PreconditionFailed {
+            aggregate: A::NAME,
+            current,
+        });
+    }
+    let payload = match A::decide(slot.state.as_ref(), &command) {
+        Ok(payload) => payload,
+        Err(rejection) => {
+            model.forget_if_empty(&id, &slot);
+            return Err(ApiError::Conflict(rejection.0));
+        }
+    };
+    let metadata = EventMetadata {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        occurred_at_ms: now_ms(),
+        command_id: uuid::Uuid::new_v4().to_string(),
+        idempotency_key: key,
+        correlation_id: header_or_new(request, "x-correlation-id"),
+    };
+    let event = A::event(metadata, &id, slot.version + 1, payload);
+    let value = lane.codec().encode(&event).await.map_err(|error| {
+        model.forget_if_empty(&id, &slot);
+        ApiError::Encode(error)
+    })?;
+
+    let (settled, outcome) = oneshot::channel();
+    let settlement = Settlement(Some(Aftermath {
+        model: Arc::clone(model),
+        slot,
+        claim,
+        event,
+        settled,
+    }));
+    let on_outcome = Box::new(move |result| settlement.settle(result));
+    let record = Record {
+        topic: Arc::clone(lane.topic()),
+        partition: partition.number,
+        key: id,
+        value,
+    };
+    // A record that was not queued drops its settlement unsettled, which releases the aggregate.
+    engine.batcher.submit(record, on_outcome)?;
+    match timeout_at(deadline, outcome).await {
+        Ok(Ok(Ok(receipt))) => Ok(respond::<A>(lane, &receipt, false)),
+        Ok(Ok(Err(error))) => Err(error.into()),
+        Ok(Err(_)) => Err(ApiError::ShuttingDown),
+        Err(_) => Err(ApiError::CommitTimeout(engine.request_timeout)),
+    }
+}
+
+/// A queued command's aftermath, run by the producer worker that learned its record's fate:
+/// apply the event to the write model, remember the idempotency receipt, release the aggregate,
+/// tell the waiting request. On the worker's thread because it is quick and saves a task and a
+/// wake-up per command.
+pub(crate) struct Settlement<A: Aggregate>(Option<Aftermath<A>>);
+
+pub(crate) struct Aftermath<A: Aggregate> {
+    model: Arc<WriteModel<A>>,
+    slot: LockedSlot<A>,
+    claim: Option<Claim>,
+    event: A::Event,
+    settled: oneshot::Sender<Result<Receipt, CommitError>>,
+}
+
+impl<A: Aggregate> Settlement<A> {
+    fn settle(mut self, result: CommitResult) {
+        if let Some(aftermath) = self.0.take() {
+            aftermath.settle(result);
+        }
+    }
+}
+
+impl<A: Aggregate> Drop for Settlement<A> {
+    /// Dropped unsettled: the record was never queued, or the worker holding it died. Either
+    /// way nothing will answer for it, so it is released as not committed (an empty aggregate is
+    /// forgotten, the idempotency key is freed).
+    fn drop(&mut self) {
+        if let Some(aftermath) = self.0.take() {
+            aftermath.settle(Err(CommitError::InDoubt(
+                "the producer stopped before answering".into(),
+            )));
+        }
+    }
+}
+
+impl<A: Aggregate> Aftermath<A> {
+    fn settle(self, result: CommitResult) {
+        let Self {
+            model,
+            mut slot,
+            claim,
+            event,
+            settled,
+        } = self;
+        let outcome = match result {
+            Ok(position) => {
+                if !slot.apply(&event) {
+                    tracing::error!(
+                        aggregate = A::NAME,
+                        id = event.aggregate_id(),
+                        "a committed event did not apply to the write model"
+                    );
+                }
+                let receipt = receipt_of::<A>(&event, position);
+                if let Some(claim) = claim {
+                    claim.committed(receipt.clone(), now_ms());
+                }
+                Ok(receipt)
+            }
+            Err(error) => {
+                model.forget_if_empty(event.aggregate_id(), &slot);
+                // Dropping the claim lets a retry with the same key try again.
+                drop(claim);
+                Err(error)
+            }
+        };
+        drop(slot);
+        // A request that stopped waiting (client gone, timed out) is not our failure.
+        let _ = settled.send(outcome);
+    }
+}
+
+/// The success body of every command: `<aggregate>_id`, `version`, `event_id`, `position`.
+fn respond<A: Aggregate>(lane: &Lane<A>, receipt: &Receipt, replayed: bool) -> HttpResponse {
+    let token = ConsistencyToken {
+        topic: lane.topic().to_string(),
+        position: receipt.position,
+    };
+    let mut response = if receipt.created {
+        let mut created = HttpResponse::Created();
+        created.insert_header((
+            header::LOCATION,
+            format!("/{}/{}", A::COLLECTION, receipt.aggregate_id),
+        ));
+        created
+    } else {
+        HttpResponse::Ok()
+    };
+    response
+        .insert_header(("Consistency-Token", token.to_string()))
+        .insert_header((header::ETAG, format!("\"{}\"", receipt.version)));
+    if replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    // Written by hand: the name of the id member is the aggregate's.
+    let body = format!(
+        r#"{{"{}_id":{},"version":{},"event_id":{},"position":{{"partition":{},"offset":{}}}}}"#,
+        A::NAME,
+        json_string(&receipt.aggregate_id),
+        receipt.version,
+        json_string(&receipt.event_id),
+        receipt.position.partition,
+        receipt.position.offset,
+    );
+    response.content_type("application/json").body(body)
+}
+
+/// `text` as a JSON string.
+fn json_string(text: &str) -> String {
+    serde_json::Value::from(text).to_string()
+}
+
+/// The `Idempotency-Key` header: 1..=255 visible ASCII characters.
+fn idempotency_key(request: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = request.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key)
+            if !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(key.to_owned()))
+        }
+        _ => Err(ApiError::BadHeader(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+        )),
+    }
+}
+
+/// A client-supplied id header (at most 128 visible ASCII characters), or a fresh UUID.
+fn header_or_new(request: &HttpRequest, name: &str) -> String {
+    request
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use shared_events::Position;
+    use tokio::sync::oneshot;
+
+    use super::{Aftermath, Settlement};
+    use crate::batcher::CommitError;
+    use crate::idempotency::{Begin, Fingerprint, IdempotencyIndex};
+    use crate::toy::{Counter, event};
+    use crate::write_model::WriteModel;
+
+    /// A settlement dropped unanswered (never queued, or its worker died) releases everything
+    /// it held, as "not committed": the waiting request hears so, the new aggregate is
+    /// forgotten, its lock is free, and the idempotency key can be used again.
+    #[tokio::test]
+    async fn a_settlement_dropped_unanswered_releases_all_it_held() {
+        let model = Arc::new(WriteModel::<Counter>::default());
+        let index = IdempotencyIndex::new(Duration::from_secs(60), 10);
+        let fingerprint = || Fingerprint::new("open", None, &1);
+        let Begin::First(claim) = index.begin("k", fingerprint()).await else {
+            panic!("expected a first attempt");
+        };
+        let cell = model.get_or_create("c-1");
+        let slot = Arc::clone(&cell).lock_owned().await;
+        let (settled, outcome) = oneshot::channel();
+        let settlement = Settlement(Some(Aftermath {
+            model: Arc::clone(&model),
+            slot,
+            claim: Some(claim),
+            event: event("c-1", 1, 0, Some("k")),
+            settled,
+        }));
+
+        drop(settlement);
+
+        assert!(matches!(outcome.await, Ok(Err(CommitError::InDoubt(_)))));
+        assert!(
+            model.get("c-1").is_none(),
+            "the empty aggregate is forgotten"
+        );
+        assert!(cell.try_lock().is_ok(), "the lock is free");
+        assert!(
+            matches!(index.begin("k", fingerprint()).await, Begin::First(_)),
+            "the key is free for a retry"
+        );
+    }
+
+    /// Settled as committed: the event is applied, the receipt remembered for the key.
+    #[tokio::test]
+    async fn a_committed_settlement_applies_the_event_and_keeps_the_receipt() {
+        let model = Arc::new(WriteModel::<Counter>::default());
+        let index = IdempotencyIndex::new(Duration::from_secs(60), 10);
+        let fingerprint = || Fingerprint::new("open", None, &1);
+        let Begin::First(claim) = index.begin("k", fingerprint()).await else {
+            panic!("expected a first attempt");
+        };
+        let slot = model.get_or_create("c-1").lock_owned().await;
+        let (settled, outcome) = oneshot::channel();
+        let settlement = Settlement(Some(Aftermath {
+            model: Arc::clone(&model),
+            slot,
+            claim: Some(claim),
+            event: event("c-1", 1, 0, Some("k")),
+            settled,
+        }));
+        let position = Position {
+            partition: 2,
+            offset: 7,
+        };
+
+        settlement.settle(Ok(position));
+
+        let receipt = outcome.await.unwrap().unwrap();
+        assert_eq!((receipt.version, receipt.position), (1, position));
+        assert!(receipt.created);
+        let slot = model.get("c-1").unwrap().lock_owned().await;
+        assert_eq!(slot.version, 1);
+        assert!(slot.state.is_some());
+        assert!(matches!(
+            index.begin("k", fingerprint()).await,
+            Begin::Replay(_)
+        ));
+    }
+
+    /// An aborted commit of an existing aggregate's command leaves its state as it was.
+    #[tokio::test]
+    async fn an_aborted_settlement_changes_nothing() {
+        let model = Arc::new(WriteModel::<Counter>::default());
+        model.apply_from_log(&event("c-1", 1, 0, None));
+        let slot = model.get("c-1").unwrap().lock_owned().await;
+        let (settled, outcome) = oneshot::channel();
+        Settlement(Some(Aftermath {
+            model: Arc::clone(&model),
+            slot,
+            claim: None,
+            event: event("c-1", 2, 5, None),
+            settled,
+        }))
+        .settle(Err(CommitError::Aborted("test".into())));
+
+        assert!(matches!(outcome.await, Ok(Err(CommitError::Aborted(_)))));
+        let slot = model.get("c-1").unwrap().lock_owned().await;
+        assert_eq!((slot.version, slot.state), (1, Some(Counter { value: 0 })));
+    }
+}
