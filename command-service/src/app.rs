@@ -24,6 +24,7 @@ use crate::config::{Config, ConfigError};
 /// Every aggregate this service runs, with its topic: adding one is one line here.
 pub fn aggregates(config: &Config, visit: &mut impl Visit) {
     visit.aggregate::<orders::commands::OrderState>(&config.topic);
+    visit.aggregate::<customers::commands::CustomerState>(&config.customers_topic);
 }
 
 #[derive(Debug, thiserror::Error)]

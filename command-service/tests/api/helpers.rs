@@ -18,6 +18,7 @@ pub const PARTITIONS: i32 = 3;
 pub struct TestApp {
     pub address: String,
     pub topic: String,
+    pub customers_topic: String,
     pub client: reqwest::Client,
     handle: ServerHandle,
 }
@@ -67,6 +68,7 @@ pub fn config(topic: &str) -> Config {
     config.kafka = service_config::KafkaArgs::plain(env("KAFKA_BOOTSTRAP"));
     config.registry = service_config::RegistryArgs::plain(env("SCHEMA_REGISTRY_URL"));
     config.topic = topic.to_owned();
+    config.customers_topic = format!("customers-test-{}", uuid::Uuid::new_v4());
     config.topic_partitions = PARTITIONS;
     config.instance_id = format!("test-{}", uuid::Uuid::new_v4());
     config.kafka_timeout_ms = 5_000;
@@ -91,6 +93,7 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(config: Config) -> TestApp {
     let topic = config.topic.clone();
+    let customers_topic = config.customers_topic.clone();
     let app = Application::build(config)
         .await
         .expect("the command service did not start");
@@ -100,6 +103,7 @@ pub async fn spawn_app_with(config: Config) -> TestApp {
     TestApp {
         address,
         topic,
+        customers_topic,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
