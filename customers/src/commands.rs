@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 
 use serde_json::{Map, Value};
+use shared_events::aggregate::body_schema;
 use shared_events::validation::{Checker, Text, fast, object, parse_fast_or_thorough};
 use shared_events::{Aggregate, CommandError, CommandSpec, EventMetadata, Identifier, Rejection};
 
@@ -345,14 +346,6 @@ pub fn evolve(state: Option<&CustomerState>, payload: &CustomerPayload) -> Optio
     }
 }
 
-/// The body schema of a command, for the API documentation.
-fn schema_of<T: utoipa::ToSchema>() -> (
-    String,
-    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
-) {
-    (T::name().into_owned(), T::schema())
-}
-
 impl Aggregate for CustomerState {
     type Event = CustomerEvent;
     type Command = CustomerCommand;
@@ -365,19 +358,19 @@ impl Aggregate for CustomerState {
             name: CommandKind::Register.name(),
             segment: None,
             summary: "Register a customer",
-            body_schema: schema_of::<RegisterBody<'static>>,
+            body_schema: body_schema::<RegisterBody<'static>>,
         },
         CommandSpec {
             name: CommandKind::ChangeEmail.name(),
             segment: Some("email"),
             summary: "Change an active customer's email address",
-            body_schema: schema_of::<ChangeEmailBody<'static>>,
+            body_schema: body_schema::<ChangeEmailBody<'static>>,
         },
         CommandSpec {
             name: CommandKind::Deactivate.name(),
             segment: Some("deactivation"),
             summary: "Deactivate an active customer",
-            body_schema: schema_of::<DeactivateBody<'static>>,
+            body_schema: body_schema::<DeactivateBody<'static>>,
         },
     ];
 

@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 
 use serde_json::Value;
+use shared_events::aggregate::body_schema;
 use shared_events::validation::{Checker, Text, fast, in_range, object, parse_fast_or_thorough};
 use shared_events::{Aggregate, CommandError, CommandSpec, EventMetadata, Identifier, Rejection};
 
@@ -508,14 +509,6 @@ impl PlaceOrder {
     }
 }
 
-/// The body schema of a command, for the API documentation.
-fn schema_of<T: utoipa::ToSchema>() -> (
-    String,
-    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
-) {
-    (T::name().into_owned(), T::schema())
-}
-
 impl Aggregate for OrderState {
     type Event = OrderEvent;
     type Command = OrderCommand;
@@ -528,25 +521,25 @@ impl Aggregate for OrderState {
             name: CommandKind::Place.name(),
             segment: None,
             summary: "Place an order",
-            body_schema: schema_of::<PlaceBody<'static>>,
+            body_schema: body_schema::<PlaceBody<'static>>,
         },
         CommandSpec {
             name: CommandKind::Pay.name(),
             segment: Some("payment"),
             summary: "Pay a placed order (the amount must equal its total)",
-            body_schema: schema_of::<PayBody<'static>>,
+            body_schema: body_schema::<PayBody<'static>>,
         },
         CommandSpec {
             name: CommandKind::Ship.name(),
             segment: Some("shipment"),
             summary: "Ship a paid order",
-            body_schema: schema_of::<ShipBody<'static>>,
+            body_schema: body_schema::<ShipBody<'static>>,
         },
         CommandSpec {
             name: CommandKind::Cancel.name(),
             segment: Some("cancellation"),
             summary: "Cancel an order that has not shipped",
-            body_schema: schema_of::<CancelBody<'static>>,
+            body_schema: body_schema::<CancelBody<'static>>,
         },
     ];
 

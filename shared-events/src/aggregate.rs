@@ -29,6 +29,14 @@ pub struct CommandSpec {
     ),
 }
 
+/// A request body type's schema, named, for [`CommandSpec::body_schema`].
+pub fn body_schema<T: utoipa::ToSchema>() -> (
+    String,
+    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+) {
+    (T::name().into_owned(), T::schema())
+}
+
 impl CommandSpec {
     /// Whether the command creates its aggregate (the others need one that exists).
     pub const fn creates(&self) -> bool {
