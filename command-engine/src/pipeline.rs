@@ -135,13 +135,20 @@ async fn execute<A: Aggregate>(
     }
 
     // The partition the command lives in: its aggregate's, or for a new aggregate without a
-    // chosen id, its idempotency key's (the new id is made to fall there), so that the receipt
-    // and the aggregate share a partition.
+    // chosen id under an idempotency key, the key's (the new id is made to fall there), so that
+    // the receipt and the aggregate share a partition.
     let named = target.or_else(|| A::chosen_id(&command));
-    let partition = match (named, &key) {
-        (Some(id), _) => lane.partition_of(id),
-        (None, Some(key)) => lane.partition_of(key),
-        (None, None) => lane.partition_of(&uuid::Uuid::new_v4().to_string()),
+    let (id, partition) = match (named, &key) {
+        (Some(id), _) => (id.to_owned(), lane.partition_of(id)),
+        (None, Some(key)) => {
+            let partition = lane.partition_of(key);
+            (lane.new_id_in(partition), partition)
+        }
+        (None, None) => {
+            let id = uuid::Uuid::now_v7().to_string();
+            let partition = lane.partition_of(&id);
+            (id, partition)
+        }
     };
 
     let claim = match &key {
@@ -161,10 +168,6 @@ async fn execute<A: Aggregate>(
         }
     };
 
-    let id = match named {
-        Some(id) => id.to_owned(),
-        None => lane.new_id_in(partition),
-    };
     let model = &partition.model;
     let cell = if spec.creates() {
         model.get_or_create(&id)

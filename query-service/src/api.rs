@@ -1,7 +1,7 @@
 //! HTTP routes of a query replica.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix_web::http::header;
@@ -11,6 +11,7 @@ use shared_events::partitioner::partition_for_key;
 use shared_events::{ConsistencyToken, Identifier};
 
 use crate::cluster::{Cluster, Member};
+use crate::customer_projection::{CustomersProjection, OrdersSummary};
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::order_projection::{CustomerCursor, OrdersProjection};
 use crate::problem::QueryError;
@@ -30,6 +31,9 @@ pub struct AppState {
     pub forwarder: Forwarder,
     pub metrics: Arc<Metrics>,
     pub stats: Arc<ProjectionStats>,
+    /// The customers projection, once it has started (its topics exist).
+    pub customers: Arc<OnceLock<CustomersSide>>,
+    pub customers_stats: Arc<ProjectionStats>,
     pub topic: String,
     pub group: String,
     pub replica_id: String,
@@ -44,10 +48,30 @@ pub fn routes(config: &mut web::ServiceConfig) {
     http_edge::routes::register(&ROUTES, config);
 }
 
+/// What customer queries read of the customers projection: its partition tables and its
+/// group's ownership, per topic.
+#[derive(Debug)]
+pub struct CustomersSide {
+    /// The customers topic.
+    pub topic: String,
+    pub customers: Arc<PartitionTable>,
+    pub orders: Arc<PartitionTable>,
+    pub customers_cluster: Arc<Cluster>,
+    pub orders_cluster: Arc<Cluster>,
+}
+
 /// Every route a replica serves; the router is built from it and the OpenAPI document
 /// ([`crate::openapi`]) is held to it.
-pub const ROUTES: [http_edge::Route; 9] = [
+pub const ROUTES: [http_edge::Route; 11] = [
     http_edge::Route::fixed("/orders/{id}", &["GET"], |path| readable(path, get_order)),
+    http_edge::Route::fixed("/customers/{customer_id}", &["GET"], |path| {
+        readable(path, get_customer)
+    }),
+    http_edge::Route::fixed(
+        "/internal/customers/{customer_id}/summary",
+        &["GET"],
+        |path| readable(path, customer_summary_here),
+    ),
     http_edge::Route::fixed("/customers/{customer_id}/orders", &["GET"], |path| {
         readable(path, customer_orders)
     }),
@@ -81,18 +105,38 @@ pub const ROUTES: [http_edge::Route; 9] = [
     )
 )]
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let lagging = |table: &PartitionTable| -> Vec<i32> {
+        table
+            .owned()
+            .into_iter()
+            .filter(|p| {
+                !table.serves(*p) || table.lag(*p).is_none_or(|lag| lag > state.max_ready_lag)
+            })
+            .collect()
+    };
     let table = &state.table;
-    let lagging: Vec<i32> = table
-        .owned()
-        .into_iter()
-        .filter(|p| !table.serves(*p) || table.lag(*p).is_none_or(|lag| lag > state.max_ready_lag))
-        .collect();
-    let ready = table.joined() && lagging.is_empty();
+    let orders_lagging = lagging(table);
+    let mut ready = table.joined() && orders_lagging.is_empty();
+    // The customers projection counts once it has started (its topics exist).
+    let customers = state.customers.get().map(|side| {
+        let customers_lagging = lagging(&side.customers);
+        let orders_lagging = lagging(&side.orders);
+        let joined = side.customers.joined();
+        ready &= joined && customers_lagging.is_empty() && orders_lagging.is_empty();
+        serde_json::json!({
+            "joined": joined,
+            "owned_customers_partitions": side.customers.owned(),
+            "owned_orders_partitions": side.orders.owned(),
+            "lagging_customers_partitions": customers_lagging,
+            "lagging_orders_partitions": orders_lagging,
+        })
+    });
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not ready" },
         "joined": table.joined(),
         "owned_partitions": table.owned(),
-        "lagging_partitions": lagging,
+        "lagging_partitions": orders_lagging,
+        "customers_projection": customers.unwrap_or_else(|| "not started".into()),
     });
     if ready {
         HttpResponse::Ok().json(body)
@@ -128,7 +172,7 @@ fn is_forwarded(request: &HttpRequest) -> bool {
 /// The `Consistency-Token` request header, if any.
 fn consistency_token(
     request: &HttpRequest,
-    topic: &str,
+    topics: &[&str],
 ) -> Result<Option<ConsistencyToken>, QueryError> {
     let Some(value) = request.headers().get("consistency-token") else {
         return Ok(None);
@@ -141,8 +185,10 @@ fn consistency_token(
             .ok_or(QueryError::BadToken(
                 "it must look like `topic:partition:offset`",
             ))?;
-    if token.topic != topic {
-        return Err(QueryError::BadToken("it names another topic"));
+    if !topics.contains(&token.topic.as_str()) {
+        return Err(QueryError::BadToken(
+            "it names a topic this route does not read",
+        ));
     }
     Ok(Some(token))
 }
@@ -175,7 +221,7 @@ async fn get_order(
     if !valid_id(&id) {
         return Err(QueryError::BadId(id));
     }
-    let token = consistency_token(&request, &state.topic)?;
+    let token = consistency_token(&request, &[&state.topic])?;
     let partition = partition_for_key(id.as_bytes(), state.table.count());
     let view = state.cluster.view();
     match route(
@@ -187,7 +233,7 @@ async fn get_order(
     ) {
         Route::Local => {
             if let Some(token) = &token {
-                wait_for(&state, token).await?;
+                wait_for(&state, &state.table, token).await?;
             }
             // A point read from RocksDB's memtable or block cache takes microseconds: cheaper
             // inline than a hop to the blocking pool and back.
@@ -207,19 +253,26 @@ async fn get_order(
                 ))),
             }
         }
-        Route::Forward(owner) => {
-            let token = request
-                .headers()
-                .get("consistency-token")
-                .and_then(|v| v.to_str().ok());
-            let headers: Vec<(&str, &str)> = token
-                .map(|t| ("consistency-token", t))
-                .into_iter()
-                .collect();
-            forward(&state, &owner, request.uri().path(), &headers).await
-        }
+        Route::Forward(owner) => forward_request(&state, &owner, &request).await,
         Route::Unavailable(reason) => Err(QueryError::Unavailable(reason)),
     }
+}
+
+/// Forwards `request` (its path and its consistency token) to `owner` and relays the answer.
+async fn forward_request(
+    state: &AppState,
+    owner: &Member,
+    request: &HttpRequest,
+) -> Result<HttpResponse, QueryError> {
+    let token = request
+        .headers()
+        .get("consistency-token")
+        .and_then(|v| v.to_str().ok());
+    let headers: Vec<(&str, &str)> = token
+        .map(|t| ("consistency-token", t))
+        .into_iter()
+        .collect();
+    forward(state, owner, request.uri().path(), &headers).await
 }
 
 async fn forward(
@@ -242,14 +295,18 @@ async fn forward(
 /// Waits (bounded) until the token's position is applied, if this replica owns its partition.
 /// A token for a partition owned elsewhere cannot be waited for here and is ignored: tokens are
 /// meant for reads of the key that was written, whose owner is the one answering.
-async fn wait_for(state: &AppState, token: &ConsistencyToken) -> Result<(), QueryError> {
+async fn wait_for(
+    state: &AppState,
+    table: &PartitionTable,
+    token: &ConsistencyToken,
+) -> Result<(), QueryError> {
     let (partition, offset) = (token.position.partition, token.position.offset);
-    if !state.table.owns(partition) || state.table.applied(partition) > offset {
+    if !table.owns(partition) || table.applied(partition) > offset {
         return Ok(());
     }
     let reached = tokio::time::timeout(
         state.consistency_wait,
-        state.table.wait_applied(partition, offset),
+        table.wait_applied(partition, offset),
     )
     .await
     .unwrap_or(false);
@@ -267,6 +324,249 @@ async fn wait_for(state: &AppState, token: &ConsistencyToken) -> Result<(), Quer
             waited: state.consistency_wait,
         })
     }
+}
+
+/// `GET /customers/{id}`: the customer's profile and what their orders add up to.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct CustomerAnswer {
+    #[serde(flatten)]
+    profile: customers::views::CustomerView,
+    orders: OrdersAnswer,
+}
+
+/// What a customer's orders add up to, over every partition.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+struct OrdersAnswer {
+    /// Orders placed.
+    count: u64,
+    /// Paid and not cancelled, in cents, per currency.
+    revenue_cents: std::collections::BTreeMap<String, i64>,
+    /// The most recently placed order.
+    last_order_id: Option<String>,
+}
+
+/// One replica's part of a customer's summary: the orders partitions it serves and their sum.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+struct PartialSummary {
+    partitions: Vec<i32>,
+    summary: OrdersSummary,
+}
+
+fn customers_side(state: &AppState) -> Result<&CustomersSide, QueryError> {
+    state.customers.get().ok_or_else(|| {
+        QueryError::Unavailable(
+            "the customers projection has not started yet (does the customers topic exist?)".into(),
+        )
+    })
+}
+
+#[utoipa::path(
+    get,
+    path = "/customers/{customer_id}",
+    tag = "customers",
+    summary = "A customer's profile joined with their orders, from any replica",
+    description = "The replica owning the customer's partition answers (others forward once); the order summary adds up every orders partition's share, or is a retryable 503.",
+    params(
+        ("customer_id" = String, Path, description = "The customer id"),
+        ("Consistency-Token" = Option<String>, Header,
+            description = "From a command's answer (a customer's or an order's): wait (bounded) until that position is applied")
+    ),
+    responses(
+        (status = 200, description = "The customer", body = CustomerAnswer,
+            headers(("Served-By" = String, description = "The replica that answered"))),
+        (status = 400, description = "A bad id or consistency token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not registered (said only by a caught-up owner)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A partition in transit, a position not reached in time, or the projection not started (with Retry-After)", body = Problem, content_type = "application/problem+json")
+    )
+)]
+async fn get_customer(
+    request: HttpRequest,
+    customer_id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, QueryError> {
+    let id = customer_id.into_inner();
+    if !valid_id(&id) {
+        return Err(QueryError::BadId(id));
+    }
+    let side = customers_side(&state)?;
+    let token = consistency_token(&request, &[&side.topic, &state.topic])?;
+    let partition = partition_for_key(id.as_bytes(), side.customers.count());
+    let view = side.customers_cluster.view();
+    match route(
+        partition,
+        &side.customers,
+        &view,
+        &state.replica_id,
+        is_forwarded(&request),
+    ) {
+        Route::Local => {
+            if let Some(token) = token.as_ref().filter(|t| t.topic == side.topic) {
+                wait_for(&state, &side.customers, token).await?;
+            }
+            let Some(profile) = CustomersProjection::profile(&state.store, &id)? else {
+                return Err(if side.customers.serves(partition) {
+                    QueryError::UnknownCustomer {
+                        id,
+                        served_by: state.replica_id.clone(),
+                    }
+                } else {
+                    QueryError::Unavailable(format!(
+                        "customers partition {partition} is still being caught up on this replica"
+                    ))
+                });
+            };
+            let orders_token = token.filter(|t| t.topic == state.topic);
+            let summary = customer_summary(&state, side, &id, orders_token.as_ref()).await?;
+            Ok(HttpResponse::Ok()
+                .insert_header(("Served-By", state.replica_id.as_str()))
+                .json(CustomerAnswer {
+                    profile,
+                    orders: OrdersAnswer {
+                        count: summary.count,
+                        revenue_cents: summary.revenue_cents,
+                        last_order_id: summary.last_order_id,
+                    },
+                }))
+        }
+        Route::Forward(owner) => forward_request(&state, &owner, &request).await,
+        Route::Unavailable(reason) => Err(QueryError::Unavailable(reason)),
+    }
+}
+
+/// The customer's summary over every orders partition: this replica's share and every other
+/// member's, or a retryable 503 if some partition had no owner that answered.
+async fn customer_summary(
+    state: &AppState,
+    side: &CustomersSide,
+    customer_id: &str,
+    token: Option<&ConsistencyToken>,
+) -> Result<OrdersSummary, QueryError> {
+    if let Some(token) = token {
+        wait_for(state, &side.orders, token).await?;
+    }
+    let local = local_summary(state, side, customer_id)?;
+    let path = format!("/internal/customers/{customer_id}/summary");
+    let token_text = token.map(ToString::to_string);
+    let headers: Vec<(&str, &str)> = token_text
+        .as_deref()
+        .map(|t| ("consistency-token", t))
+        .into_iter()
+        .collect();
+    let view = side.orders_cluster.view();
+    let remote = view
+        .members
+        .iter()
+        .filter(|m| m.replica_id != state.replica_id && !m.partitions.is_empty())
+        .map(|member| {
+            let (path, headers) = (&path, &headers);
+            async move {
+                state.metrics.forwarded.inc();
+                let part = match state.forwarder.get(member, path, headers).await {
+                    Ok(r) if r.status().is_success() => r.json::<PartialSummary>().await.ok(),
+                    _ => None,
+                };
+                if part.is_none() {
+                    state.metrics.forward_errors.inc();
+                }
+                part
+            }
+        });
+    let mut parts = vec![local];
+    parts.extend(
+        futures::future::join_all(remote)
+            .await
+            .into_iter()
+            .flatten(),
+    );
+    let mut covered = BTreeSet::new();
+    let mut total = OrdersSummary::default();
+    for part in parts {
+        // A partition two replicas both claim (mid-rebalance) counts once.
+        let fresh: Vec<i32> = part
+            .partitions
+            .iter()
+            .copied()
+            .filter(|p| !covered.contains(p))
+            .collect();
+        if fresh.len() != part.partitions.len() {
+            return Err(QueryError::Unavailable(
+                "two replicas answered for one orders partition (rebalance in progress?)".into(),
+            ));
+        }
+        covered.extend(fresh);
+        total.merge(part.summary);
+    }
+    let missing: Vec<i32> = (0..side.orders.count())
+        .filter(|p| !covered.contains(p))
+        .collect();
+    if !missing.is_empty() {
+        return Err(QueryError::Unavailable(format!(
+            "orders partitions {missing:?} could not be read right now (rebalance in progress?)"
+        )));
+    }
+    Ok(total)
+}
+
+/// This replica's share: the orders partitions it serves in the customers projection.
+fn local_summary(
+    state: &AppState,
+    side: &CustomersSide,
+    customer_id: &str,
+) -> Result<PartialSummary, QueryError> {
+    let partitions: Vec<i32> = side
+        .orders
+        .owned()
+        .into_iter()
+        .filter(|p| side.orders.serves(*p))
+        .collect();
+    let mut summary = OrdersSummary::default();
+    for partition in &partitions {
+        summary.merge(CustomersProjection::summary(
+            &state.store,
+            customer_id,
+            *partition,
+        )?);
+    }
+    Ok(PartialSummary {
+        partitions,
+        summary,
+    })
+}
+
+/// `GET /internal/customers/{id}/summary`: this replica's share of a customer's summary.
+#[utoipa::path(
+    get,
+    path = "/internal/customers/{customer_id}/summary",
+    tag = "internal",
+    summary = "Between replicas: this replica's share of a customer's order summary",
+    params(
+        ("customer_id" = String, Path, description = "The customer id"),
+        ("Consistency-Token" = Option<String>, Header,
+            description = "From an order command's answer: the partition's owner waits (bounded) until it applied it")
+    ),
+    responses(
+        (status = 200, description = "The orders partitions this replica serves and their sum", body = PartialSummary),
+        (status = 400, description = "A bad id or consistency token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Position not reached in time, or the projection not started (with Retry-After)", body = Problem, content_type = "application/problem+json")
+    )
+)]
+async fn customer_summary_here(
+    request: HttpRequest,
+    customer_id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, QueryError> {
+    let id = customer_id.into_inner();
+    if !valid_id(&id) {
+        return Err(QueryError::BadId(id));
+    }
+    let side = customers_side(&state)?;
+    if let Some(token) = consistency_token(&request, &[&state.topic])? {
+        wait_for(&state, &side.orders, &token).await?;
+    }
+    let part = local_summary(&state, side, &id)?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Served-By", state.replica_id.as_str()))
+        .json(part))
 }
 
 const DEFAULT_PAGE: usize = 50;
@@ -347,9 +647,9 @@ async fn customer_query(
         return Err(QueryError::BadId(customer_id));
     }
     let (limit, after) = page_params(request)?;
-    let token = consistency_token(request, &state.topic)?;
+    let token = consistency_token(request, &[&state.topic])?;
     if let Some(token) = &token {
-        wait_for(state, token).await?;
+        wait_for(state, &state.table, token).await?;
     }
     Ok(CustomerQuery {
         customer_id,

@@ -11,12 +11,15 @@ use shared_events::EventCodec;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, CustomersSide};
 use crate::cluster::{self, Cluster};
 use crate::config::{Config, ConfigError};
+use crate::customer_projection::{CustomersProjection, FeedDecoder};
 use crate::metrics::Metrics;
 use crate::order_projection::OrdersProjection;
-use crate::projection::{PartitionTable, Projection, ProjectionStats, RebalanceContext, Runner};
+use crate::projection::{
+    PartitionTable, Projection, ProjectionStats, RebalanceContext, Runner, Tables,
+};
 use crate::routing::Forwarder;
 use crate::store::{Store, StoreError};
 
@@ -59,10 +62,11 @@ pub struct Application {
     shutdown: CancellationToken,
     /// The projection runner's own thread: its RocksDB writes and its consumer never take the
     /// HTTP runtime's thread, so requests and the stop signal are served while it catches up.
-    projection: ProjectionThread,
+    projections: Vec<ProjectionThread>,
     tasks: Vec<JoinHandle<()>>,
     grace: Duration,
     stats: Arc<ProjectionStats>,
+    customers_stats: Arc<ProjectionStats>,
 }
 
 impl std::fmt::Debug for Application {
@@ -95,7 +99,13 @@ impl Application {
 
         let path = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || {
-            Store::open(&path, &[OrdersProjection::namespace()])
+            Store::open(
+                &path,
+                &[
+                    OrdersProjection::namespace(),
+                    CustomersProjection::namespace(),
+                ],
+            )
         })
         .await?
         .map_err(|source| StartupError::Store {
@@ -122,33 +132,14 @@ impl Application {
         let context = RebalanceContext::new(
             Arc::clone(&store),
             OrdersProjection::namespace(),
-            config.topic.clone(),
-            Arc::clone(&table),
+            Tables::new(vec![(config.topic.clone(), Arc::clone(&table))]),
         );
-        let consumer: StreamConsumer<RebalanceContext> = config
-            .kafka
-            .client_config()
-            .set("group.id", &config.group_id)
-            // Other replicas find this one's URL in the group description.
-            .set(
-                "client.id",
-                cluster::client_id(&replica_id, &advertised_url),
-            )
-            .set("isolation.level", "read_committed")
-            .set("auto.offset.reset", "earliest")
-            // Positions come from the store; the group's offsets only report lag, and are
-            // stored explicitly after each store write.
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .set("session.timeout.ms", config.session_timeout_ms.to_string())
-            .set(
-                "heartbeat.interval.ms",
-                (config.session_timeout_ms / 4).max(250).to_string(),
-            )
-            .set("socket.timeout.ms", config.kafka_timeout_ms.to_string())
-            // The statistics carry each partition's last stable offset: the lag and readiness.
-            .set("statistics.interval.ms", "1000")
-            .create_with_context(context)?;
+        let member = Member {
+            config: &config,
+            replica_id: &replica_id,
+            advertised_url: &advertised_url,
+        };
+        let consumer = member.consumer(&config.group_id, context)?;
         let codec = EventCodec::new(
             config.registry.sr_settings(registry_timeout)?,
             &config.topic,
@@ -162,17 +153,36 @@ impl Application {
             kafka_timeout,
         )?);
         let stats = Arc::new(ProjectionStats::default());
-        let metrics = Arc::new(Metrics::new(&stats));
+        let customers_stats = Arc::new(ProjectionStats::default());
+        let metrics = Arc::new(Metrics::new(&stats, &customers_stats));
         let shutdown = CancellationToken::new();
         let runner = Runner {
             consumer,
-            codec: Arc::new(codec),
+            decoder: codec,
             projection: OrdersProjection,
             store: Arc::clone(&store),
             stats: Arc::clone(&stats),
-            table: Arc::clone(&table),
+            tables: Tables::new(vec![(config.topic.clone(), Arc::clone(&table))]),
         };
-        let projection = spawn_projection(runner, shutdown.clone())?;
+        let mut projections = vec![spawn_projection(
+            "projection-orders",
+            shutdown.clone(),
+            async move |token| runner.run(token).await,
+        )?];
+        let customers = Arc::new(std::sync::OnceLock::new());
+        let opening = CustomersOpening {
+            config: config.clone(),
+            replica_id: replica_id.clone(),
+            advertised_url: advertised_url.clone(),
+            store: Arc::clone(&store),
+            stats: Arc::clone(&customers_stats),
+            side: Arc::clone(&customers),
+        };
+        projections.push(spawn_projection(
+            "projection-customers",
+            shutdown.clone(),
+            async move |token| opening.run(token).await,
+        )?);
         let tasks = vec![tokio::spawn(cluster::keep_fresh(
             Arc::clone(&cluster),
             Arc::clone(&table),
@@ -190,6 +200,8 @@ impl Application {
             ),
             metrics,
             stats: Arc::clone(&stats),
+            customers,
+            customers_stats: Arc::clone(&customers_stats),
             topic: config.topic.clone(),
             group: config.group_id.clone(),
             replica_id,
@@ -220,10 +232,11 @@ impl Application {
             port: address.port(),
             server,
             shutdown,
-            projection,
+            projections,
             tasks,
             grace,
             stats,
+            customers_stats,
         })
     }
 
@@ -235,9 +248,14 @@ impl Application {
         self.server.handle()
     }
 
-    /// Counters of the projection runner.
+    /// Counters of the orders projection's runner.
     pub fn stats(&self) -> Arc<ProjectionStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// Counters of the customers projection's runner.
+    pub fn customers_stats(&self) -> Arc<ProjectionStats> {
+        Arc::clone(&self.customers_stats)
     }
 
     /// Serves until SIGTERM or Ctrl-C (or a stop through [`Application::handle`]), then stops
@@ -267,17 +285,21 @@ impl Application {
                 Err(_) => tracing::warn!("a background task did not stop within the grace"),
             }
         }
-        let mut projection = self.projection;
-        while !projection.is_finished() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        for mut projection in self.projections {
+            while !projection.is_finished() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if projection.is_finished() {
+                projection.join();
+            } else {
+                tracing::error!(
+                    projection = projection.name,
+                    "the projection did not stop within the grace; abandoning it"
+                );
+                projection.abandon();
+            }
         }
-        if projection.is_finished() {
-            projection.join();
-            tracing::info!("stopped: the projection left the group and the store is closed");
-        } else {
-            tracing::error!("the projection did not stop within the grace; abandoning it");
-            projection.abandon();
-        }
+        tracing::info!("stopped: the projections left their groups and the store is closed");
         served
     }
 }
@@ -287,6 +309,7 @@ impl Application {
 /// the store closes before the process can exit under them.
 #[derive(Debug)]
 struct ProjectionThread {
+    name: &'static str,
     shutdown: CancellationToken,
     handle: Option<std::thread::JoinHandle<()>>,
 }
@@ -302,7 +325,7 @@ impl ProjectionThread {
         if let Some(handle) = self.handle.take()
             && handle.join().is_err()
         {
-            tracing::error!("the projection thread panicked");
+            tracing::error!(projection = self.name, "the projection thread panicked");
         }
     }
 
@@ -319,24 +342,210 @@ impl Drop for ProjectionThread {
     }
 }
 
-/// Starts the projection runner on a thread of its own, with a runtime of its own.
-fn spawn_projection<P: Projection>(
-    runner: Runner<P>,
+/// Starts a projection on a thread of its own, with a runtime of its own: its RocksDB writes
+/// never hold up the threads that serve requests or the stop signal.
+fn spawn_projection<F>(
+    name: &'static str,
     shutdown: CancellationToken,
-) -> Result<ProjectionThread, StartupError> {
+    run: impl FnOnce(CancellationToken) -> F + Send + 'static,
+) -> Result<ProjectionThread, StartupError>
+where
+    F: std::future::Future<Output = ()>,
+{
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(StartupError::Thread)?;
     let token = shutdown.clone();
     let handle = std::thread::Builder::new()
-        .name("projection".into())
-        .spawn(move || runtime.block_on(runner.run(token)))
+        .name(name.into())
+        .spawn(move || {
+            runtime.block_on(run(token));
+            // Blocking calls still running (a metadata request) hold nothing of the store; the
+            // thread must not wait for them to end.
+            runtime.shutdown_background();
+        })
         .map_err(StartupError::Thread)?;
     Ok(ProjectionThread {
+        name,
         shutdown,
         handle: Some(handle),
     })
+}
+
+/// This replica as a member of a projection's consumer group.
+struct Member<'a> {
+    config: &'a Config,
+    replica_id: &'a str,
+    advertised_url: &'a str,
+}
+
+impl Member<'_> {
+    fn consumer(
+        &self,
+        group: &str,
+        context: RebalanceContext,
+    ) -> Result<StreamConsumer<RebalanceContext>, KafkaError> {
+        let config = self.config;
+        config
+            .kafka
+            .client_config()
+            .set("group.id", group)
+            // Other replicas find this one's URL in the group description.
+            .set(
+                "client.id",
+                cluster::client_id(self.replica_id, self.advertised_url),
+            )
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            // Positions come from the store; the group's offsets only report lag, and are
+            // stored explicitly after each store write.
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (config.session_timeout_ms / 4).max(250).to_string(),
+            )
+            .set("socket.timeout.ms", config.kafka_timeout_ms.to_string())
+            // The statistics carry each partition's last stable offset: the lag and readiness.
+            .set("statistics.interval.ms", "1000")
+            .create_with_context(context)
+    }
+}
+
+/// Starts the customers projection once both its topics exist: a replica may well be up before
+/// the customers topic is first written. Until then customer queries answer `503`.
+struct CustomersOpening {
+    config: Config,
+    replica_id: String,
+    advertised_url: String,
+    store: Arc<Store>,
+    stats: Arc<ProjectionStats>,
+    side: Arc<std::sync::OnceLock<CustomersSide>>,
+}
+
+impl CustomersOpening {
+    async fn run(self, shutdown: CancellationToken) {
+        let config = &self.config;
+        let kafka_timeout = Duration::from_millis(config.kafka_timeout_ms);
+        let mut partitions = Vec::new();
+        for topic in [&config.customers_topic, &config.topic] {
+            loop {
+                let waited = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    waited = wait_for_topic(&config.kafka, topic, kafka_timeout, Duration::from_secs(30)) => waited,
+                };
+                match waited {
+                    Ok(count) => {
+                        partitions.push(count);
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "the customers projection waits for its topics");
+                    }
+                }
+            }
+        }
+        let (customers_partitions, orders_partitions) = (partitions[0], partitions[1]);
+        if let Err(error) = self
+            .serve(customers_partitions, orders_partitions, shutdown)
+            .await
+        {
+            tracing::error!(%error, "the customers projection could not start");
+        }
+    }
+
+    async fn serve(
+        &self,
+        customers_partitions: i32,
+        orders_partitions: i32,
+        shutdown: CancellationToken,
+    ) -> Result<(), StartupError> {
+        let config = &self.config;
+        let group = config.customers_group();
+        let kafka_timeout = Duration::from_millis(config.kafka_timeout_ms);
+        let registry_timeout = Duration::from_millis(config.registry_timeout_ms);
+        let customers = Arc::new(PartitionTable::new(customers_partitions));
+        let orders = Arc::new(PartitionTable::new(orders_partitions));
+        let tables = Tables::new(vec![
+            (config.customers_topic.clone(), Arc::clone(&customers)),
+            (config.topic.clone(), Arc::clone(&orders)),
+        ]);
+        let member = Member {
+            config,
+            replica_id: &self.replica_id,
+            advertised_url: &self.advertised_url,
+        };
+        let context = RebalanceContext::new(
+            Arc::clone(&self.store),
+            CustomersProjection::namespace(),
+            tables.clone(),
+        );
+        let consumer = member.consumer(&group, context)?;
+        consumer.subscribe(&[&config.customers_topic, &config.topic])?;
+        let decoder = FeedDecoder {
+            customers_topic: config.customers_topic.clone(),
+            customers: EventCodec::new(
+                config.registry.sr_settings(registry_timeout)?,
+                &config.customers_topic,
+            )?,
+            orders: EventCodec::new(
+                config.registry.sr_settings(registry_timeout)?,
+                &config.topic,
+            )?,
+        };
+        let customers_cluster = Arc::new(Cluster::new(
+            &config.kafka,
+            &group,
+            &config.customers_topic,
+            kafka_timeout,
+        )?);
+        let orders_cluster = Arc::new(Cluster::new(
+            &config.kafka,
+            &group,
+            &config.topic,
+            kafka_timeout,
+        )?);
+        let every = Duration::from_millis(config.cluster_refresh_ms);
+        let refreshers = [
+            tokio::spawn(cluster::keep_fresh(
+                Arc::clone(&customers_cluster),
+                Arc::clone(&customers),
+                every,
+                shutdown.clone(),
+            )),
+            tokio::spawn(cluster::keep_fresh(
+                Arc::clone(&orders_cluster),
+                Arc::clone(&orders),
+                every,
+                shutdown.clone(),
+            )),
+        ];
+        let _ = self.side.set(CustomersSide {
+            topic: config.customers_topic.clone(),
+            customers,
+            orders,
+            customers_cluster,
+            orders_cluster,
+        });
+        tracing::info!(%group, "customers projection started");
+        Runner {
+            consumer,
+            decoder,
+            projection: CustomersProjection { orders_partitions },
+            store: Arc::clone(&self.store),
+            stats: Arc::clone(&self.stats),
+            tables,
+        }
+        .run(shutdown)
+        .await;
+        // A refresher may be in the middle of a Kafka call; it holds nothing the stop waits for.
+        for refresher in refreshers {
+            refresher.abort();
+        }
+        Ok(())
+    }
 }
 
 /// Seconds in-flight requests get at a stop: the grace, less a second for the rest.

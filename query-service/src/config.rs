@@ -27,6 +27,14 @@ pub struct Config {
     /// Consumer group shared by all replicas; partitions are split among its members.
     #[arg(long, env = "QUERY_GROUP_ID", default_value = "orders-query")]
     pub group_id: String,
+    /// Topic of the customer events. The customers projection (profiles joined with their
+    /// orders) starts once it exists.
+    #[arg(long, env = "CUSTOMERS_TOPIC", default_value = "customers")]
+    pub customers_topic: String,
+    /// Consumer group of the customers projection (it reads the customers and the orders
+    /// topics); defaults to `<group-id>-customers`.
+    #[arg(long, env = "QUERY_CUSTOMERS_GROUP_ID")]
+    pub customers_group_id: Option<String>,
     /// Directory of this replica's RocksDB store (one per replica).
     #[arg(long, env = "QUERY_DATA_DIR", default_value = "data/query")]
     pub data_dir: PathBuf,
@@ -86,6 +94,8 @@ impl std::fmt::Debug for Config {
             .field("registry", &self.registry)
             .field("topic", &self.topic)
             .field("group_id", &self.group_id)
+            .field("customers_topic", &self.customers_topic)
+            .field("customers_group_id", &self.customers_group_id)
             .field("data_dir", &self.data_dir)
             .field("replica_id", &self.replica_id)
             .field("advertised_url", &self.advertised_url)
@@ -118,13 +128,28 @@ impl Config {
         Self::parse_from(["query-service"])
     }
 
+    /// The consumer group of the customers projection.
+    pub fn customers_group(&self) -> String {
+        self.customers_group_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-customers", self.group_id))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |m: &str| Err(ConfigError(m.to_owned()));
-        if self.topic.is_empty() || self.topic.contains(':') {
-            return fail("topic must be non-empty and contain no ':'");
+        for topic in [&self.topic, &self.customers_topic] {
+            if topic.is_empty() || topic.contains(':') {
+                return fail("topics must be non-empty and contain no ':'");
+            }
         }
-        if self.group_id.is_empty() {
-            return fail("group id must be non-empty");
+        if self.topic == self.customers_topic {
+            return fail("the orders and customers topics must differ");
+        }
+        if self.group_id.is_empty() || self.customers_group_id.as_deref() == Some("") {
+            return fail("group ids must be non-empty");
+        }
+        if self.customers_group() == self.group_id {
+            return fail("each projection needs a consumer group of its own");
         }
         if self
             .replica_id

@@ -1,16 +1,21 @@
-//! A query replica: projects the order events into a local RocksDB store and answers queries.
+//! A query replica: projects the events into a local RocksDB store and answers queries.
 //!
-//! Each replica is a member of one consumer group (read-committed, so aborted command batches
-//! are never seen) and owns the partitions the group assigns it. The [`projection`] runner
-//! writes each view change together with the offset it came from in one RocksDB batch, and
-//! resumes every partition from its own store, so an event is applied exactly once even across
-//! crashes. `GET /orders/{id}` answers from the store when this replica owns the key's partition
-//! (Kafka's murmur2, as the producers use) and otherwise says so with a retryable `503`.
+//! A replica runs two projections, each with a consumer group (read-committed, so aborted
+//! command batches are never seen), a thread and a store namespace of its own:
+//! [`order_projection`] over the orders topic, and [`customer_projection`] over the customers
+//! and the orders topics (profiles joined with what each customer's orders add up to). The
+//! [`projection`] runner writes each view change together with the offset it came from in one
+//! RocksDB batch, and resumes every partition from its own store, so an event is applied exactly
+//! once per projection even across crashes. A query is answered from the store when this
+//! replica owns the key's partition (Kafka's murmur2, as the producers use), forwarded once to
+//! the owner otherwise ([`routing`]), and a query over all partitions gathers every owner's
+//! share or answers a retryable `503`.
 
 pub mod api;
 pub mod app;
 pub mod cluster;
 pub mod config;
+pub mod customer_projection;
 pub mod metrics;
 pub mod openapi;
 pub mod order_projection;

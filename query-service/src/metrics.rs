@@ -29,7 +29,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(stats: &ProjectionStats) -> Self {
+    /// Metrics over the counters of the orders projection (`stats`) and of the customers
+    /// projection (`customers`, as `customers_*`).
+    pub fn new(stats: &ProjectionStats, customers: &ProjectionStats) -> Self {
         let mut registry = Registry::with_prefix("query_service");
         let lag = Family::<PartitionLabel, Gauge>::default();
         let owned = Family::<PartitionLabel, Gauge>::default();
@@ -50,6 +52,21 @@ impl Metrics {
             "undecodable_records",
             "Records skipped because they did not decode",
             stats.undecodable.clone(),
+        );
+        registry.register(
+            "customers_applied_events",
+            "Events (of both topics) applied to the customers projection",
+            customers.applied.clone(),
+        );
+        registry.register(
+            "customers_version_gaps",
+            "Events not applied to the customers projection because they were not the next version",
+            customers.version_gaps.clone(),
+        );
+        registry.register(
+            "customers_undecodable_records",
+            "Records the customers projection skipped because they did not decode",
+            customers.undecodable.clone(),
         );
         registry.register(
             "lag",

@@ -13,10 +13,12 @@ use crate::problem::types;
 #[openapi(
     info(
         title = "Query replica",
-        description = "Projects the order events into a local store and answers queries; every replica answers every key."
+        description = "Projects the order and customer events into a local store and answers queries; every replica answers every key."
     ),
     paths(
         crate::api::get_order,
+        crate::api::get_customer,
+        crate::api::customer_summary_here,
         crate::api::customer_orders,
         crate::api::customer_orders_here,
         crate::api::admin_cluster,
@@ -27,6 +29,7 @@ use crate::problem::types;
     components(schemas(Problem, ProblemField)),
     tags(
         (name = "orders", description = "Order queries"),
+        (name = "customers", description = "Customer queries"),
         (name = "admin", description = "For operators: `Authorization: Bearer <admin token>`"),
         (name = "internal", description = "Between replicas"),
         (name = "operations", description = "Health and metrics"),

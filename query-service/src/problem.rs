@@ -16,6 +16,8 @@ pub enum QueryError {
     BadId(String),
     #[error("order {id} does not exist")]
     UnknownOrder { id: String, served_by: String },
+    #[error("customer {id} is not registered")]
+    UnknownCustomer { id: String, served_by: String },
     #[error("{0}")]
     Unavailable(String),
     #[error("the Consistency-Token is invalid: {0}")]
@@ -75,6 +77,12 @@ pub mod types {
         StatusCode::NOT_FOUND,
         None,
     );
+    pub const CUSTOMER_NOT_FOUND: ProblemType = ProblemType::new(
+        "customer-not-found",
+        "Customer not found",
+        StatusCode::NOT_FOUND,
+        None,
+    );
     pub const METHOD_NOT_ALLOWED: ProblemType = http_edge::problem::METHOD_NOT_ALLOWED;
     pub const STORE_FAILURE: ProblemType = ProblemType::new(
         "store-failure",
@@ -104,6 +112,7 @@ pub mod types {
         ADMIN_DISABLED,
         NOT_FOUND,
         ORDER_NOT_FOUND,
+        CUSTOMER_NOT_FOUND,
         METHOD_NOT_ALLOWED,
         STORE_FAILURE,
         TEMPORARILY_UNAVAILABLE,
@@ -118,6 +127,7 @@ impl QueryError {
         match self {
             Self::BadId(_) => &INVALID_ID,
             Self::UnknownOrder { .. } => &ORDER_NOT_FOUND,
+            Self::UnknownCustomer { .. } => &CUSTOMER_NOT_FOUND,
             Self::Unavailable(_) => &TEMPORARILY_UNAVAILABLE,
             Self::BadToken(_) => &INVALID_CONSISTENCY_TOKEN,
             Self::BadQuery(_) => &INVALID_QUERY,
@@ -149,7 +159,7 @@ impl ResponseError for QueryError {
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::UnknownOrder { served_by, .. } => {
+            Self::UnknownOrder { served_by, .. } | Self::UnknownCustomer { served_by, .. } => {
                 if let Ok(value) = HeaderValue::from_str(served_by) {
                     headers.insert(header::HeaderName::from_static("served-by"), value);
                 }

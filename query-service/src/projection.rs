@@ -8,12 +8,15 @@
 //! - The group's committed offsets are still advanced (after the store write) so that ordinary
 //!   Kafka tooling shows the group's lag.
 //!
-//! The runner is generic: a domain plugs in with the [`Projection`] trait.
+//! The runner is generic: a domain plugs in with the [`Projection`] trait and a [`Decoder`] for
+//! the topics the projection reads. A runner runs one projection over one or more topics, with a
+//! consumer (and a thread) of its own, so each projection resumes, lags and rebuilds on its own.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::future::LocalBoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{
@@ -38,9 +41,10 @@ pub enum Applied {
     VersionGap { expected: i64, got: i64 },
 }
 
-/// A read model fed by one event type.
+/// A read model, fed by the events of one or more topics.
 pub trait Projection: Send + Sync + 'static {
-    type Event: AvroEvent + Send + Sync;
+    /// What it is fed: one topic's event type, or an enum over several topics' types.
+    type Event: Send + Sync;
 
     /// The projection's namespace in the store: its data lives apart from every other's.
     const NAMESPACE: &'static str;
@@ -64,6 +68,26 @@ pub trait Projection: Send + Sync + 'static {
         batch: &mut StoreBatch,
         event: &Self::Event,
     ) -> Result<Applied, StoreError>;
+}
+
+/// Turns a record of one of a projection's topics into the projection's event.
+pub trait Decoder<E>: 'static {
+    fn decode<'a>(
+        &'a self,
+        topic: &'a str,
+        bytes: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<E, WireError>>;
+}
+
+/// A projection of one topic decodes with that topic's codec.
+impl<E: AvroEvent + 'static> Decoder<E> for EventCodec<E> {
+    fn decode<'a>(
+        &'a self,
+        _topic: &'a str,
+        bytes: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<E, WireError>> {
+        Box::pin(EventCodec::decode(self, bytes))
+    }
 }
 
 /// What this replica knows of each partition of the topic: whether the group assigned it here,
@@ -289,34 +313,48 @@ pub struct ProjectionStats {
     pub undecodable: Counter,
 }
 
+/// The partition table of each topic a runner reads.
+#[derive(Debug, Clone, Default)]
+pub struct Tables(Vec<(String, Arc<PartitionTable>)>);
+
+impl Tables {
+    pub fn new(tables: Vec<(String, Arc<PartitionTable>)>) -> Self {
+        Self(tables)
+    }
+
+    pub fn of(&self, topic: &str) -> Option<&Arc<PartitionTable>> {
+        self.0
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, table)| table)
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<PartitionTable>> {
+        self.0.iter().map(|(_, table)| table)
+    }
+}
+
 /// Consumer callbacks: seeds every newly assigned partition with the store's offset.
 pub struct RebalanceContext {
     store: Arc<Store>,
     namespace: Namespace,
-    topic: String,
-    table: Arc<PartitionTable>,
+    tables: Tables,
 }
 
 impl std::fmt::Debug for RebalanceContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RebalanceContext")
-            .field("topic", &self.topic)
+            .field("namespace", &self.namespace.name)
             .finish_non_exhaustive()
     }
 }
 
 impl RebalanceContext {
-    pub fn new(
-        store: Arc<Store>,
-        namespace: Namespace,
-        topic: String,
-        table: Arc<PartitionTable>,
-    ) -> Self {
+    pub fn new(store: Arc<Store>, namespace: Namespace, tables: Tables) -> Self {
         Self {
             store,
             namespace,
-            topic,
-            table,
+            tables,
         }
     }
 
@@ -327,16 +365,17 @@ impl RebalanceContext {
             .map(|e| (e.topic().to_owned(), e.partition()))
             .collect();
         for (topic, partition) in partitions {
+            let table = self.tables.of(&topic);
             let offset = match self.store.next_offset(self.namespace, &topic, partition) {
                 Ok(Some(next)) => {
-                    if topic == self.topic {
-                        self.table.assigned(partition, next);
+                    if let Some(table) = table {
+                        table.assigned(partition, next);
                     }
                     Offset::Offset(next)
                 }
                 Ok(None) => {
-                    if topic == self.topic {
-                        self.table.assigned(partition, 0);
+                    if let Some(table) = table {
+                        table.assigned(partition, 0);
                     }
                     Offset::Beginning
                 }
@@ -344,8 +383,8 @@ impl RebalanceContext {
                     // Without a trustworthy position the only safe start is the beginning:
                     // applying is idempotent per version, so a replay re-derives the views.
                     tracing::error!(%error, partition, "stored offset unreadable; replaying partition");
-                    if topic == self.topic {
-                        self.table.assigned(partition, 0);
+                    if let Some(table) = table {
+                        table.assigned(partition, 0);
                     }
                     Offset::Beginning
                 }
@@ -359,19 +398,20 @@ impl RebalanceContext {
 
 impl ClientContext for RebalanceContext {
     fn stats(&self, statistics: Statistics) {
-        if let (Some(group), Ok(mut membership)) = (&statistics.cgrp, self.table.membership.lock())
-        {
-            *membership = Membership {
-                state: group.state.clone(),
-                join_state: group.join_state.clone(),
-                rebalances: group.rebalance_cnt,
-                last_rebalance_reason: group.rebalance_reason.clone(),
-                last_rebalance_age_ms: group.rebalance_age,
-            };
-        }
-        if let Some(topic) = statistics.topics.get(&self.topic) {
-            for (partition, stats) in &topic.partitions {
-                self.table.stable_end(*partition, stats.ls_offset);
+        for (name, table) in &self.tables.0 {
+            if let (Some(group), Ok(mut membership)) = (&statistics.cgrp, table.membership.lock()) {
+                *membership = Membership {
+                    state: group.state.clone(),
+                    join_state: group.join_state.clone(),
+                    rebalances: group.rebalance_cnt,
+                    last_rebalance_reason: group.rebalance_reason.clone(),
+                    last_rebalance_age_ms: group.rebalance_age,
+                };
+            }
+            if let Some(topic) = statistics.topics.get(name) {
+                for (partition, stats) in &topic.partitions {
+                    table.stable_end(*partition, stats.ls_offset);
+                }
             }
         }
     }
@@ -388,12 +428,19 @@ impl ConsumerContext for RebalanceContext {
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
         );
-        let ours = |tpl: &TopicPartitionList| -> Vec<i32> {
+        let ours = |tpl: &TopicPartitionList| -> Vec<(String, i32)> {
             tpl.elements()
                 .iter()
-                .filter(|e| e.topic() == self.topic)
-                .map(|e| e.partition())
+                .filter(|e| self.tables.of(e.topic()).is_some())
+                .map(|e| (e.topic().to_owned(), e.partition()))
                 .collect()
+        };
+        let revoke = |owned: &[(String, i32)]| {
+            for (topic, partition) in owned {
+                if let Some(table) = self.tables.of(topic) {
+                    table.revoked(*partition);
+                }
+            }
         };
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
@@ -407,26 +454,30 @@ impl ConsumerContext for RebalanceContext {
                     Ok(()) => tracing::info!(partitions = ?ours(tpl), "partitions assigned"),
                     Err(error) => {
                         tracing::error!(%error, "assign failed");
-                        for p in ours(tpl) {
-                            self.table.revoked(p);
-                        }
+                        revoke(&ours(tpl));
                     }
                 }
-                self.table.rebalance_done();
+                for table in self.tables.all() {
+                    table.rebalance_done();
+                }
             }
             _ => {
                 if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
                     tracing::error!(?err, "rebalance error; dropping assignment");
                 }
-                let removed = if cooperative {
+                let removed: Vec<(String, i32)> = if cooperative {
                     ours(tpl)
                 } else {
-                    self.table.owned()
+                    self.tables
+                        .0
+                        .iter()
+                        .flat_map(|(topic, table)| {
+                            table.owned().into_iter().map(|p| (topic.clone(), p))
+                        })
+                        .collect()
                 };
                 // Stop serving before giving the partitions up.
-                for p in &removed {
-                    self.table.revoked(*p);
-                }
+                revoke(&removed);
                 tracing::info!(partitions = ?removed, "partitions revoked");
                 let result = if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -436,24 +487,26 @@ impl ConsumerContext for RebalanceContext {
                 if let Err(error) = result {
                     tracing::error!(%error, "unassign failed");
                 }
-                self.table.rebalance_done();
+                for table in self.tables.all() {
+                    table.rebalance_done();
+                }
             }
         }
     }
 }
 
-/// Applies the topic's events to the store until `shutdown` is cancelled.
+/// Applies the events of the projection's topics to the store until `shutdown` is cancelled.
 #[allow(missing_debug_implementations)] // the consumer has no Debug
-pub struct Runner<P: Projection> {
+pub struct Runner<P: Projection, D> {
     pub consumer: StreamConsumer<RebalanceContext>,
-    pub codec: Arc<EventCodec<P::Event>>,
+    pub decoder: D,
     pub projection: P,
     pub store: Arc<Store>,
     pub stats: Arc<ProjectionStats>,
-    pub table: Arc<PartitionTable>,
+    pub tables: Tables,
 }
 
-impl<P: Projection> Runner<P> {
+impl<P: Projection, D: Decoder<P::Event>> Runner<P, D> {
     pub async fn run(self, shutdown: CancellationToken) {
         // While idle, the consumer's position shows records it skipped without handing them
         // over (transaction markers, aborted records); see `note_position`.
@@ -476,7 +529,10 @@ impl<P: Projection> Runner<P> {
                     continue;
                 }
             };
-            let Some(event) = self.decode(message.payload(), &shutdown).await else {
+            let Some(event) = self
+                .decode(message.topic(), message.payload(), &shutdown)
+                .await
+            else {
                 if shutdown.is_cancelled() {
                     break;
                 }
@@ -501,7 +557,7 @@ impl<P: Projection> Runner<P> {
                 Ok(Applied::VersionGap { expected, got }) => {
                     self.stats.version_gaps.inc();
                     tracing::error!(
-                        key = event.key(),
+                        topic = message.topic(),
                         expected,
                         got,
                         partition = message.partition(),
@@ -532,8 +588,10 @@ impl<P: Projection> Runner<P> {
             return;
         };
         for element in positions.elements() {
-            if let Offset::Offset(next) = element.offset() {
-                self.table.skipped_to(element.partition(), next);
+            if let (Offset::Offset(next), Some(table)) =
+                (element.offset(), self.tables.of(element.topic()))
+            {
+                table.skipped_to(element.partition(), next);
             }
         }
         // Let the group's committed offsets (what lag tooling reads) pass the markers too.
@@ -560,8 +618,9 @@ impl<P: Projection> Runner<P> {
             tracing::error!(%error, "store write failed; projection stops");
             return false;
         }
-        self.table
-            .applied_to(message.partition(), message.offset() + 1);
+        if let Some(table) = self.tables.of(message.topic()) {
+            table.applied_to(message.partition(), message.offset() + 1);
+        }
         if let Err(error) = self.consumer.store_offset_from_message(message) {
             // Only affects lag reporting: positions come from the store.
             tracing::debug!(%error, "could not store consumer offset");
@@ -569,10 +628,17 @@ impl<P: Projection> Runner<P> {
         true
     }
 
+    fn set_stalled(&self, stalled: bool) {
+        for table in self.tables.all() {
+            table.set_stalled(stalled);
+        }
+    }
+
     /// Decodes a record value, retrying while the registry is unreachable. None for records that
     /// will never decode (or on shutdown).
     async fn decode(
         &self,
+        topic: &str,
         payload: Option<&[u8]>,
         shutdown: &CancellationToken,
     ) -> Option<P::Event> {
@@ -580,9 +646,9 @@ impl<P: Projection> Runner<P> {
         let mut backoff = Duration::from_millis(100);
         let started = std::time::Instant::now();
         loop {
-            match self.codec.decode(payload).await {
+            match self.decoder.decode(topic, payload).await {
                 Ok(event) => {
-                    self.table.set_stalled(false);
+                    self.set_stalled(false);
                     return Some(event);
                 }
                 Err(WireError::Registry {
@@ -592,7 +658,7 @@ impl<P: Projection> Runner<P> {
                     tracing::warn!(error = %source, "schema registry unavailable; retrying");
                     // While stuck, "not found" is no longer trustworthy anywhere here.
                     if started.elapsed() > Duration::from_secs(5) {
-                        self.table.set_stalled(true);
+                        self.set_stalled(true);
                     }
                     tokio::select! {
                         () = shutdown.cancelled() => return None,
@@ -706,7 +772,11 @@ mod tests {
         batch.set_next_offset("events", 1, 42);
         store.write(batch).unwrap();
         let table = Arc::new(PartitionTable::new(3));
-        let context = RebalanceContext::new(store, namespace, "events".into(), Arc::clone(&table));
+        let context = RebalanceContext::new(
+            store,
+            namespace,
+            Tables::new(vec![("events".into(), Arc::clone(&table))]),
+        );
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition("events", 0);
         tpl.add_partition("events", 1);

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod customers;
 mod end_to_end;
 mod helpers;
 mod openapi;

@@ -2,6 +2,8 @@
 //! serves, with exactly their methods, and each documented request gets the status it promises.
 
 use http_edge::docs::{operations, promised_status, table_operations};
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -17,6 +19,24 @@ async fn the_document_matches_the_router_and_every_request_gets_its_promised_sta
         &http,
         &format!("{}/orders", commands.address),
         &order_body("c-docs", 1),
+    )
+    .await;
+    // A registered customer, applied, so that `/customers/{customer_id}` answers its 200.
+    post(
+        &http,
+        &format!("{}/customers", commands.address),
+        r#"{"customer_id":"c-docs","name":"Docs","email":"docs@example.com"}"#,
+    )
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "the customer's profile",
+        || async {
+            http.get(format!("{}/customers/c-docs", replica.address))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
     )
     .await;
 

@@ -1,0 +1,344 @@
+//! The customers read model: each customer's profile joined with what their orders add up to.
+//! One projection fed by two topics, each applied exactly once (each topic's offsets are stored
+//! beside the changes they caused, as for any projection).
+//!
+//! - From the customers topic (partitions this replica owns in the projection's group): the
+//!   customer's profile, [`CustomerView`], under `p/<customer>`.
+//! - From the orders topic (likewise): per order the few facts the join needs (`o/<order>`:
+//!   customer, currency, total, whether paid or cancelled), and per customer and orders
+//!   partition a summary (`s/<customer>/<partition>`: count, revenue per currency, last order).
+//!   Payments and cancellations name only their order, hence the facts.
+//!
+//! A customer's orders are spread over every orders partition, so a replica holds the summaries
+//! of the orders partitions it owns; a query adds up the summaries of every partition
+//! (`api::get_customer`). Orders placed before their customer registered count like any other:
+//! an order's customer id is free text, never checked against the customers topic.
+//!
+//! Revenue is the total of the orders paid and not cancelled since.
+
+use std::collections::BTreeMap;
+
+use customers::events::CustomerEvent;
+use customers::views::CustomerView;
+use futures::future::LocalBoxFuture;
+use orders::events::{OrderEvent, OrderPayload};
+use serde::{Deserialize, Serialize};
+use shared_events::partitioner::partition_for_key;
+use shared_events::{EventCodec, WireError};
+
+use crate::projection::{Applied, Decoder, Projection};
+use crate::store::{Store, StoreBatch, StoreError};
+
+/// An event of either topic.
+#[derive(Debug)]
+pub enum CustomerFeed {
+    Customer(CustomerEvent),
+    Order(OrderEvent),
+}
+
+/// Decodes each topic's records with that topic's codec.
+#[derive(Debug)]
+pub struct FeedDecoder {
+    pub customers_topic: String,
+    pub customers: EventCodec<CustomerEvent>,
+    pub orders: EventCodec<OrderEvent>,
+}
+
+impl Decoder<CustomerFeed> for FeedDecoder {
+    fn decode<'a>(
+        &'a self,
+        topic: &'a str,
+        bytes: &'a [u8],
+    ) -> LocalBoxFuture<'a, Result<CustomerFeed, WireError>> {
+        Box::pin(async move {
+            if topic == self.customers_topic {
+                self.customers
+                    .decode(bytes)
+                    .await
+                    .map(CustomerFeed::Customer)
+            } else {
+                self.orders.decode(bytes).await.map(CustomerFeed::Order)
+            }
+        })
+    }
+}
+
+/// What the join keeps of one order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct OrderFacts {
+    customer_id: String,
+    currency: String,
+    total_cents: i64,
+    version: i64,
+    placed_at_ms: i64,
+    paid: bool,
+    cancelled: bool,
+}
+
+/// What a customer's orders in one orders partition add up to; summaries of several partitions
+/// add up with [`OrdersSummary::merge`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OrdersSummary {
+    /// Orders placed.
+    pub count: u64,
+    /// Paid and not cancelled, in cents, per currency.
+    pub revenue_cents: BTreeMap<String, i64>,
+    /// The most recently placed order.
+    pub last_order_id: Option<String>,
+    /// When it was placed (ms since the epoch), to merge summaries by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_order_at_ms: Option<i64>,
+}
+
+impl OrdersSummary {
+    pub fn merge(&mut self, other: Self) {
+        self.count += other.count;
+        for (currency, cents) in other.revenue_cents {
+            *self.revenue_cents.entry(currency).or_default() += cents;
+        }
+        let later = match (&other.last_order_id, other.last_order_at_ms) {
+            (Some(id), Some(at)) => match (&self.last_order_id, self.last_order_at_ms) {
+                (Some(mine), Some(mine_at)) => (at, id) > (mine_at, mine),
+                _ => true,
+            },
+            _ => false,
+        };
+        if later {
+            self.last_order_id = other.last_order_id;
+            self.last_order_at_ms = other.last_order_at_ms;
+        }
+        self.revenue_cents.retain(|_, cents| *cents != 0);
+    }
+}
+
+/// Projects both topics into profiles and per-partition order summaries.
+#[derive(Debug)]
+pub struct CustomersProjection {
+    /// Partitions of the orders topic: a summary is kept per orders partition.
+    pub orders_partitions: i32,
+}
+
+fn profile_key(customer_id: &str) -> String {
+    format!("p/{customer_id}")
+}
+
+fn order_key(order_id: &str) -> String {
+    format!("o/{order_id}")
+}
+
+fn summary_key(customer_id: &str, partition: i32) -> String {
+    format!("s/{customer_id}/{partition}")
+}
+
+fn read<T: for<'de> Deserialize<'de>>(store: &Store, key: &str) -> Result<Option<T>, StoreError> {
+    Ok(store
+        .view(CustomersProjection::namespace(), key)?
+        .and_then(|bytes| match serde_json::from_slice(&bytes) {
+            Ok(value) => Some(value),
+            Err(error) => {
+                tracing::error!(%error, key, "stored customer data does not parse");
+                None
+            }
+        }))
+}
+
+fn put<T: Serialize>(batch: &mut StoreBatch, key: &str, value: &T) {
+    // Structs of strings, integers and maps of them always serialise.
+    batch.put_view(key, serde_json::to_vec(value).unwrap_or_default());
+}
+
+impl CustomersProjection {
+    /// The customer's profile, if this replica's store has it.
+    pub fn profile(store: &Store, customer_id: &str) -> Result<Option<CustomerView>, StoreError> {
+        read(store, &profile_key(customer_id))
+    }
+
+    /// The customer's summary in orders partition `partition`, empty when they have no order
+    /// there.
+    pub fn summary(
+        store: &Store,
+        customer_id: &str,
+        partition: i32,
+    ) -> Result<OrdersSummary, StoreError> {
+        Ok(read(store, &summary_key(customer_id, partition))?.unwrap_or_default())
+    }
+
+    fn apply_customer(
+        store: &Store,
+        batch: &mut StoreBatch,
+        event: &CustomerEvent,
+    ) -> Result<Applied, StoreError> {
+        let key = profile_key(&event.envelope.aggregate_id);
+        let current = read::<CustomerView>(store, &key)?;
+        match customers::views::evolve(current, event) {
+            Ok(view) => {
+                put(batch, &key, &view);
+                Ok(Applied::Changed)
+            }
+            Err(gap) => Ok(Applied::VersionGap {
+                expected: gap.expected,
+                got: gap.got,
+            }),
+        }
+    }
+
+    fn apply_order(
+        &self,
+        store: &Store,
+        batch: &mut StoreBatch,
+        event: &OrderEvent,
+    ) -> Result<Applied, StoreError> {
+        let envelope = &event.envelope;
+        let key = order_key(&envelope.aggregate_id);
+        let current = read::<OrderFacts>(store, &key)?;
+        let expected = current.as_ref().map_or(1, |facts| facts.version + 1);
+        if envelope.aggregate_version != expected {
+            return Ok(Applied::VersionGap {
+                expected,
+                got: envelope.aggregate_version,
+            });
+        }
+        let partition = partition_for_key(envelope.aggregate_id.as_bytes(), self.orders_partitions);
+        let (facts, change) = match (current, &event.payload) {
+            (
+                None,
+                OrderPayload::Placed {
+                    customer_id,
+                    currency,
+                    total_cents,
+                    ..
+                },
+            ) => {
+                let facts = OrderFacts {
+                    customer_id: customer_id.clone(),
+                    currency: currency.clone(),
+                    total_cents: *total_cents,
+                    version: 1,
+                    placed_at_ms: envelope.occurred_at_ms,
+                    paid: false,
+                    cancelled: false,
+                };
+                let change = OrdersSummary {
+                    count: 1,
+                    revenue_cents: BTreeMap::new(),
+                    last_order_id: Some(envelope.aggregate_id.clone()),
+                    last_order_at_ms: Some(envelope.occurred_at_ms),
+                };
+                (facts, Some(change))
+            }
+            (Some(mut facts), payload) => {
+                let revenue_before = facts.revenue();
+                match payload {
+                    OrderPayload::Placed { .. } => {
+                        return Ok(Applied::VersionGap {
+                            expected,
+                            got: envelope.aggregate_version,
+                        });
+                    }
+                    OrderPayload::Paid { .. } => facts.paid = true,
+                    OrderPayload::Cancelled { .. } => facts.cancelled = true,
+                    OrderPayload::Shipped { .. } => {}
+                }
+                facts.version = envelope.aggregate_version;
+                let delta = facts.revenue() - revenue_before;
+                let change = (delta != 0).then(|| OrdersSummary {
+                    revenue_cents: BTreeMap::from([(facts.currency.clone(), delta)]),
+                    ..OrdersSummary::default()
+                });
+                (facts, change)
+            }
+            (None, _) => {
+                return Ok(Applied::VersionGap {
+                    expected,
+                    got: envelope.aggregate_version,
+                });
+            }
+        };
+        if let Some(change) = change {
+            let summary_key = summary_key(&facts.customer_id, partition);
+            let mut summary = read::<OrdersSummary>(store, &summary_key)?.unwrap_or_default();
+            summary.merge(change);
+            put(batch, &summary_key, &summary);
+        }
+        put(batch, &key, &facts);
+        Ok(Applied::Changed)
+    }
+}
+
+impl OrderFacts {
+    fn revenue(&self) -> i64 {
+        if self.paid && !self.cancelled {
+            self.total_cents
+        } else {
+            0
+        }
+    }
+}
+
+impl Projection for CustomersProjection {
+    type Event = CustomerFeed;
+    const NAMESPACE: &'static str = "customers";
+    const VERSION: u32 = 1;
+
+    fn apply(
+        &self,
+        store: &Store,
+        batch: &mut StoreBatch,
+        event: &CustomerFeed,
+    ) -> Result<Applied, StoreError> {
+        match event {
+            CustomerFeed::Customer(event) => Self::apply_customer(store, batch, event),
+            CustomerFeed::Order(event) => self.apply_order(store, batch, event),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn summary(count: u64, revenue: &[(&str, i64)], last: Option<(&str, i64)>) -> OrdersSummary {
+        OrdersSummary {
+            count,
+            revenue_cents: revenue.iter().map(|(c, v)| ((*c).to_owned(), *v)).collect(),
+            last_order_id: last.map(|(id, _)| id.to_owned()),
+            last_order_at_ms: last.map(|(_, at)| at),
+        }
+    }
+
+    #[test]
+    fn summaries_add_up_and_keep_the_latest_order() {
+        let mut total = OrdersSummary::default();
+        total.merge(summary(2, &[("EUR", 100)], Some(("o-2", 20))));
+        total.merge(summary(1, &[("EUR", 50), ("USD", 7)], Some(("o-9", 30))));
+        total.merge(summary(3, &[], Some(("o-1", 10))));
+        total.merge(OrdersSummary::default());
+        assert_eq!(
+            total,
+            summary(6, &[("EUR", 150), ("USD", 7)], Some(("o-9", 30)))
+        );
+        // A refund that brings a currency to zero leaves no zero entry behind.
+        total.merge(summary(0, &[("USD", -7)], None));
+        assert_eq!(total.revenue_cents.len(), 1);
+    }
+
+    #[test]
+    fn revenue_counts_paid_orders_that_were_not_cancelled() {
+        let mut facts = OrderFacts {
+            customer_id: "c".into(),
+            currency: "EUR".into(),
+            total_cents: 500,
+            version: 1,
+            placed_at_ms: 0,
+            paid: false,
+            cancelled: false,
+        };
+        assert_eq!(facts.revenue(), 0);
+        facts.paid = true;
+        assert_eq!(facts.revenue(), 500);
+        facts.cancelled = true;
+        assert_eq!(facts.revenue(), 0);
+    }
+}
