@@ -13,16 +13,14 @@
 
 pub mod api;
 pub mod app;
-pub mod cluster;
 pub mod config;
 pub mod customer_projection;
 pub mod metrics;
 pub mod openapi;
 pub mod order_projection;
 pub mod problem;
-pub mod projection;
-pub mod routing;
-pub mod store;
+
+pub use projection_engine::{cluster, projection, routing, store};
 
 pub use app::{Application, StartupError};
 pub use config::Config;
