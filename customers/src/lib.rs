@@ -14,4 +14,5 @@
 
 pub mod commands;
 pub mod events;
+pub mod projection;
 pub mod views;

@@ -9,4 +9,5 @@
 
 pub mod commands;
 pub mod events;
+pub mod projection;
 pub mod views;

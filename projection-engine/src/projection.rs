@@ -8,8 +8,8 @@
 //! - The group's committed offsets are still advanced (after the store write) so that ordinary
 //!   Kafka tooling shows the group's lag.
 //!
-//! The runner is generic: a domain plugs in with the [`Projection`] trait and a [`Decoder`] for
-//! the topics the projection reads. A runner runs one projection over one or more topics, with a
+//! The runner is generic: a domain plugs in with its [`ReadModel`] and a [`Decoder`] for the
+//! topics it reads. A runner runs one projection over one or more topics, with a
 //! consumer (and a thread) of its own, so each projection resumes, lags and rebuilds on its own.
 
 use std::sync::Arc;
@@ -30,44 +30,16 @@ use shared_events::{AvroEvent, EventCodec, WireError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Namespace, Store, StoreBatch, StoreError};
+use crate::store::{Namespace, Store, StoreBatch, StoreViews};
 
-/// What applying one event did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Applied {
-    /// The view changed.
-    Changed,
-    /// The event is not the next version of its aggregate; nothing was merged.
-    VersionGap { expected: i64, got: i64 },
-}
+pub use shared_events::view::{Applied, ReadModel};
 
-/// A read model, fed by the events of one or more topics.
-pub trait Projection: Send + Sync + 'static {
-    /// What it is fed: one topic's event type, or an enum over several topics' types.
-    type Event: Send + Sync;
-
-    /// The projection's namespace in the store: its data lives apart from every other's.
-    const NAMESPACE: &'static str;
-
-    /// The version of what the projection stores; its namespace, when written by another
-    /// version, is rebuilt from the topic. Bump it whenever `apply` changes what it writes.
-    const VERSION: u32;
-
-    /// Where in the store the projection lives.
-    fn namespace() -> Namespace {
-        Namespace {
-            name: Self::NAMESPACE,
-            version: Self::VERSION,
-        }
+/// Where in the store a read model lives.
+pub fn namespace<P: ReadModel>() -> Namespace {
+    Namespace {
+        name: P::NAMESPACE,
+        version: P::VERSION,
     }
-
-    /// Stages the effect of `event` into `batch`, reading the current state from `store`.
-    fn apply(
-        &self,
-        store: &Store,
-        batch: &mut StoreBatch,
-        event: &Self::Event,
-    ) -> Result<Applied, StoreError>;
 }
 
 /// Turns a record of one of a projection's topics into the projection's event.
@@ -497,7 +469,7 @@ impl ConsumerContext for RebalanceContext {
 
 /// Applies the events of the projection's topics to the store until `shutdown` is cancelled.
 #[allow(missing_debug_implementations)] // the consumer has no Debug
-pub struct Runner<P: Projection, D> {
+pub struct Runner<P: ReadModel, D> {
     pub consumer: StreamConsumer<RebalanceContext>,
     pub decoder: D,
     pub projection: P,
@@ -506,7 +478,7 @@ pub struct Runner<P: Projection, D> {
     pub tables: Tables,
 }
 
-impl<P: Projection, D: Decoder<P::Event>> Runner<P, D> {
+impl<P: ReadModel, D: Decoder<P::Event>> Runner<P, D> {
     pub async fn run(self, shutdown: CancellationToken) {
         // While idle, the consumer's position shows records it skipped without handing them
         // over (transaction markers, aborted records); see `note_position`.
@@ -544,13 +516,14 @@ impl<P: Projection, D: Decoder<P::Event>> Runner<P, D> {
                     offset = message.offset(),
                     "skipping undecodable record"
                 );
-                let mut batch = StoreBatch::new(P::namespace());
+                let mut batch = StoreBatch::new(namespace::<P>());
                 batch.set_next_offset(message.topic(), message.partition(), message.offset() + 1);
                 self.write(batch, &message);
                 continue;
             };
-            let mut batch = StoreBatch::new(P::namespace());
-            match self.projection.apply(&self.store, &mut batch, &event) {
+            let mut batch = StoreBatch::new(namespace::<P>());
+            let views = StoreViews::new(&self.store, namespace::<P>());
+            match self.projection.apply(&views, &mut batch, &event) {
                 Ok(Applied::Changed) => {
                     self.stats.applied.inc();
                 }

@@ -11,11 +11,55 @@
 use std::path::Path;
 
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch};
+use shared_events::view::ViewError;
 
 /// The kinds of data a projection keeps, each a column family `<namespace>.<kind>`.
 const KINDS: [&str; 3] = ["views", "index", "offsets"];
 /// In the default column family, per namespace: the projection version its data was written by.
 const VERSION_PREFIX: &str = "version/";
+
+/// A namespace's views as a read model reads them ([`shared_events::view::Views`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreViews<'a> {
+    store: &'a Store,
+    namespace: Namespace,
+}
+
+impl<'a> StoreViews<'a> {
+    pub fn new(store: &'a Store, namespace: Namespace) -> Self {
+        Self { store, namespace }
+    }
+}
+
+impl shared_events::view::Views for StoreViews<'_> {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, ViewError> {
+        self.store
+            .view(self.namespace, key)
+            .map_err(ViewError::from)
+    }
+
+    fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, ViewError> {
+        self.store
+            .index_scan(self.namespace, prefix, start, limit)
+            .map_err(ViewError::from)
+    }
+}
+
+impl shared_events::view::Changes for StoreBatch {
+    fn put(&mut self, key: &str, value: Vec<u8>) {
+        self.put_view(key, value);
+    }
+
+    fn index(&mut self, key: Vec<u8>) {
+        self.put_index(key);
+    }
+}
+
+impl From<StoreError> for ViewError {
+    fn from(error: StoreError) -> Self {
+        Self(error.to_string())
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -11,16 +11,17 @@ use shared_events::partitioner::partition_for_key;
 use shared_events::{ConsistencyToken, Identifier};
 
 use crate::cluster::{Cluster, Member};
-use crate::customer_projection::{CustomersProjection, OrdersSummary};
 use crate::metrics::{Metrics, OutcomeLabel};
-use crate::order_projection::{CustomerCursor, OrdersProjection};
 use crate::problem::QueryError;
 use crate::projection::{PartitionTable, ProjectionStats};
 use crate::routing::{FORWARDED_BY, Forwarder, Route, route};
-use crate::store::Store;
+use crate::store::{Store, StoreViews};
+use customers::projection::{CustomersProjection, OrdersSummary};
 use http_edge::problem::Problem;
 use http_edge::routes::readable;
+use orders::projection::{CustomerCursor, OrdersProjection};
 use orders::views::OrderView;
+use projection_engine::projection::namespace;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -161,6 +162,16 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// The command side's identifier rule ([`Identifier`]): what it refuses cannot be looked up.
+/// The orders projection's namespace of the store.
+fn orders_views(store: &Store) -> StoreViews<'_> {
+    StoreViews::new(store, namespace::<OrdersProjection>())
+}
+
+/// The customers projection's namespace of the store.
+fn customers_views(store: &Store) -> StoreViews<'_> {
+    StoreViews::new(store, namespace::<CustomersProjection>())
+}
+
 fn valid_id(id: &str) -> bool {
     Identifier::parse(id).is_ok()
 }
@@ -237,7 +248,7 @@ async fn get_order(
             }
             // A point read from RocksDB's memtable or block cache takes microseconds: cheaper
             // inline than a hop to the blocking pool and back.
-            let found = OrdersProjection::read_json(&state.store, &id)?;
+            let found = OrdersProjection::read_json(&orders_views(&state.store), &id)?;
             match found {
                 Some(view) => Ok(HttpResponse::Ok()
                     .insert_header(("Served-By", state.replica_id.as_str()))
@@ -403,7 +414,8 @@ async fn get_customer(
             if let Some(token) = token.as_ref().filter(|t| t.topic == side.topic) {
                 wait_for(&state, &side.customers, token).await?;
             }
-            let Some(profile) = CustomersProjection::profile(&state.store, &id)? else {
+            let Some(profile) = CustomersProjection::profile(&customers_views(&state.store), &id)?
+            else {
                 return Err(if side.customers.serves(partition) {
                     QueryError::UnknownCustomer {
                         id,
@@ -522,7 +534,7 @@ fn local_summary(
     let mut summary = OrdersSummary::default();
     for partition in &partitions {
         summary.merge(CustomersProjection::summary(
-            &state.store,
+            &customers_views(&state.store),
             customer_id,
             *partition,
         )?);
@@ -817,9 +829,13 @@ async fn local_page(
     let serving = partitions.clone();
     let found = web::block(move || {
         let count = table.count();
-        OrdersProjection::customer_orders(&store, &customer, after.as_ref(), limit, |order_id| {
-            serving.contains(&partition_for_key(order_id.as_bytes(), count))
-        })
+        OrdersProjection::customer_orders(
+            &orders_views(&store),
+            &customer,
+            after.as_ref(),
+            limit,
+            |order_id| serving.contains(&partition_for_key(order_id.as_bytes(), count)),
+        )
     })
     .await
     .map_err(|_| QueryError::Unavailable("the store is busy".into()))??;

@@ -14,14 +14,15 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState, CustomersSide};
 use crate::cluster::{self, Cluster};
 use crate::config::{Config, ConfigError};
-use crate::customer_projection::{CustomersProjection, FeedDecoder};
+use crate::feeds::FeedDecoder;
 use crate::metrics::Metrics;
-use crate::order_projection::OrdersProjection;
 use crate::projection::{
-    PartitionTable, Projection, ProjectionStats, RebalanceContext, Runner, Tables,
+    PartitionTable, ProjectionStats, RebalanceContext, Runner, Tables, namespace,
 };
 use crate::routing::Forwarder;
 use crate::store::{Store, StoreError};
+use customers::projection::CustomersProjection;
+use orders::projection::OrdersProjection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -102,8 +103,8 @@ impl Application {
             Store::open(
                 &path,
                 &[
-                    OrdersProjection::namespace(),
-                    CustomersProjection::namespace(),
+                    namespace::<OrdersProjection>(),
+                    namespace::<CustomersProjection>(),
                 ],
             )
         })
@@ -131,7 +132,7 @@ impl Application {
         let table = Arc::new(PartitionTable::new(partitions));
         let context = RebalanceContext::new(
             Arc::clone(&store),
-            OrdersProjection::namespace(),
+            namespace::<OrdersProjection>(),
             Tables::new(vec![(config.topic.clone(), Arc::clone(&table))]),
         );
         let member = Member {
@@ -479,7 +480,7 @@ impl CustomersOpening {
         };
         let context = RebalanceContext::new(
             Arc::clone(&self.store),
-            CustomersProjection::namespace(),
+            namespace::<CustomersProjection>(),
             tables.clone(),
         );
         let consumer = member.consumer(&group, context)?;

@@ -2,8 +2,9 @@
 //!
 //! A replica runs two projections, each with a consumer group (read-committed, so aborted
 //! command batches are never seen), a thread and a store namespace of its own:
-//! [`order_projection`] over the orders topic, and [`customer_projection`] over the customers
-//! and the orders topics (profiles joined with what each customer's orders add up to). The
+//! `orders::projection` over the orders topic, and `customers::projection` over the customers
+//! and the orders topics (profiles joined with what each customer's orders add up to); the read
+//! models are the domains', the runners, the store and the routes this crate's. The
 //! [`projection`] runner writes each view change together with the offset it came from in one
 //! RocksDB batch, and resumes every partition from its own store, so an event is applied exactly
 //! once per projection even across crashes. A query is answered from the store when this
@@ -14,10 +15,9 @@
 pub mod api;
 pub mod app;
 pub mod config;
-pub mod customer_projection;
+pub mod feeds;
 pub mod metrics;
 pub mod openapi;
-pub mod order_projection;
 pub mod problem;
 
 pub use projection_engine::{cluster, projection, routing, store};

@@ -35,6 +35,8 @@ pub enum QueryError {
     Unauthorized,
     #[error("the local store failed")]
     Store(#[from] StoreError),
+    #[error("the local store failed")]
+    View(#[from] shared_events::view::ViewError),
     #[error("this route answers {0} only")]
     MethodNotAllowed(&'static str),
 }
@@ -134,7 +136,7 @@ impl QueryError {
             Self::ConsistencyTimeout { .. } => &CONSISTENCY_TIMEOUT,
             Self::AdminDisabled => &ADMIN_DISABLED,
             Self::Unauthorized => &UNAUTHORIZED,
-            Self::Store(_) => &STORE_FAILURE,
+            Self::Store(_) | Self::View(_) => &STORE_FAILURE,
             Self::MethodNotAllowed(_) => &METHOD_NOT_ALLOWED,
         }
     }

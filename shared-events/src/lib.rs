@@ -4,6 +4,8 @@
 //! - [`aggregate`]: the contract between a domain's aggregate and the command engine
 //!   ([`Aggregate`]): parse, decide, evolve.
 //! - [`validation`]: the toolkit request bodies are checked with, naming every bad field.
+//! - [`view`]: the contract between a domain's read model and the projection engine
+//!   ([`view::ReadModel`]): how an event changes the views.
 //! - [`event`]: the small trait a domain event implements to travel as Avro ([`AvroEvent`]).
 //! - [`binary`]: the Avro binary primitives an event writes its record with.
 //! - [`wire`]: the Confluent wire format (magic byte, 4-byte schema id, Avro body) through a
@@ -24,6 +26,7 @@ pub mod key;
 pub mod partitioner;
 pub mod position;
 pub mod validation;
+pub mod view;
 pub mod wire;
 
 pub use aggregate::{Aggregate, CommandError, CommandSpec, EventMetadata, FieldError, Rejection};

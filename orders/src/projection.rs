@@ -1,11 +1,11 @@
-//! The orders read model in a replica's store: one JSON view per order ([`OrderView`], folded by
-//! the domain), keyed by order id, and a customer → orders index.
+//! The orders read model: one JSON view per order ([`OrderView`], folded by [`evolve`]), keyed
+//! by order id, and a customer → orders index, in the projection's own namespace of a replica's
+//! store.
 
-use orders::events::{OrderEvent, OrderPayload};
-use orders::views::{OrderView, VersionGap, evolve};
+use shared_events::view::{Applied, Changes, ReadModel, ViewError, Views};
 
-use crate::projection::{Applied, Projection};
-use crate::store::{Store, StoreBatch, StoreError};
+use crate::events::{OrderEvent, OrderPayload};
+use crate::views::{OrderView, VersionGap, evolve};
 
 /// Where a customer's order sits in the customer's list: by placement time, then id.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -55,12 +55,12 @@ impl OrdersProjection {
     /// Up to `limit` of a customer's orders after `after`, oldest first, among the orders whose
     /// partition `serves` says this replica answers for.
     pub fn customer_orders(
-        store: &Store,
+        views: &dyn Views,
         customer_id: &str,
         after: Option<&CustomerCursor>,
         limit: usize,
         serves: impl Fn(&str) -> bool,
-    ) -> Result<Vec<(CustomerCursor, OrderView)>, StoreError> {
+    ) -> Result<Vec<(CustomerCursor, OrderView)>, ViewError> {
         let prefix = format!("{customer_id}\0").into_bytes();
         let mut start = match after {
             Some(c) => {
@@ -74,7 +74,7 @@ impl OrdersProjection {
         // The store may hold orders of partitions this replica no longer owns; skip those.
         const CHUNK: usize = 256;
         loop {
-            let keys = store.index_scan(Self::namespace(), &prefix, &start, CHUNK)?;
+            let keys = views.scan(&prefix, &start, CHUNK)?;
             let exhausted = keys.len() < CHUNK;
             for key in &keys {
                 let Some(cursor) = cursor_of(key) else {
@@ -83,7 +83,7 @@ impl OrdersProjection {
                 if !serves(&cursor.order_id) {
                     continue;
                 }
-                if let Some(view) = Self::read(store, &cursor.order_id)? {
+                if let Some(view) = Self::read(views, &cursor.order_id)? {
                     found.push((cursor, view));
                     if found.len() >= limit {
                         return Ok(found);
@@ -105,24 +105,16 @@ impl OrdersProjection {
     /// hands the stored bytes out as they are, without parsing and printing them again. A change
     /// to the shape of [`OrderView`] must therefore bump [`Projection::VERSION`], which rebuilds
     /// every stored view.
-    pub fn read_json(store: &Store, order_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        store.view(Self::namespace(), order_id)
+    pub fn read_json(views: &dyn Views, order_id: &str) -> Result<Option<Vec<u8>>, ViewError> {
+        views.get(order_id)
     }
 
-    pub fn read(store: &Store, order_id: &str) -> Result<Option<OrderView>, StoreError> {
-        Ok(store
-            .view(Self::namespace(), order_id)?
-            .and_then(|bytes| match serde_json::from_slice(&bytes) {
-                Ok(view) => Some(view),
-                Err(error) => {
-                    tracing::error!(%error, order_id, "stored view does not parse");
-                    None
-                }
-            }))
+    pub fn read(views: &dyn Views, order_id: &str) -> Result<Option<OrderView>, ViewError> {
+        shared_events::view::read_json(views, order_id)
     }
 }
 
-impl Projection for OrdersProjection {
+impl ReadModel for OrdersProjection {
     type Event = OrderEvent;
     const NAMESPACE: &'static str = "orders";
     /// 2: the customer index.
@@ -130,23 +122,21 @@ impl Projection for OrdersProjection {
 
     fn apply(
         &self,
-        store: &Store,
-        batch: &mut StoreBatch,
+        views: &dyn Views,
+        changes: &mut dyn Changes,
         event: &OrderEvent,
-    ) -> Result<Applied, StoreError> {
-        let current = Self::read(store, &event.envelope.aggregate_id)?;
+    ) -> Result<Applied, ViewError> {
+        let current = Self::read(views, &event.envelope.aggregate_id)?;
         match evolve(current, event) {
             Ok(view) => {
                 if let OrderPayload::Placed { customer_id, .. } = &event.payload {
-                    batch.put_index(customer_key(
+                    changes.index(customer_key(
                         customer_id,
                         event.envelope.occurred_at_ms,
                         &view.order_id,
                     ));
                 }
-                // Serialising a struct of strings and integers cannot fail.
-                let bytes = serde_json::to_vec(&view).unwrap_or_default();
-                batch.put_view(&view.order_id, bytes);
+                shared_events::view::put_json(changes, &view.order_id, &view);
                 Ok(Applied::Changed)
             }
             Err(VersionGap { expected, got }) => Ok(Applied::VersionGap { expected, got }),
@@ -159,8 +149,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use orders::events::{Envelope, LineItem};
-    use orders::views::OrderStatus;
+    use crate::events::{Envelope, LineItem};
+    use crate::views::OrderStatus;
+    use shared_events::view::MemoryViews;
 
     fn event(version: i64, payload: OrderPayload) -> OrderEvent {
         OrderEvent {
@@ -231,18 +222,15 @@ mod tests {
 
     #[test]
     fn customer_orders_page_through_owned_orders_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &[OrdersProjection::namespace()]).unwrap();
+        let mut store = MemoryViews::default();
         for (i, id) in ["o-a", "o-b", "o-c", "o-d"].into_iter().enumerate() {
             let mut event = placed();
             event.envelope.aggregate_id = id.into();
             event.envelope.occurred_at_ms += i64::try_from(i).unwrap();
-            let mut batch = StoreBatch::new(OrdersProjection::namespace());
             assert_eq!(
-                OrdersProjection.apply(&store, &mut batch, &event).unwrap(),
+                store.apply(&OrdersProjection, &event).unwrap(),
                 Applied::Changed
             );
-            store.write(batch).unwrap();
         }
         let serves = |id: &str| id != "o-b";
         let page = OrdersProjection::customer_orders(&store, "c-42", None, 2, serves).unwrap();

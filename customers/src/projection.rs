@@ -10,57 +10,26 @@
 //!   Payments and cancellations name only their order, hence the facts.
 //!
 //! A customer's orders are spread over every orders partition, so a replica holds the summaries
-//! of the orders partitions it owns; a query adds up the summaries of every partition
-//! (`api::get_customer`). Orders placed before their customer registered count like any other:
+//! of the orders partitions it owns; a query adds up the summaries of every partition. Orders placed before their customer registered count like any other:
 //! an order's customer id is free text, never checked against the customers topic.
 //!
 //! Revenue is the total of the orders paid and not cancelled since.
 
 use std::collections::BTreeMap;
 
-use customers::events::CustomerEvent;
-use customers::views::CustomerView;
-use futures::future::LocalBoxFuture;
 use orders::events::{OrderEvent, OrderPayload};
 use serde::{Deserialize, Serialize};
 use shared_events::partitioner::partition_for_key;
-use shared_events::{EventCodec, WireError};
+use shared_events::view::{Applied, Changes, ReadModel, ViewError, Views, put_json, read_json};
 
-use crate::projection::{Applied, Decoder, Projection};
-use crate::store::{Store, StoreBatch, StoreError};
+use crate::events::CustomerEvent;
+use crate::views::CustomerView;
 
 /// An event of either topic.
 #[derive(Debug)]
 pub enum CustomerFeed {
     Customer(CustomerEvent),
     Order(OrderEvent),
-}
-
-/// Decodes each topic's records with that topic's codec.
-#[derive(Debug)]
-pub struct FeedDecoder {
-    pub customers_topic: String,
-    pub customers: EventCodec<CustomerEvent>,
-    pub orders: EventCodec<OrderEvent>,
-}
-
-impl Decoder<CustomerFeed> for FeedDecoder {
-    fn decode<'a>(
-        &'a self,
-        topic: &'a str,
-        bytes: &'a [u8],
-    ) -> LocalBoxFuture<'a, Result<CustomerFeed, WireError>> {
-        Box::pin(async move {
-            if topic == self.customers_topic {
-                self.customers
-                    .decode(bytes)
-                    .await
-                    .map(CustomerFeed::Customer)
-            } else {
-                self.orders.decode(bytes).await.map(CustomerFeed::Order)
-            }
-        })
-    }
 }
 
 /// What the join keeps of one order.
@@ -130,49 +99,35 @@ fn summary_key(customer_id: &str, partition: i32) -> String {
     format!("s/{customer_id}/{partition}")
 }
 
-fn read<T: for<'de> Deserialize<'de>>(store: &Store, key: &str) -> Result<Option<T>, StoreError> {
-    Ok(store
-        .view(CustomersProjection::namespace(), key)?
-        .and_then(|bytes| match serde_json::from_slice(&bytes) {
-            Ok(value) => Some(value),
-            Err(error) => {
-                tracing::error!(%error, key, "stored customer data does not parse");
-                None
-            }
-        }))
-}
-
-fn put<T: Serialize>(batch: &mut StoreBatch, key: &str, value: &T) {
-    // Structs of strings, integers and maps of them always serialise.
-    batch.put_view(key, serde_json::to_vec(value).unwrap_or_default());
-}
-
 impl CustomersProjection {
     /// The customer's profile, if this replica's store has it.
-    pub fn profile(store: &Store, customer_id: &str) -> Result<Option<CustomerView>, StoreError> {
-        read(store, &profile_key(customer_id))
+    pub fn profile(
+        views: &dyn Views,
+        customer_id: &str,
+    ) -> Result<Option<CustomerView>, ViewError> {
+        read_json(views, &profile_key(customer_id))
     }
 
     /// The customer's summary in orders partition `partition`, empty when they have no order
     /// there.
     pub fn summary(
-        store: &Store,
+        views: &dyn Views,
         customer_id: &str,
         partition: i32,
-    ) -> Result<OrdersSummary, StoreError> {
-        Ok(read(store, &summary_key(customer_id, partition))?.unwrap_or_default())
+    ) -> Result<OrdersSummary, ViewError> {
+        Ok(read_json(views, &summary_key(customer_id, partition))?.unwrap_or_default())
     }
 
     fn apply_customer(
-        store: &Store,
-        batch: &mut StoreBatch,
+        views: &dyn Views,
+        changes: &mut dyn Changes,
         event: &CustomerEvent,
-    ) -> Result<Applied, StoreError> {
+    ) -> Result<Applied, ViewError> {
         let key = profile_key(&event.envelope.aggregate_id);
-        let current = read::<CustomerView>(store, &key)?;
-        match customers::views::evolve(current, event) {
+        let current = read_json::<CustomerView>(views, &key)?;
+        match crate::views::evolve(current, event) {
             Ok(view) => {
-                put(batch, &key, &view);
+                put_json(changes, &key, &view);
                 Ok(Applied::Changed)
             }
             Err(gap) => Ok(Applied::VersionGap {
@@ -184,13 +139,13 @@ impl CustomersProjection {
 
     fn apply_order(
         &self,
-        store: &Store,
-        batch: &mut StoreBatch,
+        views: &dyn Views,
+        changes: &mut dyn Changes,
         event: &OrderEvent,
-    ) -> Result<Applied, StoreError> {
+    ) -> Result<Applied, ViewError> {
         let envelope = &event.envelope;
         let key = order_key(&envelope.aggregate_id);
-        let current = read::<OrderFacts>(store, &key)?;
+        let current = read_json::<OrderFacts>(views, &key)?;
         let expected = current.as_ref().map_or(1, |facts| facts.version + 1);
         if envelope.aggregate_version != expected {
             return Ok(Applied::VersionGap {
@@ -256,11 +211,11 @@ impl CustomersProjection {
         };
         if let Some(change) = change {
             let summary_key = summary_key(&facts.customer_id, partition);
-            let mut summary = read::<OrdersSummary>(store, &summary_key)?.unwrap_or_default();
+            let mut summary = read_json::<OrdersSummary>(views, &summary_key)?.unwrap_or_default();
             summary.merge(change);
-            put(batch, &summary_key, &summary);
+            put_json(changes, &summary_key, &summary);
         }
-        put(batch, &key, &facts);
+        put_json(changes, &key, &facts);
         Ok(Applied::Changed)
     }
 }
@@ -275,20 +230,20 @@ impl OrderFacts {
     }
 }
 
-impl Projection for CustomersProjection {
+impl ReadModel for CustomersProjection {
     type Event = CustomerFeed;
     const NAMESPACE: &'static str = "customers";
     const VERSION: u32 = 1;
 
     fn apply(
         &self,
-        store: &Store,
-        batch: &mut StoreBatch,
+        views: &dyn Views,
+        changes: &mut dyn Changes,
         event: &CustomerFeed,
-    ) -> Result<Applied, StoreError> {
+    ) -> Result<Applied, ViewError> {
         match event {
-            CustomerFeed::Customer(event) => Self::apply_customer(store, batch, event),
-            CustomerFeed::Order(event) => self.apply_order(store, batch, event),
+            CustomerFeed::Customer(event) => Self::apply_customer(views, changes, event),
+            CustomerFeed::Order(event) => self.apply_order(views, changes, event),
         }
     }
 }
@@ -340,5 +295,112 @@ mod tests {
         assert_eq!(facts.revenue(), 500);
         facts.cancelled = true;
         assert_eq!(facts.revenue(), 0);
+    }
+
+    fn envelope(id: &str, version: i64, at_ms: i64) -> crate::events::Envelope {
+        crate::events::Envelope {
+            event_id: format!("e-{id}-{version}"),
+            aggregate_id: id.into(),
+            aggregate_version: version,
+            occurred_at_ms: at_ms,
+            command_id: "k".into(),
+            idempotency_key: None,
+            correlation_id: "c".into(),
+        }
+    }
+
+    fn order(id: &str, version: i64, at_ms: i64, payload: OrderPayload) -> CustomerFeed {
+        let e = envelope(id, version, at_ms);
+        let envelope = orders::events::Envelope {
+            event_id: e.event_id,
+            aggregate_id: e.aggregate_id,
+            aggregate_version: e.aggregate_version,
+            occurred_at_ms: e.occurred_at_ms,
+            command_id: e.command_id,
+            idempotency_key: e.idempotency_key,
+            correlation_id: e.correlation_id,
+        };
+        CustomerFeed::Order(OrderEvent { envelope, payload })
+    }
+
+    fn placed(id: &str, at_ms: i64, total_cents: i64) -> CustomerFeed {
+        order(
+            id,
+            1,
+            at_ms,
+            OrderPayload::Placed {
+                customer_id: "c-1".into(),
+                currency: "EUR".into(),
+                items: Vec::new(),
+                total_cents,
+            },
+        )
+    }
+
+    fn paid(id: &str, total_cents: i64) -> CustomerFeed {
+        order(
+            id,
+            2,
+            0,
+            OrderPayload::Paid {
+                amount_cents: total_cents,
+                payment_ref: "p".into(),
+            },
+        )
+    }
+
+    /// The join in one partition: orders placed before and after the registration count, paid
+    /// ones are revenue until cancelled, and nothing applies out of order.
+    #[test]
+    fn orders_join_their_customer_whenever_they_come() {
+        let model = CustomersProjection {
+            orders_partitions: 1,
+        };
+        let mut views = shared_events::view::MemoryViews::default();
+        let apply = |views: &mut shared_events::view::MemoryViews, event: CustomerFeed| {
+            views.apply(&model, &event).unwrap()
+        };
+        assert_eq!(apply(&mut views, placed("o-1", 10, 500)), Applied::Changed);
+        assert_eq!(apply(&mut views, paid("o-1", 500)), Applied::Changed);
+        let registered = CustomerFeed::Customer(CustomerEvent {
+            envelope: envelope("c-1", 1, 20),
+            payload: crate::events::CustomerPayload::Registered {
+                name: "Ada".into(),
+                email: "ada@example.com".into(),
+            },
+        });
+        assert_eq!(apply(&mut views, registered), Applied::Changed);
+        assert_eq!(apply(&mut views, placed("o-2", 30, 700)), Applied::Changed);
+        assert_eq!(apply(&mut views, paid("o-2", 700)), Applied::Changed);
+        let cancelled = order("o-1", 3, 40, OrderPayload::Cancelled { reason: "r".into() });
+        assert_eq!(apply(&mut views, cancelled), Applied::Changed);
+        // The same payment again, or a payment of an order never placed: gaps, not changes.
+        assert!(matches!(
+            apply(&mut views, paid("o-2", 700)),
+            Applied::VersionGap {
+                expected: 3,
+                got: 2
+            }
+        ));
+        assert!(matches!(
+            apply(&mut views, paid("o-9", 1)),
+            Applied::VersionGap {
+                expected: 1,
+                got: 2
+            }
+        ));
+
+        let profile = CustomersProjection::profile(&views, "c-1")
+            .unwrap()
+            .unwrap();
+        assert_eq!((profile.name.as_str(), profile.version), ("Ada", 1));
+        assert_eq!(
+            CustomersProjection::summary(&views, "c-1", 0).unwrap(),
+            summary(2, &[("EUR", 700)], Some(("o-2", 30)))
+        );
+        assert_eq!(
+            CustomersProjection::summary(&views, "c-2", 0).unwrap(),
+            OrdersSummary::default()
+        );
     }
 }
