@@ -408,6 +408,67 @@ enum Verdict {
     },
 }
 
+/// What librdkafka says of a failed transactional call, as far as the verdict depends on it.
+trait TxnFailure: std::fmt::Display {
+    /// The same call may be made again (a timeout, say).
+    fn retriable(&self) -> bool;
+    /// The transaction can, and must, be aborted; once aborted it certainly did not commit.
+    fn requires_abort(&self) -> bool;
+}
+
+impl TxnFailure for KafkaError {
+    fn retriable(&self) -> bool {
+        matches!(self, KafkaError::Transaction(e) if e.is_retriable())
+    }
+
+    fn requires_abort(&self) -> bool {
+        matches!(self, KafkaError::Transaction(e) if e.txn_requires_abort())
+    }
+}
+
+/// How a transaction's commit ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ending<E> {
+    Committed,
+    /// Not committed and aborted: certainly not in the log.
+    Aborted(E),
+    /// The outcome is open: `error` failed the commit, and `abort_error` the abort, if one was
+    /// tried. Only the log can tell.
+    Open {
+        error: E,
+        abort_error: Option<E>,
+    },
+}
+
+/// Commits; retries a retriable failure once (the same commit, not a new transaction); aborts
+/// a failure that requires it. Every verdict the batcher gives rests on this classification.
+fn end_transaction<E: TxnFailure>(
+    mut commit: impl FnMut() -> Result<(), E>,
+    abort: impl FnOnce() -> Result<(), E>,
+) -> Ending<E> {
+    let mut result = commit();
+    if let Err(error) = &result
+        && error.retriable()
+    {
+        tracing::warn!(%error, "commit failed; retrying once");
+        result = commit();
+    }
+    match result {
+        Ok(()) => Ending::Committed,
+        Err(error) if error.requires_abort() => match abort() {
+            Ok(()) => Ending::Aborted(error),
+            Err(abort_error) => Ending::Open {
+                error,
+                abort_error: Some(abort_error),
+            },
+        },
+        Err(error) => Ending::Open {
+            error,
+            abort_error: None,
+        },
+    }
+}
+
 impl Worker {
     fn run(mut self) {
         // How often an idle worker looks at the closed flag.
@@ -563,43 +624,39 @@ impl Worker {
             ));
         }
         let ending = Instant::now();
-        let mut result = producer.commit_transaction(timeout);
-        // A retriable failure (e.g. a timeout) may be retried once: the same commit, not a new one.
-        if let Err(KafkaError::Transaction(e)) = &result
-            && e.is_retriable()
-        {
-            tracing::warn!(worker = self.index, error = %e, "commit failed; retrying once");
-            result = producer.commit_transaction(timeout);
-        }
-        if result.is_ok() {
-            self.metrics
-                .end_seconds
-                .observe(ending.elapsed().as_secs_f64());
-        }
-        match result {
-            Ok(()) => Verdict::Committed(deliveries.into_iter().flatten().collect()),
-            Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
-                let why = KafkaError::Transaction(e);
-                match producer.abort_transaction(timeout) {
-                    // Aborted: certainly not in the log.
-                    Ok(()) => Verdict::NotCommitted(CommitError::Aborted(why.to_string())),
-                    // librdkafka warns that in this state the commit may still have reached
-                    // the coordinator: only the log can tell.
-                    Err(abort_error) => {
-                        self.discard_producer(&abort_error);
-                        Verdict::InDoubt {
-                            error: why.to_string(),
-                            deliveries,
-                        }
-                    }
+        let end = end_transaction(
+            || producer.commit_transaction(timeout),
+            || producer.abort_transaction(timeout),
+        );
+        match end {
+            Ending::Committed => {
+                self.metrics
+                    .end_seconds
+                    .observe(ending.elapsed().as_secs_f64());
+                Verdict::Committed(deliveries.into_iter().flatten().collect())
+            }
+            Ending::Aborted(why) => Verdict::NotCommitted(CommitError::Aborted(why.to_string())),
+            // librdkafka warns that when the abort fails the commit may still have reached the
+            // coordinator: only the log can tell.
+            Ending::Open {
+                error,
+                abort_error: Some(abort_error),
+            } => {
+                self.discard_producer(&abort_error);
+                Verdict::InDoubt {
+                    error: error.to_string(),
+                    deliveries,
                 }
             }
-            Err(e) => {
-                // Fatal (e.g. fenced) or still failing: the outcome is open.
-                self.note_fencing(&e);
-                self.discard_producer(&e);
+            // Fatal (e.g. fenced) or still failing: the outcome is open.
+            Ending::Open {
+                error,
+                abort_error: None,
+            } => {
+                self.note_fencing(&error);
+                self.discard_producer(&error);
                 Verdict::InDoubt {
-                    error: e.to_string(),
+                    error: error.to_string(),
                     deliveries,
                 }
             }
@@ -756,6 +813,114 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// A transactional failure of each kind the classification tells apart.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Fake {
+        Retriable,
+        Abortable,
+        Fatal,
+    }
+
+    impl std::fmt::Display for Fake {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{self:?}")
+        }
+    }
+
+    impl TxnFailure for Fake {
+        fn retriable(&self) -> bool {
+            *self == Self::Retriable
+        }
+
+        fn requires_abort(&self) -> bool {
+            *self == Self::Abortable
+        }
+    }
+
+    /// Ends a transaction whose commit calls answer `commits` in turn and whose abort answers
+    /// `abort`; returns the ending, the commit calls made, and whether an abort was tried.
+    fn end(commits: &[Result<(), Fake>], abort: Result<(), Fake>) -> (Ending<Fake>, usize, bool) {
+        let mut calls = 0;
+        let mut aborted = false;
+        let ending = end_transaction(
+            || {
+                calls += 1;
+                commits[calls - 1]
+            },
+            || {
+                aborted = true;
+                abort
+            },
+        );
+        (ending, calls, aborted)
+    }
+
+    #[test]
+    fn a_commit_that_succeeds_is_committed_without_an_abort() {
+        assert_eq!(end(&[Ok(())], Ok(())), (Ending::Committed, 1, false));
+    }
+
+    #[test]
+    fn a_retriable_failure_is_retried_once_as_the_same_commit() {
+        use Fake::*;
+        assert_eq!(
+            end(&[Err(Retriable), Ok(())], Ok(())),
+            (Ending::Committed, 2, false)
+        );
+        // Still failing after the retry: the commit may have reached the coordinator.
+        assert_eq!(
+            end(&[Err(Retriable), Err(Retriable)], Ok(())),
+            (
+                Ending::Open {
+                    error: Retriable,
+                    abort_error: None
+                },
+                2,
+                false
+            )
+        );
+        // The retry says abort: aborted, certainly not committed.
+        assert_eq!(
+            end(&[Err(Retriable), Err(Abortable)], Ok(())),
+            (Ending::Aborted(Abortable), 2, true)
+        );
+    }
+
+    #[test]
+    fn an_abortable_failure_is_not_committed_only_once_the_abort_succeeds() {
+        use Fake::*;
+        assert_eq!(
+            end(&[Err(Abortable)], Ok(())),
+            (Ending::Aborted(Abortable), 1, true)
+        );
+        assert_eq!(
+            end(&[Err(Abortable)], Err(Fatal)),
+            (
+                Ending::Open {
+                    error: Abortable,
+                    abort_error: Some(Fatal)
+                },
+                1,
+                true
+            )
+        );
+    }
+
+    #[test]
+    fn a_fatal_failure_leaves_the_outcome_open_and_is_not_aborted() {
+        assert_eq!(
+            end(&[Err(Fake::Fatal)], Ok(())),
+            (
+                Ending::Open {
+                    error: Fake::Fatal,
+                    abort_error: None
+                },
+                1,
+                false
+            )
+        );
+    }
 
     #[test]
     fn a_batch_stops_at_its_size() {
