@@ -113,6 +113,20 @@ pub struct Record {
     pub value: Vec<u8>,
 }
 
+/// A record the queue did not take, and what was to be done with its outcome.
+pub struct Refused {
+    pub reason: SubmitError,
+    pub on_outcome: OnOutcome,
+}
+
+impl std::fmt::Debug for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refused")
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One record waiting for its transaction.
 struct Pending {
     queued_at: Instant,
@@ -177,20 +191,31 @@ impl Batcher {
     }
 
     /// Queues a record. `on_outcome` is called once its transaction committed or failed, on
-    /// the worker's thread; if the record is not queued (the error), or a worker dies with it,
-    /// `on_outcome` is dropped without being called.
-    pub fn submit(&self, record: Record, on_outcome: OnOutcome) -> Result<(), SubmitError> {
+    /// the worker's thread. A record that is not queued hands `on_outcome` back with the reason
+    /// (it certainly was not written); if a worker dies with a record, its `on_outcome` is
+    /// dropped without being called, and nobody knows whether it was written.
+    pub fn submit(&self, record: Record, on_outcome: OnOutcome) -> Result<(), Refused> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(SubmitError::Closed);
+            return Err(Refused {
+                reason: SubmitError::Closed,
+                on_outcome,
+            });
         }
-        match self.queue.try_send(Pending {
+        let pending = Pending {
             queued_at: Instant::now(),
             record,
             on_outcome,
-        }) {
+        };
+        match self.queue.try_send(pending) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(SubmitError::Full),
-            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
+            Err(TrySendError::Full(pending)) => Err(Refused {
+                reason: SubmitError::Full,
+                on_outcome: pending.on_outcome,
+            }),
+            Err(TrySendError::Disconnected(pending)) => Err(Refused {
+                reason: SubmitError::Closed,
+                on_outcome: pending.on_outcome,
+            }),
         }
     }
 

@@ -73,6 +73,8 @@ enum Outcome {
     Committed(Receipt),
     /// The attempt wrote nothing; the key is free again.
     Released,
+    /// Nobody knows whether the attempt wrote its event; only the log can tell.
+    InDoubt,
 }
 
 #[derive(Debug)]
@@ -85,6 +87,9 @@ enum Slot {
         fingerprint: Fingerprint,
         receipt: Receipt,
     },
+    /// An attempt whose outcome is unknown (see [`Claim::in_doubt`]): kept until the service
+    /// restarts and reads the log, so that no retry writes a second event meanwhile.
+    InDoubt { fingerprint: Fingerprint },
 }
 
 /// Maps the keys are spread over.
@@ -99,6 +104,9 @@ pub enum Begin {
     Replay(Receipt),
     /// The key was used for a different request.
     Mismatch,
+    /// An earlier attempt with the key may or may not have committed; until a restart reads
+    /// the log, a retry can only be told to wait.
+    InDoubt,
 }
 
 #[derive(Debug)]
@@ -190,6 +198,13 @@ impl IdempotencyIndex {
                             }
                             outcome.clone()
                         }
+                        Slot::InDoubt { fingerprint: first } => {
+                            return if *first == fingerprint {
+                                Begin::InDoubt
+                            } else {
+                                Begin::Mismatch
+                            };
+                        }
                     },
                 }
             };
@@ -198,8 +213,10 @@ impl IdempotencyIndex {
                 .wait_for(|o| *o != Outcome::Pending)
                 .await
                 .map(|o| o.clone());
-            if let Ok(Outcome::Committed(receipt)) = settled {
-                return Begin::Replay(receipt);
+            match settled {
+                Ok(Outcome::Committed(receipt)) => return Begin::Replay(receipt),
+                Ok(Outcome::InDoubt) => return Begin::InDoubt,
+                _ => {}
             }
         }
     }
@@ -290,6 +307,25 @@ impl Claim {
     }
 }
 
+impl Claim {
+    /// The attempt's outcome is unknown (its transaction's fate could not be learned before
+    /// shutdown, or its producer worker died with it): the key stays taken, and retries are told
+    /// to come back, until a restart rebuilds the receipts from the log.
+    pub fn in_doubt(mut self) {
+        if let Some(sender) = self.sender.take() {
+            let mut slots = self.index.slots.shard(&self.key);
+            slots.insert(
+                self.key.clone(),
+                Slot::InDoubt {
+                    fingerprint: self.fingerprint.clone(),
+                },
+            );
+            drop(slots);
+            sender.send_replace(Outcome::InDoubt);
+        }
+    }
+}
+
 impl Drop for Claim {
     fn drop(&mut self) {
         if let Some(sender) = self.sender.take() {
@@ -360,6 +396,33 @@ mod tests {
         assert!(futures::poll!(&mut retry).is_pending());
         drop(claim);
         assert!(matches!(retry.await, Begin::First(_)));
+    }
+
+    /// An attempt whose outcome is unknown keeps its key: the waiting retry and every later one
+    /// are told so, and none of them may write.
+    #[tokio::test]
+    async fn a_key_in_doubt_lets_no_retry_write() {
+        let index = IdempotencyIndex::new(Duration::from_secs(60), 100);
+        let Begin::First(claim) = index.begin("k", fingerprint(b"a")).await else {
+            panic!("expected a first attempt")
+        };
+        let mut retry = Box::pin(index.begin("k", fingerprint(b"a")));
+        assert!(futures::poll!(&mut retry).is_pending());
+        claim.in_doubt();
+        assert!(matches!(retry.await, Begin::InDoubt));
+        assert!(matches!(
+            index.begin("k", fingerprint(b"a")).await,
+            Begin::InDoubt
+        ));
+        assert!(matches!(
+            index.begin("k", fingerprint(b"b")).await,
+            Begin::Mismatch
+        ));
+        index.expire(i64::MAX);
+        assert!(
+            matches!(index.begin("k", fingerprint(b"a")).await, Begin::InDoubt),
+            "not forgotten with the receipts"
+        );
     }
 
     #[tokio::test]

@@ -1,12 +1,13 @@
 //! One aggregate's share of the command side: its topic, its codec, and for each partition of
-//! the topic the partition's write model and idempotency receipts.
+//! the topic the partition's write model.
 //!
-//! Everything the command side remembers is kept per partition, and a command touches exactly
-//! one partition: its aggregate's (Kafka's murmur2 of the id). A command that creates an
-//! aggregate under an `Idempotency-Key` gets an id in the key's partition, so that the receipt
-//! and the aggregate live together. The start-up replay fills each partition from that
-//! partition of the log alone. So a partition's state can be rebuilt, and later owned, on its
-//! own.
+//! A command touches exactly one partition's model: its aggregate's (Kafka's murmur2 of the
+//! id, which is also where its record is sent), so a partition's model can be rebuilt, and
+//! later owned, on its own.
+//!
+//! Idempotency receipts are not partitioned: a key is the client's, not the aggregate's, and a
+//! key reused for another aggregate (of any kind) must still be recognised. The service keeps
+//! one index for all its lanes ([`crate::idempotency`]); the replay of each lane fills it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,6 @@ use crate::write_model::WriteModel;
 pub struct Partition<A> {
     pub number: i32,
     pub model: Arc<WriteModel<A>>,
-    pub idempotency: Arc<IdempotencyIndex>,
 }
 
 /// One aggregate type's topic and state.
@@ -31,39 +31,35 @@ pub struct Lane<A: Aggregate> {
     topic: Arc<str>,
     codec: EventCodec<A::Event>,
     partitions: Box<[Partition<A>]>,
-}
-
-/// How long idempotency receipts are kept, and how many at most (over all partitions).
-#[derive(Debug, Clone, Copy)]
-pub struct Retention {
-    pub window: Duration,
-    pub max_keys: usize,
+    idempotency: Arc<IdempotencyIndex>,
 }
 
 impl<A: Aggregate> Lane<A> {
-    /// An empty lane for `topic`, which has `partitions` partitions.
+    /// An empty lane for `topic`, which has `partitions` partitions, remembering receipts in
+    /// the service's `idempotency` index.
     pub fn new(
         topic: &str,
         codec: EventCodec<A::Event>,
         partitions: i32,
-        retention: Retention,
+        idempotency: Arc<IdempotencyIndex>,
     ) -> Self {
         let count = usize::try_from(partitions.max(1)).unwrap_or(1);
         let partitions = (0..partitions.max(1))
             .map(|number| Partition {
                 number,
                 model: Arc::new(WriteModel::for_partition_of(count)),
-                idempotency: IdempotencyIndex::new(
-                    retention.window,
-                    retention.max_keys.div_ceil(count).max(1),
-                ),
             })
             .collect();
         Self {
             topic: topic.into(),
             codec,
             partitions,
+            idempotency,
         }
+    }
+
+    pub fn idempotency(&self) -> &Arc<IdempotencyIndex> {
+        &self.idempotency
     }
 
     pub fn topic(&self) -> &Arc<str> {
@@ -85,38 +81,25 @@ impl<A: Aggregate> Lane<A> {
         &self.partitions
     }
 
-    /// A fresh aggregate id (a UUIDv7: time-ordered) that falls in `partition`.
-    pub fn new_id_in(&self, partition: &Partition<A>) -> String {
-        // Each try lands in the partition with probability 1/partitions; the bound only
-        // matters if the partitioner were broken.
-        let tries = self.partitions.len().saturating_mul(64).max(1);
-        let mut id = uuid::Uuid::now_v7().to_string();
-        for _ in 1..tries {
-            if std::ptr::eq(self.partition_of(&id), partition) {
-                break;
-            }
-            id = uuid::Uuid::now_v7().to_string();
-        }
-        id
-    }
-
-    /// Applies an event read back from partition `position.partition` of the log, and
-    /// remembers the receipt of the keyed command that wrote it.
+    /// Applies an event read back from the log, and remembers the receipt of the keyed command
+    /// that wrote it. The event goes to the partition its id belongs to now, which is where
+    /// commands will look for it: the one it was read from differs only if partitions were
+    /// added to the topic since (said in the log; the aggregate's later events then go to the
+    /// new partition, as with any keyed Kafka topic).
     pub fn restore(&self, event: &A::Event, position: Position, now_ms: i64) {
-        let Some(partition) = usize::try_from(position.partition)
-            .ok()
-            .and_then(|p| self.partitions.get(p))
-        else {
-            tracing::error!(
-                partition = position.partition,
+        let partition = self.partition_of(event.aggregate_id());
+        if partition.number != position.partition {
+            tracing::warn!(
                 topic = %self.topic,
-                "an event from a partition the topic did not have at start"
+                aggregate = event.aggregate_id(),
+                read_from = position.partition,
+                belongs_to = partition.number,
+                "an event was read from another partition than its id belongs to now"
             );
-            return;
-        };
+        }
         partition.model.apply_from_log(event);
         if let Some(key) = event.idempotency_key() {
-            partition.idempotency.remember(
+            self.idempotency.remember(
                 key,
                 fingerprint_of::<A>(event),
                 receipt_of::<A>(event, position),
@@ -131,21 +114,9 @@ impl<A: Aggregate> Lane<A> {
         self.partitions.iter().map(|p| p.model.len()).sum()
     }
 
-    /// Idempotency keys remembered or in flight, over all partitions.
-    pub fn idempotency_keys(&self) -> usize {
-        self.partitions.iter().map(|p| p.idempotency.len()).sum()
-    }
-
     /// Events in the log that did not follow their aggregate's history.
     pub fn gaps(&self) -> u64 {
         self.partitions.iter().map(|p| p.model.gaps()).sum()
-    }
-
-    /// Forgets idempotency receipts past the retention window.
-    pub fn expire(&self, now_ms: i64) {
-        for partition in self.partitions.iter() {
-            partition.idempotency.expire(now_ms);
-        }
     }
 }
 
@@ -156,12 +127,22 @@ pub fn creates<A: Aggregate>(command: &str) -> bool {
         .any(|spec| spec.name == command && spec.creates())
 }
 
+/// What identifies "the same request" for an `Idempotency-Key`: the aggregate kind, the
+/// command, the aggregate it named in its path, and what it asked for.
+pub fn fingerprint<A: Aggregate>(
+    command: &'static str,
+    target: Option<&str>,
+    requested: &A::Payload,
+) -> Fingerprint {
+    Fingerprint::new(command, target, &(A::NAME, requested))
+}
+
 /// The fingerprint of the request that wrote `event`, as the command handler computed it from
-/// the request: the command, the aggregate it named in its path, and what it asked for.
+/// the request.
 pub fn fingerprint_of<A: Aggregate>(event: &A::Event) -> Fingerprint {
     let command = A::command_of(event);
     let target = (!creates::<A>(command)).then_some(event.aggregate_id());
-    Fingerprint::new(command, target, A::payload(event))
+    fingerprint::<A>(command, target, A::payload(event))
 }
 
 /// The answer the command that wrote `event` at `position` got.
@@ -192,9 +173,7 @@ pub trait AnyLane: Send + Sync + 'static {
         timeout: Duration,
     ) -> futures::future::BoxFuture<'a, Result<crate::replay::Replayed, crate::replay::ReplayError>>;
     fn aggregates(&self) -> usize;
-    fn idempotency_keys(&self) -> usize;
     fn gaps(&self) -> u64;
-    fn expire(&self, now_ms: i64);
 }
 
 impl<A: Aggregate> AnyLane for Lane<A> {
@@ -236,16 +215,8 @@ impl<A: Aggregate> AnyLane for Lane<A> {
         Lane::aggregates(self)
     }
 
-    fn idempotency_keys(&self) -> usize {
-        Lane::idempotency_keys(self)
-    }
-
     fn gaps(&self) -> u64 {
         Lane::gaps(self)
-    }
-
-    fn expire(&self, now_ms: i64) {
-        Lane::expire(self, now_ms);
     }
 }
 
@@ -265,18 +236,15 @@ mod tests {
     use schema_registry_converter::async_impl::schema_registry::SrSettings;
     use shared_events::{Aggregate, EventCodec, Position};
 
-    use super::{Lane, Retention, fingerprint_of, receipt_of};
-    use crate::idempotency::{Begin, Fingerprint};
+    use super::{Lane, fingerprint, fingerprint_of, receipt_of};
+    use crate::idempotency::{Begin, IdempotencyIndex};
     use crate::toy::{Counter, CounterCommand, event};
 
     fn lane(partitions: i32) -> Lane<Counter> {
         // Never contacted: these tests neither encode nor decode.
         let codec = EventCodec::new(SrSettings::new("http://127.0.0.1:9".into()), "t").unwrap();
-        let retention = Retention {
-            window: Duration::from_secs(60),
-            max_keys: 100,
-        };
-        Lane::new("t", codec, partitions, retention)
+        let index = IdempotencyIndex::new(Duration::from_secs(60), 100);
+        Lane::new("t", codec, partitions, index)
     }
 
     fn at(partition: i32, offset: i64) -> Position {
@@ -291,13 +259,12 @@ mod tests {
         let partition = lane.partition_of("c-1").number;
         lane.restore(&event("c-1", 1, 0, None), at(partition, 0), 0);
         lane.restore(&event("c-1", 2, 5, Some("k")), at(partition, 1), 0);
-        let index = &lane.partition_of("c-1").idempotency;
-        let same = Fingerprint::new(
-            "add",
-            Some("c-1"),
-            &Counter::requested(&CounterCommand::Add(5)),
-        );
-        match index.begin("k", same).await {
+        let index = lane.idempotency();
+        let asked = |amount| Counter::requested(&CounterCommand::Add(amount));
+        match index
+            .begin("k", fingerprint::<Counter>("add", Some("c-1"), &asked(5)))
+            .await
+        {
             Begin::Replay(receipt) => {
                 assert_eq!(
                     receipt,
@@ -307,28 +274,30 @@ mod tests {
             }
             other => panic!("expected a replay, got {other:?}"),
         }
-        let other = Fingerprint::new(
-            "add",
-            Some("c-1"),
-            &Counter::requested(&CounterCommand::Add(6)),
-        );
-        assert!(matches!(index.begin("k", other).await, Begin::Mismatch));
+        for different in [
+            fingerprint::<Counter>("add", Some("c-1"), &asked(6)),
+            fingerprint::<Counter>("add", Some("c-2"), &asked(5)),
+        ] {
+            assert!(matches!(index.begin("k", different).await, Begin::Mismatch));
+        }
         assert_eq!(
             fingerprint_of::<Counter>(&event("c-1", 1, 0, Some("k"))),
-            Fingerprint::new("open", None, &Counter::requested(&CounterCommand::Open)),
+            fingerprint::<Counter>("open", None, &Counter::requested(&CounterCommand::Open)),
             "a creating command names no target"
         );
     }
 
-    /// Each partition's state comes from that partition of the log alone.
+    /// Each event lands in the partition its id belongs to, whatever partition it was read
+    /// from: that is where commands look for it.
     #[test]
-    fn restoring_fills_the_partition_the_event_was_read_from() {
+    fn restoring_fills_the_partition_each_id_belongs_to() {
         let lane = lane(3);
         let ids: Vec<String> = (0..30).map(|n| format!("c-{n}")).collect();
         for id in &ids {
             let partition = lane.partition_of(id).number;
             lane.restore(&event(id, 1, 0, None), at(partition, 0), 0);
-            lane.restore(&event(id, 2, 7, None), at(partition, 1), 0);
+            // As if partitions had been added since: read from another partition.
+            lane.restore(&event(id, 2, 7, None), at((partition + 1) % 3, 1), 0);
         }
         assert_eq!(lane.aggregates(), 30);
         assert_eq!(lane.gaps(), 0);
@@ -344,27 +313,7 @@ mod tests {
             }
         }
         // A gap in the log is counted, not papered over.
-        lane.restore(
-            &event("c-0", 4, 1, None),
-            at(lane.partition_of("c-0").number, 2),
-            0,
-        );
+        lane.restore(&event("c-0", 4, 1, None), at(0, 2), 0);
         assert_eq!(lane.gaps(), 1);
-        // An event from a partition the topic did not have is refused.
-        lane.restore(&event("c-x", 1, 0, None), at(7, 0), 0);
-        assert_eq!(lane.aggregates(), 30);
-    }
-
-    /// A new aggregate created under a key gets an id in the key's partition, so its receipt
-    /// and its state live together.
-    #[test]
-    fn new_ids_fall_in_the_partition_asked_for() {
-        let lane = lane(6);
-        for partition in lane.partitions() {
-            for _ in 0..20 {
-                let id = lane.new_id_in(partition);
-                assert!(std::ptr::eq(lane.partition_of(&id), partition), "{id}");
-            }
-        }
     }
 }

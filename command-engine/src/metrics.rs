@@ -64,7 +64,7 @@ pub struct Metrics {
     pub commands: Family<CommandLabels, Counter>,
     pub queue_depth: Gauge,
     pub aggregates: Family<AggregateLabel, Gauge>,
-    pub idempotency_keys: Family<AggregateLabel, Gauge>,
+    pub idempotency_keys: Gauge,
     pub batch: BatchMetrics,
 }
 
@@ -74,7 +74,7 @@ impl Default for Metrics {
         let commands = Family::<CommandLabels, Counter>::default();
         let queue_depth = Gauge::default();
         let aggregates = Family::<AggregateLabel, Gauge>::default();
-        let idempotency_keys = Family::<AggregateLabel, Gauge>::default();
+        let idempotency_keys = Gauge::default();
         let batch = BatchMetrics::default();
         registry.register(
             "commands",
@@ -93,7 +93,7 @@ impl Default for Metrics {
         );
         registry.register(
             "idempotency_keys",
-            "Idempotency keys remembered or in flight, by aggregate kind",
+            "Idempotency keys remembered or in flight",
             idempotency_keys.clone(),
         );
         registry.register(

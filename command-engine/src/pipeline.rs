@@ -25,8 +25,8 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::batcher::{Batcher, CommitError, CommitResult, Record};
 use crate::circuit::BrokerCircuit;
-use crate::idempotency::{Begin, Claim, Fingerprint, Receipt};
-use crate::lane::{Lane, receipt_of};
+use crate::idempotency::{Begin, Claim, Receipt};
+use crate::lane::{Lane, fingerprint, receipt_of};
 use crate::metrics::{CommandLabels, Metrics};
 use crate::problem::ApiError;
 use crate::write_model::{LockedSlot, WriteModel};
@@ -134,35 +134,31 @@ async fn execute<A: Aggregate>(
         return Err(ApiError::KafkaUnreachable);
     }
 
-    // The partition the command lives in: its aggregate's, or for a new aggregate without a
-    // chosen id under an idempotency key, the key's (the new id is made to fall there), so that
-    // the receipt and the aggregate share a partition.
+    // The aggregate: named in the path or chosen by the command, else a new time-ordered id.
     let named = target.or_else(|| A::chosen_id(&command));
-    let (id, partition) = match (named, &key) {
-        (Some(id), _) => (id.to_owned(), lane.partition_of(id)),
-        (None, Some(key)) => {
-            let partition = lane.partition_of(key);
-            (lane.new_id_in(partition), partition)
-        }
-        (None, None) => {
-            let id = uuid::Uuid::now_v7().to_string();
-            let partition = lane.partition_of(&id);
-            (id, partition)
-        }
-    };
+    let id = named.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+    let partition = lane.partition_of(&id);
 
     let claim = match &key {
         None => None,
         Some(key) => {
-            let fingerprint = Fingerprint::new(spec.name, target, &A::requested(&command));
-            match timeout_at(deadline, partition.idempotency.begin(key, fingerprint)).await {
+            let fingerprint = fingerprint::<A>(spec.name, target, &A::requested(&command));
+            match timeout_at(deadline, lane.idempotency().begin(key, fingerprint)).await {
                 Err(_) => {
                     return Err(ApiError::Busy(
                         "an earlier attempt with this Idempotency-Key is still in progress",
                     ));
                 }
+                // A registration that chose another id is another request, even if it asks
+                // for the same values (the chosen id is not part of the event's payload).
+                Ok(Begin::Replay(receipt))
+                    if named.is_some_and(|named| named != receipt.aggregate_id) =>
+                {
+                    return Err(ApiError::KeyReused);
+                }
                 Ok(Begin::Replay(receipt)) => return Ok(respond::<A>(lane, &receipt, true)),
                 Ok(Begin::Mismatch) => return Err(ApiError::KeyReused),
+                Ok(Begin::InDoubt) => return Err(ApiError::OutcomeUnknown),
                 Ok(Begin::First(claim)) => Some(claim),
             }
         }
@@ -180,6 +176,9 @@ async fn execute<A: Aggregate>(
     let slot = timeout_at(deadline, cell.lock_owned())
         .await
         .map_err(|_| ApiError::Busy("the aggregate is busy with another command"))?;
+    if slot.in_doubt {
+        return Err(ApiError::OutcomeUnknown);
+    }
     if !spec.creates() && slot.state.is_none() {
         // Known only from a first command that is still failing or failed.
         return Err(ApiError::Unknown {
@@ -232,8 +231,11 @@ async fn execute<A: Aggregate>(
         key: id,
         value,
     };
-    // A record that was not queued drops its settlement unsettled, which releases the aggregate.
-    engine.batcher.submit(record, on_outcome)?;
+    if let Err(refused) = engine.batcher.submit(record, on_outcome) {
+        // Certainly not written: the settlement releases the aggregate and the key.
+        (refused.on_outcome)(Err(CommitError::Aborted(refused.reason.to_string())));
+        return Err(refused.reason.into());
+    }
     match timeout_at(deadline, outcome).await {
         Ok(Ok(Ok(receipt))) => Ok(respond::<A>(lane, &receipt, false)),
         Ok(Ok(Err(error))) => Err(error.into()),
@@ -265,9 +267,8 @@ impl<A: Aggregate> Settlement<A> {
 }
 
 impl<A: Aggregate> Drop for Settlement<A> {
-    /// Dropped unsettled: the record was never queued, or the worker holding it died. Either
-    /// way nothing will answer for it, so it is released as not committed (an empty aggregate is
-    /// forgotten, the idempotency key is freed).
+    /// Dropped unsettled: the worker holding the record died (a record the queue refused is
+    /// settled as not written, see [`execute`]). Whether it was written, nobody knows.
     fn drop(&mut self) {
         if let Some(aftermath) = self.0.take() {
             aftermath.settle(Err(CommitError::InDoubt(
@@ -300,6 +301,21 @@ impl<A: Aggregate> Aftermath<A> {
                     claim.committed(receipt.clone(), now_ms());
                 }
                 Ok(receipt)
+            }
+            // The event may be in the log: the aggregate takes no command and the key no retry
+            // until a restart reads the log and knows.
+            Err(error @ CommitError::InDoubt(_)) => {
+                tracing::error!(
+                    aggregate = A::NAME,
+                    id = event.aggregate_id(),
+                    %error,
+                    "a command's outcome is unknown; its aggregate waits for a restart"
+                );
+                slot.in_doubt = true;
+                if let Some(claim) = claim {
+                    claim.in_doubt();
+                }
+                Err(error)
             }
             Err(error) => {
                 model.forget_if_empty(event.aggregate_id(), &slot);
@@ -405,19 +421,21 @@ mod tests {
     use crate::toy::{Counter, event};
     use crate::write_model::WriteModel;
 
-    /// A settlement dropped unanswered (never queued, or its worker died) releases everything
-    /// it held, as "not committed": the waiting request hears so, the new aggregate is
-    /// forgotten, its lock is free, and the idempotency key can be used again.
-    #[tokio::test]
-    async fn a_settlement_dropped_unanswered_releases_all_it_held() {
+    /// Settles a first `open` of counter c-1 under key `k` with `result` (or drops it unsettled
+    /// when None); returns the model, the index, and what the waiting request heard.
+    async fn settle_open(
+        result: Option<crate::batcher::CommitResult>,
+    ) -> (
+        Arc<WriteModel<Counter>>,
+        Arc<IdempotencyIndex>,
+        Result<Result<crate::idempotency::Receipt, CommitError>, oneshot::error::RecvError>,
+    ) {
         let model = Arc::new(WriteModel::<Counter>::default());
         let index = IdempotencyIndex::new(Duration::from_secs(60), 10);
-        let fingerprint = || Fingerprint::new("open", None, &1);
-        let Begin::First(claim) = index.begin("k", fingerprint()).await else {
+        let Begin::First(claim) = index.begin("k", open()).await else {
             panic!("expected a first attempt");
         };
-        let cell = model.get_or_create("c-1");
-        let slot = Arc::clone(&cell).lock_owned().await;
+        let slot = model.get_or_create("c-1").lock_owned().await;
         let (settled, outcome) = oneshot::channel();
         let settlement = Settlement(Some(Aftermath {
             model: Arc::clone(&model),
@@ -426,17 +444,50 @@ mod tests {
             event: event("c-1", 1, 0, Some("k")),
             settled,
         }));
+        match result {
+            Some(result) => settlement.settle(result),
+            None => drop(settlement),
+        }
+        (model, index, outcome.await)
+    }
 
-        drop(settlement);
+    fn open() -> Fingerprint {
+        Fingerprint::new("open", None, &1)
+    }
 
-        assert!(matches!(outcome.await, Ok(Err(CommitError::InDoubt(_)))));
+    /// A settlement dropped unanswered (its producer worker died with the record): nobody knows
+    /// whether the event is in the log, so the request hears "in doubt", the aggregate takes no
+    /// command and the key no retry until a restart reads the log; the lock itself is free.
+    #[tokio::test]
+    async fn a_settlement_dropped_unanswered_is_in_doubt_and_holds_aggregate_and_key() {
+        let (model, index, outcome) = settle_open(None).await;
+        assert!(matches!(outcome, Ok(Err(CommitError::InDoubt(_)))));
+        let cell = model.get("c-1").unwrap();
+        let slot = cell.try_lock().unwrap();
+        assert!(slot.in_doubt && slot.version == 0);
+        assert!(
+            matches!(index.begin("k", open()).await, Begin::InDoubt),
+            "a retry is told the outcome is unknown"
+        );
+        assert!(matches!(
+            index.begin("k", Fingerprint::new("open", None, &2)).await,
+            Begin::Mismatch
+        ));
+    }
+
+    /// Settled as certainly not written (aborted, or refused by the queue): everything is
+    /// released, the new aggregate forgotten and the key free for a retry.
+    #[tokio::test]
+    async fn a_settlement_not_written_releases_all_it_held() {
+        let (model, index, outcome) =
+            settle_open(Some(Err(CommitError::Aborted("test".into())))).await;
+        assert!(matches!(outcome, Ok(Err(CommitError::Aborted(_)))));
         assert!(
             model.get("c-1").is_none(),
             "the empty aggregate is forgotten"
         );
-        assert!(cell.try_lock().is_ok(), "the lock is free");
         assert!(
-            matches!(index.begin("k", fingerprint()).await, Begin::First(_)),
+            matches!(index.begin("k", open()).await, Begin::First(_)),
             "the key is free for a retry"
         );
     }

@@ -57,6 +57,10 @@ pub enum ApiError {
     },
     #[error("this Idempotency-Key was already used for a different request")]
     KeyReused,
+    #[error(
+        "an earlier command's outcome is unknown (its transaction's fate could not be learned); the service must restart and read the log before this can go on"
+    )]
+    OutcomeUnknown,
     #[error("{0}; retry shortly")]
     Busy(&'static str),
     #[error("this route answers {0} only")]
@@ -208,6 +212,12 @@ pub mod types {
         StatusCode::SERVICE_UNAVAILABLE,
         Some(2),
     );
+    pub const OUTCOME_UNKNOWN: ProblemType = ProblemType::new(
+        "outcome-unknown",
+        "Outcome unknown",
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some(5),
+    );
     pub const BUSY: ProblemType =
         ProblemType::new("busy", "Busy", StatusCode::SERVICE_UNAVAILABLE, Some(2));
 
@@ -232,6 +242,7 @@ pub mod types {
         KAFKA_UNAVAILABLE,
         KAFKA_UNREACHABLE,
         REGISTRY_UNAVAILABLE,
+        OUTCOME_UNKNOWN,
         BUSY,
     ];
 }
@@ -256,6 +267,7 @@ impl ApiError {
             Self::Conflict(_) => &RULE_VIOLATED,
             Self::PreconditionFailed { .. } => &VERSION_MISMATCH,
             Self::KeyReused => &IDEMPOTENCY_KEY_REUSED,
+            Self::OutcomeUnknown => &OUTCOME_UNKNOWN,
             Self::Busy(_) => &BUSY,
             Self::MethodNotAllowed(_) => &METHOD_NOT_ALLOWED,
             Self::UnsupportedEncoding(_) => &UNSUPPORTED_ENCODING,

@@ -1,5 +1,6 @@
 //! Creating an aggregate's topic when it does not exist yet, and learning its partitions.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -22,6 +23,8 @@ pub enum TopicError {
     },
     #[error("topic `{0}` shows no partitions")]
     NoPartitions(String),
+    #[error("the metadata request for topic `{0}` did not run")]
+    Task(String),
 }
 
 /// Creates `topic` with the given shape and unlimited retention unless it exists (whatever its
@@ -38,8 +41,8 @@ pub async fn ensure_topic(
         topic: topic.to_owned(),
         source,
     };
-    let admin: AdminClient<DefaultClientContext> =
-        kafka.client_config().create().map_err(client_error)?;
+    let admin: Arc<AdminClient<DefaultClientContext>> =
+        Arc::new(kafka.client_config().create().map_err(client_error)?);
     // The log is the system of record: the command side rebuilds its write model and every
     // replica its views from it, so nothing may age out.
     let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
@@ -66,10 +69,13 @@ pub async fn ensure_topic(
     // A topic just created may take a moment to show up in every broker's metadata.
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let metadata = admin
-            .inner()
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(client_error)?;
+        // A blocking call: off the async runtime's threads.
+        let (probe, name) = (Arc::clone(&admin), topic.to_owned());
+        let metadata =
+            tokio::task::spawn_blocking(move || probe.inner().fetch_metadata(Some(&name), timeout))
+                .await
+                .map_err(|_| TopicError::Task(topic.to_owned()))?
+                .map_err(client_error)?;
         let found = metadata
             .topics()
             .iter()

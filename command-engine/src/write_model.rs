@@ -25,6 +25,9 @@ use crate::sharded::ShardedMap;
 pub struct Slot<A> {
     pub state: Option<A>,
     pub version: i64,
+    /// A command's event may or may not be in the log (see [`crate::batcher::CommitError::InDoubt`]):
+    /// the state cannot be trusted until a restart reads the log, so no command decides on it.
+    pub in_doubt: bool,
 }
 
 impl<A: Aggregate> Slot<A> {
@@ -95,15 +98,29 @@ impl<A: Aggregate> WriteModel<A> {
                     Arc::new(tokio::sync::Mutex::new(Slot {
                         state: None,
                         version: 0,
+                        in_doubt: false,
                     }))
                 }),
         )
     }
 
-    /// Forgets an aggregate that never got an event (its first command failed).
-    pub fn forget_if_empty(&self, id: &str, slot: &Slot<A>) {
-        if slot.version == 0 {
-            self.slots.shard(id).remove(id);
+    /// Forgets an aggregate that never got an event (its first command failed), unless another
+    /// request holds its cell too: a command waiting for the lock (a second registration of the
+    /// same chosen id, say) must find its cell still in the map, or what it writes would go to a
+    /// cell nobody reads. Clones are made only under the shard's lock, so the count read here
+    /// cannot grow meanwhile; the last holder to fail forgets it.
+    pub fn forget_if_empty(&self, id: &str, slot: &LockedSlot<A>) {
+        if slot.version != 0 || slot.in_doubt {
+            return;
+        }
+        let held = OwnedMutexGuard::mutex(slot);
+        let mut shard = self.slots.shard(id);
+        // The map's reference and this guard's: nobody else.
+        if shard
+            .get(id)
+            .is_some_and(|cell| Arc::ptr_eq(cell, held) && Arc::strong_count(cell) <= 2)
+        {
+            shard.remove(id);
         }
     }
 
@@ -142,7 +159,11 @@ impl<A: Aggregate> WriteModel<A> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use std::sync::Arc;
+
+    use tokio::sync::OwnedMutexGuard;
 
     use super::WriteModel;
     use crate::toy::Counter as OrderState;
@@ -158,13 +179,33 @@ mod tests {
             assert!(again.is_some_and(|again| Arc::ptr_eq(&again, cell)));
         }
         // A never-written aggregate is forgotten; the others stay.
-        let slot = cells[7].try_lock();
-        assert!(slot.is_ok_and(|slot| {
-            model.forget_if_empty(&ids[7], &slot);
-            true
-        }));
+        let slot = Arc::clone(&cells[7]).try_lock_owned().unwrap();
+        drop(cells);
+        model.forget_if_empty(&ids[7], &slot);
         assert_eq!(model.len(), 999);
         assert!(model.get(&ids[7]).is_none());
         assert!(model.get("unknown").is_none());
+    }
+
+    /// Two requests on one new id: the first fails and gives up its lock while the second
+    /// waits for it. The second must still find the cell in the map, so that what it writes is
+    /// what the next command reads.
+    #[tokio::test]
+    async fn a_cell_someone_waits_for_is_not_forgotten() {
+        let model = WriteModel::<OrderState>::default();
+        let first = model.get_or_create("c-1").lock_owned().await;
+        let waiting = model.get_or_create("c-1");
+        model.forget_if_empty("c-1", &first);
+        drop(first);
+        let second = waiting.lock_owned().await;
+        assert!(
+            model
+                .get("c-1")
+                .is_some_and(|cell| Arc::ptr_eq(&cell, OwnedMutexGuard::mutex(&second))),
+            "the waiter's cell is the map's"
+        );
+        // The last holder to fail forgets it.
+        model.forget_if_empty("c-1", &second);
+        assert!(model.get("c-1").is_none());
     }
 }

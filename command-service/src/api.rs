@@ -8,6 +8,7 @@ use actix_web::http::header;
 use actix_web::{HttpResponse, web};
 use command_engine::batcher::Batcher;
 use command_engine::circuit::BrokerCircuit;
+use command_engine::idempotency::IdempotencyIndex;
 use command_engine::lane::{AnyLane, Visit};
 use command_engine::metrics::{AggregateLabel, Metrics};
 use http_edge::Route;
@@ -22,6 +23,7 @@ pub struct Operations {
     pub circuit: Arc<BrokerCircuit>,
     pub metrics: Arc<Metrics>,
     pub lanes: Vec<Arc<dyn AnyLane>>,
+    pub idempotency: Arc<IdempotencyIndex>,
     pub registry_url: String,
     pub http: reqwest::Client,
 }
@@ -123,10 +125,9 @@ async fn metrics(state: web::Data<Operations>) -> HttpResponse {
         m.aggregates
             .get_or_create(&label)
             .set(i64::try_from(lane.aggregates()).unwrap_or(i64::MAX));
-        m.idempotency_keys
-            .get_or_create(&label)
-            .set(i64::try_from(lane.idempotency_keys()).unwrap_or(i64::MAX));
     }
+    m.idempotency_keys
+        .set(i64::try_from(state.idempotency.len()).unwrap_or(i64::MAX));
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(m.render())

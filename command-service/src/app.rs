@@ -10,7 +10,8 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use command_engine::batcher::{Batcher, StartError};
 use command_engine::circuit::BrokerCircuit;
-use command_engine::lane::{AnyLane, Lane, Retention, Visit};
+use command_engine::idempotency::IdempotencyIndex;
+use command_engine::lane::{AnyLane, Lane, Visit};
 use command_engine::metrics::Metrics;
 use command_engine::pipeline::{Engine, now_ms};
 use command_engine::replay::ReplayError;
@@ -90,10 +91,16 @@ impl Application {
         tokio::task::spawn_blocking(move || kafka.check_connection(kafka_timeout)).await??;
         let registry_timeout = Duration::from_millis(config.registry_timeout_ms);
         config.registry.check(registry_timeout).await?;
+        // One index for every lane: a key is the client's, whatever aggregate it names.
+        let idempotency = IdempotencyIndex::new(
+            Duration::from_secs(config.idempotency_retention_secs),
+            config.idempotency_max_keys,
+        );
         let mut opening = Opening {
             config: &config,
             registry_timeout,
             kafka_timeout,
+            idempotency: Arc::clone(&idempotency),
             lanes: Vec::new(),
         };
         aggregates(&config, &mut opening);
@@ -127,13 +134,13 @@ impl Application {
                 records = replayed.records,
                 partitions = replayed.partitions,
                 aggregates = lane.aggregates(),
-                idempotency_keys = lane.idempotency_keys(),
+                idempotency_keys = idempotency.len(),
                 gaps = lane.gaps(),
                 elapsed_ms = started.elapsed().as_millis(),
                 "write model rebuilt from the topic"
             );
         }
-        let sweeper = tokio::spawn(sweep_idempotency(lanes.clone()));
+        let sweeper = tokio::spawn(sweep_idempotency(Arc::clone(&idempotency)));
         let (circuit, circuit_watch) = BrokerCircuit::start(
             &config.kafka,
             Duration::from_millis(500),
@@ -165,6 +172,7 @@ impl Application {
             circuit,
             metrics,
             lanes: lanes.clone(),
+            idempotency,
             registry_url: config.registry.url.clone(),
             http: config.registry.client_builder(registry_timeout)?.build()?,
         });
@@ -232,13 +240,11 @@ impl Application {
 }
 
 /// Forgets idempotency receipts past the retention window, once a minute.
-async fn sweep_idempotency(lanes: Vec<Arc<dyn AnyLane>>) {
+async fn sweep_idempotency(index: Arc<IdempotencyIndex>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
-        for lane in &lanes {
-            lane.expire(now_ms());
-        }
+        index.expire(now_ms());
     }
 }
 
@@ -247,6 +253,7 @@ struct Opening<'a> {
     config: &'a Config,
     registry_timeout: Duration,
     kafka_timeout: Duration,
+    idempotency: Arc<IdempotencyIndex>,
     lanes: Vec<BoxFuture<'a, Result<Arc<dyn AnyLane>, StartupError>>>,
 }
 
@@ -254,6 +261,7 @@ impl Visit for Opening<'_> {
     fn aggregate<A: Aggregate>(&mut self, topic: &str) {
         let (config, registry_timeout, kafka_timeout) =
             (self.config, self.registry_timeout, self.kafka_timeout);
+        let idempotency = Arc::clone(&self.idempotency);
         let topic = topic.to_owned();
         self.lanes.push(Box::pin(async move {
             let partitions = ensure_topic(
@@ -268,12 +276,8 @@ impl Visit for Opening<'_> {
                 EventCodec::<A::Event>::new(config.registry.sr_settings(registry_timeout)?, &topic)?;
             let schema_id = codec.register().await?;
             tracing::info!(schema_id, %topic, partitions, aggregate = A::NAME, "event schema registered");
-            let retention = Retention {
-                window: Duration::from_secs(config.idempotency_retention_secs),
-                max_keys: config.idempotency_max_keys,
-            };
             let lane: Arc<dyn AnyLane> =
-                Arc::new(Lane::<A>::new(&topic, codec, partitions, retention));
+                Arc::new(Lane::<A>::new(&topic, codec, partitions, idempotency));
             Ok(lane)
         }));
     }

@@ -18,6 +18,15 @@ const MIN_EMAIL_LEN: usize = 3;
 /// The longest address SMTP can carry (RFC 5321's 256-octet path, less its angle brackets).
 const MAX_EMAIL_LEN: usize = 254;
 
+/// Format characters that render as nothing or reorder text (zero-width spaces and joiners,
+/// bidirectional marks and overrides, the byte-order mark, the soft hyphen): an address with one
+/// looks like another address.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}')
+}
+
 /// An e-mail address of a plausible shape: `local@domain.tld`. Deliverability is not checked
 /// (only sending mail proves that); the shape keeps typos such as a missing `@` out of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,14 +34,21 @@ pub struct Email(String);
 
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let length = raw.chars().count();
-        if !(MIN_EMAIL_LEN..=MAX_EMAIL_LEN).contains(&length) {
-            return Err(format!(
-                "must be {MIN_EMAIL_LEN} to {MAX_EMAIL_LEN} characters"
-            ));
+        // SMTP limits the path in octets (RFC 5321 §4.5.3.1.3), not characters.
+        if !(MIN_EMAIL_LEN..=MAX_EMAIL_LEN).contains(&raw.len()) {
+            return Err(format!("must be {MIN_EMAIL_LEN} to {MAX_EMAIL_LEN} bytes"));
         }
-        if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err("must not contain spaces or control characters".into());
+        if raw
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || is_invisible(c))
+        {
+            return Err("must not contain spaces, control or invisible characters".into());
+        }
+        // RFC 5322's specials, which only a quoted local part may hold: refused rather than
+        // parsed, so that a display name or a list (`Ada <ada@x.org>`, `a@x.org,b@y.org`) is
+        // never taken for one address.
+        if raw.contains(['<', '>', '(', ')', ',', ';', ':', '"', '[', ']', '\\']) {
+            return Err("must be a bare address, without quotes, brackets or separators".into());
         }
         let shape = "must be an address such as ada@example.com";
         let mut parts = raw.split('@');
@@ -42,10 +58,21 @@ impl Email {
         if local.is_empty() {
             return Err(format!("{shape}, with a name before the `@`"));
         }
-        if !domain.contains('.') || domain.starts_with('.') || domain.ends_with('.') {
+        if !domain.contains('.') || domain.split('.').any(str::is_empty) {
             return Err(format!("{shape}, with a domain such as example.com"));
         }
         Ok(Self(raw.to_owned()))
+    }
+
+    /// Whether two addresses reach the same mailbox as far as anyone can tell without asking
+    /// the domain: the domain is case-insensitive (RFC 5321 §2.4), the local part is not.
+    pub fn same_mailbox(&self, other: &str) -> bool {
+        match (self.0.rsplit_once('@'), other.rsplit_once('@')) {
+            (Some((local, domain)), Some((other_local, other_domain))) => {
+                local == other_local && domain.eq_ignore_ascii_case(other_domain)
+            }
+            _ => self.0 == other,
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -311,7 +338,7 @@ pub fn decide(
             "the customer is deactivated; only an active customer can change".into(),
         )),
         (CustomerCommand::ChangeEmail(change), Some(state))
-            if change.email.as_str() == state.email =>
+            if change.email.same_mailbox(&state.email) =>
         {
             Err(Rejection(format!(
                 "the email is already {}",
@@ -518,6 +545,13 @@ mod tests {
             "ada@example.com\n",
             "ada@exa\u{0}mple.com",
             "ada@exa\u{a0}mple.com",
+            "ada\u{200B}@example.com",
+            "ada\u{202E}@example.com",
+            "<ada@example.com>",
+            "Ada <ada@example.com>",
+            "a,b@example.com",
+            "\"ada\"@example.com",
+            "ada@example..com",
             too_long.as_str(),
         ] {
             assert!(Email::parse(bad).is_err(), "{bad:?}");
@@ -780,6 +814,9 @@ mod tests {
         assert_eq!(again.0, "the customer already exists");
         let same = step(Some(&ada), &change("a@example.com")).unwrap_err();
         assert!(same.0.starts_with("the email is already"), "{same}");
+        // Domains are case-insensitive; local parts are not.
+        assert!(step(Some(&ada), &change("a@EXAMPLE.com")).is_err());
+        assert!(step(Some(&ada), &change("A@example.com")).is_ok());
         let moved = step(Some(&ada), &change("b@example.com")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(moved.email, "b@example.com");
         assert_eq!(moved.status, CustomerStatus::Active);

@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 
 use orders::events::{OrderEvent, OrderPayload};
 use serde::{Deserialize, Serialize};
-use shared_events::partitioner::partition_for_key;
 use shared_events::view::{Applied, Changes, ReadModel, ViewError, Views, put_json, read_json};
 
 use crate::events::CustomerEvent;
@@ -81,11 +80,8 @@ impl OrdersSummary {
 }
 
 /// Projects both topics into profiles and per-partition order summaries.
-#[derive(Debug)]
-pub struct CustomersProjection {
-    /// Partitions of the orders topic: a summary is kept per orders partition.
-    pub orders_partitions: i32,
-}
+#[derive(Debug, Default)]
+pub struct CustomersProjection;
 
 fn profile_key(customer_id: &str) -> String {
     format!("p/{customer_id}")
@@ -137,11 +133,13 @@ impl CustomersProjection {
         }
     }
 
+    /// An order event read from `partition` of the orders topic: the summary it changes is that
+    /// partition's, the share the replica owning the partition answers for.
     fn apply_order(
-        &self,
         views: &dyn Views,
         changes: &mut dyn Changes,
         event: &OrderEvent,
+        partition: i32,
     ) -> Result<Applied, ViewError> {
         let envelope = &event.envelope;
         let key = order_key(&envelope.aggregate_id);
@@ -153,7 +151,6 @@ impl CustomersProjection {
                 got: envelope.aggregate_version,
             });
         }
-        let partition = partition_for_key(envelope.aggregate_id.as_bytes(), self.orders_partitions);
         let (facts, change) = match (current, &event.payload) {
             (
                 None,
@@ -240,10 +237,11 @@ impl ReadModel for CustomersProjection {
         views: &dyn Views,
         changes: &mut dyn Changes,
         event: &CustomerFeed,
+        partition: i32,
     ) -> Result<Applied, ViewError> {
         match event {
             CustomerFeed::Customer(event) => Self::apply_customer(views, changes, event),
-            CustomerFeed::Order(event) => self.apply_order(views, changes, event),
+            CustomerFeed::Order(event) => Self::apply_order(views, changes, event, partition),
         }
     }
 }
@@ -353,12 +351,10 @@ mod tests {
     /// ones are revenue until cancelled, and nothing applies out of order.
     #[test]
     fn orders_join_their_customer_whenever_they_come() {
-        let model = CustomersProjection {
-            orders_partitions: 1,
-        };
+        let model = CustomersProjection;
         let mut views = shared_events::view::MemoryViews::default();
         let apply = |views: &mut shared_events::view::MemoryViews, event: CustomerFeed| {
-            views.apply(&model, &event).unwrap()
+            views.apply(&model, &event, 0).unwrap()
         };
         assert_eq!(apply(&mut views, placed("o-1", 10, 500)), Applied::Changed);
         assert_eq!(apply(&mut views, paid("o-1", 500)), Applied::Changed);

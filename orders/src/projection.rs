@@ -125,6 +125,7 @@ impl ReadModel for OrdersProjection {
         views: &dyn Views,
         changes: &mut dyn Changes,
         event: &OrderEvent,
+        _partition: i32,
     ) -> Result<Applied, ViewError> {
         let current = Self::read(views, &event.envelope.aggregate_id)?;
         match evolve(current, event) {
@@ -228,7 +229,7 @@ mod tests {
             event.envelope.aggregate_id = id.into();
             event.envelope.occurred_at_ms += i64::try_from(i).unwrap();
             assert_eq!(
-                store.apply(&OrdersProjection, &event).unwrap(),
+                store.apply(&OrdersProjection, &event, 0).unwrap(),
                 Applied::Changed
             );
         }

@@ -523,7 +523,10 @@ impl<P: ReadModel, D: Decoder<P::Event>> Runner<P, D> {
             };
             let mut batch = StoreBatch::new(namespace::<P>());
             let views = StoreViews::new(&self.store, namespace::<P>());
-            match self.projection.apply(&views, &mut batch, &event) {
+            match self
+                .projection
+                .apply(&views, &mut batch, &event, message.partition())
+            {
                 Ok(Applied::Changed) => {
                     self.stats.applied.inc();
                 }

@@ -449,11 +449,22 @@ impl CustomersOpening {
             }
         }
         let (customers_partitions, orders_partitions) = (partitions[0], partitions[1]);
-        if let Err(error) = self
-            .serve(customers_partitions, orders_partitions, shutdown)
-            .await
-        {
-            tracing::error!(%error, "the customers projection could not start");
+        // A start that fails (the registry's settings, a consumer) is retried: giving up would
+        // leave the replica ready while every customer query answers 503.
+        loop {
+            match self
+                .serve(customers_partitions, orders_partitions, shutdown.clone())
+                .await
+            {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::error!(%error, "the customers projection could not start; retrying");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
         }
     }
 
@@ -534,7 +545,7 @@ impl CustomersOpening {
         Runner {
             consumer,
             decoder,
-            projection: CustomersProjection { orders_partitions },
+            projection: CustomersProjection,
             store: Arc::clone(&self.store),
             stats: Arc::clone(&self.stats),
             tables,

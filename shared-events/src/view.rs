@@ -48,12 +48,14 @@ pub trait ReadModel: Send + Sync + 'static {
     /// rebuilt from the topics. Bump it whenever `apply` changes what it writes.
     const VERSION: u32;
 
-    /// Stages the effect of `event` into `changes`, reading the current views from `views`.
+    /// Stages the effect of `event`, read from `partition` of its topic, into `changes`,
+    /// reading the current views from `views`.
     fn apply(
         &self,
         views: &dyn Views,
         changes: &mut dyn Changes,
         event: &Self::Event,
+        partition: i32,
     ) -> Result<Applied, ViewError>;
 }
 
@@ -90,14 +92,15 @@ pub struct MemoryViews {
 }
 
 impl MemoryViews {
-    /// Applies `event` to `model` and keeps the changes.
+    /// Applies `event`, read from `partition`, to `model` and keeps the changes.
     pub fn apply<M: ReadModel>(
         &mut self,
         model: &M,
         event: &M::Event,
+        partition: i32,
     ) -> Result<Applied, ViewError> {
         let mut staged = MemoryViews::default();
-        let applied = model.apply(self, &mut staged, event)?;
+        let applied = model.apply(self, &mut staged, event, partition)?;
         self.views.extend(staged.views);
         self.index.extend(staged.index);
         Ok(applied)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use customers::events::CustomerEvent;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, config, read_committed, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, config, order_body, read_committed, spawn_app, spawn_app_with};
 
 async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
@@ -256,6 +256,27 @@ async fn an_idempotent_retry_gets_the_first_answer_also_after_a_restart() {
         "the key was used for another request: {problem}"
     );
     assert_eq!(problem["type"], "urn:problem-type:idempotency-key-reused");
+
+    // The key names that registration, whatever reuses it: a registration choosing an id (with
+    // the same values), or a command on another kind of aggregate.
+    let (status, problem) = status_and_body(
+        post(
+            &first,
+            "/customers",
+            r#"{"customer_id":"c-other","name":"Ada","email":"ada@example.com"}"#,
+            &key,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 422, "{problem}");
+    let (status, problem) =
+        status_and_body(post(&first, "/orders", &order_body("c-1"), &key).await).await;
+    assert_eq!(status, 422, "{problem}");
+    assert!(
+        read_committed(&first.topic).is_empty(),
+        "no order was placed"
+    );
 
     let mut again = config(&first.topic);
     again.customers_topic.clone_from(&first.customers_topic);
