@@ -17,7 +17,9 @@ use command_engine::pipeline::{Engine, now_ms};
 use command_engine::replay::ReplayError;
 use command_engine::topics::{TopicError, ensure_topic};
 use futures::future::BoxFuture;
+use http_edge::lifecycle::Tasks;
 use shared_events::{Aggregate, EventCodec};
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Operations};
 use crate::config::{Config, ConfigError};
@@ -65,7 +67,7 @@ pub struct Application {
     batcher: Arc<Batcher>,
     /// Dropped with the service, which ends the watch.
     _circuit: command_engine::circuit::Watch,
-    sweeper: tokio::task::JoinHandle<()>,
+    tasks: Tasks,
 }
 
 impl std::fmt::Debug for Application {
@@ -140,7 +142,13 @@ impl Application {
                 "write model rebuilt from the topic"
             );
         }
-        let sweeper = tokio::spawn(sweep_idempotency(Arc::clone(&idempotency)));
+        let mut tasks = Tasks::default();
+        {
+            let index = Arc::clone(&idempotency);
+            tasks.spawn("idempotency sweeper", move |stop| {
+                sweep_idempotency(index, stop)
+            });
+        }
         let (circuit, circuit_watch) = BrokerCircuit::start(
             &config.kafka,
             Duration::from_millis(500),
@@ -206,7 +214,7 @@ impl Application {
             server,
             batcher,
             _circuit: circuit_watch,
-            sweeper,
+            tasks,
         })
     }
 
@@ -223,7 +231,9 @@ impl Application {
     /// write queue: every accepted command is committed or answered with an error before return.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
-        self.sweeper.abort();
+        self.tasks
+            .stop(tokio::time::Instant::now() + Duration::from_secs(1))
+            .await;
         let batcher = self.batcher;
         tracing::info!(
             queued = batcher.queue_depth(),
@@ -239,12 +249,14 @@ impl Application {
     }
 }
 
-/// Forgets idempotency receipts past the retention window, once a minute.
-async fn sweep_idempotency(index: Arc<IdempotencyIndex>) {
+/// Forgets idempotency receipts past the retention window, once a minute, until `stop`.
+async fn sweep_idempotency(index: Arc<IdempotencyIndex>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
-        tick.tick().await;
-        index.expire(now_ms());
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => index.expire(now_ms()),
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //! - [`body`]: reading a JSON request body, bounded in size and time.
 //! - [`precondition`]: `If-Match` (RFC 9110) against a version `ETag`.
 //! - [`health`]: the liveness route.
-//! - [`lifecycle`]: the stop signal.
+//! - [`lifecycle`]: the stop signal, and background tasks stopped together within a grace.
 //! - [`docs`]: the OpenAPI document at `/openapi.json` and a browsable page at `/docs`, whose
 //!   assets are compiled in: no CDN.
 

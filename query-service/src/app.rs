@@ -8,7 +8,6 @@ use actix_web::{App, HttpServer, web};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use shared_events::EventCodec;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, CustomersSide};
@@ -22,6 +21,7 @@ use crate::projection::{
 use crate::routing::Forwarder;
 use crate::store::{Store, StoreError};
 use customers::projection::CustomersProjection;
+use http_edge::lifecycle::Tasks;
 use orders::projection::OrdersProjection;
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +64,7 @@ pub struct Application {
     /// The projection runner's own thread: its RocksDB writes and its consumer never take the
     /// HTTP runtime's thread, so requests and the stop signal are served while it catches up.
     projections: Vec<ProjectionThread>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Tasks,
     grace: Duration,
     stats: Arc<ProjectionStats>,
     customers_stats: Arc<ProjectionStats>,
@@ -156,7 +156,10 @@ impl Application {
         let stats = Arc::new(ProjectionStats::default());
         let customers_stats = Arc::new(ProjectionStats::default());
         let metrics = Arc::new(Metrics::new(&stats, &customers_stats));
-        let shutdown = CancellationToken::new();
+        // Everything in the background stops together: the projections' threads watch the
+        // same token as the tasks.
+        let mut tasks = Tasks::default();
+        let shutdown = tasks.token();
         let runner = Runner {
             consumer,
             decoder: codec,
@@ -184,12 +187,13 @@ impl Application {
             shutdown.clone(),
             async move |token| opening.run(token).await,
         )?);
-        let tasks = vec![tokio::spawn(cluster::keep_fresh(
-            Arc::clone(&cluster),
-            Arc::clone(&table),
-            Duration::from_millis(config.cluster_refresh_ms),
-            shutdown.clone(),
-        ))];
+        {
+            let (cluster, table) = (Arc::clone(&cluster), Arc::clone(&table));
+            let every = Duration::from_millis(config.cluster_refresh_ms);
+            tasks.spawn("cluster view", move |token| {
+                cluster::keep_fresh(cluster, table, every, token)
+            });
+        }
 
         let state = web::Data::new(AppState {
             store,
@@ -278,14 +282,9 @@ impl Application {
             }
         };
         self.shutdown.cancel();
-        for task in self.tasks {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, task).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => tracing::error!("a background task panicked"),
-                Err(_) => tracing::warn!("a background task did not stop within the grace"),
-            }
-        }
+        self.tasks
+            .stop(tokio::time::Instant::from_std(deadline))
+            .await;
         for mut projection in self.projections {
             while !projection.is_finished() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
