@@ -21,17 +21,20 @@ pub enum Route {
     Unavailable(String),
 }
 
-/// Decides where the query for a key in `partition` is answered.
-pub fn route(
+/// Decides where the query for a key in `partition` is answered. The group's view is only
+/// looked at for a key this replica does not own: most queries are answered here, and taking
+/// the view is a lock and a reference count shared by every HTTP worker.
+pub fn route<V: std::ops::Deref<Target = ClusterView>>(
     partition: i32,
     table: &PartitionTable,
-    view: &ClusterView,
+    view: impl FnOnce() -> V,
     self_id: &str,
     forwarded: bool,
 ) -> Route {
     if table.owns(partition) {
         return Route::Local;
     }
+    let view = view();
     if forwarded {
         return Route::Unavailable(format!(
             "partition {partition} is not owned by this replica (forwarded here from a stale view)"
@@ -160,18 +163,18 @@ mod tests {
     fn never_forwards_twice_nor_to_itself() {
         let table = PartitionTable::new(2);
         assert!(
-            matches!(route(0, &table, &view("b"), "a", false), Route::Forward(m) if m.replica_id == "b")
+            matches!(route(0, &table, || Box::new(view("b")), "a", false), Route::Forward(m) if m.replica_id == "b")
         );
         assert!(matches!(
-            route(0, &table, &view("b"), "a", true),
+            route(0, &table, || Box::new(view("b")), "a", true),
             Route::Unavailable(_)
         ));
         assert!(matches!(
-            route(0, &table, &view("a"), "a", false),
+            route(0, &table, || Box::new(view("a")), "a", false),
             Route::Unavailable(_)
         ));
         assert!(matches!(
-            route(1, &table, &view("b"), "a", false),
+            route(1, &table, || Box::new(view("b")), "a", false),
             Route::Unavailable(_)
         ));
     }

@@ -234,11 +234,10 @@ async fn get_order(
     }
     let token = consistency_token(&request, &[&state.topic])?;
     let partition = partition_for_key(id.as_bytes(), state.table.count());
-    let view = state.cluster.view();
     match route(
         partition,
         &state.table,
-        &view,
+        || state.cluster.view(),
         &state.replica_id,
         is_forwarded(&request),
     ) {
@@ -402,11 +401,10 @@ async fn get_customer(
     let side = customers_side(&state)?;
     let token = consistency_token(&request, &[&side.topic, &state.topic])?;
     let partition = partition_for_key(id.as_bytes(), side.customers.count());
-    let view = side.customers_cluster.view();
     match route(
         partition,
         &side.customers,
-        &view,
+        || side.customers_cluster.view(),
         &state.replica_id,
         is_forwarded(&request),
     ) {
