@@ -91,10 +91,18 @@ pub fn value_subject(topic: &str) -> String {
     format!("{topic}-value")
 }
 
+/// The most one decoded string, byte array or collection may take: far above any event of
+/// ours (a request body is at most 64 KiB by default) and far below what a forged length could
+/// ask for. Process-wide: apache-avro keeps one limit, set once.
+pub const MAX_DECODE_ALLOCATION: usize = 16 * 1024 * 1024;
+
 impl<E: AvroEvent> EventCodec<E> {
     /// A codec for the values of `topic`, talking to the registry as `registry` says (its URL,
     /// credentials, TLS trust and timeout).
     pub fn new(registry: SrSettings, topic: &str) -> Result<Self, WireError> {
+        // A record is read from the log, where anyone with write access may have put it: its
+        // length prefixes must not make the decoder allocate apache-avro's default of 512 MiB.
+        apache_avro::util::max_allocation_bytes(MAX_DECODE_ALLOCATION);
         let reader_schema = Schema::parse_str(E::SCHEMA).map_err(WireError::InvalidSchema)?;
         let supplied = SuppliedSchema::new(None, SchemaType::Avro, E::SCHEMA.to_owned());
         Ok(Self {
