@@ -172,6 +172,36 @@ pub fn fast<'a, W: serde::Deserialize<'a>, C>(
     serde_json::from_slice::<W>(body).ok().and_then(valid)
 }
 
+/// Whether every array in a JSON text starts with an object, or is empty: for the fast way of a
+/// body whose only arrays are lists of objects. Strings are skipped (a `[` in a value is text).
+/// It looks at the bytes only; whatever else is wrong with the body, the parser finds.
+pub fn arrays_hold_objects(body: &[u8]) -> bool {
+    let mut in_string = false;
+    let mut escaped = false;
+    for (at, &byte) in body.iter().enumerate() {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' => {
+                let next = body[at + 1..].iter().find(|b| !b.is_ascii_whitespace());
+                if !matches!(next, Some(b'{' | b']')) {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    true
+}
+
 /// The fast way, else the thorough one.
 pub fn parse_fast_or_thorough<C>(
     body: &[u8],
@@ -244,6 +274,21 @@ mod tests {
     struct Body {
         name: String,
         count: i64,
+    }
+
+    #[test]
+    fn arrays_of_objects_are_told_from_arrays_of_values() {
+        assert!(arrays_hold_objects(
+            br#"{"items":[{"a":1}, {"a":[]}],"x":"[1"}"#
+        ));
+        assert!(arrays_hold_objects(br#"{"items":[ ]}"#));
+        assert!(!arrays_hold_objects(br#"{"items":[["A-1",2]]}"#));
+        assert!(!arrays_hold_objects(br#"{"items":[{"a":1},[1]]}"#));
+        assert!(!arrays_hold_objects(br#"{"items":[1]}"#));
+        assert!(
+            arrays_hold_objects(br#"{"s":"a\"[1"}"#),
+            "an escaped quote stays in the string"
+        );
     }
 
     /// A derived struct also deserialises from an array of its fields: the fast way must not
