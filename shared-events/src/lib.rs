@@ -25,6 +25,8 @@ pub mod event;
 pub mod key;
 pub mod partitioner;
 pub mod position;
+#[cfg(feature = "testing")]
+pub mod strategies;
 pub mod validation;
 pub mod view;
 pub mod wire;
