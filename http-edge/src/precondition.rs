@@ -136,4 +136,23 @@ mod tests {
         assert!(!IfMatch::Any.holds(None));
         assert!(!IfMatch::parse(r#""+2""#).unwrap().holds(Some(2)));
     }
+
+    proptest::proptest! {
+        /// Any header value parses or is refused without panicking, and a version in quotes
+        /// matches exactly that version.
+        #[test]
+        fn any_if_match_parses_or_is_refused(text in "\\PC{0,60}") {
+            if let Some(precondition) = IfMatch::parse(&text) {
+                let _ = precondition.holds(Some(1));
+                proptest::prop_assert!(!precondition.holds(None));
+            }
+        }
+
+        #[test]
+        fn a_quoted_version_matches_only_itself(version in 0i64.., other in 0i64..) {
+            let tag = IfMatch::parse(&format!("\"{version}\"")).unwrap();
+            proptest::prop_assert!(tag.holds(Some(version)));
+            proptest::prop_assert_eq!(tag.holds(Some(other)), other == version);
+        }
+    }
 }

@@ -57,6 +57,8 @@ impl FromStr for ConsistencyToken {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -85,6 +87,31 @@ mod tests {
             "o:1:-5",
         ] {
             assert!(bad.parse::<ConsistencyToken>().is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any header parses or is refused without panicking; a token that parses prints back
+        /// to itself, and a token of any legal topic and position survives the trip.
+        #[test]
+        fn tokens_parse_or_are_refused(text in "\\PC{0,40}") {
+            if let Ok(token) = text.parse::<ConsistencyToken>() {
+                let again: ConsistencyToken = token.to_string().parse().unwrap();
+                proptest::prop_assert_eq!(again.topic, token.topic);
+                proptest::prop_assert_eq!(again.position, token.position);
+            }
+        }
+
+        #[test]
+        fn every_token_round_trips(
+            topic in "[a-zA-Z0-9._-]{1,40}",
+            partition in 0i32..,
+            offset in 0i64..,
+        ) {
+            let token = ConsistencyToken { topic, position: Position { partition, offset } };
+            let again: ConsistencyToken = token.to_string().parse().unwrap();
+            proptest::prop_assert_eq!(again.topic, token.topic);
+            proptest::prop_assert_eq!(again.position, token.position);
         }
     }
 }
