@@ -6,8 +6,8 @@
 use apache_avro::types::Value;
 use shared_events::event::Fields;
 use shared_events::{
-    Aggregate, AvroEvent, AvroWriter, CommandError, CommandSpec, EventEnvelope, EventError,
-    EventMetadata, FieldError, Rejection,
+    Aggregate, AvroEvent, AvroWriter, CommandError, CommandSpec, Envelope, EventEnvelope,
+    EventError, EventMetadata, FieldError, Rejection,
 };
 
 pub(crate) const LIMIT: i64 = 100;
@@ -32,11 +32,7 @@ pub(crate) struct Step {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CounterEvent {
-    pub(crate) event_id: String,
-    pub(crate) id: String,
-    pub(crate) version: i64,
-    pub(crate) at_ms: i64,
-    pub(crate) key: Option<String>,
+    pub(crate) envelope: Envelope,
     pub(crate) step: Step,
 }
 
@@ -117,11 +113,7 @@ impl Aggregate for Counter {
 
     fn event(metadata: EventMetadata, id: &str, version: i64, payload: Step) -> CounterEvent {
         CounterEvent {
-            event_id: metadata.event_id,
-            id: id.to_owned(),
-            version,
-            at_ms: metadata.occurred_at_ms,
-            key: metadata.idempotency_key,
+            envelope: Envelope::new(metadata, id, version),
             step: payload,
         }
     }
@@ -140,20 +132,8 @@ impl Aggregate for Counter {
 }
 
 impl EventEnvelope for CounterEvent {
-    fn event_id(&self) -> &str {
-        &self.event_id
-    }
-    fn aggregate_id(&self) -> &str {
-        &self.id
-    }
-    fn aggregate_version(&self) -> i64 {
-        self.version
-    }
-    fn occurred_at_ms(&self) -> i64 {
-        self.at_ms
-    }
-    fn idempotency_key(&self) -> Option<&str> {
-        self.key.as_deref()
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
     }
 }
 
@@ -162,32 +142,26 @@ impl AvroEvent for CounterEvent {
         {"name": "event_id", "type": "string"},
         {"name": "aggregate_id", "type": "string"},
         {"name": "aggregate_version", "type": "long"},
-        {"name": "occurred_at_ms", "type": "long"},
+        {"name": "occurred_at", "type": "long"},
+        {"name": "command_id", "type": "string"},
         {"name": "idempotency_key", "type": ["null", "string"]},
+        {"name": "correlation_id", "type": "string"},
         {"name": "amount", "type": "long"}
     ]}"#;
 
     fn key(&self) -> &str {
-        &self.id
+        &self.envelope.aggregate_id
     }
 
     fn write_avro(&self, w: &mut AvroWriter<'_>) {
-        w.string(&self.event_id);
-        w.string(&self.id);
-        w.long(self.version);
-        w.long(self.at_ms);
-        w.optional_string(self.key.as_deref());
+        self.envelope.write_avro(w);
         w.long(self.step.amount);
     }
 
     fn from_avro(value: Value) -> Result<Self, EventError> {
         let mut f = Fields::of(value, "CounterEvent")?;
         Ok(Self {
-            event_id: f.string("event_id")?,
-            id: f.string("aggregate_id")?,
-            version: f.long("aggregate_version")?,
-            at_ms: f.long("occurred_at_ms")?,
-            key: f.optional_string("idempotency_key")?,
+            envelope: Envelope::from_fields(&mut f)?,
             step: Step {
                 amount: f.long("amount")?,
             },
@@ -197,12 +171,15 @@ impl AvroEvent for CounterEvent {
 
 /// Version `version` of counter `id`, written by a command with `key`.
 pub(crate) fn event(id: &str, version: i64, amount: i64, key: Option<&str>) -> CounterEvent {
-    CounterEvent {
+    let metadata = EventMetadata {
         event_id: format!("e-{id}-{version}"),
-        id: id.to_owned(),
-        version,
-        at_ms: 1_000 * version,
-        key: key.map(str::to_owned),
+        occurred_at_ms: 1_000 * version,
+        command_id: "k".into(),
+        idempotency_key: key.map(str::to_owned),
+        correlation_id: "c".into(),
+    };
+    CounterEvent {
+        envelope: Envelope::new(metadata, id, version),
         step: Step { amount },
     }
 }

@@ -451,15 +451,7 @@ impl Aggregate for CustomerState {
         payload: CustomerPayload,
     ) -> CustomerEvent {
         CustomerEvent {
-            envelope: Envelope {
-                event_id: metadata.event_id,
-                aggregate_id: id.to_owned(),
-                aggregate_version: version,
-                occurred_at_ms: metadata.occurred_at_ms,
-                command_id: metadata.command_id,
-                idempotency_key: metadata.idempotency_key,
-                correlation_id: metadata.correlation_id,
-            },
+            envelope: Envelope::new(metadata, id, version),
             payload,
         }
     }

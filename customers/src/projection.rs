@@ -295,8 +295,8 @@ mod tests {
         assert_eq!(facts.revenue(), 0);
     }
 
-    fn envelope(id: &str, version: i64, at_ms: i64) -> crate::events::Envelope {
-        crate::events::Envelope {
+    fn envelope(id: &str, version: i64, at_ms: i64) -> shared_events::Envelope {
+        shared_events::Envelope {
             event_id: format!("e-{id}-{version}"),
             aggregate_id: id.into(),
             aggregate_version: version,
@@ -308,17 +308,10 @@ mod tests {
     }
 
     fn order(id: &str, version: i64, at_ms: i64, payload: OrderPayload) -> CustomerFeed {
-        let e = envelope(id, version, at_ms);
-        let envelope = orders::events::Envelope {
-            event_id: e.event_id,
-            aggregate_id: e.aggregate_id,
-            aggregate_version: e.aggregate_version,
-            occurred_at_ms: e.occurred_at_ms,
-            command_id: e.command_id,
-            idempotency_key: e.idempotency_key,
-            correlation_id: e.correlation_id,
-        };
-        CustomerFeed::Order(OrderEvent { envelope, payload })
+        CustomerFeed::Order(OrderEvent {
+            envelope: envelope(id, version, at_ms),
+            payload,
+        })
     }
 
     fn placed(id: &str, at_ms: i64, total_cents: i64) -> CustomerFeed {

@@ -578,15 +578,7 @@ impl Aggregate for OrderState {
 
     fn event(metadata: EventMetadata, id: &str, version: i64, payload: OrderPayload) -> OrderEvent {
         OrderEvent {
-            envelope: Envelope {
-                event_id: metadata.event_id,
-                aggregate_id: id.to_owned(),
-                aggregate_version: version,
-                occurred_at_ms: metadata.occurred_at_ms,
-                command_id: metadata.command_id,
-                idempotency_key: metadata.idempotency_key,
-                correlation_id: metadata.correlation_id,
-            },
+            envelope: Envelope::new(metadata, id, version),
             payload,
         }
     }

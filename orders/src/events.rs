@@ -5,26 +5,11 @@
 use apache_avro::types::Value;
 
 use shared_events::AvroWriter;
+pub use shared_events::Envelope;
 use shared_events::event::{AvroEvent, EventEnvelope, EventError, Fields};
 
 /// The default topic of the orders aggregate.
 pub const DEFAULT_TOPIC: &str = "orders";
-
-/// What every event carries besides its payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
-    pub event_id: String,
-    /// The order id, also the record key.
-    pub aggregate_id: String,
-    /// 1 for an order's first event, then 2, 3, ... with no gaps.
-    pub aggregate_version: i64,
-    /// Milliseconds since the Unix epoch.
-    pub occurred_at_ms: i64,
-    pub command_id: String,
-    /// The client's `Idempotency-Key`, when it sent one.
-    pub idempotency_key: Option<String>,
-    pub correlation_id: String,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LineItem {
@@ -74,24 +59,8 @@ pub struct OrderEvent {
 }
 
 impl EventEnvelope for OrderEvent {
-    fn event_id(&self) -> &str {
-        &self.envelope.event_id
-    }
-
-    fn aggregate_id(&self) -> &str {
-        &self.envelope.aggregate_id
-    }
-
-    fn aggregate_version(&self) -> i64 {
-        self.envelope.aggregate_version
-    }
-
-    fn occurred_at_ms(&self) -> i64 {
-        self.envelope.occurred_at_ms
-    }
-
-    fn idempotency_key(&self) -> Option<&str> {
-        self.envelope.idempotency_key.as_deref()
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
     }
 }
 
@@ -103,14 +72,7 @@ impl AvroEvent for OrderEvent {
     }
 
     fn write_avro(&self, w: &mut AvroWriter<'_>) {
-        let e = &self.envelope;
-        w.string(&e.event_id);
-        w.string(&e.aggregate_id);
-        w.long(e.aggregate_version);
-        w.long(e.occurred_at_ms);
-        w.string(&e.command_id);
-        w.optional_string(e.idempotency_key.as_deref());
-        w.string(&e.correlation_id);
+        self.envelope.write_avro(w);
         // Union branch indexes follow the order of the payload union in the schema.
         match &self.payload {
             OrderPayload::Placed {
@@ -154,24 +116,8 @@ impl AvroEvent for OrderEvent {
 
     fn from_avro(value: Value) -> Result<Self, EventError> {
         let mut f = Fields::of(value, "OrderEvent")?;
-        let envelope = Envelope {
-            event_id: f.string("event_id")?,
-            aggregate_id: f.string("aggregate_id")?,
-            aggregate_version: f.long("aggregate_version")?,
-            occurred_at_ms: f.long("occurred_at")?,
-            command_id: f.string("command_id")?,
-            idempotency_key: f.optional_string("idempotency_key")?,
-            correlation_id: f.string("correlation_id")?,
-        };
-        let (branch, body) = match f.take("payload")? {
-            Value::Union(branch, body) => (branch, *body),
-            _ => {
-                return Err(EventError::WrongType {
-                    field: "payload",
-                    expected: "union",
-                });
-            }
-        };
+        let envelope = Envelope::from_fields(&mut f)?;
+        let (branch, body) = f.union("payload")?;
         let payload = match branch {
             0 => {
                 let mut p = Fields::of(body, "OrderPlaced")?;

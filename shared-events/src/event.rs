@@ -2,6 +2,7 @@
 
 use apache_avro::types::Value;
 
+use crate::aggregate::EventMetadata;
 use crate::binary::AvroWriter;
 
 /// A domain event that travels as one Avro record.
@@ -25,15 +26,87 @@ pub trait AvroEvent: Sized {
     fn from_avro(value: Value) -> Result<Self, EventError>;
 }
 
-/// The envelope every event carries, as the generic engine needs it.
-pub trait EventEnvelope {
-    fn event_id(&self) -> &str;
-    fn aggregate_id(&self) -> &str;
+/// What every event of every domain carries besides its payload, and writes first: each
+/// schema opens with these fields, in this order, so the engines read any domain's alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub event_id: String,
+    /// The aggregate id, also the record key.
+    pub aggregate_id: String,
     /// 1 for an aggregate's first event, then 2, 3, ... with no gaps.
-    fn aggregate_version(&self) -> i64;
-    fn occurred_at_ms(&self) -> i64;
+    pub aggregate_version: i64,
+    /// Milliseconds since the Unix epoch (`occurred_at`, `timestamp-millis`, in the schemas).
+    pub occurred_at_ms: i64,
+    pub command_id: String,
+    /// The client's `Idempotency-Key`, when it sent one.
+    pub idempotency_key: Option<String>,
+    pub correlation_id: String,
+}
+
+impl Envelope {
+    /// The envelope of version `version` of aggregate `id`, decided with `metadata`.
+    pub fn new(metadata: EventMetadata, id: &str, version: i64) -> Self {
+        Self {
+            event_id: metadata.event_id,
+            aggregate_id: id.to_owned(),
+            aggregate_version: version,
+            occurred_at_ms: metadata.occurred_at_ms,
+            command_id: metadata.command_id,
+            idempotency_key: metadata.idempotency_key,
+            correlation_id: metadata.correlation_id,
+        }
+    }
+
+    /// Writes the envelope's fields, first in every event record.
+    pub fn write_avro(&self, w: &mut AvroWriter<'_>) {
+        w.string(&self.event_id);
+        w.string(&self.aggregate_id);
+        w.long(self.aggregate_version);
+        w.long(self.occurred_at_ms);
+        w.string(&self.command_id);
+        w.optional_string(self.idempotency_key.as_deref());
+        w.string(&self.correlation_id);
+    }
+
+    /// Takes the envelope's fields out of a decoded event record.
+    pub fn from_fields(f: &mut Fields) -> Result<Self, EventError> {
+        Ok(Self {
+            event_id: f.string("event_id")?,
+            aggregate_id: f.string("aggregate_id")?,
+            aggregate_version: f.long("aggregate_version")?,
+            occurred_at_ms: f.long("occurred_at")?,
+            command_id: f.string("command_id")?,
+            idempotency_key: f.optional_string("idempotency_key")?,
+            correlation_id: f.string("correlation_id")?,
+        })
+    }
+}
+
+/// An event's envelope, as the generic engines read it.
+pub trait EventEnvelope {
+    fn envelope(&self) -> &Envelope;
+
+    fn event_id(&self) -> &str {
+        &self.envelope().event_id
+    }
+
+    fn aggregate_id(&self) -> &str {
+        &self.envelope().aggregate_id
+    }
+
+    /// 1 for an aggregate's first event, then 2, 3, ... with no gaps.
+    fn aggregate_version(&self) -> i64 {
+        self.envelope().aggregate_version
+    }
+
+    fn occurred_at_ms(&self) -> i64 {
+        self.envelope().occurred_at_ms
+    }
+
     /// The client's `Idempotency-Key` of the command that caused the event, if it sent one.
-    fn idempotency_key(&self) -> Option<&str>;
+    fn idempotency_key(&self) -> Option<&str> {
+        self.envelope().idempotency_key.as_deref()
+    }
 }
 
 /// An Avro value that does not have the shape the event type expects.
@@ -111,6 +184,14 @@ impl Fields {
         match self.take(name)? {
             Value::Int(n) => Ok(n),
             _ => Err(wrong(name, "int")),
+        }
+    }
+
+    /// A union field: its branch index and its value.
+    pub fn union(&mut self, name: &'static str) -> Result<(u32, Value), EventError> {
+        match self.take(name)? {
+            Value::Union(branch, value) => Ok((branch, *value)),
+            _ => Err(wrong(name, "union")),
         }
     }
 

@@ -33,7 +33,7 @@ pub mod wire;
 
 pub use aggregate::{Aggregate, CommandError, CommandSpec, EventMetadata, FieldError, Rejection};
 pub use binary::AvroWriter;
-pub use event::{AvroEvent, EventEnvelope, EventError};
+pub use event::{AvroEvent, Envelope, EventEnvelope, EventError};
 pub use key::Identifier;
 pub use position::{ConsistencyToken, Position};
 pub use wire::{EventCodec, WireError};
