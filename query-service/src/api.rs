@@ -253,18 +253,31 @@ async fn get_order(
                     .insert_header(("Served-By", state.replica_id.as_str()))
                     .content_type(header::ContentType::json())
                     .body(view)),
-                None if state.table.serves(partition) => Err(QueryError::UnknownOrder {
-                    id,
-                    served_by: state.replica_id.clone(),
-                }),
-                // Just assigned and still catching up: "not found" could be false.
-                None => Err(QueryError::Unavailable(format!(
-                    "partition {partition} is still being caught up on this replica"
-                ))),
+                None => Err(absent(
+                    &state.table,
+                    partition,
+                    QueryError::UnknownOrder {
+                        id,
+                        served_by: state.replica_id.clone(),
+                    },
+                )),
             }
         }
         Route::Forward(owner) => forward_request(&state, &owner, &request).await,
         Route::Unavailable(reason) => Err(QueryError::Unavailable(reason)),
+    }
+}
+
+/// What the owner answers for a key it has no view of: `not_found` only once it has caught up
+/// with the key's partition since it was assigned; before that the view may be on its way, and
+/// the answer is a retryable `503`.
+fn absent(table: &PartitionTable, partition: i32, not_found: QueryError) -> QueryError {
+    if table.serves(partition) {
+        not_found
+    } else {
+        QueryError::Unavailable(format!(
+            "partition {partition} is still being caught up on this replica"
+        ))
     }
 }
 
@@ -414,16 +427,14 @@ async fn get_customer(
             }
             let Some(profile) = CustomersProjection::profile(&customers_views(&state.store), &id)?
             else {
-                return Err(if side.customers.serves(partition) {
+                return Err(absent(
+                    &side.customers,
+                    partition,
                     QueryError::UnknownCustomer {
                         id,
                         served_by: state.replica_id.clone(),
-                    }
-                } else {
-                    QueryError::Unavailable(format!(
-                        "customers partition {partition} is still being caught up on this replica"
-                    ))
-                });
+                    },
+                ));
             };
             let orders_token = token.filter(|t| t.topic == state.topic);
             let summary = customer_summary(&state, side, &id, orders_token.as_ref()).await?;
