@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::header;
 use actix_web::{HttpResponse, web};
 use command_engine::batcher::Batcher;
 use command_engine::circuit::BrokerCircuit;
@@ -93,18 +92,11 @@ async fn ready(state: web::Data<Operations>) -> HttpResponse {
     let kafka = !state.circuit.is_open();
     let ready = producers > 0 && registry && kafka;
     let body = serde_json::json!({
-        "status": if ready { "ready" } else { "not ready" },
         "live_producers": producers,
         "registry_reachable": registry,
         "kafka_reachable": kafka,
     });
-    if ready {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable()
-            .insert_header((header::RETRY_AFTER, "2"))
-            .json(body)
-    }
+    http_edge::health::readiness(ready, body, 2)
 }
 
 #[utoipa::path(
@@ -128,7 +120,5 @@ async fn metrics(state: web::Data<Operations>) -> HttpResponse {
     }
     m.idempotency_keys
         .set(i64::try_from(state.idempotency.len()).unwrap_or(i64::MAX));
-    HttpResponse::Ok()
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(m.render())
+    http_edge::health::openmetrics(m.render())
 }

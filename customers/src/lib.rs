@@ -6,6 +6,7 @@
 //! - [`commands`]: request bodies parsed into validated commands, the rules that decide them
 //!   into events, and the state the command side folds from the events.
 //! - [`views`]: the customer as queries show them, folded from the same events.
+//! - [`queries`]: what the read model answers: a customer joined with their orders.
 //!
 //! Guarantees: no command reaches [`commands::decide`] with an unchecked field (every offending
 //! field is named, not just the first); a customer is registered once, and only an active one
@@ -15,4 +16,5 @@
 pub mod commands;
 pub mod events;
 pub mod projection;
+pub mod queries;
 pub mod views;

@@ -31,6 +31,18 @@ pub enum CustomerFeed {
     Order(OrderEvent),
 }
 
+impl From<CustomerEvent> for CustomerFeed {
+    fn from(event: CustomerEvent) -> Self {
+        Self::Customer(event)
+    }
+}
+
+impl From<OrderEvent> for CustomerFeed {
+    fn from(event: OrderEvent) -> Self {
+        Self::Order(event)
+    }
+}
+
 /// What the join keeps of one order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct OrderFacts {
@@ -80,7 +92,7 @@ impl OrdersSummary {
 }
 
 /// Projects both topics into profiles and per-partition order summaries.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct CustomersProjection;
 
 fn profile_key(customer_id: &str) -> String {
@@ -231,6 +243,7 @@ impl ReadModel for CustomersProjection {
     type Event = CustomerFeed;
     const NAMESPACE: &'static str = "customers";
     const VERSION: u32 = 1;
+    const TOPICS: &'static [&'static str] = &["customers", "orders"];
 
     fn apply(
         &self,

@@ -6,8 +6,11 @@
 //! - [`commands`]: request bodies parsed into validated commands, the rules that decide them
 //!   into events, and the state the command side folds from the events.
 //! - [`views`]: the order as queries show it, folded from the same events.
+//! - [`projection`]: the read model a query replica keeps of the orders topic.
+//! - [`queries`]: what the read model answers: an order by id, a customer's orders in pages.
 
 pub mod commands;
 pub mod events;
 pub mod projection;
+pub mod queries;
 pub mod views;

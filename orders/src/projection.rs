@@ -48,7 +48,7 @@ fn cursor_of(key: &[u8]) -> Option<CustomerCursor> {
 }
 
 /// Projects order events into [`OrderView`]s and a customer → orders index.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct OrdersProjection;
 
 impl OrdersProjection {
@@ -103,7 +103,7 @@ impl OrdersProjection {
     /// The order's view as the JSON document `GET /orders/{id}` answers with. The projection
     /// stores each view as exactly that document (`serde_json` of [`OrderView`]), so a read
     /// hands the stored bytes out as they are, without parsing and printing them again. A change
-    /// to the shape of [`OrderView`] must therefore bump [`Projection::VERSION`], which rebuilds
+    /// to the shape of [`OrderView`] must therefore bump [`ReadModel::VERSION`], which rebuilds
     /// every stored view.
     pub fn read_json(views: &dyn Views, order_id: &str) -> Result<Option<Vec<u8>>, ViewError> {
         views.get(order_id)
@@ -119,6 +119,7 @@ impl ReadModel for OrdersProjection {
     const NAMESPACE: &'static str = "orders";
     /// 2: the customer index.
     const VERSION: u32 = 2;
+    const TOPICS: &'static [&'static str] = &["orders"];
 
     fn apply(
         &self,

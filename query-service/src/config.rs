@@ -135,6 +135,15 @@ impl Config {
             .unwrap_or_else(|| format!("{}-customers", self.group_id))
     }
 
+    /// The topic of a collection's events, as a read model names it (`ReadModel::TOPICS`).
+    pub fn topic_of(&self, collection: &str) -> Option<&str> {
+        match collection {
+            "orders" => Some(&self.topic),
+            "customers" => Some(&self.customers_topic),
+            _ => None,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |m: &str| Err(ConfigError(m.to_owned()));
         for topic in [&self.topic, &self.customers_topic] {

@@ -1,13 +1,12 @@
-//! The OpenAPI 3.1 document of a query replica, generated from the handlers' annotations and the
-//! response types, with the problem table in its description. It is served at `/openapi.json`
-//! and browsable at `/docs`; tests hold it to [`crate::api::ROUTES`].
+//! The OpenAPI 3.1 document of a query replica: the operational routes from their annotations,
+//! each domain's queries from the catalog, and the problem table in its description. It is
+//! served at `/openapi.json` and browsable at `/docs`; tests hold it to [`crate::api::table`].
 
 use http_edge::docs::describe_problems;
 use http_edge::problem::{Problem, ProblemField};
+use projection_engine::catalog::Catalog;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-
-use crate::problem::types;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,15 +15,10 @@ use crate::problem::types;
         description = "Projects the order and customer events into a local store and answers queries; every replica answers every key."
     ),
     paths(
-        crate::api::get_order,
-        crate::api::get_customer,
-        crate::api::customer_summary_here,
-        crate::api::customer_orders,
-        crate::api::customer_orders_here,
-        crate::api::admin_cluster,
+        projection_engine::operations::admin_cluster,
         http_edge::health::live,
-        crate::api::ready,
-        crate::api::metrics,
+        projection_engine::operations::ready,
+        projection_engine::operations::metrics,
     ),
     components(schemas(Problem, ProblemField)),
     tags(
@@ -37,10 +31,17 @@ use crate::problem::types;
 )]
 struct Document;
 
-/// The document, with the admin token's scheme and the problem table.
-pub fn document() -> utoipa::openapi::OpenApi {
+/// The document for `catalog`'s queries, with the admin token's scheme and the problem table.
+pub fn document(catalog: &Catalog) -> utoipa::openapi::OpenApi {
     let mut document = Document::openapi();
-    describe_problems(&mut document, env!("CARGO_PKG_VERSION"), types::ALL);
+    if let Err(error) = catalog.document(&mut document) {
+        tracing::error!(%error, "the queries' operations do not fit the document");
+    }
+    describe_problems(
+        &mut document,
+        env!("CARGO_PKG_VERSION"),
+        &catalog.problems(),
+    );
     if let Some(components) = document.components.as_mut() {
         components.add_security_scheme(
             "admin_token",
@@ -58,16 +59,27 @@ mod tests {
 
     #[test]
     fn the_document_is_openapi_3_1_and_lists_every_problem_type() {
-        let json = serde_json::to_value(document()).unwrap();
+        let catalog = crate::api::catalog();
+        let json = serde_json::to_value(document(&catalog)).unwrap();
         assert!(json["openapi"].as_str().unwrap().starts_with("3.1"));
         let description = json["info"]["description"].as_str().unwrap();
-        for row in types::ALL {
+        let problems = catalog.problems();
+        for row in &problems {
             let line = format!("| `{}` | {} |", row.type_uri(), row.status.as_u16());
             assert!(description.contains(&line), "{line} missing");
+        }
+        for code in ["order-not-found", "customer-not-found"] {
+            assert!(problems.iter().any(|row| row.code == code), "{code}");
         }
         assert_eq!(
             json["components"]["securitySchemes"]["admin_token"]["scheme"],
             "bearer"
         );
+        for schema in ["OrderView", "Page", "CustomerAnswer", "OrdersSummary"] {
+            assert!(
+                json["components"]["schemas"][schema].is_object(),
+                "{schema} missing"
+            );
+        }
     }
 }

@@ -25,6 +25,7 @@ pub mod event;
 pub mod key;
 pub mod partitioner;
 pub mod position;
+pub mod query;
 #[cfg(feature = "testing")]
 pub mod strategies;
 pub mod validation;

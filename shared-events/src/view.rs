@@ -48,6 +48,10 @@ pub trait ReadModel: Send + Sync + 'static {
     /// rebuilt from the topics. Bump it whenever `apply` changes what it writes.
     const VERSION: u32;
 
+    /// The topics it reads, each named by the collection of the aggregate whose events it
+    /// carries (`orders`, `customers`); a service maps each name to a topic.
+    const TOPICS: &'static [&'static str];
+
     /// Stages the effect of `event`, read from `partition` of its topic, into `changes`,
     /// reading the current views from `views`.
     fn apply(

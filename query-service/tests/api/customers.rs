@@ -74,7 +74,7 @@ async fn wait_customers_settled(http: &reqwest::Client, replicas: &[&Replica]) {
                 };
                 let ready = response.status() == 200;
                 let body: Value = response.json().await.unwrap_or_default();
-                ready && body["customers_projection"]["joined"] == true
+                ready && body["projections"]["customers"]["joined"] == true
             },
         )
         .await;

@@ -828,7 +828,9 @@ async fn sigterm_while_catching_up_stops_within_the_grace() {
                 .await
                 .unwrap_or_default()
                 .lines()
-                .find_map(|l| l.strip_prefix("query_service_applied_events_total "))
+                .find_map(|l| {
+                    l.strip_prefix(r#"query_service_applied_events_total{projection="orders"} "#)
+                })
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .unwrap_or(0.0),
             Err(_) => 0.0,

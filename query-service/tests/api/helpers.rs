@@ -121,8 +121,12 @@ impl Replica {
             .expect("the replica did not start");
         let address = format!("http://127.0.0.1:{}", app.port());
         let handle = app.handle();
-        let stats = app.stats();
-        let customers_stats = app.customers_stats();
+        let stats = app
+            .stats::<orders::projection::OrdersProjection>()
+            .expect("the orders projection runs");
+        let customers_stats = app
+            .stats::<customers::projection::CustomersProjection>()
+            .expect("the customers projection runs");
         tokio::spawn(app.run_until_stopped());
         Self {
             id,

@@ -310,7 +310,10 @@ pub(crate) fn run(ws: &Workspace, args: &QueryBench) -> anyhow::Result<()> {
                         .await?
                         .text()
                         .await?;
-                    let applied = metric_value(&metrics, "query_service_applied_events_total ")
+                    let applied = metric_value(
+                        &metrics,
+                        r#"query_service_applied_events_total{projection="orders"} "#,
+                    )
                         .unwrap_or(0.0);
                     if applied >= total {
                         return anyhow::Ok((

@@ -1,10 +1,11 @@
-//! The one place where query errors become HTTP answers (`application/problem+json`).
+//! The one place where query errors become HTTP answers (`application/problem+json`): the
+//! problem table of a query replica, and the domains' own "not found" rows.
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
-
 use http_edge::ProblemType;
+use shared_events::query::NotFound;
 
 use crate::store::StoreError;
 
@@ -14,10 +15,13 @@ pub enum QueryError {
         "`{0}` is not a valid id: 1 to 64 letters, digits, `.`, `_` or `-`, and not `.` or `..`"
     )]
     BadId(String),
-    #[error("order {id} does not exist")]
-    UnknownOrder { id: String, served_by: String },
-    #[error("customer {id} is not registered")]
-    UnknownCustomer { id: String, served_by: String },
+    /// The key's owner, caught up with its partition, has no view of it.
+    #[error("{detail}")]
+    NotFound {
+        kind: NotFound,
+        detail: String,
+        served_by: String,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("the Consistency-Token is invalid: {0}")]
@@ -37,11 +41,10 @@ pub enum QueryError {
     Store(#[from] StoreError),
     #[error("the local store failed")]
     View(#[from] shared_events::view::ViewError),
-    #[error("this route answers {0} only")]
-    MethodNotAllowed(&'static str),
 }
 
-/// The problem table: every kind of error a replica answers with, one row each.
+/// The problem table: every kind of error a replica answers with, one row each, besides the
+/// domains' "not found" rows ([`not_found`]).
 pub mod types {
     use actix_web::http::StatusCode;
     use http_edge::ProblemType;
@@ -73,18 +76,6 @@ pub mod types {
         None,
     );
     pub const NOT_FOUND: ProblemType = http_edge::problem::NOT_FOUND;
-    pub const ORDER_NOT_FOUND: ProblemType = ProblemType::new(
-        "order-not-found",
-        "Order not found",
-        StatusCode::NOT_FOUND,
-        None,
-    );
-    pub const CUSTOMER_NOT_FOUND: ProblemType = ProblemType::new(
-        "customer-not-found",
-        "Customer not found",
-        StatusCode::NOT_FOUND,
-        None,
-    );
     pub const METHOD_NOT_ALLOWED: ProblemType = http_edge::problem::METHOD_NOT_ALLOWED;
     pub const STORE_FAILURE: ProblemType = ProblemType::new(
         "store-failure",
@@ -105,7 +96,7 @@ pub mod types {
         Some(1),
     );
 
-    /// Every row, for the OpenAPI document.
+    /// Every row.
     pub const ALL: &[ProblemType] = &[
         INVALID_ID,
         INVALID_CONSISTENCY_TOKEN,
@@ -113,8 +104,6 @@ pub mod types {
         UNAUTHORIZED,
         ADMIN_DISABLED,
         NOT_FOUND,
-        ORDER_NOT_FOUND,
-        CUSTOMER_NOT_FOUND,
         METHOD_NOT_ALLOWED,
         STORE_FAILURE,
         TEMPORARILY_UNAVAILABLE,
@@ -122,22 +111,25 @@ pub mod types {
     ];
 }
 
+/// A domain's "not found" as a row of the table.
+pub const fn not_found(kind: &NotFound) -> ProblemType {
+    ProblemType::new(kind.code, kind.title, StatusCode::NOT_FOUND, None)
+}
+
 impl QueryError {
     /// This error's row of the problem table.
-    pub fn problem_type(&self) -> &'static ProblemType {
+    pub fn problem_type(&self) -> ProblemType {
         use types::*;
         match self {
-            Self::BadId(_) => &INVALID_ID,
-            Self::UnknownOrder { .. } => &ORDER_NOT_FOUND,
-            Self::UnknownCustomer { .. } => &CUSTOMER_NOT_FOUND,
-            Self::Unavailable(_) => &TEMPORARILY_UNAVAILABLE,
-            Self::BadToken(_) => &INVALID_CONSISTENCY_TOKEN,
-            Self::BadQuery(_) => &INVALID_QUERY,
-            Self::ConsistencyTimeout { .. } => &CONSISTENCY_TIMEOUT,
-            Self::AdminDisabled => &ADMIN_DISABLED,
-            Self::Unauthorized => &UNAUTHORIZED,
-            Self::Store(_) | Self::View(_) => &STORE_FAILURE,
-            Self::MethodNotAllowed(_) => &METHOD_NOT_ALLOWED,
+            Self::BadId(_) => INVALID_ID,
+            Self::NotFound { kind, .. } => not_found(kind),
+            Self::Unavailable(_) => TEMPORARILY_UNAVAILABLE,
+            Self::BadToken(_) => INVALID_CONSISTENCY_TOKEN,
+            Self::BadQuery(_) => INVALID_QUERY,
+            Self::ConsistencyTimeout { .. } => CONSISTENCY_TIMEOUT,
+            Self::AdminDisabled => ADMIN_DISABLED,
+            Self::Unauthorized => UNAUTHORIZED,
+            Self::Store(_) | Self::View(_) => STORE_FAILURE,
         }
     }
 }
@@ -155,13 +147,10 @@ impl ResponseError for QueryError {
         let mut response = problem.response(&self.to_string(), None);
         let headers = response.headers_mut();
         match self {
-            Self::MethodNotAllowed(allow) => {
-                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
-            }
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::UnknownOrder { served_by, .. } | Self::UnknownCustomer { served_by, .. } => {
+            Self::NotFound { served_by, .. } => {
                 if let Ok(value) = HeaderValue::from_str(served_by) {
                     headers.insert(header::HeaderName::from_static("served-by"), value);
                 }

@@ -1,0 +1,133 @@
+//! Prometheus metrics of a query replica, served at `/metrics` (OpenMetrics text): each
+//! projection's counters (labelled `projection`), each owned partition's lag, and the
+//! forwarding and consistency-wait counters of the query routes.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::serving::Slot;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub projection: &'static str,
+    pub topic: String,
+    pub partition: i32,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    projections: Vec<Arc<Slot>>,
+    lag: Family<PartitionLabel, Gauge>,
+    owned: Family<PartitionLabel, Gauge>,
+    pub forwarded: Counter,
+    pub forward_errors: Counter,
+    pub consistency_waits: Family<OutcomeLabel, Counter>,
+}
+
+impl Metrics {
+    /// Metrics named `<prefix>_…` over the counters of every projection in `projections`.
+    pub fn new(prefix: &str, projections: &[Arc<Slot>]) -> Self {
+        let mut registry = Registry::with_prefix(prefix);
+        for slot in projections {
+            let labelled = registry.sub_registry_with_label((
+                std::borrow::Cow::Borrowed("projection"),
+                std::borrow::Cow::Borrowed(slot.name()),
+            ));
+            labelled.register(
+                "applied_events",
+                "Events applied to the projection",
+                slot.stats.applied.clone(),
+            );
+            labelled.register(
+                "version_gaps",
+                "Events not applied because they were not the next version",
+                slot.stats.version_gaps.clone(),
+            );
+            labelled.register(
+                "undecodable_records",
+                "Records skipped because they did not decode",
+                slot.stats.undecodable.clone(),
+            );
+        }
+        let (lag, owned) = (Family::default(), Family::default());
+        let (forwarded, forward_errors) = (Counter::default(), Counter::default());
+        let consistency_waits = Family::default();
+        registry.register(
+            "lag",
+            "Committed records not yet applied, per owned partition",
+            lag.clone(),
+        );
+        registry.register(
+            "partition_owned",
+            "1 for partitions this replica owns",
+            owned.clone(),
+        );
+        registry.register(
+            "forwarded_queries",
+            "Queries forwarded to the owning replica",
+            forwarded.clone(),
+        );
+        registry.register(
+            "forward_errors",
+            "Forwards that failed (owner unreachable or timed out)",
+            forward_errors.clone(),
+        );
+        registry.register(
+            "consistency_waits",
+            "Reads that waited for a consistency token, by outcome",
+            consistency_waits.clone(),
+        );
+        Self {
+            registry,
+            projections: projections.to_vec(),
+            lag,
+            owned,
+            forwarded,
+            forward_errors,
+            consistency_waits,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        for slot in &self.projections {
+            let Some(served) = slot.served() else {
+                continue;
+            };
+            for topic in &served.topics {
+                let table = &topic.table;
+                for partition in 0..table.count() {
+                    let label = PartitionLabel {
+                        projection: slot.name(),
+                        topic: topic.name.clone(),
+                        partition,
+                    };
+                    let owns = table.owns(partition);
+                    self.owned.get_or_create(&label).set(i64::from(owns));
+                    if owns {
+                        self.lag
+                            .get_or_create(&label)
+                            .set(table.lag(partition).unwrap_or(-1));
+                    } else {
+                        self.lag.remove(&label);
+                    }
+                }
+            }
+        }
+        let mut text = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(%error, "could not encode metrics");
+        }
+        text
+    }
+}

@@ -1,0 +1,513 @@
+//! The routes of the queries domains describe ([`shared_events::query`]): each checks the key
+//! and the `Consistency-Token`, answers where the key's partition is served, forwards once to
+//! the owner otherwise, and gathers every partition's part where the data is spread.
+//!
+//! Guarantees, and where they are kept:
+//! - "Not found" is said only by the key's owner, caught up with its partition ([`absent`]).
+//! - A gathered answer covers every partition of its topic exactly once, or is a retryable
+//!   `503`: never a silently partial sum or list ([`gathered`]).
+//! - A `Consistency-Token` is waited for (bounded) by the owner of its partition, before it
+//!   reads ([`wait_for`]).
+
+use std::collections::BTreeSet;
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use http_edge::Route;
+use http_edge::routes::readable;
+use serde::{Deserialize, Serialize};
+use shared_events::partitioner::partition_for_key;
+use shared_events::query::{Gather, Join, Lookup, Partitions};
+use shared_events::{ConsistencyToken, Identifier};
+
+use crate::cluster::Member;
+use crate::metrics::OutcomeLabel;
+use crate::problem::QueryError;
+use crate::projection::PartitionTable;
+use crate::routing::{FORWARDED_BY, Route as Where, route};
+use crate::serving::{Served, ServedTopic, Serving};
+
+/// The route of a [`Lookup`].
+pub fn lookup_route<L: Lookup>() -> Route {
+    Route::fixed(L::PATH, &["GET"], |path| readable(path, lookup::<L>))
+}
+
+/// The public route of a [`Gather`] and the route of its part, between replicas.
+pub fn gather_routes<G: Gather>() -> [Route; 2] {
+    [
+        Route::fixed(G::PATH, &["GET"], |path| readable(path, gather::<G>)),
+        part_route::<G>(),
+    ]
+}
+
+/// The route of a [`Join`] and the route of its gather's part, between replicas.
+pub fn join_routes<J: Join>() -> [Route; 2] {
+    [
+        Route::fixed(J::PATH, &["GET"], |path| readable(path, join::<J>)),
+        part_route::<J::Gather>(),
+    ]
+}
+
+/// Where a gather's part is served between replicas: its path under `/internal`.
+pub fn internal_path(path: &str) -> String {
+    format!("/internal{path}")
+}
+
+fn part_route<G: Gather>() -> Route {
+    Route {
+        path: internal_path(G::PATH).into(),
+        methods: &["GET"],
+        resource: |path| readable(path, part_here::<G>),
+    }
+}
+
+/// One replica's part of a gather: the partitions it covers and what they hold.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Partial<P> {
+    pub partitions: Vec<i32>,
+    pub part: P,
+}
+
+/// A query's key, checked by the command side's identifier rule: what it refuses cannot have
+/// been written.
+fn checked(key: String) -> Result<String, QueryError> {
+    match Identifier::parse(&key) {
+        Ok(_) => Ok(key),
+        Err(_) => Err(QueryError::BadId(key)),
+    }
+}
+
+fn is_forwarded(request: &HttpRequest) -> bool {
+    request.headers().contains_key(FORWARDED_BY)
+}
+
+/// The `Consistency-Token` request header, if any; it must name a topic `served` reads.
+fn consistency_token(
+    request: &HttpRequest,
+    served: &Served,
+) -> Result<Option<ConsistencyToken>, QueryError> {
+    let Some(value) = request.headers().get("consistency-token") else {
+        return Ok(None);
+    };
+    let token: ConsistencyToken =
+        value
+            .to_str()
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or(QueryError::BadToken(
+                "it must look like `topic:partition:offset`",
+            ))?;
+    if served.topic_named(&token.topic).is_none() {
+        return Err(QueryError::BadToken(
+            "it names a topic this route does not read",
+        ));
+    }
+    Ok(Some(token))
+}
+
+/// The query string's pairs, for a gather's parameters.
+fn query_pairs(request: &HttpRequest) -> Result<Vec<(String, String)>, QueryError> {
+    web::Query::<Vec<(String, String)>>::from_query(request.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|_| QueryError::BadQuery("the query string does not parse".into()))
+}
+
+fn answered_here(state: &Serving) -> actix_web::HttpResponseBuilder {
+    let mut response = HttpResponse::Ok();
+    response.insert_header(("Served-By", state.replica_id.as_str()));
+    response
+}
+
+/// A keyed query where it is answered.
+enum Keyed<'a> {
+    /// Here, the key's partition being owned here; its token, if of that topic, waited for.
+    Here(Owner<'a>),
+    /// By the owner: its answer, relayed.
+    Relayed(HttpResponse),
+}
+
+/// What the key's owner answers with.
+struct Owner<'a> {
+    key: String,
+    served: &'a Served,
+    topic: &'a ServedTopic,
+    partition: i32,
+    token: Option<ConsistencyToken>,
+}
+
+/// Checks a keyed query's key and token, and finds where it is answered: here, or by the
+/// owner of the key's partition (forwarded once), or nowhere right now (a retryable `503`).
+async fn keyed<'a, K: shared_events::query::Keyed>(
+    request: &HttpRequest,
+    key: String,
+    state: &'a Serving,
+) -> Result<Keyed<'a>, QueryError> {
+    let key = checked(key)?;
+    let served = state.served::<K::Model>()?;
+    let token = consistency_token(request, served)?;
+    let topic = served.topic(K::KEY_TOPIC)?;
+    let partition = partition_for_key(key.as_bytes(), topic.table.count());
+    match where_answered(state, topic, partition, request) {
+        Where::Local => {
+            wait_for_on(state, topic, token.as_ref()).await?;
+            Ok(Keyed::Here(Owner {
+                key,
+                served,
+                topic,
+                partition,
+                token,
+            }))
+        }
+        Where::Forward(owner) => Ok(Keyed::Relayed(
+            forward_request(state, &owner, request).await?,
+        )),
+        Where::Unavailable(reason) => Err(QueryError::Unavailable(reason)),
+    }
+}
+
+/// `GET` a [`Lookup`]'s key: from the store where its partition is served, else from its owner.
+async fn lookup<L: Lookup>(
+    request: HttpRequest,
+    key: web::Path<String>,
+    state: web::Data<Serving>,
+) -> Result<HttpResponse, QueryError> {
+    let owner = match keyed::<L>(&request, key.into_inner(), &state).await? {
+        Keyed::Here(owner) => owner,
+        Keyed::Relayed(answer) => return Ok(answer),
+    };
+    // A point read from RocksDB's memtable or block cache takes microseconds: cheaper inline
+    // than a hop to the blocking pool and back.
+    match L::read(&state.views::<L::Model>(), &owner.key)? {
+        Some(json) => Ok(answered_here(&state)
+            .content_type(header::ContentType::json())
+            .body(json)),
+        None => Err(absent::<L>(&state, &owner)),
+    }
+}
+
+/// `GET` a [`Join`]'s key: its owner reads the key and joins it with the gather.
+async fn join<J: Join>(
+    request: HttpRequest,
+    key: web::Path<String>,
+    state: web::Data<Serving>,
+) -> Result<HttpResponse, QueryError> {
+    let owner = match keyed::<J>(&request, key.into_inner(), &state).await? {
+        Keyed::Here(owner) => owner,
+        Keyed::Relayed(answer) => return Ok(answer),
+    };
+    let Some(found) = J::read(&state.views::<J::Model>(), &owner.key)? else {
+        return Err(absent::<J>(&state, &owner));
+    };
+    let gathered =
+        gathered::<J::Gather>(&state, owner.served, &owner.key, &(), owner.token.as_ref()).await?;
+    Ok(answered_here(&state).json(J::join(found, gathered)))
+}
+
+/// `GET` a [`Gather`]'s key: every partition's part, merged.
+async fn gather<G: Gather>(
+    request: HttpRequest,
+    key: web::Path<String>,
+    state: web::Data<Serving>,
+) -> Result<HttpResponse, QueryError> {
+    let key = checked(key.into_inner())?;
+    let params = G::params(&query_pairs(&request)?).map_err(QueryError::BadQuery)?;
+    let served = state.served::<G::Model>()?;
+    let token = consistency_token(&request, served)?;
+    let answer = gathered::<G>(&state, served, &key, &params, token.as_ref()).await?;
+    Ok(answered_here(&state).json(answer))
+}
+
+/// `GET` this replica's part of a [`Gather`], for the replica that merges.
+async fn part_here<G: Gather>(
+    request: HttpRequest,
+    key: web::Path<String>,
+    state: web::Data<Serving>,
+) -> Result<HttpResponse, QueryError> {
+    let key = checked(key.into_inner())?;
+    let params = G::params(&query_pairs(&request)?).map_err(QueryError::BadQuery)?;
+    let served = state.served::<G::Model>()?;
+    let token = consistency_token(&request, served)?;
+    let topic = served.topic(G::TOPIC)?;
+    wait_for_on(&state, topic, token.as_ref()).await?;
+    let part = local_part::<G>(&state, topic, key, params).await?;
+    Ok(answered_here(&state).json(part))
+}
+
+fn where_answered(
+    state: &Serving,
+    topic: &ServedTopic,
+    partition: i32,
+    request: &HttpRequest,
+) -> Where {
+    route(
+        partition,
+        &topic.table,
+        || topic.cluster.view(),
+        &state.replica_id,
+        is_forwarded(request),
+    )
+}
+
+/// What the owner answers for a key it has no view of: not found only once it has caught up
+/// with the key's partition since it was assigned; before that the view may be on its way, and
+/// the answer is a retryable `503`.
+fn absent<K: shared_events::query::Keyed>(state: &Serving, owner: &Owner<'_>) -> QueryError {
+    let partition = owner.partition;
+    if owner.topic.table.serves(partition) {
+        QueryError::NotFound {
+            kind: K::NOT_FOUND,
+            detail: K::NOT_FOUND.detail(&owner.key),
+            served_by: state.replica_id.clone(),
+        }
+    } else {
+        QueryError::Unavailable(format!(
+            "partition {partition} is still being caught up on this replica"
+        ))
+    }
+}
+
+/// The gather's answer over every partition of its topic: this replica's part and every other
+/// member's, or a retryable `503` if some partition had no owner that answered or two did.
+async fn gathered<G: Gather>(
+    state: &Serving,
+    served: &Served,
+    key: &str,
+    params: &G::Params,
+    token: Option<&ConsistencyToken>,
+) -> Result<G::Answer, QueryError> {
+    let topic = served.topic(G::TOPIC)?;
+    // Only a token of the gathered topic is passed on: its partition's owner waits for it.
+    let token = token.filter(|t| t.topic == topic.name);
+    wait_for_on(state, topic, token).await?;
+    let local = local_part::<G>(state, topic, key.to_owned(), params.clone()).await?;
+    let mut path = internal_path(G::PATH).replacen(path_parameter(G::PATH), key, 1);
+    let query = G::query_string(params);
+    if !query.is_empty() {
+        path.push('?');
+        path.push_str(&query);
+    }
+    let token_text = token.map(ToString::to_string);
+    let headers: Vec<(&str, &str)> = token_text
+        .as_deref()
+        .map(|t| ("consistency-token", t))
+        .into_iter()
+        .collect();
+    let view = topic.cluster.view();
+    let remote = view
+        .members
+        .iter()
+        .filter(|m| m.replica_id != state.replica_id && !m.partitions.is_empty())
+        .map(|member| {
+            let (path, headers) = (&path, &headers);
+            async move {
+                state.metrics.forwarded.inc();
+                let part = match state.forwarder.get(member, path, headers).await {
+                    Ok(r) if r.status().is_success() => r.json::<Partial<G::Part>>().await.ok(),
+                    _ => None,
+                };
+                if part.is_none() {
+                    state.metrics.forward_errors.inc();
+                }
+                part
+            }
+        });
+    let mut parts = vec![local];
+    parts.extend(
+        futures::future::join_all(remote)
+            .await
+            .into_iter()
+            .flatten(),
+    );
+    let parts = covering(parts, topic.table.count(), &topic.name)?;
+    Ok(G::merge(key, params, parts))
+}
+
+/// The parts, if together they cover each of the topic's `count` partitions exactly once; else
+/// a retryable `503` naming what is missing or claimed twice.
+fn covering<P>(parts: Vec<Partial<P>>, count: i32, topic: &str) -> Result<Vec<P>, QueryError> {
+    let mut covered = BTreeSet::new();
+    for part in &parts {
+        for partition in &part.partitions {
+            // A partition two replicas both claim (mid-rebalance) would count twice.
+            if !covered.insert(*partition) {
+                return Err(QueryError::Unavailable(format!(
+                    "two replicas answered for partition {partition} of {topic} (rebalance in progress?)"
+                )));
+            }
+        }
+    }
+    let missing: Vec<i32> = (0..count).filter(|p| !covered.contains(p)).collect();
+    if !missing.is_empty() {
+        return Err(QueryError::Unavailable(format!(
+            "partitions {missing:?} of {topic} could not be read right now (rebalance in progress?)"
+        )));
+    }
+    Ok(parts.into_iter().map(|p| p.part).collect())
+}
+
+/// The `{…}` parameter of a one-parameter route.
+fn path_parameter(path: &str) -> &str {
+    path.find('{')
+        .and_then(|start| {
+            path[start..]
+                .find('}')
+                .map(|end| &path[start..=start + end])
+        })
+        .unwrap_or("")
+}
+
+/// This replica's part: what the partitions it serves (owned and caught up) hold. A part may
+/// scan many keys, so it is read on the blocking pool.
+async fn local_part<G: Gather>(
+    state: &Serving,
+    topic: &ServedTopic,
+    key: String,
+    params: G::Params,
+) -> Result<Partial<G::Part>, QueryError> {
+    let table = std::sync::Arc::clone(&topic.table);
+    let store = std::sync::Arc::clone(&state.store);
+    let partitions: Vec<i32> = table
+        .owned()
+        .into_iter()
+        .filter(|p| table.serves(*p))
+        .collect();
+    let serving = partitions.clone();
+    let part = web::block(move || {
+        let views =
+            crate::store::StoreViews::new(&store, crate::projection::namespace::<G::Model>());
+        G::part(
+            &views,
+            &key,
+            &params,
+            Partitions {
+                serving: &serving,
+                count: table.count(),
+            },
+        )
+    })
+    .await
+    .map_err(|_| QueryError::Unavailable("the store is busy".into()))??;
+    Ok(Partial { partitions, part })
+}
+
+/// Forwards `request` (its path, query and consistency token) to `owner` and relays the answer.
+async fn forward_request(
+    state: &Serving,
+    owner: &Member,
+    request: &HttpRequest,
+) -> Result<HttpResponse, QueryError> {
+    let token = request
+        .headers()
+        .get("consistency-token")
+        .and_then(|v| v.to_str().ok());
+    let headers: Vec<(&str, &str)> = token
+        .map(|t| ("consistency-token", t))
+        .into_iter()
+        .collect();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| request.uri().path(), |p| p.as_str());
+    state.metrics.forwarded.inc();
+    let relayed = match state.forwarder.get(owner, path, &headers).await {
+        Ok(response) => state.forwarder.relay(owner, response).await,
+        Err(error) => Err(error),
+    };
+    relayed.map_err(|error| {
+        state.metrics.forward_errors.inc();
+        QueryError::Unavailable(error.to_string())
+    })
+}
+
+/// Waits for `token` if it names `topic`.
+async fn wait_for_on(
+    state: &Serving,
+    topic: &ServedTopic,
+    token: Option<&ConsistencyToken>,
+) -> Result<(), QueryError> {
+    match token {
+        Some(token) if token.topic == topic.name => wait_for(state, &topic.table, token).await,
+        _ => Ok(()),
+    }
+}
+
+/// Waits (bounded) until the token's position is applied, if this replica owns its partition.
+/// A token for a partition owned elsewhere cannot be waited for here and is ignored: tokens are
+/// meant for reads of the key that was written, whose owner is the one answering.
+async fn wait_for(
+    state: &Serving,
+    table: &PartitionTable,
+    token: &ConsistencyToken,
+) -> Result<(), QueryError> {
+    let (partition, offset) = (token.position.partition, token.position.offset);
+    if !table.owns(partition) || table.applied(partition) > offset {
+        return Ok(());
+    }
+    let reached = tokio::time::timeout(
+        state.consistency_wait,
+        table.wait_applied(partition, offset),
+    )
+    .await
+    .unwrap_or(false);
+    let outcome = if reached { "reached" } else { "timed_out" };
+    state
+        .metrics
+        .consistency_waits
+        .get_or_create(&OutcomeLabel { outcome })
+        .inc();
+    if reached {
+        Ok(())
+    } else {
+        Err(QueryError::ConsistencyTimeout {
+            token: token.to_string(),
+            waited: state.consistency_wait,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(partitions: &[i32], n: u32) -> Partial<u32> {
+        Partial {
+            partitions: partitions.to_vec(),
+            part: n,
+        }
+    }
+
+    #[test]
+    fn a_gather_covers_every_partition_once_or_is_unavailable() {
+        let whole = covering(vec![part(&[0, 2], 1), part(&[1], 2)], 3, "t").unwrap_or_default();
+        assert_eq!(whole, vec![1, 2]);
+        let missing = covering(vec![part(&[0], 1), part(&[2], 2)], 3, "t");
+        assert!(
+            matches!(&missing, Err(QueryError::Unavailable(m)) if m.contains("[1]")),
+            "{missing:?}"
+        );
+        let twice = covering(vec![part(&[0, 1], 1), part(&[1, 2], 2)], 3, "t");
+        assert!(
+            matches!(&twice, Err(QueryError::Unavailable(m)) if m.contains("partition 1")),
+            "{twice:?}"
+        );
+        // An empty part (a replica that serves nothing yet) changes nothing.
+        assert!(covering(vec![part(&[0, 1, 2], 1), part(&[], 0)], 3, "t").is_ok());
+    }
+
+    #[test]
+    fn the_key_parameter_is_found_in_a_route() {
+        assert_eq!(path_parameter("/orders/{id}"), "{id}");
+        assert_eq!(
+            path_parameter("/customers/{customer_id}/orders"),
+            "{customer_id}"
+        );
+        assert_eq!(
+            internal_path("/customers/{customer_id}/orders").replacen(
+                path_parameter("/customers/{customer_id}/orders"),
+                "c-1",
+                1
+            ),
+            "/internal/customers/c-1/orders"
+        );
+    }
+}
