@@ -15,6 +15,7 @@
 
 pub mod commands;
 pub mod events;
+pub mod live;
 pub mod projection;
 pub mod queries;
 pub mod views;

@@ -11,6 +11,7 @@
 
 pub mod commands;
 pub mod events;
+pub mod live;
 pub mod projection;
 pub mod queries;
 pub mod views;

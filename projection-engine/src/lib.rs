@@ -31,6 +31,7 @@
 
 pub mod catalog;
 pub mod cluster;
+pub mod live;
 pub mod metrics;
 pub mod opening;
 pub mod operations;

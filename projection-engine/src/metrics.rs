@@ -8,6 +8,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::serving::Slot;
@@ -33,6 +34,31 @@ pub struct Metrics {
     pub forwarded: Counter,
     pub forward_errors: Counter,
     pub consistency_waits: Family<OutcomeLabel, Counter>,
+    pub live: LiveMetrics,
+}
+
+/// The live streams' metrics.
+#[derive(Debug, Clone)]
+pub struct LiveMetrics {
+    /// Streams open now.
+    pub streams: Gauge,
+    /// Events written to streams, history included.
+    pub pushed: Counter,
+    /// Streams cut off because their buffer was full.
+    pub slow_disconnects: Counter,
+    /// From the event's record timestamp to its push onto a live stream, in seconds.
+    pub push_latency: Histogram,
+}
+
+impl Default for LiveMetrics {
+    fn default() -> Self {
+        Self {
+            streams: Gauge::default(),
+            pushed: Counter::default(),
+            slow_disconnects: Counter::default(),
+            push_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+        }
+    }
 }
 
 impl Metrics {
@@ -88,8 +114,30 @@ impl Metrics {
             "Reads that waited for a consistency token, by outcome",
             consistency_waits.clone(),
         );
+        let live = LiveMetrics::default();
+        registry.register(
+            "live_streams",
+            "Live streams open on this replica",
+            live.streams.clone(),
+        );
+        registry.register(
+            "live_events_pushed",
+            "Events written to live streams, history included",
+            live.pushed.clone(),
+        );
+        registry.register(
+            "live_slow_disconnects",
+            "Live streams cut off because the client fell a buffer behind",
+            live.slow_disconnects.clone(),
+        );
+        registry.register(
+            "live_push_latency_seconds",
+            "From an event's record timestamp to its push onto a live stream",
+            live.push_latency.clone(),
+        );
         Self {
             registry,
+            live,
             projections: projections.to_vec(),
             lag,
             owned,

@@ -24,7 +24,7 @@ use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("Kafka")]
+    #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error("topic `{0}` did not appear in time")]
     TopicMissing(String),
@@ -77,26 +77,10 @@ impl<M: ReadModel + Clone, D: Decoder<M::Event>> Opening<M, D> {
     /// Waits for the topics, opens, and runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         let env = &self.environment;
-        let mut partitions = Vec::new();
-        for (_, topic) in &self.topics {
-            loop {
-                let waited = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    waited = wait_for_topic(&env.kafka, topic, env.kafka_timeout, Duration::from_secs(30)) => waited,
-                };
-                match waited {
-                    Ok(count) => {
-                        partitions.push(count);
-                        break;
-                    }
-                    Err(error) => tracing::warn!(
-                        %error,
-                        projection = M::NAMESPACE,
-                        "the projection waits for its topics"
-                    ),
-                }
-            }
-        }
+        let Some(partitions) = wait_for_topics(env, &self.topics, M::NAMESPACE, &shutdown).await
+        else {
+            return;
+        };
         loop {
             let served = self.serve(&partitions, shutdown.clone()).await;
             match served {
@@ -188,6 +172,32 @@ impl<M: ReadModel + Clone, D: Decoder<M::Event>> Opening<M, D> {
         }
         Ok(())
     }
+}
+
+/// Each topic's partition count, once every topic exists; none if `shutdown` came first.
+pub(crate) async fn wait_for_topics(
+    env: &Environment,
+    topics: &[(&'static str, String)],
+    what: &str,
+    shutdown: &CancellationToken,
+) -> Option<Vec<i32>> {
+    let mut partitions = Vec::new();
+    for (_, topic) in topics {
+        loop {
+            let waited = tokio::select! {
+                () = shutdown.cancelled() => return None,
+                waited = wait_for_topic(&env.kafka, topic, env.kafka_timeout, Duration::from_secs(30)) => waited,
+            };
+            match waited {
+                Ok(count) => {
+                    partitions.push(count);
+                    break;
+                }
+                Err(error) => tracing::warn!(%error, what, "waiting for the topics"),
+            }
+        }
+    }
+    Some(partitions)
 }
 
 /// Decodes the records of a projection over two topics, each with its own topic's codec, into

@@ -33,6 +33,12 @@ pub enum QueryError {
         token: String,
         waited: std::time::Duration,
     },
+    #[error("{0}")]
+    BadResume(String),
+    #[error(
+        "this replica has as many live streams open as it may; retry shortly, or on another replica"
+    )]
+    TooManyStreams,
     #[error("the admin API is disabled on this replica (no admin token configured)")]
     AdminDisabled,
     #[error("a valid `Authorization: Bearer <admin token>` header is required")]
@@ -62,6 +68,18 @@ pub mod types {
         "Invalid query",
         StatusCode::BAD_REQUEST,
         None,
+    );
+    pub const INVALID_RESUME_ID: ProblemType = ProblemType::new(
+        "invalid-resume-id",
+        "Invalid resume id",
+        StatusCode::BAD_REQUEST,
+        None,
+    );
+    pub const TOO_MANY_STREAMS: ProblemType = ProblemType::new(
+        "too-many-streams",
+        "Too many live streams",
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some(5),
     );
     pub const UNAUTHORIZED: ProblemType = ProblemType::new(
         "unauthorized",
@@ -101,6 +119,8 @@ pub mod types {
         INVALID_ID,
         INVALID_CONSISTENCY_TOKEN,
         INVALID_QUERY,
+        INVALID_RESUME_ID,
+        TOO_MANY_STREAMS,
         UNAUTHORIZED,
         ADMIN_DISABLED,
         NOT_FOUND,
@@ -126,6 +146,8 @@ impl QueryError {
             Self::Unavailable(_) => TEMPORARILY_UNAVAILABLE,
             Self::BadToken(_) => INVALID_CONSISTENCY_TOKEN,
             Self::BadQuery(_) => INVALID_QUERY,
+            Self::BadResume(_) => INVALID_RESUME_ID,
+            Self::TooManyStreams => TOO_MANY_STREAMS,
             Self::ConsistencyTimeout { .. } => CONSISTENCY_TIMEOUT,
             Self::AdminDisabled => ADMIN_DISABLED,
             Self::Unauthorized => UNAUTHORIZED,

@@ -221,7 +221,7 @@ impl PartitionTable {
         applied.wait_for(|next| *next > offset).await.is_ok()
     }
 
-    fn assigned(&self, partition: i32, next_offset: i64) {
+    pub(crate) fn assigned(&self, partition: i32, next_offset: i64) {
         if let Some(state) = self.get(partition) {
             state.caught_up.store(false, Ordering::Release);
             state.stable_end.store(-1, Ordering::Release);
@@ -238,7 +238,7 @@ impl PartitionTable {
         }
     }
 
-    fn rebalance_done(&self) {
+    pub(crate) fn rebalance_done(&self) {
         self.joined.store(true, Ordering::Release);
         self.rebalances.fetch_add(1, Ordering::Relaxed);
         // One waiter (the cluster refresher); a stored permit survives a refresh in progress.
@@ -257,7 +257,7 @@ impl PartitionTable {
     }
 
     /// Records that the consumer moved past `next_offset` with nothing left to apply before it.
-    fn skipped_to(&self, partition: i32, next_offset: i64) {
+    pub(crate) fn skipped_to(&self, partition: i32, next_offset: i64) {
         if let Some(state) = self.get(partition)
             && state.owned.load(Ordering::Acquire)
             && next_offset > *state.applied.borrow()
@@ -330,7 +330,7 @@ impl RebalanceContext {
         }
     }
 
-    fn seed_offsets(&self, tpl: &mut TopicPartitionList) {
+    pub(crate) fn seed_offsets(&self, tpl: &mut TopicPartitionList) {
         let partitions: Vec<(String, i32)> = tpl
             .elements()
             .iter()
@@ -501,10 +501,14 @@ impl<P: ReadModel, D: Decoder<P::Event>> Runner<P, D> {
                     continue;
                 }
             };
-            let Some(event) = self
-                .decode(message.topic(), message.payload(), &shutdown)
-                .await
-            else {
+            let decoded = decode_retrying(
+                &self.decoder,
+                message.topic(),
+                message.payload(),
+                &shutdown,
+                |stalled| self.set_stalled(stalled),
+            );
+            let Some(event) = decoded.await else {
                 if shutdown.is_cancelled() {
                     break;
                 }
@@ -609,43 +613,44 @@ impl<P: ReadModel, D: Decoder<P::Event>> Runner<P, D> {
             table.set_stalled(stalled);
         }
     }
+}
 
-    /// Decodes a record value, retrying while the registry is unreachable. None for records that
-    /// will never decode (or on shutdown).
-    async fn decode(
-        &self,
-        topic: &str,
-        payload: Option<&[u8]>,
-        shutdown: &CancellationToken,
-    ) -> Option<P::Event> {
-        let payload = payload?;
-        let mut backoff = Duration::from_millis(100);
-        let started = std::time::Instant::now();
-        loop {
-            match self.decoder.decode(topic, payload).await {
-                Ok(event) => {
-                    self.set_stalled(false);
-                    return Some(event);
+/// Decodes a record value, retrying while the registry is unreachable (and saying so through
+/// `stalled`). None for records that will never decode, or on shutdown.
+pub(crate) async fn decode_retrying<E, D: Decoder<E>>(
+    decoder: &D,
+    topic: &str,
+    payload: Option<&[u8]>,
+    shutdown: &CancellationToken,
+    stalled: impl Fn(bool),
+) -> Option<E> {
+    let payload = payload?;
+    let mut backoff = Duration::from_millis(100);
+    let started = std::time::Instant::now();
+    loop {
+        match decoder.decode(topic, payload).await {
+            Ok(event) => {
+                stalled(false);
+                return Some(event);
+            }
+            Err(WireError::Registry {
+                retriable: true,
+                source,
+            }) => {
+                tracing::warn!(error = %source, "schema registry unavailable; retrying");
+                // While stuck, "not found" is no longer trustworthy anywhere here.
+                if started.elapsed() > Duration::from_secs(5) {
+                    stalled(true);
                 }
-                Err(WireError::Registry {
-                    retriable: true,
-                    source,
-                }) => {
-                    tracing::warn!(error = %source, "schema registry unavailable; retrying");
-                    // While stuck, "not found" is no longer trustworthy anywhere here.
-                    if started.elapsed() > Duration::from_secs(5) {
-                        self.set_stalled(true);
-                    }
-                    tokio::select! {
-                        () = shutdown.cancelled() => return None,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(backoff) => {}
                 }
-                Err(error) => {
-                    tracing::error!(%error, "record does not decode");
-                    return None;
-                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => {
+                tracing::error!(%error, "record does not decode");
+                return None;
             }
         }
     }

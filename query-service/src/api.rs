@@ -13,9 +13,16 @@ pub fn catalog() -> Catalog {
     catalog
 }
 
-/// Every route: `catalog`'s queries and the operational routes.
+/// The live timeline this replica serves streams from: orders' and customers' events.
+pub type Timeline = customers::live::CommerceTimeline;
+
+/// Every route: `catalog`'s queries, the live streams and their pages, and the operational
+/// routes.
 pub fn table(catalog: &Catalog) -> Vec<Route> {
+    use shared_events::live::Timeline as _;
     let mut table = catalog.routes().to_vec();
+    table.extend(projection_engine::live::stream::routes(Timeline::STREAMS));
+    table.extend(projection_engine::live::page::routes(Timeline::STREAMS));
     table.extend(projection_engine::operations::ROUTES);
     table
 }

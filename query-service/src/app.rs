@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use shared_events::EventCodec;
+use shared_events::live::Timeline;
 use shared_events::view::ReadModel;
 use tokio_util::sync::CancellationToken;
 
@@ -13,10 +14,12 @@ use crate::config::{Config, ConfigError};
 use crate::projection::{Decoder, ProjectionStats, namespace};
 use crate::store::{Store, StoreError};
 use customers::events::CustomerEvent;
+use customers::live::CommerceTimeline;
 use customers::projection::CustomersProjection;
 use orders::events::OrderEvent;
 use orders::projection::OrdersProjection;
 use projection_engine::cluster;
+use projection_engine::live::tail::{self, Limits, Live, Tail};
 use projection_engine::metrics::Metrics;
 use projection_engine::opening::{
     Environment, OpenError, Opening, ProjectionThread, TwoTopics, wait_for_topic,
@@ -91,28 +94,68 @@ fn projections(config: &Config, env: &Environment, runs: &mut Runs) -> Result<()
             )?)
         }),
     )?;
-    let registry = config.registry.clone();
-    let (customers_topic, orders_topic) = (config.customers_topic.clone(), config.topic.clone());
     runs.run(
         config,
         env,
         CustomersProjection,
         false,
         config.customers_group(),
-        Box::new(move || {
-            Ok(TwoTopics {
-                first_topic: customers_topic.clone(),
-                first: EventCodec::<CustomerEvent>::new(
-                    registry.sr_settings(timeout)?,
-                    &customers_topic,
-                )?,
-                second: EventCodec::<OrderEvent>::new(
-                    registry.sr_settings(timeout)?,
-                    &orders_topic,
-                )?,
-            })
-        }),
+        customers_and_orders(config),
     )
+}
+
+/// The decoder of the customers and the orders topics' records.
+fn customers_and_orders(
+    config: &Config,
+) -> Box<dyn Fn() -> Result<TwoTopics<CustomerEvent, OrderEvent>, OpenError> + Send> {
+    let registry = config.registry.clone();
+    let timeout = Duration::from_millis(config.registry_timeout_ms);
+    let (customers_topic, orders_topic) = (config.customers_topic.clone(), config.topic.clone());
+    Box::new(move || {
+        Ok(TwoTopics {
+            first_topic: customers_topic.clone(),
+            first: EventCodec::new(registry.sr_settings(timeout)?, &customers_topic)?,
+            second: EventCodec::new(registry.sr_settings(timeout)?, &orders_topic)?,
+        })
+    })
+}
+
+/// Starts the live tail: every partition of the orders and customers topics, once per replica,
+/// into the timeline the live streams are served from.
+fn live_tail(
+    config: &Config,
+    env: &Environment,
+    live: &Arc<Live>,
+    shutdown: &CancellationToken,
+) -> Result<ProjectionThread, StartupError> {
+    let tail = Tail {
+        timeline: CommerceTimeline,
+        topics: topics_of(config, CommerceTimeline::TOPICS)?,
+        decoder: customers_and_orders(config),
+        environment: env.clone(),
+        live: Arc::clone(live),
+    };
+    Ok(ProjectionThread::spawn(
+        "live",
+        shutdown.clone(),
+        async move |token| tail.run(token).await,
+    )?)
+}
+
+/// `(role, topic)` for each of `roles`, from the configuration.
+fn topics_of(
+    config: &Config,
+    roles: &[&'static str],
+) -> Result<Vec<(&'static str, String)>, ConfigError> {
+    roles
+        .iter()
+        .map(|role| {
+            config
+                .topic_of(role)
+                .map(|topic| (*role, topic.to_owned()))
+                .ok_or_else(|| ConfigError(format!("no topic is configured for `{role}`")))
+        })
+        .collect()
 }
 
 /// The projections being started: their slots and their threads.
@@ -136,15 +179,7 @@ impl Runs {
         M: ReadModel + Clone,
         D: Decoder<M::Event> + 'static,
     {
-        let topics = M::TOPICS
-            .iter()
-            .map(|role| {
-                config
-                    .topic_of(role)
-                    .map(|topic| (*role, topic.to_owned()))
-                    .ok_or_else(|| ConfigError(format!("no topic is configured for `{role}`")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let topics = topics_of(config, M::TOPICS)?;
         let slot = Arc::new(Slot::new::<M>(required));
         let opening = Opening {
             model,
@@ -192,6 +227,7 @@ impl Application {
                 &[
                     namespace::<OrdersProjection>(),
                     namespace::<CustomersProjection>(),
+                    tail::namespace::<CommerceTimeline>(),
                 ],
             )
         })
@@ -248,7 +284,22 @@ impl Application {
             shutdown: shutdown.clone(),
         };
         projections(&config, &environment, &mut runs)?;
-        let Runs { slots, threads, .. } = runs;
+        let Runs {
+            slots, mut threads, ..
+        } = runs;
+        let metrics = Arc::new(Metrics::new("query_service", &slots));
+        let live = Arc::new(Live::new::<CommerceTimeline>(
+            Arc::clone(&store),
+            Limits {
+                max_streams: config.live_max_streams,
+                buffer: config.live_buffer,
+                heartbeat: Duration::from_millis(config.live_heartbeat_ms),
+                retry: Duration::from_secs(1),
+            },
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        ));
+        threads.push(live_tail(&config, &environment, &live, &shutdown)?);
 
         let catalog = crate::api::catalog();
         let table = crate::api::table(&catalog);
@@ -257,7 +308,7 @@ impl Application {
         )));
         let state = web::Data::new(Serving {
             store,
-            metrics: Arc::new(Metrics::new("query_service", &slots)),
+            metrics,
             projections: slots.clone(),
             forwarder: Forwarder::new(
                 &replica_id,
@@ -268,9 +319,11 @@ impl Application {
             max_ready_lag: config.max_ready_lag,
             admin_token: config.admin_token.clone(),
         });
+        let live = web::Data::from(live);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(live.clone())
                 .app_data(document.clone())
                 .configure(|routes| http_edge::routes::register(&table, routes))
                 .default_service(web::to(http_edge::problem::not_found))

@@ -78,6 +78,16 @@ pub struct Config {
     /// How often the group's partition ownership is re-read between rebalances, in milliseconds.
     #[arg(long, env = "QUERY_CLUSTER_REFRESH_MS", default_value_t = 2_000)]
     pub cluster_refresh_ms: u64,
+    /// Live streams (Server-Sent Events) open at once on this replica; beyond, `503`.
+    #[arg(long, env = "QUERY_LIVE_MAX_STREAMS", default_value_t = 20_000)]
+    pub live_max_streams: usize,
+    /// Events buffered per live stream; a client further behind is cut off with its resume id.
+    #[arg(long, env = "QUERY_LIVE_BUFFER", default_value_t = 256)]
+    pub live_buffer: usize,
+    /// A comment is sent on a live stream quiet for this long, in milliseconds, so that proxies
+    /// keep it open.
+    #[arg(long, env = "QUERY_LIVE_HEARTBEAT_MS", default_value_t = 15_000)]
+    pub live_heartbeat_ms: u64,
     /// How long a stop (SIGTERM, Ctrl-C) may take in all, in milliseconds: in-flight requests
     /// finish, the projection stops and leaves the group, the store closes. Whatever is still
     /// running then is abandoned (the store and the group recover from that as from a crash).
@@ -113,6 +123,9 @@ impl std::fmt::Debug for Config {
             .field("consistency_wait_ms", &self.consistency_wait_ms)
             .field("forward_timeout_ms", &self.forward_timeout_ms)
             .field("cluster_refresh_ms", &self.cluster_refresh_ms)
+            .field("live_max_streams", &self.live_max_streams)
+            .field("live_buffer", &self.live_buffer)
+            .field("live_heartbeat_ms", &self.live_heartbeat_ms)
             .field("shutdown_grace_ms", &self.shutdown_grace_ms)
             .finish()
     }
@@ -192,6 +205,11 @@ impl Config {
         }
         if self.shutdown_grace_ms < 1_000 {
             return fail("the shutdown grace must be at least 1000 ms");
+        }
+        if self.live_max_streams == 0 || self.live_buffer == 0 || self.live_heartbeat_ms < 10 {
+            return fail(
+                "live streams need a positive maximum and buffer, and a heartbeat of at least 10 ms",
+            );
         }
         if self.http_workers == 0 {
             return fail("http workers must be at least 1");

@@ -24,6 +24,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
     tags(
         (name = "orders", description = "Order queries"),
         (name = "customers", description = "Customer queries"),
+        (name = "live", description = "Live streams (Server-Sent Events) and the pages that follow them"),
         (name = "admin", description = "For operators: `Authorization: Bearer <admin token>`"),
         (name = "internal", description = "Between replicas"),
         (name = "operations", description = "Health and metrics"),
@@ -36,6 +37,12 @@ pub fn document(catalog: &Catalog) -> utoipa::openapi::OpenApi {
     let mut document = Document::openapi();
     if let Err(error) = catalog.document(&mut document) {
         tracing::error!(%error, "the queries' operations do not fit the document");
+    }
+    if let Err(error) = projection_engine::live::document(
+        <crate::api::Timeline as shared_events::live::Timeline>::STREAMS,
+        &mut document,
+    ) {
+        tracing::error!(%error, "the live streams' operations do not fit the document");
     }
     describe_problems(
         &mut document,

@@ -23,6 +23,7 @@ pub mod aggregate;
 pub mod binary;
 pub mod event;
 pub mod key;
+pub mod live;
 pub mod partitioner;
 pub mod position;
 pub mod query;

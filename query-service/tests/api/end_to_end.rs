@@ -1,14 +1,14 @@
 //! Replicas answering for each other: routing, read-your-writes, customers, restarts, crashes.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::helpers::{
-    ADMIN_TOKEN, Commands, PARTITIONS, Replica, client, delete_group, env, eventually, order_body,
-    post, wait_settled,
+    ADMIN_TOKEN, Commands, PARTITIONS, Replica, ReplicaProcess, client, delete_group, env,
+    eventually, order_body, post, start_process, start_process_with, wait_settled,
 };
 
 fn group() -> String {
@@ -497,63 +497,6 @@ async fn a_restarted_replica_resumes_from_its_store_and_reapplies_nothing() {
     assert_eq!(second.stats.version_gaps.get(), 0);
     second.stop().await;
     commands.stop().await;
-}
-
-/// A replica in its own process, for `kill -9`.
-struct ReplicaProcess {
-    id: String,
-    address: String,
-    child: Child,
-    _data: tempfile::TempDir,
-}
-
-fn start_process(topic: &str, group: &str, id: &str) -> ReplicaProcess {
-    start_process_with(topic, group, id, &[])
-}
-
-/// [`start_process`] with extra environment variables (later ones win).
-fn start_process_with(
-    topic: &str,
-    group: &str,
-    id: &str,
-    extra: &[(&str, &str)],
-) -> ReplicaProcess {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let data = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_query-service"))
-        .env("QUERY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("QUERY_REPLICA_ID", id)
-        .env("QUERY_DATA_DIR", data.path())
-        .env("QUERY_GROUP_ID", group)
-        .env("QUERY_SESSION_TIMEOUT_MS", "6000")
-        .env("QUERY_CLUSTER_REFRESH_MS", "500")
-        .env("QUERY_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("ORDERS_TOPIC", topic)
-        .env("KAFKA_BOOTSTRAP", env("KAFKA_BOOTSTRAP"))
-        .env("SCHEMA_REGISTRY_URL", env("SCHEMA_REGISTRY_URL"))
-        .env("RUST_LOG", "warn")
-        .envs(extra.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    ReplicaProcess {
-        id: id.to_owned(),
-        address: format!("http://127.0.0.1:{port}"),
-        child,
-        _data: data,
-    }
-}
-
-impl Drop for ReplicaProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test]

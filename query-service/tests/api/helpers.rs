@@ -1,3 +1,4 @@
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -78,6 +79,8 @@ pub struct Replica {
     pub stats: Arc<ProjectionStats>,
     pub customers_stats: Arc<ProjectionStats>,
     handle: ServerHandle,
+    /// The running replica; it has let go of its store once this ends.
+    running: std::sync::Mutex<Option<tokio::task::JoinHandle<std::io::Result<()>>>>,
     pub data: Arc<tempfile::TempDir>,
 }
 
@@ -115,6 +118,11 @@ impl Replica {
     }
 
     pub async fn spawn_with(config: Config, data: Arc<tempfile::TempDir>) -> Self {
+        // The replicas' errors (or what `RUST_LOG` asks for) in the output of a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let id = config.replica_id.clone().unwrap_or_default();
         let app = Application::build(config)
             .await
@@ -127,19 +135,26 @@ impl Replica {
         let customers_stats = app
             .stats::<customers::projection::CustomersProjection>()
             .expect("the customers projection runs");
-        tokio::spawn(app.run_until_stopped());
+        let running = tokio::spawn(app.run_until_stopped());
         Self {
             id,
             address,
             stats,
             customers_stats,
             handle,
+            running: std::sync::Mutex::new(Some(running)),
             data,
         }
     }
 
+    /// Stops the replica and waits until it has stopped: its projections have left their
+    /// groups and its store is closed.
     pub async fn stop(&self) {
         self.handle.stop(true).await;
+        let running = self.running.lock().unwrap().take();
+        if let Some(running) = running {
+            let _ = running.await;
+        }
     }
 }
 
@@ -268,4 +283,178 @@ pub async fn delete_group(group: &str) {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// A replica in its own process, for `kill -9`.
+pub struct ReplicaProcess {
+    pub id: String,
+    pub address: String,
+    pub child: Child,
+    _data: tempfile::TempDir,
+}
+
+pub fn start_process(topic: &str, group: &str, id: &str) -> ReplicaProcess {
+    start_process_with(topic, group, id, &[])
+}
+
+/// [`start_process`] with extra environment variables (later ones win).
+pub fn start_process_with(
+    topic: &str,
+    group: &str,
+    id: &str,
+    extra: &[(&str, &str)],
+) -> ReplicaProcess {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_query-service"))
+        .env("QUERY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("QUERY_REPLICA_ID", id)
+        .env("QUERY_DATA_DIR", data.path())
+        .env("QUERY_GROUP_ID", group)
+        .env("QUERY_SESSION_TIMEOUT_MS", "6000")
+        .env("QUERY_CLUSTER_REFRESH_MS", "500")
+        .env("QUERY_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("ORDERS_TOPIC", topic)
+        .env("CUSTOMERS_TOPIC", customers_topic(topic))
+        .env("KAFKA_BOOTSTRAP", env("KAFKA_BOOTSTRAP"))
+        .env("SCHEMA_REGISTRY_URL", env("SCHEMA_REGISTRY_URL"))
+        .env("RUST_LOG", "warn")
+        .envs(extra.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    ReplicaProcess {
+        id: id.to_owned(),
+        address: format!("http://127.0.0.1:{port}"),
+        child,
+        _data: data,
+    }
+}
+
+impl Drop for ReplicaProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One Server-Sent Events message as a client sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: Option<String>,
+    pub retry: Option<String>,
+    /// Comment lines (`: …`), without the colon.
+    pub comments: Vec<String>,
+}
+
+impl Message {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.data.as_deref().unwrap_or("null")).unwrap()
+    }
+}
+
+/// A client reading a live stream, message by message.
+pub struct Sse {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Sse {
+    /// Opens `url` (`Last-Event-ID` if given); panics unless it answers a `200` event stream.
+    pub async fn open(url: &str, last_event_id: Option<&str>) -> Self {
+        let response = Self::request(url, last_event_id).await;
+        if response.status() != 200 {
+            let status = response.status();
+            panic!(
+                "{url}: {status} {}",
+                response.text().await.unwrap_or_default()
+            );
+        }
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/event-stream",
+            "{url}"
+        );
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The answer to a stream request, whatever it is.
+    pub async fn request(url: &str, last_event_id: Option<&str>) -> reqwest::Response {
+        // No overall timeout: a stream lasts as long as the test reads it.
+        let http = reqwest::Client::new();
+        let mut request = http.get(url).header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        tokio::time::timeout(Duration::from_secs(30), request.send())
+            .await
+            .expect("the stream did not answer within 30 s")
+            .unwrap()
+    }
+
+    /// The next message, or none if the stream ended or `within` passed first.
+    pub async fn next(&mut self, within: Duration) -> Option<Message> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let mut message = Message::default();
+                for line in frame.lines() {
+                    if let Some(comment) = line.strip_prefix(':') {
+                        message.comments.push(comment.trim().to_owned());
+                        continue;
+                    }
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
+                    match field {
+                        "id" => message.id = Some(value),
+                        "event" => message.event = Some(value),
+                        "data" => message.data = Some(value),
+                        "retry" => message.retry = Some(value),
+                        _ => {}
+                    }
+                }
+                return Some(message);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .ok()?
+                .ok()??;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// The next message that carries an event, skipping comments and position marks.
+    pub async fn next_event(&mut self, within: Duration) -> Option<Message> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let message = self.next(left).await?;
+            if message.event.is_some() {
+                return Some(message);
+            }
+        }
+    }
+}
+
+/// Polls `address`'s readiness until it answers `200`, or fails after a minute.
+pub async fn wait_ready(address: &str) {
+    let http = client();
+    eventually(Duration::from_secs(60), "readiness", || async {
+        http.get(format!("{address}/health/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
 }

@@ -3,8 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod browser;
 mod customers;
 mod end_to_end;
 mod helpers;
+mod live;
 mod openapi;
 mod secured;
