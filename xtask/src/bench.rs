@@ -3,10 +3,13 @@
 //!
 //! - `commands`: the command service vs `kafka-producer-perf-test` (plain and transactional);
 //! - `queries`: replica reads (local and forwarded) vs a static HTTP handler, projection replay
-//!   vs `kafka-consumer-perf-test`, and command → query visibility latency.
+//!   vs `kafka-consumer-perf-test`, and command → query visibility latency;
+//! - `live`: many open live streams on one replica under a fixed command rate: ack → received
+//!   latency vs GET visibility, memory per stream, CPU per pushed event.
 
 pub(crate) mod commands;
 pub(crate) mod cpu;
+pub(crate) mod live;
 pub(crate) mod queries;
 
 use std::process::Command;
@@ -145,21 +148,29 @@ impl BenchStack {
 
     /// Starts a query replica of `group` on `topic` with a fresh store; returns its base URL.
     pub(crate) fn replica(&mut self, topic: &str, group: &str, id: &str) -> anyhow::Result<String> {
+        self.replica_with(topic, group, id, &[])
+    }
+
+    /// [`BenchStack::replica`] with more settings.
+    pub(crate) fn replica_with(
+        &mut self,
+        topic: &str,
+        group: &str,
+        id: &str,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<String> {
         let port = free_port()?;
         let data = self.scratch.path().join(id);
-        self.spawn(
-            id,
-            "query-service",
-            &[
-                ("QUERY_LISTEN", format!("127.0.0.1:{port}")),
-                ("QUERY_REPLICA_ID", id.to_owned()),
-                ("QUERY_DATA_DIR", data.display().to_string()),
-                ("QUERY_GROUP_ID", group.to_owned()),
-                ("QUERY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
-                ("ORDERS_TOPIC", topic.to_owned()),
-            ],
-            port,
-        )
+        let mut env = vec![
+            ("QUERY_LISTEN", format!("127.0.0.1:{port}")),
+            ("QUERY_REPLICA_ID", id.to_owned()),
+            ("QUERY_DATA_DIR", data.display().to_string()),
+            ("QUERY_GROUP_ID", group.to_owned()),
+            ("QUERY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            ("ORDERS_TOPIC", topic.to_owned()),
+        ];
+        env.extend(extra.iter().cloned());
+        self.spawn(id, "query-service", &env, port)
     }
 }
 

@@ -42,6 +42,8 @@ enum Bench {
     Commands(bench::commands::CommandBench),
     /// Replica reads (local, forwarded) vs a static handler, replay vs raw consume, visibility.
     Queries(bench::queries::QueryBench),
+    /// Live streams: ack → received latency vs GET visibility, memory per stream, CPU per event.
+    Live(bench::live::LiveBench),
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +123,7 @@ fn run(ws: &Workspace, command: Task, interrupted: &AtomicBool) -> anyhow::Resul
         Task::Bench(Bench::Queries(args)) => {
             bench::queries::run(ws, &args).map(|()| ExitCode::SUCCESS)
         }
+        Task::Bench(Bench::Live(args)) => bench::live::run(ws, &args).map(|()| ExitCode::SUCCESS),
     }
 }
 
