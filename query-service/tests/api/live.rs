@@ -476,3 +476,44 @@ async fn the_live_page_shows_an_orders_timeline_across_a_replica_restart() {
     restarted.stop().await;
     commands.stop().await;
 }
+
+/// SIGTERM ends every open stream with a `retry:` hint, and the metrics count the stream.
+#[tokio::test]
+async fn at_sigterm_a_stream_ends_with_a_retry_hint() {
+    let commands = Commands::spawn().await;
+    let group = group();
+    let mut replica = start_process(&commands.topic, &group, "stopping");
+    wait_ready(&replica.address).await;
+    let mut stream = Sse::open(&format!("{}/orders/o-1/events", replica.address), None).await;
+    let metrics = client()
+        .get(format!("{}/metrics", replica.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "query_service_live_streams 1"),
+        "{metrics}"
+    );
+    let pid = replica.child.id().to_string();
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let mut last = None;
+    while let Some(message) = stream.next(WAIT).await {
+        last = Some(message);
+    }
+    let last = last.expect("the stream ended with a message");
+    assert_eq!(last.retry.as_deref(), Some("1000"), "{last:?}");
+    assert!(
+        last.comments.iter().any(|c| c.contains("stopping")),
+        "{last:?}"
+    );
+    let status = replica.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    commands.stop().await;
+}

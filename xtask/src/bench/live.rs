@@ -75,19 +75,36 @@ async fn pay(client: &reqwest::Client, command_url: &str, order: &str) -> anyhow
     Ok(())
 }
 
-/// Follows one stream until the end of the run, noting when each event arrives.
-async fn follow(url: String, arrivals: Arrivals, opened: Arc<tokio::sync::Semaphore>) {
-    let client = reqwest::Client::new();
-    let Ok(mut response) = client
+/// Follows one stream until the end of the run, noting when each event arrives. Says once it
+/// is open (or could not be opened).
+async fn follow(
+    client: reqwest::Client,
+    url: String,
+    arrivals: Arrivals,
+    opened: tokio::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let response = client
         .get(&url)
         .header("accept", "text/event-stream")
         .send()
-        .await
-    else {
-        eprintln!("could not open {url}");
-        return;
+        .await;
+    let mut response = match response {
+        Ok(response) if response.status() == 200 => {
+            let _ = opened.send(Ok(())).await;
+            response
+        }
+        Ok(response) => {
+            let _ = opened
+                .send(Err(format!("{url}: {}", response.status())))
+                .await;
+            return;
+        }
+        Err(error) => {
+            let _ = opened.send(Err(format!("{url}: {error:?}"))).await;
+            return;
+        }
     };
-    opened.add_permits(1);
+    drop(opened);
     let mut buffer = String::new();
     while let Ok(Some(chunk)) = response.chunk().await {
         let now = Instant::now();
@@ -172,28 +189,46 @@ pub(crate) fn run(ws: &Workspace, args: &LiveBench) -> anyhow::Result<()> {
 
     let rss_before = rss_kib(pid)?;
     let arrivals: Arrivals = Arc::default();
-    let opened = Arc::new(tokio::sync::Semaphore::new(0));
     let open_started = Instant::now();
     let streams = runtime.block_on(async {
         eprintln!("opening {} streams ...", args.streams);
+        // One connection per stream (no pooling: a stream holds its connection for good).
+        let streams_client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .tcp_nodelay(true)
+            .build()?;
         let mut tasks = Vec::with_capacity(args.streams);
-        for (i, order) in orders.iter().enumerate() {
-            tasks.push(tokio::spawn(follow(
-                format!("{replica}/orders/{order}/events"),
-                Arc::clone(&arrivals),
-                Arc::clone(&opened),
-            )));
-            tasks.push(tokio::spawn(follow(
-                format!("{replica}/customers/c-live-{i}/events"),
-                Arc::clone(&arrivals),
-                Arc::clone(&opened),
-            )));
+        let urls: Vec<String> = orders
+            .iter()
+            .enumerate()
+            .flat_map(|(i, order)| {
+                [
+                    format!("{replica}/orders/{order}/events"),
+                    format!("{replica}/customers/c-live-{i}/events"),
+                ]
+            })
+            .collect();
+        // In waves, as a fleet of browsers would arrive, rather than 10 000 SYNs at once.
+        for wave in urls.chunks(500) {
+            let (opened, mut answers) = tokio::sync::mpsc::channel(wave.len());
+            for url in wave {
+                tasks.push(tokio::spawn(follow(
+                    streams_client.clone(),
+                    url.clone(),
+                    Arc::clone(&arrivals),
+                    opened.clone(),
+                )));
+            }
+            drop(opened);
+            while let Some(answer) = tokio::time::timeout(Duration::from_secs(60), answers.recv())
+                .await
+                .context("a stream did not open within 60 s")?
+            {
+                if let Err(error) = answer {
+                    bail!("a stream did not open: {error}");
+                }
+            }
         }
-        let all = u32::try_from(tasks.len())?;
-        tokio::time::timeout(Duration::from_secs(300), opened.acquire_many(all))
-            .await
-            .context("the streams did not all open within 300 s")??
-            .forget();
         anyhow::Ok(tasks)
     })?;
     let open_secs = open_started.elapsed().as_secs_f64();
@@ -203,43 +238,24 @@ pub(crate) fn run(ws: &Workspace, args: &LiveBench) -> anyhow::Result<()> {
 
     let meter = CpuMeter::new(vec![("replica".into(), pid)]);
     let pushed_before = pushed(&runtime, &client, &replica)?;
-    let cpu_before = meter.sample()?;
-    let command_phase = Instant::now();
-    let (stream_latency, awaited) = runtime.block_on(async {
-        eprintln!(
-            "commands at {}/s for {}s: new orders of followed customers, payments of followed orders ...",
-            args.rate, args.duration
-        );
-        let mut sent: Vec<((String, String), Instant)> = Vec::new();
-        let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
-        let mut tick = tokio::time::interval(interval);
-        let total = args.rate * args.duration;
-        let mut pending = futures::stream::FuturesUnordered::new();
-        for n in 0..total {
-            tick.tick().await;
-            let index = usize::try_from(n)? % half.max(1);
-            let (client, command_url) = (client.clone(), command_url.clone());
-            let order = orders[index].clone();
-            pending.push(tokio::spawn(async move {
-                if n % 2 == 0 {
-                    let customer = format!("c-live-{index}");
-                    let id = place(&client, &command_url, customer).await?;
-                    anyhow::Ok(((id, "OrderPlaced".to_owned()), Instant::now()))
-                } else {
-                    pay(&client, &command_url, &order).await?;
-                    anyhow::Ok(((order, "OrderPaid".to_owned()), Instant::now()))
-                }
-            }));
-        }
-        use futures::StreamExt;
-        while let Some(result) = pending.next().await {
-            match result? {
-                Ok(acked) => sent.push(acked),
-                // An order paid twice (the rate outran the orders) is refused: not awaited.
-                Err(error) => eprintln!("a command failed: {error}"),
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(3)).await;
+    eprintln!(
+        "commands at {}/s for {}s with the streams open: new orders of followed customers, payments of followed orders ...",
+        args.rate, args.duration
+    );
+    let (cpu_streaming, sent) = runtime.block_on(command_phase(
+        &meter,
+        &client,
+        &command_url,
+        &orders[..half / 2],
+        "c-live",
+        args,
+    ))?;
+    // Closing the streams, then the same load again: the replica's CPU without them.
+    for task in streams {
+        task.abort();
+    }
+    let pushed_after = pushed(&runtime, &client, &replica)?;
+    let (stream_latency, awaited) = {
         let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
         let arrivals = arrivals.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let mut missing = 0;
@@ -254,17 +270,27 @@ pub(crate) fn run(ws: &Workspace, args: &LiveBench) -> anyhow::Result<()> {
             }
         }
         if missing > 0 {
-            bail!("{missing} of {} acknowledged events never reached their stream", sent.len());
+            bail!(
+                "{missing} of {} acknowledged events never reached their stream",
+                sent.len()
+            );
         }
-        anyhow::Ok((latency, sent.len()))
-    })?;
-    let cpu = meter.between(&cpu_before, &meter.sample()?);
-    let phase_secs = command_phase.elapsed().as_secs_f64();
-    let pushed_after = pushed(&runtime, &client, &replica)?;
+        (latency, sent.len())
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    eprintln!("the same commands with no stream open (baseline) ...");
+    let (cpu_baseline, _) = runtime.block_on(command_phase(
+        &meter,
+        &client,
+        &command_url,
+        &orders[half / 2..],
+        "c-base",
+        args,
+    ))?;
 
     let visibility = runtime.block_on(async {
         eprintln!(
-            "GET visibility ({} samples, streams still open) ...",
+            "GET visibility ({} samples) ...",
             args.samples
         );
         let mut from_ack = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -294,17 +320,14 @@ pub(crate) fn run(ws: &Workspace, args: &LiveBench) -> anyhow::Result<()> {
         }
         anyhow::Ok(from_ack)
     })?;
-    for task in streams {
-        task.abort();
-    }
 
     #[allow(clippy::cast_precision_loss)]
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     #[allow(clippy::cast_precision_loss)]
     let per_stream = (rss_open.saturating_sub(rss_before)) as f64 / args.streams as f64;
     let events = pushed_after - pushed_before;
-    let replica_cores = cpu.by_process.first().map_or(0.0, |(_, cores)| *cores);
-    let cpu_seconds = replica_cores * phase_secs;
+    let cores = |phase: &(f64, f64)| phase.0;
+    let extra_cpu_seconds = cpu_streaming.0 * cpu_streaming.1 - cpu_baseline.0 * cpu_baseline.1;
     println!();
     println!(
         "== cargo xtask bench live ({} streams on one replica, half orders half customers, {} commands/s for {}s, release build)",
@@ -333,14 +356,15 @@ pub(crate) fn run(ws: &Workspace, args: &LiveBench) -> anyhow::Result<()> {
         "stream p99 - GET p99       {:+.2} ms (target ≤ +5)",
         ms(&stream_latency, 0.99) - ms(&visibility, 0.99)
     );
-    #[allow(clippy::cast_precision_loss)]
     let per_event = if events > 0.0 {
-        cpu_seconds * 1e6 / events
+        extra_cpu_seconds * 1e6 / events
     } else {
         0.0
     };
     println!(
-        "replica CPU                {replica_cores:.2} cores over the command phase; {per_event:.1} µs per pushed event ({events:.0} pushed)"
+        "replica CPU                {:.3} cores with the streams open, {:.3} cores without (same commands): {per_event:.1} µs more per pushed event ({events:.0} pushed)",
+        cores(&cpu_streaming),
+        cores(&cpu_baseline)
     );
     Ok(())
 }
@@ -360,4 +384,55 @@ fn pushed(
         metric_value(&metrics, "query_service_live_events_pushed_total ")
             .context("no live_events_pushed metric")
     })
+}
+
+/// Commands at `args.rate` for `args.duration`: new orders of customers `<prefix>-<k>` and
+/// payments of `orders`, alternately. The replica's CPU over the phase (cores, seconds), and
+/// each acknowledged event with the moment its answer arrived.
+async fn command_phase(
+    meter: &CpuMeter,
+    client: &reqwest::Client,
+    command_url: &str,
+    orders: &[String],
+    prefix: &str,
+    args: &LiveBench,
+) -> anyhow::Result<((f64, f64), Vec<((String, String), Instant)>)> {
+    use futures::StreamExt;
+    let total = args.rate * args.duration;
+    if (orders.len() as u64) < total / 2 {
+        bail!(
+            "{} orders cannot take {} payments: open more streams or lower the rate",
+            orders.len(),
+            total / 2
+        );
+    }
+    let started = Instant::now();
+    let before = meter.sample()?;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64));
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for n in 0..total {
+        tick.tick().await;
+        let index = usize::try_from(n / 2)?;
+        let (client, command_url) = (client.clone(), command_url.to_owned());
+        let order = orders[index].clone();
+        let customer = format!("{prefix}-{index}");
+        pending.push(tokio::spawn(async move {
+            if n % 2 == 0 {
+                let id = place(&client, &command_url, customer).await?;
+                anyhow::Ok(((id, "OrderPlaced".to_owned()), Instant::now()))
+            } else {
+                pay(&client, &command_url, &order).await?;
+                anyhow::Ok(((order, "OrderPaid".to_owned()), Instant::now()))
+            }
+        }));
+    }
+    let mut sent = Vec::new();
+    while let Some(result) = pending.next().await {
+        sent.push(result??);
+    }
+    // What the commands cause on the replica ends shortly after their answers.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu = meter.between(&before, &meter.sample()?);
+    let cores = cpu.by_process.first().map_or(0.0, |(_, cores)| *cores);
+    Ok(((cores, started.elapsed().as_secs_f64()), sent))
 }
