@@ -30,7 +30,7 @@ use shared_events::{AvroEvent, EventCodec, WireError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Namespace, Store, StoreBatch, StoreViews};
+use crate::store::{EventChanges, Namespace, Staging, Store, StoreBatch};
 
 pub use shared_events::view::{Applied, ReadModel};
 
@@ -478,6 +478,31 @@ pub struct Runner<P: ReadModel, D> {
     pub tables: Tables,
 }
 
+/// Records applied in one store write at most: what one poll hands over, up to this many.
+pub(crate) const MAX_BATCH: usize = 512;
+
+/// The message `recv` hands over, then whatever more the consumer has ready at once, up to
+/// [`MAX_BATCH`]: a live stream of events gives batches of one (no added latency), a backlog
+/// gives full batches (one store write, one system call, for many events).
+pub(crate) async fn ready_batch<'a, C: ConsumerContext + 'static>(
+    consumer: &'a StreamConsumer<C>,
+    first: rdkafka::message::BorrowedMessage<'a>,
+) -> Vec<rdkafka::message::BorrowedMessage<'a>> {
+    let mut messages = vec![first];
+    while messages.len() < MAX_BATCH {
+        // `recv` is polled once: ready now, or not part of this batch.
+        match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+            Ok(Ok(message)) => messages.push(message),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "consumer error");
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    messages
+}
+
 impl<P: ReadModel, D: Decoder<P::Event>> Runner<P, D> {
     pub async fn run(self, shutdown: CancellationToken) {
         // While idle, the consumer's position shows records it skipped without handing them
@@ -501,62 +526,75 @@ impl<P: ReadModel, D: Decoder<P::Event>> Runner<P, D> {
                     continue;
                 }
             };
-            let decoded = decode_retrying(
-                &self.decoder,
-                message.topic(),
-                message.payload(),
-                &shutdown,
-                |stalled| self.set_stalled(stalled),
-            );
-            let Some(event) = decoded.await else {
-                if shutdown.is_cancelled() {
-                    break;
-                }
-                // Undecodable for good: skip it, but still record the position so that the
-                // partition moves on; the counter and the log say what happened.
-                self.stats.undecodable.inc();
-                tracing::error!(
-                    partition = message.partition(),
-                    offset = message.offset(),
-                    "skipping undecodable record"
-                );
-                let mut batch = StoreBatch::new(namespace::<P>());
-                batch.set_next_offset(message.topic(), message.partition(), message.offset() + 1);
-                self.write(batch, &message);
-                continue;
-            };
-            let mut batch = StoreBatch::new(namespace::<P>());
-            let views = StoreViews::new(&self.store, namespace::<P>());
-            match self
-                .projection
-                .apply(&views, &mut batch, &event, message.partition())
-            {
-                Ok(Applied::Changed) => {
-                    self.stats.applied.inc();
-                }
-                Ok(Applied::VersionGap { expected, got }) => {
-                    self.stats.version_gaps.inc();
-                    tracing::error!(
-                        topic = message.topic(),
-                        expected,
-                        got,
-                        partition = message.partition(),
-                        offset = message.offset(),
-                        "event version is not the next one; not applied"
-                    );
-                }
-                Err(error) => {
-                    // The store itself failed; stop rather than skip an event.
-                    tracing::error!(%error, "store read failed; projection stops");
-                    break;
-                }
-            }
-            batch.set_next_offset(message.topic(), message.partition(), message.offset() + 1);
-            if !self.write(batch, &message) {
+            let messages = ready_batch(&self.consumer, message).await;
+            if !self.apply(&messages, &shutdown).await {
                 break;
             }
         }
         tracing::info!("projection runner stopped");
+    }
+
+    /// Applies `messages` in order and writes their changes and offsets in one batch. False if
+    /// the runner must stop (the store failed, or shutdown came first; then nothing of the
+    /// batch is written, and it is read again after a restart).
+    async fn apply(
+        &self,
+        messages: &[rdkafka::message::BorrowedMessage<'_>],
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut staging = Staging::new(&self.store, namespace::<P>());
+        for message in messages {
+            let decoded = decode_retrying(
+                &self.decoder,
+                message.topic(),
+                message.payload(),
+                shutdown,
+                |stalled| self.set_stalled(stalled),
+            );
+            match decoded.await {
+                Some(event) => {
+                    let mut changes = EventChanges::default();
+                    match self
+                        .projection
+                        .apply(&staging, &mut changes, &event, message.partition())
+                    {
+                        Ok(Applied::Changed) => {
+                            self.stats.applied.inc();
+                            staging.absorb(changes);
+                        }
+                        Ok(Applied::VersionGap { expected, got }) => {
+                            self.stats.version_gaps.inc();
+                            tracing::error!(
+                                topic = message.topic(),
+                                expected,
+                                got,
+                                partition = message.partition(),
+                                offset = message.offset(),
+                                "event version is not the next one; not applied"
+                            );
+                        }
+                        Err(error) => {
+                            // The store itself failed; stop rather than skip an event.
+                            tracing::error!(%error, "store read failed; projection stops");
+                            return false;
+                        }
+                    }
+                }
+                None if shutdown.is_cancelled() => return false,
+                None => {
+                    // Undecodable for good: skip it, but still record the position so that
+                    // the partition moves on; the counter and the log say what happened.
+                    self.stats.undecodable.inc();
+                    tracing::error!(
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "skipping undecodable record"
+                    );
+                }
+            }
+            staging.set_next_offset(message.topic(), message.partition(), message.offset() + 1);
+        }
+        self.write(staging.into_batch(), messages)
     }
 
     /// Moves each partition's applied position past records the consumer skipped after the last
@@ -592,18 +630,21 @@ impl<P: ReadModel, D: Decoder<P::Event>> Runner<P, D> {
         }
     }
 
-    /// Writes the batch, then lets the group's committed offset follow. False if the store failed.
-    fn write(&self, batch: StoreBatch, message: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+    /// Writes the batch, then lets the group's committed offsets follow. False if the store
+    /// failed.
+    fn write(&self, batch: StoreBatch, messages: &[rdkafka::message::BorrowedMessage<'_>]) -> bool {
         if let Err(error) = self.store.write(batch) {
             tracing::error!(%error, "store write failed; projection stops");
             return false;
         }
-        if let Some(table) = self.tables.of(message.topic()) {
-            table.applied_to(message.partition(), message.offset() + 1);
-        }
-        if let Err(error) = self.consumer.store_offset_from_message(message) {
-            // Only affects lag reporting: positions come from the store.
-            tracing::debug!(%error, "could not store consumer offset");
+        for message in messages {
+            if let Some(table) = self.tables.of(message.topic()) {
+                table.applied_to(message.partition(), message.offset() + 1);
+            }
+            if let Err(error) = self.consumer.store_offset_from_message(message) {
+                // Only affects lag reporting: positions come from the store.
+                tracing::debug!(%error, "could not store consumer offset");
+            }
         }
         true
     }

@@ -139,6 +139,100 @@ impl StoreBatch {
     }
 }
 
+/// Several events' changes staged for one write, readable as they are staged: the views and
+/// index keys staged so far shadow the store's, so each event of the batch sees the changes of
+/// the events before it, as it would had each been written on its own.
+pub struct Staging<'a> {
+    store: StoreViews<'a>,
+    batch: StoreBatch,
+    views: std::collections::HashMap<String, Vec<u8>>,
+    index: std::collections::BTreeSet<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Staging<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staging")
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One event's changes, kept apart until the event is known to apply.
+#[derive(Debug, Default)]
+pub struct EventChanges {
+    views: Vec<(String, Vec<u8>)>,
+    index: Vec<Vec<u8>>,
+}
+
+impl shared_events::view::Changes for EventChanges {
+    fn put(&mut self, key: &str, value: Vec<u8>) {
+        self.views.push((key.to_owned(), value));
+    }
+
+    fn index(&mut self, key: Vec<u8>) {
+        self.index.push(key);
+    }
+}
+
+impl<'a> Staging<'a> {
+    pub fn new(store: &'a Store, namespace: Namespace) -> Self {
+        Self {
+            store: StoreViews::new(store, namespace),
+            batch: StoreBatch::new(namespace),
+            views: std::collections::HashMap::new(),
+            index: std::collections::BTreeSet::new(),
+        }
+    }
+
+    /// Stages an event's changes.
+    pub fn absorb(&mut self, changes: EventChanges) {
+        for (key, value) in changes.views {
+            self.batch.put_view(&key, value.clone());
+            self.views.insert(key, value);
+        }
+        for key in changes.index {
+            self.batch.put_index(key.clone());
+            self.index.insert(key);
+        }
+    }
+
+    /// Records that everything before `next_offset` in `topic`/`partition` is applied.
+    pub fn set_next_offset(&mut self, topic: &str, partition: i32, next_offset: i64) {
+        self.batch.set_next_offset(topic, partition, next_offset);
+    }
+
+    /// The batch to write.
+    pub fn into_batch(self) -> StoreBatch {
+        self.batch
+    }
+}
+
+impl shared_events::view::Views for Staging<'_> {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, ViewError> {
+        match self.views.get(key) {
+            Some(value) => Ok(Some(value.clone())),
+            None => self.store.get(key),
+        }
+    }
+
+    fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, ViewError> {
+        // The first `limit` keys of the union are among the first `limit` of each side.
+        let mut keys = self.store.scan(prefix, start, limit)?;
+        let from = if start > prefix { start } else { prefix };
+        keys.extend(
+            self.index
+                .range(from.to_vec()..)
+                .take_while(|key| key.starts_with(prefix))
+                .take(limit)
+                .cloned(),
+        );
+        keys.sort_unstable();
+        keys.dedup();
+        keys.truncate(limit);
+        Ok(keys)
+    }
+}
+
 fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
     format!("{topic}/{partition}").into_bytes()
 }
@@ -287,6 +381,45 @@ mod tests {
         name: "customers",
         version: 1,
     };
+
+    #[test]
+    fn a_staged_batch_reads_its_own_changes_over_the_store() {
+        use shared_events::view::{Changes, Views};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &[ORDERS]).unwrap();
+        let mut batch = StoreBatch::new(ORDERS);
+        batch.put_view("o-1", b"stored".to_vec());
+        batch.put_index(b"c1/1".to_vec());
+        batch.put_index(b"c1/4".to_vec());
+        store.write(batch).unwrap();
+
+        let mut staging = Staging::new(&store, ORDERS);
+        let mut first = EventChanges::default();
+        first.put("o-1", b"staged".to_vec());
+        first.put("o-2", b"new".to_vec());
+        first.index(b"c1/2".to_vec());
+        first.index(b"c1/3".to_vec());
+        staging.absorb(first);
+        assert_eq!(staging.get("o-1").unwrap().unwrap(), b"staged");
+        assert_eq!(staging.get("o-2").unwrap().unwrap(), b"new");
+        assert_eq!(
+            store.view(ORDERS, "o-2").unwrap(),
+            None,
+            "nothing written yet"
+        );
+        let scanned = |start: &[u8], limit| staging.scan(b"c1/", start, limit).unwrap();
+        let keys = |names: &[&str]| -> Vec<Vec<u8>> {
+            names.iter().map(|n| n.as_bytes().to_vec()).collect()
+        };
+        assert_eq!(scanned(b"", 10), keys(&["c1/1", "c1/2", "c1/3", "c1/4"]));
+        assert_eq!(scanned(b"", 2), keys(&["c1/1", "c1/2"]));
+        assert_eq!(scanned(b"c1/3", 10), keys(&["c1/3", "c1/4"]));
+        staging.set_next_offset("orders", 0, 9);
+        store.write(staging.into_batch()).unwrap();
+        assert_eq!(store.view(ORDERS, "o-1").unwrap().unwrap(), b"staged");
+        assert_eq!(store.next_offset(ORDERS, "orders", 0).unwrap(), Some(9));
+        assert_eq!(store.index_scan(ORDERS, b"c1/", b"", 10).unwrap().len(), 4);
+    }
 
     #[test]
     fn views_and_offsets_persist_together() {

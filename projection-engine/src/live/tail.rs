@@ -15,7 +15,8 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use shared_events::live::{LiveEvent, StreamKey, StreamSpec, Timeline};
+use shared_events::live::{StreamKey, StreamSpec, Timeline};
+use shared_events::view::Changes;
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{Delivery, Hub};
@@ -24,8 +25,9 @@ use crate::metrics::Metrics;
 use crate::opening::{Environment, OpenError, wait_for_topics};
 use crate::projection::{
     Decoder, PartitionTable, ProjectionStats, RebalanceContext, Tables, decode_retrying,
+    ready_batch,
 };
-use crate::store::{Namespace, Store, StoreBatch, StoreViews};
+use crate::store::{EventChanges, Namespace, Staging, Store};
 
 /// One tailed topic: its name and what this replica has applied of each partition.
 #[derive(Debug)]
@@ -282,7 +284,8 @@ impl<T: Timeline, D: Decoder<T::Event>> Tail<T, D> {
                     continue;
                 }
             };
-            if !self.apply(&message, &decoder, &tables, shutdown).await {
+            let messages = ready_batch(&consumer, message).await;
+            if !self.apply(&messages, &decoder, &tables, shutdown).await {
                 break;
             }
         }
@@ -290,84 +293,95 @@ impl<T: Timeline, D: Decoder<T::Event>> Tail<T, D> {
         Ok(())
     }
 
-    /// Stores one record's entries and offset, then offers its event to the hub. False if the
-    /// tail must stop (the store failed, or shutdown).
+    /// Stores the records' entries and offsets in one batch, then offers their events to the
+    /// hub, in order. False if the tail must stop (the store failed, or shutdown came first;
+    /// then nothing of the batch is written).
     async fn apply(
         &self,
-        message: &BorrowedMessage<'_>,
+        messages: &[BorrowedMessage<'_>],
         decoder: &D,
         tables: &[(String, Arc<PartitionTable>)],
         shutdown: &CancellationToken,
     ) -> bool {
         let live = &self.live;
-        let Some(index) = tables.iter().position(|(t, _)| t == message.topic()) else {
-            return true;
-        };
-        let table = &tables[index].1;
-        let at = At {
-            topic: u8::try_from(index).unwrap_or(u8::MAX),
-            partition: message.partition(),
-            offset: message.offset(),
-        };
-        let decoded = decode_retrying(
-            decoder,
-            message.topic(),
-            message.payload(),
-            shutdown,
-            |stalled| table.set_stalled(stalled),
-        )
-        .await;
-        let mut batch = StoreBatch::new(live.namespace);
-        let mut placed: Option<(LiveEvent, String)> = None;
-        match decoded {
-            Some(event) => {
-                let views = StoreViews::new(&live.store, live.namespace);
-                match self.timeline.place(&views, &mut batch, &event) {
-                    Ok(Some(event)) => {
-                        let data = serde_json::Value::Object(event.data.clone()).to_string();
-                        let timestamp = message.timestamp().to_millis().unwrap_or(0);
-                        let value = entry_value(event.event_type, timestamp, &data);
-                        for stream in &event.streams {
-                            let key = entry_key(stream, at);
-                            batch.put_index(key.clone().into_bytes());
-                            batch.put_view(&key, value.clone());
+        let mut staging = Staging::new(&live.store, live.namespace);
+        let mut placed: Vec<(Vec<StreamKey>, Delivery)> = Vec::new();
+        for message in messages {
+            let Some(index) = tables.iter().position(|(t, _)| t == message.topic()) else {
+                continue;
+            };
+            let at = At {
+                topic: u8::try_from(index).unwrap_or(u8::MAX),
+                partition: message.partition(),
+                offset: message.offset(),
+            };
+            let table = &tables[index].1;
+            let decoded = decode_retrying(
+                decoder,
+                message.topic(),
+                message.payload(),
+                shutdown,
+                |stalled| table.set_stalled(stalled),
+            )
+            .await;
+            match decoded {
+                Some(event) => {
+                    let mut changes = EventChanges::default();
+                    match self.timeline.place(&staging, &mut changes, &event) {
+                        Ok(Some(event)) => {
+                            let data = serde_json::Value::Object(event.data).to_string();
+                            let timestamp_ms = message.timestamp().to_millis().unwrap_or(0);
+                            let value = entry_value(event.event_type, timestamp_ms, &data);
+                            for stream in &event.streams {
+                                let key = entry_key(stream, at);
+                                changes.index(key.clone().into_bytes());
+                                changes.put(&key, value.clone());
+                            }
+                            staging.absorb(changes);
+                            live.stats.applied.inc();
+                            placed.push((
+                                event.streams,
+                                Delivery {
+                                    at,
+                                    timestamp_ms,
+                                    event_type: event.event_type.to_owned(),
+                                    data,
+                                },
+                            ));
                         }
-                        live.stats.applied.inc();
-                        placed = Some((event, data));
-                    }
-                    Ok(None) => {}
-                    Err(error) => {
-                        tracing::error!(%error, "live tail: store read failed; the tail stops");
-                        return false;
+                        Ok(None) => staging.absorb(changes),
+                        Err(error) => {
+                            tracing::error!(%error, "live tail: store read failed; the tail stops");
+                            return false;
+                        }
                     }
                 }
+                None if shutdown.is_cancelled() => return false,
+                None => {
+                    live.stats.undecodable.inc();
+                    tracing::error!(
+                        partition = at.partition,
+                        offset = at.offset,
+                        "live tail: skipping undecodable record"
+                    );
+                }
             }
-            None if shutdown.is_cancelled() => return false,
-            None => {
-                live.stats.undecodable.inc();
-                tracing::error!(
-                    partition = at.partition,
-                    offset = at.offset,
-                    "live tail: skipping undecodable record"
-                );
-            }
+            staging.set_next_offset(message.topic(), at.partition, at.offset + 1);
         }
-        batch.set_next_offset(message.topic(), at.partition, at.offset + 1);
-        if let Err(error) = live.store.write(batch) {
+        if let Err(error) = live.store.write(staging.into_batch()) {
             tracing::error!(%error, "live tail: store write failed; the tail stops");
             return false;
         }
-        table.applied_to(at.partition, at.offset + 1);
-        if let Some((event, data)) = placed {
-            let delivery = Arc::new(Delivery {
-                at,
-                timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
-                event_type: event.event_type.to_owned(),
-                data,
-            });
-            let published = live.hub.publish(&event.streams, &delivery);
-            let metrics = &live.metrics.live;
-            metrics
+        for message in messages {
+            if let Some((_, table)) = tables.iter().find(|(t, _)| t == message.topic()) {
+                table.applied_to(message.partition(), message.offset() + 1);
+            }
+        }
+        // Only now, written: a stream that reads its history after subscribing misses nothing.
+        for (streams, delivery) in placed {
+            let published = live.hub.publish(&streams, &Arc::new(delivery));
+            live.metrics
+                .live
                 .slow_disconnects
                 .inc_by(u64::try_from(published.overflowed).unwrap_or(0));
         }

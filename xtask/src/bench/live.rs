@@ -289,10 +289,7 @@ pub(crate) fn run(ws: &Workspace, args: &LiveBench) -> anyhow::Result<()> {
     ))?;
 
     let visibility = runtime.block_on(async {
-        eprintln!(
-            "GET visibility ({} samples) ...",
-            args.samples
-        );
+        eprintln!("GET visibility ({} samples) ...", args.samples);
         let mut from_ack = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
         for _ in 0..args.samples {
             let id = place(&client, &command_url, "c-visibility".into()).await?;
