@@ -543,7 +543,22 @@ impl<P: ReadModel, D: Decoder<P::Event>> Runner<P, D> {
         shutdown: &CancellationToken,
     ) -> bool {
         let mut staging = Staging::new(&self.store, namespace::<P>());
+        // A rebalance can run inside a poll of this batch and seek a partition back to its
+        // stored offset, which does not include this batch yet: its records come again. Each
+        // partition's records are taken once, past what is applied or staged.
+        let mut next: std::collections::HashMap<(&str, i32), i64> =
+            std::collections::HashMap::new();
         for message in messages {
+            let (topic, partition) = (message.topic(), message.partition());
+            let floor = next.get(&(topic, partition)).copied().unwrap_or_else(|| {
+                self.tables
+                    .of(topic)
+                    .map_or(0, |table| table.applied(partition))
+            });
+            if message.offset() < floor {
+                continue;
+            }
+            next.insert((topic, partition), message.offset() + 1);
             let decoded = decode_retrying(
                 &self.decoder,
                 message.topic(),
@@ -638,9 +653,15 @@ impl<P: ReadModel, D: Decoder<P::Event>> Runner<P, D> {
             return false;
         }
         for message in messages {
-            if let Some(table) = self.tables.of(message.topic()) {
-                table.applied_to(message.partition(), message.offset() + 1);
+            let next = message.offset() + 1;
+            let Some(table) = self.tables.of(message.topic()) else {
+                continue;
+            };
+            // A record taken again after a rebalance moves nothing back.
+            if next <= table.applied(message.partition()) {
+                continue;
             }
+            table.applied_to(message.partition(), next);
             if let Err(error) = self.consumer.store_offset_from_message(message) {
                 // Only affects lag reporting: positions come from the store.
                 tracing::debug!(%error, "could not store consumer offset");

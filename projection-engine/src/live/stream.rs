@@ -157,7 +157,7 @@ async fn follow(
             let history = History::new(&key, &resume);
             (resume, Some(history))
         }
-        Start::Now => (Resume::at(&span, |t, p| live.applied(t, p)), None),
+        Start::Now => (Resume::at(&span, |t, p| live.now(t, p)), None),
     };
     let heartbeat = tokio::time::interval_at(
         tokio::time::Instant::now() + live.limits.heartbeat,
@@ -290,6 +290,9 @@ impl Following {
                     let retry = self.live.limits.retry.as_millis();
                     return Some(Bytes::from(format!(": the replica is stopping\nretry: {retry}\n\n")));
                 }
+                () = self.live.stopped.cancelled(), if !self.live.shutdown.is_cancelled() => {
+                    return self.end_with_resume("this replica's live tail stopped; resume on another");
+                }
             }
         }
     }
@@ -343,7 +346,8 @@ struct Cursor {
     topic: u8,
     partition: i32,
     prefix: String,
-    next: i64,
+    /// Where the next scan starts: past the last key scanned.
+    start: Vec<u8>,
     buffer: VecDeque<Delivery>,
     exhausted: bool,
 }
@@ -355,14 +359,16 @@ impl Cursor {
         if !self.buffer.is_empty() || self.exhausted {
             return Ok(());
         }
-        let start = format!("{}{:016x}", self.prefix, self.next);
-        let keys = views.scan(self.prefix.as_bytes(), start.as_bytes(), CURSOR_CHUNK)?;
+        let keys = views.scan(self.prefix.as_bytes(), &self.start, CURSOR_CHUNK)?;
         self.exhausted = keys.len() < CURSOR_CHUNK;
+        if let Some(last) = keys.last() {
+            self.start.clone_from(last);
+            self.start.push(0);
+        }
         for key in keys {
             let Some(offset) = offset_of(&key) else {
                 continue;
             };
-            self.next = offset + 1;
             let at = At {
                 topic: self.topic,
                 partition: self.partition,
@@ -383,13 +389,16 @@ impl History {
     fn new(key: &StreamKey, from: &Resume) -> Self {
         let cursors = from
             .partitions()
-            .map(|(topic, partition, next)| Cursor {
-                topic,
-                partition,
-                prefix: partition_prefix(key, topic, partition),
-                next,
-                buffer: VecDeque::new(),
-                exhausted: false,
+            .map(|(topic, partition, next)| {
+                let prefix = partition_prefix(key, topic, partition);
+                Cursor {
+                    topic,
+                    partition,
+                    start: format!("{prefix}{next:016x}").into_bytes(),
+                    prefix,
+                    buffer: VecDeque::new(),
+                    exhausted: false,
+                }
             })
             .collect();
         Self {
@@ -405,7 +414,10 @@ impl History {
         views: &StoreViews<'_>,
     ) -> Result<(), shared_events::view::ViewError> {
         let cursor = &mut self.cursors[index];
-        cursor.fill(views)?;
+        // A chunk may hold nothing readable; the cursor stays in the merge until it is exhausted.
+        while cursor.buffer.is_empty() && !cursor.exhausted {
+            cursor.fill(views)?;
+        }
         if let Some(head) = cursor.buffer.front() {
             self.heads
                 .push(std::cmp::Reverse((head.timestamp_ms, head.at, index)));

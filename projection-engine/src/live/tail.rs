@@ -50,6 +50,10 @@ pub struct Live {
     pub stats: Arc<ProjectionStats>,
     /// Cancelled at shutdown: every stream ends with a `retry:` hint.
     pub shutdown: CancellationToken,
+    /// Cancelled when the tail stops (its store failed, or shutdown): open streams end with
+    /// their resume id, and new ones are refused, rather than wait for events that will not
+    /// come.
+    pub stopped: CancellationToken,
     pub(crate) open: std::sync::atomic::AtomicUsize,
     topics: OnceLock<Vec<TailedTopic>>,
 }
@@ -85,6 +89,7 @@ impl Live {
             metrics,
             stats: Arc::default(),
             shutdown,
+            stopped: CancellationToken::new(),
             open: std::sync::atomic::AtomicUsize::new(0),
             topics: OnceLock::new(),
         }
@@ -95,8 +100,12 @@ impl Live {
         self.topics.get().map(Vec::as_slice)
     }
 
-    /// The partitions the events of stream kind `spec`, for `id`, come from.
+    /// The partitions the events of stream kind `spec`, for `id`, come from; none until the
+    /// tail has started, or once it has stopped.
     pub fn span(&self, spec: &StreamSpec, id: &str) -> Option<Span> {
+        if self.stopped.is_cancelled() {
+            return None;
+        }
         let topics = self.topics()?;
         let index = |role: &str| self.roles.iter().position(|r| *r == role);
         let keyed = index(spec.keyed_on)?;
@@ -113,11 +122,16 @@ impl Live {
         Some(Span::new(partitions))
     }
 
-    /// The next offset this replica has not applied yet, of a partition.
-    pub fn applied(&self, topic: u8, partition: i32) -> i64 {
+    /// Where "now" is in a partition: the end of its committed data as last reported, or
+    /// what this replica has applied if that is further. A replica still catching up does not
+    /// send a stream that starts now what the log held before.
+    pub fn now(&self, topic: u8, partition: i32) -> i64 {
         self.topics()
             .and_then(|topics| topics.get(usize::from(topic)))
-            .map_or(0, |t| t.table.applied(partition))
+            .map_or(0, |t| {
+                let applied = t.table.applied(partition);
+                applied + t.table.lag(partition).unwrap_or(0)
+            })
     }
 }
 
@@ -191,7 +205,9 @@ impl<T: Timeline, D> std::fmt::Debug for Tail<T, D> {
 
 impl<T: Timeline, D: Decoder<T::Event>> Tail<T, D> {
     /// Waits for the topics, then tails them until `shutdown`; a start that fails is retried.
+    /// When it ends, for whatever reason, the streams are told ([`Live::stopped`]).
     pub async fn run(self, shutdown: CancellationToken) {
+        let _stopped = self.live.stopped.clone().drop_guard();
         let env = &self.environment;
         let Some(partitions) = wait_for_topics(env, &self.topics, T::NAMESPACE, &shutdown).await
         else {
@@ -236,6 +252,9 @@ impl<T: Timeline, D: Decoder<T::Event>> Tail<T, D> {
             // librdkafka assigns only with a group id; the tail never joins it (no subscribe)
             // and never commits to it, so every replica may name the same one.
             .set("group.id", format!("{}-tail", T::NAMESPACE))
+            // A stored offset the log no longer has (retention, a recreated topic) restarts
+            // the partition from what the log still holds, never from its end.
+            .set("auto.offset.reset", "earliest")
             // Positions are the store's; nothing is committed to Kafka.
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
