@@ -202,4 +202,44 @@ mod tests {
         }
         assert!(Resume::parse(&"0.3.1_".repeat(1000), &span()).is_err());
     }
+
+    proptest::proptest! {
+        /// Whatever a client sends as `Last-Event-ID`: an answer, never a panic.
+        #[test]
+        fn any_text_is_parsed_or_refused(text in ".{0,80}") {
+            let _ = Resume::parse(&text, &span());
+        }
+
+        /// Ids made of numbers and separators, the shape a forged one takes: an id that parses
+        /// names only partitions of the span, and says what it parsed.
+        #[test]
+        fn near_misses_parse_to_the_span_only(text in "[0-9._-]{0,40}") {
+            if let Ok(resume) = Resume::parse(&text, &span()) {
+                for (topic, partition, next) in resume.partitions() {
+                    proptest::prop_assert!(span().contains(topic, partition));
+                    proptest::prop_assert!(next >= 0);
+                }
+                proptest::prop_assert_eq!(Resume::parse(&resume.encode(), &span()).ok(), Some(resume));
+            }
+        }
+
+        /// What a stream delivers, its id says; the id read back says the same.
+        #[test]
+        fn delivered_positions_round_trip(
+            deliveries in proptest::collection::vec((0usize..4, 0i64..1_000_000), 0..40)
+        ) {
+            let partitions = span().partitions().to_vec();
+            let mut resume = Resume::beginning(&span());
+            for (which, offset) in deliveries {
+                let (topic, partition) = partitions[which];
+                let at = At { topic, partition, offset };
+                if resume.owes(at) {
+                    resume.delivered(at);
+                    proptest::prop_assert!(!resume.owes(at));
+                }
+            }
+            let parsed = Resume::parse(&resume.encode(), &span()).unwrap();
+            proptest::prop_assert_eq!(parsed, resume);
+        }
+    }
 }

@@ -444,3 +444,102 @@ impl History {
         Ok(delivery)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::live::tail::{entry_key, entry_value};
+    use crate::store::{Namespace, Store, StoreBatch};
+
+    const TIMELINE: Namespace = Namespace {
+        name: "timeline",
+        version: 1,
+    };
+
+    fn at(topic: u8, partition: i32, offset: i64) -> At {
+        At {
+            topic,
+            partition,
+            offset,
+        }
+    }
+
+    #[test]
+    fn history_merges_partitions_by_time_in_offset_order_from_a_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &[TIMELINE]).unwrap();
+        let key = StreamKey {
+            collection: "customers",
+            id: "c-1".into(),
+        };
+        let other = StreamKey {
+            collection: "customers",
+            id: "c-10".into(),
+        };
+        let mut batch = StoreBatch::new(TIMELINE);
+        let mut put = |stream: &StreamKey, at: At, value: Vec<u8>| {
+            let entry = entry_key(stream, at);
+            batch.put_index(entry.clone().into_bytes());
+            batch.put_view(&entry, value);
+        };
+        // Partition (1, 0): 300 events, more than a chunk, at even times; partition (1, 1):
+        // 100 at odd times; (0, 2): one, first of all. Another stream shares the prefix `c-1`.
+        for n in 0..300 {
+            put(&key, at(1, 0, n), entry_value("A", 2 * n, "{}"));
+        }
+        for n in 0..100 {
+            put(&key, at(1, 1, n), entry_value("B", 2 * n + 1, "{}"));
+        }
+        put(&key, at(0, 2, 7), entry_value("C", -1, "{}"));
+        put(&other, at(1, 0, 5), entry_value("X", 3, "{}"));
+        // A whole chunk of entries that do not read as entries, between two readable ones.
+        put(&key, at(1, 2, 0), entry_value("D", 1_000, "{}"));
+        for n in 1..200 {
+            put(&key, at(1, 2, n), b"not an entry".to_vec());
+        }
+        put(&key, at(1, 2, 200), entry_value("D", 1_001, "{}"));
+        store.write(batch).unwrap();
+
+        let span = Span::new(vec![(0, 2), (1, 0), (1, 1), (1, 2)]);
+        // Resume past the first 10 events of (1, 0).
+        let mut from = Resume::beginning(&span);
+        from.delivered(at(1, 0, 9));
+        let mut history = History::new(&key, &from);
+        let views = StoreViews::new(&store, TIMELINE);
+        let mut seen = Vec::new();
+        while let Some(delivery) = history.next(&views).unwrap() {
+            seen.push(delivery);
+        }
+        assert_eq!(seen.len(), 1 + 290 + 100 + 2);
+        assert_eq!(seen[0].at, at(0, 2, 7));
+        assert!(seen.iter().all(|d| d.event_type != "X"), "another stream's");
+        assert!(
+            seen.windows(2)
+                .all(|w| w[0].timestamp_ms <= w[1].timestamp_ms),
+            "by time across partitions"
+        );
+        for partition in 0..3 {
+            let offsets: Vec<i64> = seen
+                .iter()
+                .filter(|d| d.at.topic == 1 && d.at.partition == partition)
+                .map(|d| d.at.offset)
+                .collect();
+            assert!(offsets.windows(2).all(|w| w[0] < w[1]));
+        }
+        assert_eq!(
+            seen.iter()
+                .filter(|d| d.at.partition == 0 && d.at.topic == 1)
+                .map(|d| d.at.offset)
+                .next(),
+            Some(10),
+            "from the position on"
+        );
+        assert_eq!(
+            seen.iter().filter(|d| d.event_type == "D").count(),
+            2,
+            "past the unreadable chunk"
+        );
+    }
+}
