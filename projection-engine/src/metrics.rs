@@ -48,6 +48,10 @@ pub struct LiveMetrics {
     pub slow_disconnects: Counter,
     /// From the event's record timestamp to its push onto a live stream, in seconds.
     pub push_latency: Histogram,
+    /// Events the tail stored into the timeline.
+    pub tailed: Counter,
+    /// Records the tail skipped because they did not decode.
+    pub undecodable: Counter,
 }
 
 impl Default for LiveMetrics {
@@ -57,6 +61,8 @@ impl Default for LiveMetrics {
             pushed: Counter::default(),
             slow_disconnects: Counter::default(),
             push_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            tailed: Counter::default(),
+            undecodable: Counter::default(),
         }
     }
 }
@@ -129,6 +135,16 @@ impl Metrics {
             "live_slow_disconnects",
             "Live streams cut off because the client fell a buffer behind",
             live.slow_disconnects.clone(),
+        );
+        registry.register(
+            "live_tail_events",
+            "Events the live tail stored into the timeline",
+            live.tailed.clone(),
+        );
+        registry.register(
+            "live_tail_undecodable_records",
+            "Records the live tail skipped because they did not decode",
+            live.undecodable.clone(),
         );
         registry.register(
             "live_push_latency_seconds",

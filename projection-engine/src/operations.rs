@@ -77,7 +77,11 @@ pub async fn ready(state: web::Data<Serving>) -> HttpResponse {
             serde_json::json!({ "joined": served.joined(), "topics": topics }),
         );
     }
-    http_edge::health::readiness(ready, serde_json::json!({ "projections": projections }), 1)
+    let mut body = serde_json::json!({ "projections": projections });
+    if let Some(live) = &state.live {
+        body["live_tail"] = live.status();
+    }
+    http_edge::health::readiness(ready, body, 1)
 }
 
 #[utoipa::path(

@@ -101,6 +101,8 @@ pub struct Serving {
     /// Readiness: how many committed records an owned partition may lag.
     pub max_ready_lag: i64,
     pub admin_token: Option<String>,
+    /// The live streams' state, if this replica serves them.
+    pub live: Option<Arc<crate::live::tail::Live>>,
 }
 
 impl Serving {

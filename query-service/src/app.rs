@@ -318,6 +318,7 @@ impl Application {
             consistency_wait: Duration::from_millis(config.consistency_wait_ms),
             max_ready_lag: config.max_ready_lag,
             admin_token: config.admin_token.clone(),
+            live: Some(Arc::clone(&live)),
         });
         let live = web::Data::from(live);
         let server = HttpServer::new(move || {

@@ -24,8 +24,7 @@ use super::resume::{At, Span};
 use crate::metrics::Metrics;
 use crate::opening::{Environment, OpenError, wait_for_topics};
 use crate::projection::{
-    Decoder, PartitionTable, ProjectionStats, RebalanceContext, Tables, decode_retrying,
-    ready_batch,
+    Decoder, PartitionTable, RebalanceContext, Tables, decode_retrying, ready_batch,
 };
 use crate::store::{EventChanges, Namespace, Staging, Store};
 
@@ -47,7 +46,6 @@ pub struct Live {
     pub streams: &'static [StreamSpec],
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
-    pub stats: Arc<ProjectionStats>,
     /// Cancelled at shutdown: every stream ends with a `retry:` hint.
     pub shutdown: CancellationToken,
     /// Cancelled when the tail stops (its store failed, or shutdown): open streams end with
@@ -72,6 +70,23 @@ pub struct Limits {
 }
 
 impl Live {
+    /// What readiness reports of the tail (it does not hold readiness back: a stream opened
+    /// while the tail catches up still gets every event, later).
+    pub fn status(&self) -> serde_json::Value {
+        let Some(topics) = self.topics() else {
+            return "not started".into();
+        };
+        let lag: i64 = topics
+            .iter()
+            .flat_map(|t| (0..t.table.count()).map(|p| t.table.lag(p).unwrap_or(0)))
+            .sum();
+        serde_json::json!({
+            "running": !self.stopped.is_cancelled(),
+            "lag": lag,
+            "streams": self.open.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+
     /// The live state of timeline `T`.
     pub fn new<T: Timeline>(
         store: Arc<Store>,
@@ -87,7 +102,6 @@ impl Live {
             streams: T::STREAMS,
             limits,
             metrics,
-            stats: Arc::default(),
             shutdown,
             stopped: CancellationToken::new(),
             open: std::sync::atomic::AtomicUsize::new(0),
@@ -357,7 +371,7 @@ impl<T: Timeline, D: Decoder<T::Event>> Tail<T, D> {
                                 changes.put(&key, value.clone());
                             }
                             staging.absorb(changes);
-                            live.stats.applied.inc();
+                            live.metrics.live.tailed.inc();
                             placed.push((
                                 event.streams,
                                 Delivery {
@@ -377,7 +391,7 @@ impl<T: Timeline, D: Decoder<T::Event>> Tail<T, D> {
                 }
                 None if shutdown.is_cancelled() => return false,
                 None => {
-                    live.stats.undecodable.inc();
+                    live.metrics.live.undecodable.inc();
                     tracing::error!(
                         partition = at.partition,
                         offset = at.offset,

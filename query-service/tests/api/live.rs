@@ -346,6 +346,15 @@ async fn streams_are_bounded_checked_and_kept_alive() {
     let http = client();
     wait_settled(&http, &[&replica]).await;
     let url = format!("{}/orders/o-quiet/events", replica.address);
+    let ready: Value = http
+        .get(format!("{}/health/ready", replica.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["live_tail"]["running"], true, "{ready}");
 
     let mut open = Sse::open(&url, None).await;
     let hint = open.next(WAIT).await.unwrap();
@@ -495,6 +504,12 @@ async fn at_sigterm_a_stream_ends_with_a_retry_hint() {
         .unwrap();
     assert!(
         metrics.lines().any(|l| l == "query_service_live_streams 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("query_service_live_tail_events_total ")),
         "{metrics}"
     );
     let pid = replica.child.id().to_string();
