@@ -203,16 +203,43 @@ async fn join<J: Join>(
     Ok(answered_here(&state).json(J::join(found, gathered)))
 }
 
+/// A gather's request, checked.
+struct GatherRequest<'a, G: Gather> {
+    key: String,
+    params: G::Params,
+    served: &'a Served,
+    token: Option<ConsistencyToken>,
+}
+
+fn gather_request<'a, G: Gather>(
+    request: &HttpRequest,
+    key: web::Path<String>,
+    state: &'a Serving,
+) -> Result<GatherRequest<'a, G>, QueryError> {
+    let key = checked(key.into_inner())?;
+    let params = G::params(&query_pairs(request)?).map_err(QueryError::BadQuery)?;
+    let served = state.served::<G::Model>()?;
+    let token = consistency_token(request, served)?;
+    Ok(GatherRequest {
+        key,
+        params,
+        served,
+        token,
+    })
+}
+
 /// `GET` a [`Gather`]'s key: every partition's part, merged.
 async fn gather<G: Gather>(
     request: HttpRequest,
     key: web::Path<String>,
     state: web::Data<Serving>,
 ) -> Result<HttpResponse, QueryError> {
-    let key = checked(key.into_inner())?;
-    let params = G::params(&query_pairs(&request)?).map_err(QueryError::BadQuery)?;
-    let served = state.served::<G::Model>()?;
-    let token = consistency_token(&request, served)?;
+    let GatherRequest {
+        key,
+        params,
+        served,
+        token,
+    } = gather_request::<G>(&request, key, &state)?;
     let answer = gathered::<G>(&state, served, &key, &params, token.as_ref()).await?;
     Ok(answered_here(&state).json(answer))
 }
@@ -223,10 +250,12 @@ async fn part_here<G: Gather>(
     key: web::Path<String>,
     state: web::Data<Serving>,
 ) -> Result<HttpResponse, QueryError> {
-    let key = checked(key.into_inner())?;
-    let params = G::params(&query_pairs(&request)?).map_err(QueryError::BadQuery)?;
-    let served = state.served::<G::Model>()?;
-    let token = consistency_token(&request, served)?;
+    let GatherRequest {
+        key,
+        params,
+        served,
+        token,
+    } = gather_request::<G>(&request, key, &state)?;
     let topic = served.topic(G::TOPIC)?;
     wait_for_on(&state, topic, token.as_ref()).await?;
     let part = local_part::<G>(&state, topic, key, params).await?;
