@@ -465,6 +465,28 @@ impl Aggregate for CustomerState {
     }
 }
 
+/// For the `parse_agreement` fuzz target: on any body, the fast way alone accepts exactly what
+/// the thorough way accepts, and as the same command, for every command of the domain.
+#[cfg(feature = "fuzzing")]
+pub fn fast_and_thorough_agree(body: &[u8]) -> Result<(), String> {
+    shared_events::validation::parses_agree(
+        body,
+        RegisterCustomer::parse_fast,
+        RegisterCustomer::parse_thorough,
+    )?;
+    shared_events::validation::parses_agree(
+        body,
+        ChangeEmail::parse_fast,
+        ChangeEmail::parse_thorough,
+    )?;
+    shared_events::validation::parses_agree(
+        body,
+        DeactivateCustomer::parse_fast,
+        DeactivateCustomer::parse_thorough,
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -592,6 +592,29 @@ impl Aggregate for OrderState {
     }
 }
 
+/// For the `parse_agreement` fuzz target: on any body, the fast way alone accepts exactly what
+/// the thorough way accepts, and as the same command, for every command of the domain.
+#[cfg(feature = "fuzzing")]
+pub fn fast_and_thorough_agree(body: &[u8]) -> Result<(), String> {
+    shared_events::validation::parses_agree(
+        body,
+        PlaceOrder::parse_fast,
+        PlaceOrder::parse_thorough,
+    )?;
+    shared_events::validation::parses_agree(body, PayOrder::parse_fast, PayOrder::parse_thorough)?;
+    shared_events::validation::parses_agree(
+        body,
+        ShipOrder::parse_fast,
+        ShipOrder::parse_thorough,
+    )?;
+    shared_events::validation::parses_agree(
+        body,
+        CancelOrder::parse_fast,
+        CancelOrder::parse_thorough,
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

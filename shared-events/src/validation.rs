@@ -214,6 +214,23 @@ pub fn parse_fast_or_thorough<C>(
     }
 }
 
+/// Whether the fast way alone accepts `body` exactly when the thorough way does, and as the
+/// same command: what [`parse_fast_or_thorough`] relies on. For fuzzing and tests.
+pub fn parses_agree<C: PartialEq + std::fmt::Debug>(
+    body: &[u8],
+    fast: impl Fn(&[u8]) -> Option<C>,
+    thorough: impl Fn(&[u8]) -> Result<C, CommandError>,
+) -> Result<(), String> {
+    let (quick, slow) = (fast(body), thorough(body).ok());
+    if quick == slow {
+        Ok(())
+    } else {
+        Err(format!(
+            "the fast way gives {quick:?}, the thorough way {slow:?}"
+        ))
+    }
+}
+
 /// An integer field's value when within `min..=max`.
 pub fn in_range(value: i64, min: i64, max: i64) -> Option<i64> {
     (min..=max).contains(&value).then_some(value)
