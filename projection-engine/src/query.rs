@@ -234,13 +234,9 @@ async fn gather<G: Gather>(
     key: web::Path<String>,
     state: web::Data<Serving>,
 ) -> Result<HttpResponse, QueryError> {
-    let GatherRequest {
-        key,
-        params,
-        served,
-        token,
-    } = gather_request::<G>(&request, key, &state)?;
-    let answer = gathered::<G>(&state, served, &key, &params, token.as_ref()).await?;
+    let asked = gather_request::<G>(&request, key, &state)?;
+    let token = asked.token.as_ref();
+    let answer = gathered::<G>(&state, asked.served, &asked.key, &asked.params, token).await?;
     Ok(answered_here(&state).json(answer))
 }
 
@@ -250,15 +246,10 @@ async fn part_here<G: Gather>(
     key: web::Path<String>,
     state: web::Data<Serving>,
 ) -> Result<HttpResponse, QueryError> {
-    let GatherRequest {
-        key,
-        params,
-        served,
-        token,
-    } = gather_request::<G>(&request, key, &state)?;
-    let topic = served.topic(G::TOPIC)?;
-    wait_for_on(&state, topic, token.as_ref()).await?;
-    let part = local_part::<G>(&state, topic, key, params).await?;
+    let asked = gather_request::<G>(&request, key, &state)?;
+    let topic = asked.served.topic(G::TOPIC)?;
+    wait_for_on(&state, topic, asked.token.as_ref()).await?;
+    let part = local_part::<G>(&state, topic, asked.key, asked.params).await?;
     Ok(answered_here(&state).json(part))
 }
 

@@ -144,6 +144,7 @@ impl StoreBatch {
 /// the events before it, as it would had each been written on its own.
 pub struct Staging<'a> {
     store: StoreViews<'a>,
+    /// The offsets; views and index keys join it when the batch is taken.
     batch: StoreBatch,
     views: std::collections::HashMap<String, Vec<u8>>,
     index: std::collections::BTreeSet<Vec<u8>>,
@@ -184,16 +185,11 @@ impl<'a> Staging<'a> {
         }
     }
 
-    /// Stages an event's changes.
+    /// Stages an event's changes. A view staged twice keeps its later value, as two writes
+    /// would leave it.
     pub fn absorb(&mut self, changes: EventChanges) {
-        for (key, value) in changes.views {
-            self.batch.put_view(&key, value.clone());
-            self.views.insert(key, value);
-        }
-        for key in changes.index {
-            self.batch.put_index(key.clone());
-            self.index.insert(key);
-        }
+        self.views.extend(changes.views);
+        self.index.extend(changes.index);
     }
 
     /// Records that everything before `next_offset` in `topic`/`partition` is applied.
@@ -201,9 +197,16 @@ impl<'a> Staging<'a> {
         self.batch.set_next_offset(topic, partition, next_offset);
     }
 
-    /// The batch to write.
+    /// The batch to write: each view's last staged value, the index keys, the offsets.
     pub fn into_batch(self) -> StoreBatch {
-        self.batch
+        let mut batch = self.batch;
+        for (key, value) in self.views {
+            batch.put_view(&key, value);
+        }
+        for key in self.index {
+            batch.put_index(key);
+        }
+        batch
     }
 }
 
