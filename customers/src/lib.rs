@@ -7,6 +7,8 @@
 //!   into events, and the state the command side folds from the events.
 //! - [`views`]: the customer as queries show them, folded from the same events.
 //! - [`queries`]: what the read model answers: a customer joined with their orders.
+//! - [`reports`]: folds over a range of the log for admins: registrations by month, and
+//!   customer cohorts over the customers and the orders topics.
 //!
 //! Guarantees: no command reaches [`commands::decide`] with an unchecked field (every offending
 //! field is named, not just the first); a customer is registered once, and only an active one
@@ -18,4 +20,5 @@ pub mod events;
 pub mod live;
 pub mod projection;
 pub mod queries;
+pub mod reports;
 pub mod views;

@@ -25,7 +25,7 @@ use crate::events::CustomerEvent;
 use crate::views::CustomerView;
 
 /// An event of either topic.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum CustomerFeed {
     Customer(CustomerEvent),
     Order(OrderEvent),

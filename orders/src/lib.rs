@@ -8,10 +8,12 @@
 //! - [`views`]: the order as queries show it, folded from the same events.
 //! - [`projection`]: the read model a query replica keeps of the orders topic.
 //! - [`queries`]: what the read model answers: an order by id, a customer's orders in pages.
+//! - [`reports`]: folds over a range of the orders topic for admins: orders month by month.
 
 pub mod commands;
 pub mod events;
 pub mod live;
 pub mod projection;
 pub mod queries;
+pub mod reports;
 pub mod views;

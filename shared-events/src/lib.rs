@@ -6,6 +6,8 @@
 //! - [`validation`]: the toolkit request bodies are checked with, naming every bad field.
 //! - [`view`]: the contract between a domain's read model and the projection engine
 //!   ([`view::ReadModel`]): how an event changes the views.
+//! - [`report`]: the contract between a domain's reports and the engine that runs them over
+//!   a fixed range of the log ([`report::Report`]): a fold, finished into a table.
 //! - [`event`]: the small trait a domain event implements to travel as Avro ([`AvroEvent`]).
 //! - [`binary`]: the Avro binary primitives an event writes its record with.
 //! - [`wire`]: the Confluent wire format (magic byte, 4-byte schema id, Avro body) through a
@@ -27,6 +29,7 @@ pub mod live;
 pub mod partitioner;
 pub mod position;
 pub mod query;
+pub mod report;
 #[cfg(feature = "testing")]
 pub mod strategies;
 pub mod validation;
