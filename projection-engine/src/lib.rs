@@ -16,6 +16,9 @@
 //! - [`cluster`]: who owns which partition, from the consumer group's description.
 //! - [`routing`]: answer here, forward once to the owner, or a retryable `503`.
 //! - [`opening`]: a projection opened once its topics exist, its runner on its own thread.
+//! - [`report`]: reports, the domains' folds over a fixed range of the log, run in the
+//!   background and kept in a compacted topic every replica reads.
+//! - [`access`]: the admin API's tokens (admin, read-only).
 //! - [`serving`], [`query`], [`catalog`], [`operations`], [`problem`], [`metrics`]: the HTTP
 //!   side, from the domains' query descriptions to problem+json answers.
 //!
@@ -29,6 +32,7 @@
 //!   ([`query`]).
 //! - A query is forwarded at most once, never to the forwarder ([`routing::route`]).
 
+pub mod access;
 pub mod catalog;
 pub mod cluster;
 pub mod live;
@@ -38,6 +42,7 @@ pub mod operations;
 pub mod problem;
 pub mod projection;
 pub mod query;
+pub mod report;
 pub mod routing;
 pub mod serving;
 pub mod store;

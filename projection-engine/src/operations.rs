@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use http_edge::Route;
 use http_edge::problem::Problem;
@@ -95,35 +94,6 @@ pub async fn metrics(state: web::Data<Serving>) -> HttpResponse {
     http_edge::health::openmetrics(state.metrics.render())
 }
 
-/// Compares in time independent of where the first difference is.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The token of an `Authorization: Bearer <token>` value; the scheme name is case-insensitive
-/// (RFC 9110 §11.1).
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim_start_matches(' '))
-}
-
-fn authorize(request: &HttpRequest, state: &Serving) -> Result<(), QueryError> {
-    let Some(expected) = &state.admin_token else {
-        return Err(QueryError::AdminDisabled);
-    };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
-    match presented {
-        Some(token) if same_secret(token.as_bytes(), expected.as_bytes()) => Ok(()),
-        _ => Err(QueryError::Unauthorized),
-    }
-}
-
 /// `GET /admin/cluster`: the response contract, built from the internal state explicitly.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ClusterAnswer {
@@ -202,7 +172,9 @@ pub async fn admin_cluster(
     request: HttpRequest,
     state: web::Data<Serving>,
 ) -> Result<HttpResponse, QueryError> {
-    authorize(&request, &state)?;
+    state
+        .access
+        .authorize(&request, crate::access::Role::Read, "read")?;
     let first = state.projections.first();
     let (slot, served): (_, &Served) = first
         .and_then(|slot| slot.served().map(|served| (slot, served)))
@@ -269,23 +241,4 @@ pub async fn admin_cluster(
             version_gaps: slot.stats.version_gaps.get(),
         },
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_compare() {
-        assert!(same_secret(b"abc", b"abc"));
-        assert!(!same_secret(b"abc", b"abd"));
-        assert!(!same_secret(b"abc", b"abcd"));
-    }
-
-    #[test]
-    fn the_bearer_scheme_is_case_insensitive() {
-        assert_eq!(bearer_token("Bearer t"), Some("t"));
-        assert_eq!(bearer_token("bearer  t"), Some("t"));
-        assert_eq!(bearer_token("Basic t"), None);
-    }
 }

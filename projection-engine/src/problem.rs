@@ -43,6 +43,16 @@ pub enum QueryError {
     AdminDisabled,
     #[error("a valid `Authorization: Bearer <admin token>` header is required")]
     Unauthorized,
+    #[error("the read-only admin token may read, not {0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    BadReport(String),
+    #[error("report {0} does not exist")]
+    ReportNotFound(String),
+    #[error("{0}")]
+    ReportNotDone(String),
+    #[error("{0}")]
+    TooManyReports(String),
     #[error("the local store failed")]
     Store(#[from] StoreError),
     #[error("the local store failed")]
@@ -93,6 +103,32 @@ pub mod types {
         StatusCode::FORBIDDEN,
         None,
     );
+    pub const FORBIDDEN: ProblemType =
+        ProblemType::new("forbidden", "Forbidden", StatusCode::FORBIDDEN, None);
+    pub const INVALID_REPORT_REQUEST: ProblemType = ProblemType::new(
+        "invalid-report-request",
+        "Invalid report request",
+        StatusCode::BAD_REQUEST,
+        None,
+    );
+    pub const REPORT_NOT_FOUND: ProblemType = ProblemType::new(
+        "report-not-found",
+        "Report not found",
+        StatusCode::NOT_FOUND,
+        None,
+    );
+    pub const REPORT_NOT_DONE: ProblemType = ProblemType::new(
+        "report-not-done",
+        "Report not done",
+        StatusCode::CONFLICT,
+        None,
+    );
+    pub const TOO_MANY_REPORTS: ProblemType = ProblemType::new(
+        "too-many-reports",
+        "Too many reports",
+        StatusCode::TOO_MANY_REQUESTS,
+        Some(10),
+    );
     pub const NOT_FOUND: ProblemType = http_edge::problem::NOT_FOUND;
     pub const METHOD_NOT_ALLOWED: ProblemType = http_edge::problem::METHOD_NOT_ALLOWED;
     pub const STORE_FAILURE: ProblemType = ProblemType::new(
@@ -123,6 +159,11 @@ pub mod types {
         TOO_MANY_STREAMS,
         UNAUTHORIZED,
         ADMIN_DISABLED,
+        FORBIDDEN,
+        INVALID_REPORT_REQUEST,
+        REPORT_NOT_FOUND,
+        REPORT_NOT_DONE,
+        TOO_MANY_REPORTS,
         NOT_FOUND,
         METHOD_NOT_ALLOWED,
         STORE_FAILURE,
@@ -151,6 +192,11 @@ impl QueryError {
             Self::ConsistencyTimeout { .. } => CONSISTENCY_TIMEOUT,
             Self::AdminDisabled => ADMIN_DISABLED,
             Self::Unauthorized => UNAUTHORIZED,
+            Self::Forbidden(_) => FORBIDDEN,
+            Self::BadReport(_) => INVALID_REPORT_REQUEST,
+            Self::ReportNotFound(_) => REPORT_NOT_FOUND,
+            Self::ReportNotDone(_) => REPORT_NOT_DONE,
+            Self::TooManyReports(_) => TOO_MANY_REPORTS,
             Self::Store(_) | Self::View(_) => STORE_FAILURE,
         }
     }

@@ -100,7 +100,10 @@ pub struct Serving {
     pub consistency_wait: Duration,
     /// Readiness: how many committed records an owned partition may lag.
     pub max_ready_lag: i64,
-    pub admin_token: Option<String>,
+    /// Who may use the admin API.
+    pub access: crate::access::Access,
+    /// The reports this replica runs and shows, if it serves the reports API.
+    pub reports: Option<Arc<crate::report::scheduler::Scheduler>>,
     /// The live streams' state, if this replica serves them.
     pub live: Option<Arc<crate::live::tail::Live>>,
 }

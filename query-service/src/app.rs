@@ -15,15 +15,19 @@ use crate::projection::{Decoder, ProjectionStats, namespace};
 use crate::store::{Store, StoreError};
 use customers::events::CustomerEvent;
 use customers::live::CommerceTimeline;
-use customers::projection::CustomersProjection;
+use customers::projection::{CustomerFeed, CustomersProjection};
 use orders::events::OrderEvent;
 use orders::projection::OrdersProjection;
+use projection_engine::access::Access;
 use projection_engine::cluster;
 use projection_engine::live::tail::{self, Limits, Live, Tail};
 use projection_engine::metrics::Metrics;
 use projection_engine::opening::{
     Environment, OpenError, Opening, ProjectionThread, TwoTopics, wait_for_topic,
 };
+use projection_engine::report::catalog::DecoderFor;
+use projection_engine::report::ledger;
+use projection_engine::report::scheduler::{self, Scheduler, Setup};
 use projection_engine::routing::Forwarder;
 use projection_engine::serving::{Serving, Slot};
 
@@ -63,6 +67,7 @@ pub struct Application {
     /// catches up.
     projections: Vec<ProjectionThread>,
     slots: Vec<Arc<Slot>>,
+    reports: Option<Arc<Scheduler>>,
     grace: Duration,
 }
 
@@ -118,6 +123,106 @@ fn customers_and_orders(
             second: EventCodec::new(registry.sr_settings(timeout)?, &orders_topic)?,
         })
     })
+}
+
+/// The decoders of the topics' records, one per event type the reports are fed.
+#[derive(Debug, Clone)]
+pub struct Decoders {
+    registry: service_config::RegistryArgs,
+    timeout: Duration,
+    orders_topic: String,
+    customers_topic: String,
+}
+
+impl Decoders {
+    fn codec<E: shared_events::AvroEvent>(&self, topic: &str) -> Result<EventCodec<E>, OpenError> {
+        Ok(EventCodec::new(
+            self.registry.sr_settings(self.timeout)?,
+            topic,
+        )?)
+    }
+}
+
+impl DecoderFor<OrderEvent> for Decoders {
+    type Decoder = EventCodec<OrderEvent>;
+    fn decoder(&self) -> Result<Self::Decoder, OpenError> {
+        self.codec(&self.orders_topic)
+    }
+}
+
+impl DecoderFor<CustomerEvent> for Decoders {
+    type Decoder = EventCodec<CustomerEvent>;
+    fn decoder(&self) -> Result<Self::Decoder, OpenError> {
+        self.codec(&self.customers_topic)
+    }
+}
+
+impl DecoderFor<CustomerFeed> for Decoders {
+    type Decoder = TwoTopics<CustomerEvent, OrderEvent>;
+    fn decoder(&self) -> Result<Self::Decoder, OpenError> {
+        Ok(TwoTopics {
+            first_topic: self.customers_topic.clone(),
+            first: self.codec(&self.customers_topic)?,
+            second: self.codec(&self.orders_topic)?,
+        })
+    }
+}
+
+/// Starts the reports: their ledger topic (created if it does not exist), the ledger followed,
+/// runs claimed and started. Without the topic the replica serves no reports, and says why.
+async fn reports(
+    config: &Config,
+    env: &Environment,
+    replica_id: &str,
+    shutdown: &CancellationToken,
+) -> Option<Arc<Scheduler>> {
+    let kafka = config.kafka.client_config();
+    let timeout = env.kafka_timeout;
+    if let Err(error) = ledger::create_topic(
+        &kafka,
+        &config.reports_topic,
+        config.reports_topic_replication,
+        timeout,
+    )
+    .await
+    {
+        tracing::error!(%error, topic = %config.reports_topic, "the reports topic is not there; this replica runs no reports");
+        return None;
+    }
+    let decoders = Decoders {
+        registry: config.registry.clone(),
+        timeout: Duration::from_millis(config.registry_timeout_ms),
+        orders_topic: config.topic.clone(),
+        customers_topic: config.customers_topic.clone(),
+    };
+    let setup = Setup {
+        reports: crate::api::reports(decoders).into_reports(),
+        topics: [
+            ("orders", config.topic.clone()),
+            ("customers", config.customers_topic.clone()),
+        ]
+        .into_iter()
+        .collect(),
+        consumer: env.consumer.clone(),
+        ledger_topic: config.reports_topic.clone(),
+        replica: replica_id.to_owned(),
+        timeout,
+        limits: scheduler::Limits {
+            max_running: config.reports_max_running,
+            max_queued: config.reports_max_queued,
+            max_events_per_second: config.reports_max_events_per_second,
+            heartbeat: Duration::from_secs(1),
+            stale_after: Duration::from_millis(config.reports_stale_ms),
+            max_attempts: config.reports_max_attempts,
+        },
+    };
+    match Scheduler::start(setup, shutdown.clone()) {
+        Ok(scheduler) => Some(scheduler),
+        Err(error) => {
+            tracing::error!(%error, "the reports could not start; this replica runs no reports");
+            None
+        }
+    }
 }
 
 /// Starts the live tail: every partition of the orders and customers topics, once per replica,
@@ -300,6 +405,7 @@ impl Application {
             shutdown.clone(),
         ));
         threads.push(live_tail(&config, &environment, &live, &shutdown)?);
+        let reports = reports(&config, &environment, &replica_id, &shutdown).await;
 
         let catalog = crate::api::catalog();
         let table = crate::api::table(&catalog);
@@ -317,8 +423,12 @@ impl Application {
             replica_id,
             consistency_wait: Duration::from_millis(config.consistency_wait_ms),
             max_ready_lag: config.max_ready_lag,
-            admin_token: config.admin_token.clone(),
+            access: Access {
+                admin_token: config.admin_token.clone(),
+                read_token: config.admin_read_token.clone(),
+            },
             live: Some(Arc::clone(&live)),
+            reports: reports.clone(),
         });
         let live = web::Data::from(live);
         let server = HttpServer::new(move || {
@@ -345,6 +455,7 @@ impl Application {
             shutdown,
             projections: threads,
             slots,
+            reports,
             grace,
         })
     }
@@ -384,6 +495,10 @@ impl Application {
             }
         };
         self.shutdown.cancel();
+        // Reports hand their runs back to the ledger, for another replica to claim at once.
+        if let Some(reports) = &self.reports {
+            reports.stopped(deadline).await;
+        }
         for mut projection in self.projections {
             while !projection.is_finished() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;

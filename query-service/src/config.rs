@@ -66,6 +66,33 @@ pub struct Config {
     /// Bearer token of the `/admin` API; without it the admin API answers 403.
     #[arg(long, env = "QUERY_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
+    /// A read-only bearer token of the `/admin` API: it reads reports and the cluster view,
+    /// and starts or cancels nothing (`403`).
+    #[arg(long, env = "QUERY_ADMIN_READ_TOKEN")]
+    pub admin_read_token: Option<String>,
+    /// The compacted topic that keeps the reports' runs and results, shared by every replica of
+    /// a deployment; created at start if it does not exist.
+    #[arg(long, env = "QUERY_REPORTS_TOPIC", default_value = "query-reports")]
+    pub reports_topic: String,
+    /// Replicas of the reports topic when it is created; -1 takes the cluster's default.
+    #[arg(long, env = "QUERY_REPORTS_TOPIC_REPLICATION", default_value_t = -1, allow_negative_numbers = true)]
+    pub reports_topic_replication: i32,
+    /// Reports running at once on this replica.
+    #[arg(long, env = "QUERY_REPORTS_MAX_RUNNING", default_value_t = 2)]
+    pub reports_max_running: usize,
+    /// Reports waiting on this replica beyond those running; beyond, `429`.
+    #[arg(long, env = "QUERY_REPORTS_MAX_QUEUED", default_value_t = 8)]
+    pub reports_max_queued: usize,
+    /// Events per second one report reads at most; none: as fast as it can.
+    #[arg(long, env = "QUERY_REPORTS_MAX_EVENTS_PER_SECOND")]
+    pub reports_max_events_per_second: Option<u64>,
+    /// How long a report's record may go unchanged before another replica takes the report
+    /// over, in milliseconds; its owner refreshes it every second.
+    #[arg(long, env = "QUERY_REPORTS_STALE_MS", default_value_t = 10_000)]
+    pub reports_stale_ms: u64,
+    /// Times a report is run before one lost again is marked interrupted.
+    #[arg(long, env = "QUERY_REPORTS_MAX_ATTEMPTS", default_value_t = 3)]
+    pub reports_max_attempts: u32,
     /// `/health/ready` is ready only when every owned partition lags by at most this many records.
     #[arg(long, env = "QUERY_MAX_READY_LAG", default_value_t = 1_000)]
     pub max_ready_lag: i64,
@@ -113,6 +140,20 @@ impl std::fmt::Debug for Config {
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
             )
+            .field(
+                "admin_read_token",
+                &self.admin_read_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("reports_topic", &self.reports_topic)
+            .field("reports_topic_replication", &self.reports_topic_replication)
+            .field("reports_max_running", &self.reports_max_running)
+            .field("reports_max_queued", &self.reports_max_queued)
+            .field(
+                "reports_max_events_per_second",
+                &self.reports_max_events_per_second,
+            )
+            .field("reports_stale_ms", &self.reports_stale_ms)
+            .field("reports_max_attempts", &self.reports_max_attempts)
             .field("session_timeout_ms", &self.session_timeout_ms)
             .field("kafka_timeout_ms", &self.kafka_timeout_ms)
             .field("topic_wait_ms", &self.topic_wait_ms)
@@ -187,8 +228,34 @@ impl Config {
         {
             return fail("advertised url must start with http:// or https://");
         }
-        if self.admin_token.as_deref().is_some_and(|t| t.len() < 8) {
-            return fail("the admin token must be at least 8 characters");
+        if self.admin_token.as_deref().is_some_and(|t| t.len() < 8)
+            || self
+                .admin_read_token
+                .as_deref()
+                .is_some_and(|t| t.len() < 8)
+        {
+            return fail("admin tokens must be at least 8 characters");
+        }
+        if self.admin_read_token.is_some() && self.admin_read_token == self.admin_token {
+            return fail("the read-only token must differ from the admin token");
+        }
+        if self.reports_topic.is_empty()
+            || [&self.topic, &self.customers_topic].contains(&&self.reports_topic)
+        {
+            return fail("the reports topic must be non-empty and not an events topic");
+        }
+        if self.reports_max_running == 0
+            || self.reports_max_attempts == 0
+            || self.reports_max_events_per_second == Some(0)
+            || self.reports_topic_replication == 0
+            || self.reports_topic_replication < -1
+        {
+            return fail(
+                "reports need at least one running, one attempt, a positive events-per-second limit if any, and a replication of -1 or at least 1",
+            );
+        }
+        if self.reports_stale_ms < 3_000 {
+            return fail("the reports' stale time must be at least 3000 ms (three heartbeats)");
         }
         if self.max_ready_lag < 0 || self.forward_timeout_ms == 0 || self.cluster_refresh_ms == 0 {
             return fail("max ready lag must be >= 0 and the forward timeout and refresh positive");
@@ -266,6 +333,7 @@ mod tests {
     fn the_admin_token_is_never_printed() {
         let mut c = Config::defaults();
         c.admin_token = Some("s3cret-token".into());
+        c.admin_read_token = Some("s3cret-reader".into());
         let printed = format!("{c:?}");
         assert!(!printed.contains("s3cret"), "{printed}");
         assert!(printed.contains("<redacted>"));

@@ -16,6 +16,10 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
     ),
     paths(
         projection_engine::operations::admin_cluster,
+        projection_engine::report::routes::submit,
+        projection_engine::report::routes::list,
+        projection_engine::report::routes::show,
+        projection_engine::report::routes::cancel,
         http_edge::health::live,
         projection_engine::operations::ready,
         projection_engine::operations::metrics,
@@ -25,7 +29,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         (name = "orders", description = "Order queries"),
         (name = "customers", description = "Customer queries"),
         (name = "live", description = "Live streams (Server-Sent Events) and the pages that follow them"),
-        (name = "admin", description = "For operators: `Authorization: Bearer <admin token>`"),
+        (name = "admin", description = "For operators: `Authorization: Bearer <admin token>`; the read-only token may read, not act"),
         (name = "internal", description = "Between replicas"),
         (name = "operations", description = "Health and metrics"),
     )

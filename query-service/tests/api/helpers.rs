@@ -66,6 +66,12 @@ impl Commands {
 }
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const READ_TOKEN: &str = "test-read-token";
+
+/// The reports topic of a test's replicas.
+pub fn reports_topic(orders_topic: &str) -> String {
+    format!("{orders_topic}-reports")
+}
 
 /// The customers topic that goes with a test's orders topic.
 pub fn customers_topic(orders_topic: &str) -> String {
@@ -113,6 +119,8 @@ impl Replica {
         config.replica_id = Some(id.to_owned());
         config.session_timeout_ms = 6_000;
         config.admin_token = Some(ADMIN_TOKEN.into());
+        config.admin_read_token = Some(READ_TOKEN.into());
+        config.reports_topic = reports_topic(topic);
         config.cluster_refresh_ms = 500;
         config
     }
@@ -318,6 +326,8 @@ pub fn start_process_with(
         .env("QUERY_SESSION_TIMEOUT_MS", "6000")
         .env("QUERY_CLUSTER_REFRESH_MS", "500")
         .env("QUERY_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("QUERY_ADMIN_READ_TOKEN", READ_TOKEN)
+        .env("QUERY_REPORTS_TOPIC", reports_topic(topic))
         .env("ORDERS_TOPIC", topic)
         .env("CUSTOMERS_TOPIC", customers_topic(topic))
         .env("KAFKA_BOOTSTRAP", env("KAFKA_BOOTSTRAP"))

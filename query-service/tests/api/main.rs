@@ -9,4 +9,5 @@ mod end_to_end;
 mod helpers;
 mod live;
 mod openapi;
+mod reports;
 mod secured;

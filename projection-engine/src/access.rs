@@ -1,0 +1,140 @@
+//! Who may use the admin API: the admin token may do anything; the read-only token, if one is
+//! configured, may read (`GET`) what the admin API shows but start, cancel or rebuild nothing.
+
+use actix_web::HttpRequest;
+use actix_web::http::header;
+
+use crate::problem::QueryError;
+
+/// What a request may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Read,
+    Admin,
+}
+
+/// The admin API's tokens; without an admin token the admin API is off.
+#[derive(Clone, Default)]
+pub struct Access {
+    pub admin_token: Option<String>,
+    pub read_token: Option<String>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |token: &Option<String>| token.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Access")
+            .field("admin_token", &shown(&self.admin_token))
+            .field("read_token", &shown(&self.read_token))
+            .finish()
+    }
+}
+
+impl Access {
+    /// The request's role if it is at least `needed`: `401` without a valid token, `403` for
+    /// the read-only token asking to `act`.
+    pub fn authorize(
+        &self,
+        request: &HttpRequest,
+        needed: Role,
+        act: &'static str,
+    ) -> Result<Role, QueryError> {
+        let Some(admin) = &self.admin_token else {
+            return Err(QueryError::AdminDisabled);
+        };
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer_token)
+            .ok_or(QueryError::Unauthorized)?;
+        let role = if same_secret(presented.as_bytes(), admin.as_bytes()) {
+            Role::Admin
+        } else if self
+            .read_token
+            .as_deref()
+            .is_some_and(|read| same_secret(presented.as_bytes(), read.as_bytes()))
+        {
+            Role::Read
+        } else {
+            return Err(QueryError::Unauthorized);
+        };
+        if role < needed {
+            return Err(QueryError::Forbidden(act));
+        }
+        Ok(role)
+    }
+}
+
+/// Compares in time independent of where the first difference is.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme name is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::test::TestRequest;
+
+    use super::*;
+
+    #[test]
+    fn secrets_compare() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer t0k"), Some("t0k"));
+        assert_eq!(bearer_token("bearer t0k"), Some("t0k"));
+        assert_eq!(bearer_token("Basic t0k"), None);
+    }
+
+    #[test]
+    fn roles_are_granted_by_token() {
+        let access = Access {
+            admin_token: Some("admin-token".into()),
+            read_token: Some("read-token".into()),
+        };
+        let with = |token: &str| {
+            TestRequest::default()
+                .insert_header((header::AUTHORIZATION, format!("Bearer {token}")))
+                .to_http_request()
+        };
+        assert_eq!(
+            access
+                .authorize(&with("admin-token"), Role::Admin, "start")
+                .ok(),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            access
+                .authorize(&with("read-token"), Role::Read, "read")
+                .ok(),
+            Some(Role::Read)
+        );
+        assert!(matches!(
+            access.authorize(&with("read-token"), Role::Admin, "start"),
+            Err(QueryError::Forbidden(_))
+        ));
+        assert!(matches!(
+            access.authorize(&with("nope"), Role::Read, "read"),
+            Err(QueryError::Unauthorized)
+        ));
+        let off = Access::default();
+        assert!(matches!(
+            off.authorize(&with("admin-token"), Role::Read, "read"),
+            Err(QueryError::AdminDisabled)
+        ));
+    }
+}

@@ -1,0 +1,240 @@
+//! Reading a report's range and folding it: an assigned, read-committed consumer (never a
+//! member of any group, so no replica's partitions move), each partition from its start to
+//! its end and not one record further.
+//!
+//! - Exactly the range: records at or past a partition's end are dropped and the partition
+//!   paused; a partition is done when the consumer's position reaches its end, which also
+//!   counts the transaction markers and aborted records the consumer skips without handing
+//!   them over.
+//! - Progress counts log positions passed, so it reaches the total exactly when every
+//!   partition is done, and never moves back.
+//! - Cancellation is checked between batches and while waiting: a cancelled run stops within
+//!   one batch.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use shared_events::report::Report;
+use tokio_util::sync::CancellationToken;
+
+use super::range::{Offsets, Span, Window};
+use crate::opening::OpenError;
+use crate::projection::{Decoder, decode_retrying, ready_batch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Open(OpenError),
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// How far a run has read: log positions passed, and events folded.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub read: AtomicU64,
+    pub events: AtomicU64,
+}
+
+impl Progress {
+    pub fn read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+}
+
+/// A finished fold: the table as JSON, and what it covered.
+#[derive(Debug)]
+pub struct Fold {
+    pub table: serde_json::Value,
+    /// Events folded.
+    pub events: u64,
+    /// Records that did not decode, left out.
+    pub undecodable: u64,
+}
+
+/// One run's reading: where, how fast, and how it is stopped.
+#[allow(missing_debug_implementations)]
+pub struct Reading<'a> {
+    /// The consumer settings (bootstrap, security) the run's consumer starts from.
+    pub consumer: ClientConfig,
+    /// The group id librdkafka needs to assign partitions; never joined, never committed to.
+    pub group: String,
+    pub offsets: &'a Offsets,
+    /// Of the records between the offsets, those kept.
+    pub window: Window,
+    pub progress: &'a Progress,
+    pub cancel: &'a CancellationToken,
+    /// Events per second at most, if limited.
+    pub limit: Option<u64>,
+}
+
+/// Where one partition is.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    span: Span,
+    next: i64,
+}
+
+impl Cursor {
+    fn done(self) -> bool {
+        self.next >= self.span.end
+    }
+
+    fn passed(self) -> u64 {
+        u64::try_from(self.next.min(self.span.end) - self.span.start).unwrap_or(0)
+    }
+}
+
+impl Reading<'_> {
+    /// Folds the range with report `R`.
+    pub async fn fold<R: Report, D: Decoder<R::Event>>(
+        self,
+        decoder: &D,
+    ) -> Result<Fold, RunError> {
+        let consumer: StreamConsumer = self
+            .consumer
+            .clone()
+            .set("group.id", &self.group)
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // A start the log no longer holds (retention) reads what it still holds.
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        let mut cursors: BTreeMap<(String, i32), Cursor> = BTreeMap::new();
+        let mut assignment = TopicPartitionList::new();
+        for (topic, spans) in self.offsets {
+            for (partition, span) in spans {
+                cursors.insert(
+                    (topic.clone(), *partition),
+                    Cursor {
+                        span: *span,
+                        next: span.start,
+                    },
+                );
+                if !span.is_empty() {
+                    assignment.add_partition_offset(
+                        topic,
+                        *partition,
+                        Offset::Offset(span.start),
+                    )?;
+                }
+            }
+        }
+        consumer.assign(&assignment)?;
+        let mut state = R::State::default();
+        let (mut events, mut undecodable) = (0u64, 0u64);
+        let started = Instant::now();
+        loop {
+            self.note(&cursors);
+            if cursors.values().all(|c| c.done()) {
+                break;
+            }
+            let first = tokio::select! {
+                () = self.cancel.cancelled() => return Err(RunError::Cancelled),
+                received = tokio::time::timeout(Duration::from_millis(100), consumer.recv()) => received,
+            };
+            let batch = match first {
+                Ok(Ok(message)) => ready_batch(&consumer, message).await,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "report: consumer error");
+                    Vec::new()
+                }
+                Err(_) => Vec::new(),
+            };
+            let mut finished = TopicPartitionList::new();
+            for message in &batch {
+                let key = (message.topic().to_owned(), message.partition());
+                let Some(cursor) = cursors.get_mut(&key) else {
+                    continue;
+                };
+                if cursor.done() || message.offset() >= cursor.span.end {
+                    continue;
+                }
+                cursor.next = message.offset() + 1;
+                if cursor.done() {
+                    finished.add_partition(&key.0, key.1);
+                }
+                if !self.window.keeps(message.timestamp().to_millis()) {
+                    continue;
+                }
+                let decoded = decode_retrying(
+                    decoder,
+                    message.topic(),
+                    message.payload(),
+                    self.cancel,
+                    |_| {},
+                )
+                .await;
+                match decoded {
+                    Some(event) => {
+                        R::apply(&mut state, &event);
+                        events += 1;
+                    }
+                    None if self.cancel.is_cancelled() => return Err(RunError::Cancelled),
+                    None => undecodable += 1,
+                }
+            }
+            // Past the markers and aborted records the consumer skipped without a message.
+            if let Ok(positions) = consumer.position() {
+                for element in positions.elements() {
+                    if let (Offset::Offset(next), Some(cursor)) = (
+                        element.offset(),
+                        cursors.get_mut(&(element.topic().to_owned(), element.partition())),
+                    ) && !cursor.done()
+                        && next > cursor.next
+                    {
+                        cursor.next = next;
+                        if cursor.done() {
+                            finished.add_partition(element.topic(), element.partition());
+                        }
+                    }
+                }
+            }
+            if finished.count() > 0 {
+                // Done partitions fetch nothing more.
+                let _ = consumer.pause(&finished);
+            }
+            self.progress.events.store(events, Ordering::Relaxed);
+            self.throttle(started, &cursors).await?;
+        }
+        self.note(&cursors);
+        self.progress.events.store(events, Ordering::Relaxed);
+        Ok(Fold {
+            table: R::table(state).to_json(),
+            events,
+            undecodable,
+        })
+    }
+
+    fn note(&self, cursors: &BTreeMap<(String, i32), Cursor>) {
+        let read = cursors.values().map(|c| c.passed()).sum();
+        self.progress.read.fetch_max(read, Ordering::Relaxed);
+    }
+
+    /// Sleeps while the run is ahead of its events-per-second limit.
+    async fn throttle(
+        &self,
+        started: Instant,
+        cursors: &BTreeMap<(String, i32), Cursor>,
+    ) -> Result<(), RunError> {
+        let Some(limit) = self.limit.filter(|l| *l > 0) else {
+            return Ok(());
+        };
+        let read: u64 = cursors.values().map(|c| c.passed()).sum();
+        #[allow(clippy::cast_precision_loss)]
+        let due = started + Duration::from_secs_f64(read as f64 / limit as f64);
+        tokio::select! {
+            () = self.cancel.cancelled() => Err(RunError::Cancelled),
+            () = tokio::time::sleep_until(due.into()) => Ok(()),
+        }
+    }
+}
