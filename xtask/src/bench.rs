@@ -4,6 +4,8 @@
 //! - `commands`: the command service vs `kafka-producer-perf-test` (plain and transactional);
 //! - `queries`: replica reads (local and forwarded) vs a static HTTP handler, projection replay
 //!   vs `kafka-consumer-perf-test`, and command → query visibility latency;
+//! - `replay`: millions of events: a report and a replay into an empty store vs
+//!   `kafka-consumer-perf-test`, and GET latency without and during a report;
 //! - `live`: many open live streams on one replica under a fixed command rate: ack → received
 //!   latency vs GET visibility, memory per stream, CPU per pushed event.
 
@@ -11,6 +13,7 @@ pub(crate) mod commands;
 pub(crate) mod cpu;
 pub(crate) mod live;
 pub(crate) mod queries;
+pub(crate) mod replay;
 
 use std::process::Command;
 use std::time::Duration;

@@ -4,6 +4,8 @@
 //!   two query replicas) and stops it on Ctrl-C;
 //! - `cargo xtask test` runs the whole test suite against an ephemeral broker and registry that
 //!   it starts and always stops;
+//! - `cargo xtask report <name>` starts a report on a query replica, shows its progress and
+//!   prints its table;
 //! - `cargo xtask doctor` checks this machine's prerequisites (`dev`, `test` and `bench` run it
 //!   first, so a missing piece fails in seconds, not minutes into a build).
 
@@ -12,6 +14,7 @@ mod compose;
 mod layers;
 mod load;
 mod python;
+mod report;
 mod workspace;
 
 use std::io::{BufRead, BufReader};
@@ -42,6 +45,8 @@ enum Bench {
     Commands(bench::commands::CommandBench),
     /// Replica reads (local, forwarded) vs a static handler, replay vs raw consume, visibility.
     Queries(bench::queries::QueryBench),
+    /// Reports and replay over millions of events vs raw consume; GET p99 during a report.
+    Replay(bench::replay::ReplayBench),
     /// Live streams: ack → received latency vs GET visibility, memory per stream, CPU per event.
     Live(bench::live::LiveBench),
 }
@@ -65,6 +70,8 @@ enum Task {
     /// Run a benchmark (release builds, private broker) and print its figures.
     #[command(subcommand)]
     Bench(Bench),
+    /// Start a report on a query replica, follow its progress, print its table.
+    Report(report::ReportArgs),
     /// Run every test against an ephemeral Kafka and schema registry.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
@@ -104,6 +111,9 @@ fn run(ws: &Workspace, command: Task, interrupted: &AtomicBool) -> anyhow::Resul
             ExitCode::FAILURE
         });
     }
+    if let Task::Report(args) = &command {
+        return report::run(args);
+    }
     if matches!(command, Task::Layers) {
         layers::check(ws)?;
         println!("the layering rule holds");
@@ -111,7 +121,7 @@ fn run(ws: &Workspace, command: Task, interrupted: &AtomicBool) -> anyhow::Resul
     }
     prerequisites()?;
     match command {
-        Task::Doctor | Task::Layers => Ok(ExitCode::SUCCESS),
+        Task::Doctor | Task::Layers | Task::Report(_) => Ok(ExitCode::SUCCESS),
         Task::Dev { wipe, infra_only } => dev(ws, wipe, infra_only, interrupted),
         Task::Test { cargo_args } => test(ws, &cargo_args),
         // The load generator must not be the bottleneck: an unoptimised build of it (reqwest,
@@ -124,6 +134,9 @@ fn run(ws: &Workspace, command: Task, interrupted: &AtomicBool) -> anyhow::Resul
             bench::queries::run(ws, &args).map(|()| ExitCode::SUCCESS)
         }
         Task::Bench(Bench::Live(args)) => bench::live::run(ws, &args).map(|()| ExitCode::SUCCESS),
+        Task::Bench(Bench::Replay(args)) => {
+            bench::replay::run(ws, &args).map(|()| ExitCode::SUCCESS)
+        }
     }
 }
 

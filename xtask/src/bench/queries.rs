@@ -97,7 +97,11 @@ fn get_many(ids: &[String], base: &str) -> anyhow::Result<load::RequestFactory> 
 
 /// `kafka-consumer-perf-test` over the whole topic: messages/s over the whole run (group join
 /// included, as in our replay figure) and while fetching only.
-fn consumer_perf_test(stack: &BenchStack, messages: u64) -> anyhow::Result<(f64, f64, String)> {
+pub(crate) fn consumer_perf_test(
+    stack: &BenchStack,
+    topic: &str,
+    messages: u64,
+) -> anyhow::Result<(f64, f64, String)> {
     let config = tempfile::NamedTempFile::new()?;
     std::fs::write(config.path(), "isolation.level=read_committed\n")?;
     let output = Command::new("java")
@@ -108,7 +112,7 @@ fn consumer_perf_test(stack: &BenchStack, messages: u64) -> anyhow::Result<(f64,
             "org.apache.kafka.tools.ConsumerPerformance",
         ])
         .args(["--bootstrap-server", &stack.broker.bootstrap()])
-        .args(["--topic", TOPIC])
+        .args(["--topic", topic])
         .args(["--messages", &messages.to_string()])
         .args(["--timeout", "60000"])
         .arg("--consumer.config")
@@ -295,7 +299,7 @@ pub(crate) fn run(ws: &Workspace, args: &QueryBench) -> anyhow::Result<()> {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let messages = total as u64;
             eprintln!("baseline: kafka-consumer-perf-test over the topic's {messages} events ...");
-            let raw = consumer_perf_test(&stack, messages)?;
+            let raw = consumer_perf_test(&stack, TOPIC, messages)?;
             eprintln!("replaying {total:.0} events into an empty replica ...");
             // Measured from the process start: start-up and group join are part of a rebuild.
             let started = Instant::now();

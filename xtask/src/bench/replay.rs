@@ -1,0 +1,315 @@
+//! `cargo xtask bench replay`: a topic of millions of order events, then
+//! - `kafka-consumer-perf-test` over it (read-committed): the raw consume rate, the baseline;
+//! - a replay into an empty replica (its orders projection from the beginning): the rebuild
+//!   rate;
+//! - the `monthly-orders` report over it, on that replica: the report rate;
+//! - GET latency at a fixed rate on the same replica, without a report and during one.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use orders::events::{Envelope, LineItem, OrderEvent, OrderPayload};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde_json::{Value, json};
+
+use super::{ADMIN_TOKEN, BenchStack, metric_value};
+use crate::load;
+use crate::workspace::Workspace;
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ReplayBench {
+    /// Events in the topic (orders placed, paid, shipped or cancelled, over 24 months).
+    #[arg(long, default_value_t = 5_000_000)]
+    events: u64,
+    /// GET requests per second during the latency phases.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u64,
+    /// Seconds of GET load without a report.
+    #[arg(long, default_value_t = 15)]
+    duration: u64,
+}
+
+const TOPIC: &str = "bench-replay";
+const PARTITIONS: u32 = 6;
+/// 2025-01-01T00:00:00Z.
+const START_MS: i64 = 1_735_689_600_000;
+const MONTH_MS: i64 = 30 * 86_400_000;
+
+/// Order `n`'s events: placed, then paid (4 in 5), then shipped or cancelled (by turns).
+fn order_events(n: u64) -> Vec<OrderEvent> {
+    let id = format!("o-{n:08}");
+    #[allow(clippy::cast_possible_wrap)]
+    let at = START_MS + ((n as i64 * 7_919) % (24 * MONTH_MS / 1_000)) * 1_000;
+    let envelope = |version: i64| Envelope {
+        event_id: format!("{id}-{version}"),
+        aggregate_id: id.clone(),
+        aggregate_version: version,
+        occurred_at_ms: at + version * 3_600_000,
+        command_id: format!("k-{id}-{version}"),
+        idempotency_key: None,
+        correlation_id: format!("c-{id}"),
+    };
+    let mut events = vec![OrderEvent {
+        envelope: envelope(1),
+        payload: OrderPayload::Placed {
+            customer_id: format!("c-{}", n % 200_000),
+            currency: if n.is_multiple_of(3) { "USD" } else { "EUR" }.into(),
+            items: vec![LineItem {
+                sku: "A-1".into(),
+                quantity: 1,
+                unit_price_cents: 1_250,
+            }],
+            total_cents: 1_250,
+        },
+    }];
+    if !n.is_multiple_of(5) {
+        events.push(OrderEvent {
+            envelope: envelope(2),
+            payload: OrderPayload::Paid {
+                amount_cents: 1_250,
+                payment_ref: format!("p-{n}"),
+            },
+        });
+        events.push(OrderEvent {
+            envelope: envelope(3),
+            payload: if n.is_multiple_of(2) {
+                OrderPayload::Shipped {
+                    carrier: "post".into(),
+                    tracking_number: format!("t-{n}"),
+                }
+            } else {
+                OrderPayload::Cancelled {
+                    reason: "changed my mind".into(),
+                }
+            },
+        });
+    }
+    events
+}
+
+/// Writes at least `events` order events straight to the topic, as fast as the broker takes
+/// them (the command service's path is `bench commands`'s business); the count written.
+async fn fill(stack: &BenchStack, events: u64) -> anyhow::Result<u64> {
+    let registry = service_config::RegistryArgs::plain(stack.registry_url.clone());
+    let codec: shared_events::EventCodec<OrderEvent> =
+        shared_events::EventCodec::new(registry.sr_settings(Duration::from_secs(10))?, TOPIC)?;
+    let producer: FutureProducer = service_config::KafkaArgs::plain(stack.broker.bootstrap())
+        .client_config()
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let mut written = 0u64;
+    let mut n = 0u64;
+    let mut pending = futures::stream::FuturesUnordered::new();
+    use futures::StreamExt;
+    while written < events {
+        for event in order_events(n) {
+            let value = codec.encode(&event).await?;
+            let key = event.envelope.aggregate_id.clone();
+            let producer = producer.clone();
+            pending.push(async move {
+                producer
+                    .send(
+                        FutureRecord::to(TOPIC).key(&key).payload(&value),
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .map(drop)
+                    .map_err(|(e, _)| e)
+            });
+            written += 1;
+        }
+        n += 1;
+        while pending.len() > 200_000 {
+            if let Some(sent) = pending.next().await {
+                sent?;
+            }
+        }
+    }
+    while let Some(sent) = pending.next().await {
+        sent?;
+    }
+    producer.flush(Duration::from_secs(60))?;
+    Ok(written)
+}
+
+async fn admin_json(
+    http: &reqwest::Client,
+    request: reqwest::RequestBuilder,
+) -> anyhow::Result<Value> {
+    let _ = http;
+    let response = request.bearer_auth(ADMIN_TOKEN).send().await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    if !status.is_success() {
+        bail!("{status}: {body}");
+    }
+    Ok(body)
+}
+
+/// Runs a report to its end; (its status, seconds from submission to done).
+async fn report(http: &reqwest::Client, replica: &str, name: &str) -> anyhow::Result<(Value, f64)> {
+    let started = Instant::now();
+    let submitted = admin_json(
+        http,
+        http.post(format!("{replica}/admin/reports"))
+            .json(&json!({"report": name})),
+    )
+    .await?;
+    let id = submitted["id"].as_str().context("no report id")?.to_owned();
+    loop {
+        let status = admin_json(http, http.get(format!("{replica}/admin/reports/{id}"))).await?;
+        match status["state"].as_str() {
+            Some("done") => return Ok((status, started.elapsed().as_secs_f64())),
+            Some("queued" | "running") => {}
+            _ => bail!("the report did not finish: {status}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub(crate) fn run(ws: &Workspace, args: &ReplayBench) -> anyhow::Result<()> {
+    let mut stack = BenchStack::start(ws, &["query-service"])?;
+    stack.create_topic(TOPIC, PARTITIONS)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    eprintln!("writing {} order events ...", args.events);
+    let filling = Instant::now();
+    let written = runtime.block_on(fill(&stack, args.events))?;
+    let fill_secs = filling.elapsed().as_secs_f64();
+
+    eprintln!("baseline: kafka-consumer-perf-test over {written} events ...");
+    let raw = super::queries::consumer_perf_test(&stack, TOPIC, written)?;
+
+    eprintln!("replaying {written} events into an empty replica ...");
+    let started = Instant::now();
+    let replica = stack.replica_with(
+        TOPIC,
+        "bench-replay",
+        "replica-replay",
+        &[("QUERY_REPORTS_TOPIC", format!("{TOPIC}-reports"))],
+    )?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    #[allow(clippy::cast_precision_loss)]
+    let total = written as f64;
+    let replay_secs = runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(1_800);
+        loop {
+            let metrics = http
+                .get(format!("{replica}/metrics"))
+                .send()
+                .await?
+                .text()
+                .await?;
+            let applied = metric_value(
+                &metrics,
+                r#"query_service_applied_events_total{projection="orders"} "#,
+            )
+            .unwrap_or(0.0);
+            if applied >= total {
+                return anyhow::Ok(started.elapsed().as_secs_f64());
+            }
+            if Instant::now() > deadline {
+                bail!("the replay did not finish: {applied} of {total}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })?;
+
+    // GETs of orders the replica holds, at a fixed rate.
+    let ids: Arc<Vec<String>> = Arc::new((0..10_000).map(|n| format!("o-{n:08}")).collect());
+    let gets = {
+        let ids = Arc::clone(&ids);
+        let base = replica.clone();
+        let requests: Vec<load::Request> = ids
+            .iter()
+            .map(|id| load::Request::get(&format!("{base}/orders/{id}")))
+            .collect::<anyhow::Result<_>>()?;
+        let requests = Arc::new(requests);
+        let factory: load::RequestFactory = Arc::new(move |n| {
+            let i = usize::try_from(n).unwrap_or(0) % requests.len();
+            requests[i].clone()
+        });
+        factory
+    };
+    let duration = Duration::from_secs(args.duration);
+    #[allow(clippy::cast_precision_loss)]
+    let rate = Some(args.rate as f64);
+    let (quiet, first, during, second) = runtime.block_on(async {
+        eprintln!("GET latency at {} req/s without a report ...", args.rate);
+        load::run(16, Duration::from_secs(2), rate, Arc::clone(&gets)).await?;
+        let quiet = load::run(16, duration, rate, Arc::clone(&gets)).await?;
+        eprintln!("the monthly-orders report alone ...");
+        let first = report(&http, &replica, "monthly-orders").await?;
+        eprintln!("GET latency at {} req/s during the report ...", args.rate);
+        let report_run = report(&http, &replica, "monthly-orders");
+        let load_run = async {
+            // As long as the report runs, in rounds of two seconds.
+            let mut all = Vec::new();
+            for _ in 0..(first.1 / 2.0).ceil().max(1.0) as u64 {
+                all.push(load::run(16, Duration::from_secs(2), rate, Arc::clone(&gets)).await?);
+            }
+            anyhow::Ok(all)
+        };
+        let (second, during) = tokio::join!(report_run, load_run);
+        anyhow::Ok((quiet, first, during?, second?))
+    })?;
+
+    let events_in = |status: &Value| status["events_total"].as_f64().unwrap_or(0.0);
+    let report_rate = events_in(&first.0) / first.1.max(0.001);
+    let second_rate = events_in(&second.0) / second.1.max(0.001);
+    let replay_rate = total / replay_secs.max(0.001);
+    let worst_p99 = during.iter().map(|r| r.ms(0.99)).fold(0.0, f64::max);
+    let merged_ok: u64 = during.iter().map(load::LoadResult::ok).sum();
+    println!();
+    println!(
+        "== cargo xtask bench replay ({written} events, {PARTITIONS} partitions, release build, one replica)"
+    );
+    #[allow(clippy::cast_precision_loss)]
+    let fill_rate = written as f64 / fill_secs.max(0.001);
+    println!("filled by a plain producer  {fill_rate:>9.0} events/s ({fill_secs:.1} s)");
+    println!(
+        "raw consume (perf-test)     {:>9.0} events/s over its run, {:.0} events/s while fetching",
+        raw.0, raw.1
+    );
+    println!(
+        "monthly-orders report       {report_rate:>9.0} events/s ({:.0} positions in {:.2} s from submission to done; {} events folded)",
+        events_in(&first.0),
+        first.1,
+        first.0["result"]["events"]
+    );
+    println!(
+        "report / raw consume        {:.3} over the run (target ≥ 0.5); {:.3} against fetching alone",
+        report_rate / raw.0.max(1.0),
+        report_rate / raw.1.max(1.0)
+    );
+    println!(
+        "replay into an empty store  {replay_rate:>9.0} events/s ({replay_secs:.1} s from process start)"
+    );
+    println!(
+        "replay / raw consume        {:.3} over the run (target ≥ 0.3 for a rebuild)",
+        replay_rate / raw.0.max(1.0)
+    );
+    println!("GET, no report              {}", quiet.summary());
+    println!(
+        "GET, during a report        p99 {worst_p99:.2} ms (worst 2 s round of {}; {merged_ok} answered; the report ran at {second_rate:.0} events/s)",
+        during.len()
+    );
+    println!(
+        "p99 during / without        {:.2} (target ≤ 1.5)",
+        worst_p99 / quiet.ms(0.99).max(0.001)
+    );
+    println!("perf-test (consumer):       {}", raw.2);
+    println!(
+        "identical results:          {}",
+        first.0["result"] == second.0["result"]
+    );
+    Ok(())
+}
