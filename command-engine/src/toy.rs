@@ -158,6 +158,13 @@ impl AvroEvent for CounterEvent {
         w.long(self.step.amount);
     }
 
+    fn read_avro(r: &mut shared_events::AvroReader<'_>) -> Result<Self, EventError> {
+        Ok(Self {
+            envelope: Envelope::read_avro(r)?,
+            step: Step { amount: r.long()? },
+        })
+    }
+
     fn from_avro(value: Value) -> Result<Self, EventError> {
         let mut f = Fields::of(value, "CounterEvent")?;
         Ok(Self {

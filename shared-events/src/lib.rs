@@ -37,7 +37,7 @@ pub mod view;
 pub mod wire;
 
 pub use aggregate::{Aggregate, CommandError, CommandSpec, EventMetadata, FieldError, Rejection};
-pub use binary::AvroWriter;
+pub use binary::{AvroReader, AvroWriter};
 pub use event::{AvroEvent, Envelope, EventEnvelope, EventError};
 pub use key::Identifier;
 pub use position::{ConsistencyToken, Position};

@@ -2,11 +2,14 @@
 //!
 //! A record value is `0x00`, the writer schema's registry id (4 bytes, big-endian), then the Avro
 //! binary body. Encoding registers (or finds) this build's schema under the topic's value subject
-//! and uses its id; decoding fetches the writer schema by id (cached) and resolves the value
-//! against this build's schema, so records written by an older or newer compatible schema decode.
+//! and uses its id. Decoding fetches the writer schema by id (once per id): a record written with
+//! a schema of the same Parsing Canonical Form as this build's (the same binary layout) is read
+//! straight from its bytes ([`AvroEvent::read_avro`]); any other is resolved against this build's
+//! schema, so records written by an older or newer compatible schema decode too.
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use apache_avro::Schema;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
@@ -16,7 +19,7 @@ use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
 
-use crate::binary::AvroWriter;
+use crate::binary::{AvroReader, AvroWriter};
 use crate::event::{AvroEvent, EventError};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +78,13 @@ pub struct EventCodec<E> {
     reader_schema: Schema,
     /// This build's schema id in the registry, once known: ids never change for a schema.
     schema_id: OnceLock<u32>,
+    registry: SrSettings,
+    /// The reader schema's Parsing Canonical Form: writer schemas of the same form lay records
+    /// out the same way.
+    canonical: String,
+    /// Per writer schema id seen: whether its records are read directly. Ids are few (one per
+    /// schema version registered), and only ids the registry knows are kept.
+    direct: Mutex<HashMap<u32, bool>>,
     _event: PhantomData<fn() -> E>,
 }
 
@@ -105,9 +115,10 @@ impl<E: AvroEvent> EventCodec<E> {
         apache_avro::util::max_allocation_bytes(MAX_DECODE_ALLOCATION);
         let reader_schema = Schema::parse_str(E::SCHEMA).map_err(WireError::InvalidSchema)?;
         let supplied = SuppliedSchema::new(None, SchemaType::Avro, E::SCHEMA.to_owned());
+        let canonical = reader_schema.canonical_form();
         Ok(Self {
             encoder: AvroEncoder::new(registry.clone()),
-            decoder: AvroDecoder::new(registry),
+            decoder: AvroDecoder::new(registry.clone()),
             strategy: SubjectNameStrategy::TopicNameStrategyWithSchema(
                 topic.to_owned(),
                 false,
@@ -115,6 +126,9 @@ impl<E: AvroEvent> EventCodec<E> {
             ),
             reader_schema,
             schema_id: OnceLock::new(),
+            registry,
+            canonical,
+            direct: Mutex::new(HashMap::new()),
             _event: PhantomData,
         })
     }
@@ -155,6 +169,46 @@ impl<E: AvroEvent> EventCodec<E> {
 
     /// The event in a record value written by any registered schema compatible with ours.
     pub async fn decode(&self, bytes: &[u8]) -> Result<E, WireError> {
+        if let [0, a, b, c, d, body @ ..] = bytes {
+            let id = u32::from_be_bytes([*a, *b, *c, *d]);
+            if self.reads_directly(id).await? {
+                let mut reader = AvroReader::new(body);
+                let event = E::read_avro(&mut reader)?;
+                reader.finish().map_err(EventError::from)?;
+                return Ok(event);
+            }
+        }
+        self.resolve(bytes).await
+    }
+
+    /// Whether records written with schema `id` have our layout, asking the registry once.
+    async fn reads_directly(&self, id: u32) -> Result<bool, WireError> {
+        let known = self
+            .direct
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .copied();
+        if let Some(direct) = known {
+            return Ok(direct);
+        }
+        let registered = schema_registry_converter::async_impl::schema_registry::get_schema_by_id(
+            id,
+            &self.registry,
+        )
+        .await?;
+        // A writer schema that does not parse is left to the resolving path to refuse.
+        let direct = Schema::parse_str(&registered.schema)
+            .is_ok_and(|writer| writer.canonical_form() == self.canonical);
+        self.direct
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, direct);
+        Ok(direct)
+    }
+
+    /// The event in a record value, resolved by apache-avro from its writer schema to ours.
+    async fn resolve(&self, bytes: &[u8]) -> Result<E, WireError> {
         let decoded = self.decoder.decode(Some(bytes)).await?;
         if decoded.value == apache_avro::types::Value::Null {
             return Err(WireError::EmptyValue);
