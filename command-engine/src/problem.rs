@@ -112,12 +112,7 @@ pub mod types {
     use actix_web::http::StatusCode;
     use http_edge::ProblemType;
 
-    pub const MALFORMED: ProblemType = ProblemType::new(
-        "malformed-request",
-        "Malformed request",
-        StatusCode::BAD_REQUEST,
-        None,
-    );
+    pub const MALFORMED: ProblemType = http_edge::body::problems::MALFORMED;
     pub const INVALID_ID: ProblemType =
         ProblemType::new("invalid-id", "Invalid id", StatusCode::BAD_REQUEST, None);
     pub const INVALID_HEADER: ProblemType = ProblemType::new(
@@ -134,12 +129,7 @@ pub mod types {
         None,
     );
     pub const METHOD_NOT_ALLOWED: ProblemType = http_edge::problem::METHOD_NOT_ALLOWED;
-    pub const REQUEST_TIMEOUT: ProblemType = ProblemType::new(
-        "request-timeout",
-        "Body not received in time",
-        StatusCode::REQUEST_TIMEOUT,
-        None,
-    );
+    pub const REQUEST_TIMEOUT: ProblemType = http_edge::body::problems::REQUEST_TIMEOUT;
     pub const RULE_VIOLATED: ProblemType = ProblemType::new(
         "rule-violated",
         "Command not allowed",
@@ -152,24 +142,10 @@ pub mod types {
         StatusCode::PRECONDITION_FAILED,
         None,
     );
-    pub const BODY_TOO_LARGE: ProblemType = ProblemType::new(
-        "body-too-large",
-        "Body too large",
-        StatusCode::PAYLOAD_TOO_LARGE,
-        None,
-    );
-    pub const UNSUPPORTED_MEDIA_TYPE: ProblemType = ProblemType::new(
-        "unsupported-media-type",
-        "Unsupported media type",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        None,
-    );
-    pub const UNSUPPORTED_ENCODING: ProblemType = ProblemType::new(
-        "unsupported-encoding",
-        "Unsupported content encoding",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        None,
-    );
+    pub const BODY_TOO_LARGE: ProblemType = http_edge::body::problems::BODY_TOO_LARGE;
+    pub const UNSUPPORTED_MEDIA_TYPE: ProblemType =
+        http_edge::body::problems::UNSUPPORTED_MEDIA_TYPE;
+    pub const UNSUPPORTED_ENCODING: ProblemType = http_edge::body::problems::UNSUPPORTED_ENCODING;
     pub const INVALID_VALUES: ProblemType = ProblemType::new(
         "invalid-values",
         "Invalid values",

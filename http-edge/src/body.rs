@@ -22,6 +22,57 @@ pub enum BodyError {
     Broken(String),
 }
 
+/// The problem rows of a body that was not read, shared by every service that reads bodies.
+pub mod problems {
+    use actix_web::http::StatusCode;
+
+    use crate::ProblemType;
+
+    pub const MALFORMED: ProblemType = ProblemType::new(
+        "malformed-request",
+        "Malformed request",
+        StatusCode::BAD_REQUEST,
+        None,
+    );
+    pub const REQUEST_TIMEOUT: ProblemType = ProblemType::new(
+        "request-timeout",
+        "Body not received in time",
+        StatusCode::REQUEST_TIMEOUT,
+        None,
+    );
+    pub const BODY_TOO_LARGE: ProblemType = ProblemType::new(
+        "body-too-large",
+        "Body too large",
+        StatusCode::PAYLOAD_TOO_LARGE,
+        None,
+    );
+    pub const UNSUPPORTED_MEDIA_TYPE: ProblemType = ProblemType::new(
+        "unsupported-media-type",
+        "Unsupported media type",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        None,
+    );
+    pub const UNSUPPORTED_ENCODING: ProblemType = ProblemType::new(
+        "unsupported-encoding",
+        "Unsupported content encoding",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        None,
+    );
+}
+
+impl BodyError {
+    /// Its row of the problem table.
+    pub fn problem_type(&self) -> crate::ProblemType {
+        match self {
+            Self::NotJson => problems::UNSUPPORTED_MEDIA_TYPE,
+            Self::Encoded(_) => problems::UNSUPPORTED_ENCODING,
+            Self::TooLarge { .. } => problems::BODY_TOO_LARGE,
+            Self::Timeout => problems::REQUEST_TIMEOUT,
+            Self::Broken(_) => problems::MALFORMED,
+        }
+    }
+}
+
 /// Reads a JSON body of at most `limit` bytes, arriving by `deadline`.
 pub async fn read_json(
     request: &HttpRequest,

@@ -53,6 +53,10 @@ pub enum QueryError {
     ReportNotDone(String),
     #[error("{0}")]
     TooManyReports(String),
+    #[error("{0}")]
+    ReportsOff(String),
+    #[error(transparent)]
+    Body(#[from] http_edge::body::BodyError),
     #[error("the local store failed")]
     Store(#[from] StoreError),
     #[error("the local store failed")]
@@ -129,6 +133,12 @@ pub mod types {
         StatusCode::TOO_MANY_REQUESTS,
         Some(10),
     );
+    pub const REPORTS_UNAVAILABLE: ProblemType = ProblemType::new(
+        "reports-unavailable",
+        "Reports unavailable on this replica",
+        StatusCode::SERVICE_UNAVAILABLE,
+        None,
+    );
     pub const NOT_FOUND: ProblemType = http_edge::problem::NOT_FOUND;
     pub const METHOD_NOT_ALLOWED: ProblemType = http_edge::problem::METHOD_NOT_ALLOWED;
     pub const STORE_FAILURE: ProblemType = ProblemType::new(
@@ -164,6 +174,12 @@ pub mod types {
         REPORT_NOT_FOUND,
         REPORT_NOT_DONE,
         TOO_MANY_REPORTS,
+        REPORTS_UNAVAILABLE,
+        http_edge::body::problems::MALFORMED,
+        http_edge::body::problems::REQUEST_TIMEOUT,
+        http_edge::body::problems::BODY_TOO_LARGE,
+        http_edge::body::problems::UNSUPPORTED_MEDIA_TYPE,
+        http_edge::body::problems::UNSUPPORTED_ENCODING,
         NOT_FOUND,
         METHOD_NOT_ALLOWED,
         STORE_FAILURE,
@@ -197,6 +213,8 @@ impl QueryError {
             Self::ReportNotFound(_) => REPORT_NOT_FOUND,
             Self::ReportNotDone(_) => REPORT_NOT_DONE,
             Self::TooManyReports(_) => TOO_MANY_REPORTS,
+            Self::ReportsOff(_) => REPORTS_UNAVAILABLE,
+            Self::Body(error) => error.problem_type(),
             Self::Store(_) | Self::View(_) => STORE_FAILURE,
         }
     }

@@ -214,6 +214,7 @@ async fn reports(
             heartbeat: Duration::from_secs(1),
             stale_after: Duration::from_millis(config.reports_stale_ms),
             max_attempts: config.reports_max_attempts,
+            keep: Duration::from_secs(config.reports_keep_hours.saturating_mul(3_600)),
         },
     };
     match Scheduler::start(setup, shutdown.clone()) {

@@ -90,9 +90,13 @@ pub struct Config {
     /// over, in milliseconds; its owner refreshes it every second.
     #[arg(long, env = "QUERY_REPORTS_STALE_MS", default_value_t = 10_000)]
     pub reports_stale_ms: u64,
-    /// Times a report is run before one lost again is marked interrupted.
+    /// Times a report may be lost with its replica before it is marked interrupted instead of
+    /// run again (a replica that stops cleanly hands its reports back without losing them).
     #[arg(long, env = "QUERY_REPORTS_MAX_ATTEMPTS", default_value_t = 3)]
     pub reports_max_attempts: u32,
+    /// Hours a finished report and its result are kept before they are removed.
+    #[arg(long, env = "QUERY_REPORTS_KEEP_HOURS", default_value_t = 720)]
+    pub reports_keep_hours: u64,
     /// `/health/ready` is ready only when every owned partition lags by at most this many records.
     #[arg(long, env = "QUERY_MAX_READY_LAG", default_value_t = 1_000)]
     pub max_ready_lag: i64,
@@ -154,6 +158,7 @@ impl std::fmt::Debug for Config {
             )
             .field("reports_stale_ms", &self.reports_stale_ms)
             .field("reports_max_attempts", &self.reports_max_attempts)
+            .field("reports_keep_hours", &self.reports_keep_hours)
             .field("session_timeout_ms", &self.session_timeout_ms)
             .field("kafka_timeout_ms", &self.kafka_timeout_ms)
             .field("topic_wait_ms", &self.topic_wait_ms)
@@ -246,6 +251,7 @@ impl Config {
         }
         if self.reports_max_running == 0
             || self.reports_max_attempts == 0
+            || self.reports_keep_hours == 0
             || self.reports_max_events_per_second == Some(0)
             || self.reports_topic_replication == 0
             || self.reports_topic_replication < -1

@@ -4,22 +4,28 @@
 //!
 //! Why a topic: the runs' state must survive the loss of any replica and be readable from every
 //! other, and Kafka is the one store every replica shares. Compaction keeps one record per run
-//! (a finished run's record holds its result), and a tombstone removes one.
+//! (a finished run's record holds its result).
 //!
-//! Ownership is settled by the log's order, so no two replicas run the same attempt of a
-//! report. Each record names the replica that wrote it and the attempt it belongs to; a
-//! replica applies a run's records in log order and accepts one only if:
+//! Ownership is settled by the log's order, so no two processes run the same attempt of a
+//! report. Each record names the process that wrote it, the attempt it belongs to, and its
+//! writer's count (`seq`); a replica applies a run's records in log order and accepts one only
+//! if:
 //! - it is the first of the run, or
-//! - it opens a later attempt (a claim: the first claim of an attempt wins, any other
-//!   claim of that attempt comes later in the log and is refused), or
-//! - its writer owns the current attempt (progress, a result, or a release).
+//! - it opens a later attempt (a claim: the first claim of an attempt wins, any other claim of
+//!   that attempt comes later in the log and is refused), or
+//! - its writer owns the current attempt and it is newer than the current record (progress, a
+//!   result, or a release; an older record of the owner that arrives late is refused).
 //!
 //! A finished run (done, failed, cancelled, interrupted) accepts nothing more. A replica that
 //! claimed a run reads its claim back before it starts, and runs only if its claim won.
-//! Cancellation requests live under their own key (`<id>/cancel`), so compaction never drops
-//! the run's record for them.
+//!
+//! Compaction keeps the last record of a key, accepted or not. So the owner of a run writes its
+//! accepted record again whenever it sees one of its run's records refused after it; a removed
+//! run is marked removed (not tombstoned), so a late record cannot bring it back; and
+//! cancellation requests live under their own key (`<id>/cancel`), remembered even when they
+//! come before the run's record.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -51,6 +57,17 @@ impl RunState {
     pub fn finished(self) -> bool {
         !matches!(self, Self::Queued | Self::Running)
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Interrupted => "interrupted",
+        }
+    }
 }
 
 /// One run of a report, as the ledger keeps it.
@@ -69,20 +86,83 @@ pub struct Run {
     pub offsets: Offsets,
     pub events_total: u64,
     pub state: RunState,
-    /// The replica running it, or none while it waits to be claimed.
+    /// The process running it (an id per process, so that two replicas given the same name
+    /// never take each other's runs for their own), or none while it waits to be claimed.
     pub owner: Option<String>,
-    /// The replica that wrote this record.
+    /// The name of the replica running it, as `Served-By` names it.
+    pub owner_name: Option<String>,
+    /// The process that wrote this record.
     pub writer: String,
-    /// 1 for the first run; each claim after a loss adds one.
+    /// The writer's count: of two records of one owner and attempt, the higher is the newer.
+    pub seq: u64,
+    /// 1 for the first run; each claim adds one.
     pub attempt: u32,
+    /// Attempts lost with their replica (a replica that stops cleanly hands its runs back
+    /// without losing them).
+    pub losses: u32,
     pub events_read: u64,
     pub events_per_second: f64,
     pub submitted_at_ms: i64,
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: Option<i64>,
     pub error: Option<String>,
-    /// When done: `{"columns", "rows", "events", "undecodable"}`.
+    /// When done: `{"columns", "rows", "events", "undecodable", "offsets"}`.
     pub result: Option<serde_json::Value>,
+}
+
+impl Run {
+    /// The run without its result, for lists.
+    pub fn summary(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            report: self.report.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            max_events_per_second: self.max_events_per_second,
+            window: self.window,
+            offsets: self.offsets.clone(),
+            events_total: self.events_total,
+            state: self.state,
+            owner: self.owner.clone(),
+            owner_name: self.owner_name.clone(),
+            writer: self.writer.clone(),
+            seq: self.seq,
+            attempt: self.attempt,
+            losses: self.losses,
+            events_read: self.events_read,
+            events_per_second: self.events_per_second,
+            submitted_at_ms: self.submitted_at_ms,
+            started_at_ms: self.started_at_ms,
+            finished_at_ms: self.finished_at_ms,
+            error: self.error.clone(),
+            result: None,
+        }
+    }
+}
+
+/// The record of a removed run under its id, kept instead of a tombstone so that a late
+/// record cannot bring a removed run back.
+#[derive(Debug, Serialize, Deserialize)]
+struct Removed {
+    removed: bool,
+}
+
+/// A record of the ledger's topic under a run's id.
+enum Record {
+    Run(Box<Run>),
+    Removed,
+}
+
+impl Record {
+    fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        match serde_json::from_slice::<Run>(bytes) {
+            Ok(run) => Ok(Self::Run(Box::new(run))),
+            Err(error) => match serde_json::from_slice::<Removed>(bytes) {
+                Ok(Removed { removed: true }) => Ok(Self::Removed),
+                _ => Err(error),
+            },
+        }
+    }
 }
 
 /// What a replica knows of one run: its accepted record, whether a cancel was asked, and when
@@ -102,17 +182,41 @@ pub enum LedgerError {
     Timeout(Duration),
     #[error("a run does not serialise: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(
+        "the reports topic `{topic}` must have one partition and `cleanup.policy=compact`: {found}"
+    )]
+    Shape { topic: String, found: String },
+}
+
+/// Whether a written record was accepted (or overtaken by its writer's newer one), by the
+/// log's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Accepted,
+    Refused,
 }
 
 const CANCEL_SUFFIX: &str = "/cancel";
 
+#[derive(Debug, Default)]
+struct Book {
+    runs: BTreeMap<String, Known>,
+    removed: HashSet<String>,
+    /// Cancellations asked of runs this replica has not seen yet.
+    cancels: HashSet<String>,
+    /// Runs this process owns of which a refused record came later in the log: compaction
+    /// could keep that record alone, so the accepted one is written again.
+    republish: HashSet<String>,
+}
+
 /// The ledger: the topic, the producer that writes it, and this replica's copy of it.
 pub struct Ledger {
     pub topic: String,
-    pub replica: String,
+    /// This process, as owner and writer.
+    pub me: String,
     producer: FutureProducer,
     timeout: Duration,
-    runs: Mutex<BTreeMap<String, Known>>,
+    book: Mutex<Book>,
     /// The next offset of the topic applied here.
     applied: watch::Sender<i64>,
     /// Woken whenever a record is applied.
@@ -123,17 +227,17 @@ impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger")
             .field("topic", &self.topic)
-            .field("replica", &self.replica)
+            .field("me", &self.me)
             .finish_non_exhaustive()
     }
 }
 
 impl Ledger {
-    /// A ledger over `topic`; call [`Ledger::follow`] to fill it.
+    /// A ledger over `topic` for process `me`; call [`Ledger::follow`] to fill it.
     pub fn new(
         kafka: &ClientConfig,
         topic: String,
-        replica: String,
+        me: String,
         timeout: Duration,
     ) -> Result<Self, KafkaError> {
         let producer: FutureProducer = kafka
@@ -148,43 +252,94 @@ impl Ledger {
             .create()?;
         Ok(Self {
             topic,
-            replica,
+            me,
             producer,
             timeout,
-            runs: Mutex::new(BTreeMap::new()),
+            book: Mutex::new(Book::default()),
             applied: watch::Sender::new(0),
             changed: Notify::new(),
         })
     }
 
-    fn runs(&self) -> MutexGuard<'_, BTreeMap<String, Known>> {
-        self.runs
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.book
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn get(&self, id: &str) -> Option<Known> {
-        self.runs().get(id).cloned()
+        self.book().runs.get(id).cloned()
     }
 
-    /// Every run, newest first.
-    pub fn list(&self) -> Vec<Known> {
-        let mut runs: Vec<Known> = self.runs().values().cloned().collect();
+    /// The newest `limit` runs, newest first, without their results.
+    pub fn list(&self, limit: usize) -> Vec<Known> {
+        let book = self.book();
+        let mut runs: Vec<&Known> = book.runs.values().collect();
         runs.sort_by(|a, b| {
             (b.run.submitted_at_ms, &b.run.id).cmp(&(a.run.submitted_at_ms, &a.run.id))
         });
-        runs
+        runs.into_iter()
+            .take(limit)
+            .map(|known| Known {
+                run: known.run.summary(),
+                cancel_requested: known.cancel_requested,
+                seen: known.seen,
+            })
+            .collect()
     }
 
-    /// Writes a run's record and waits until this replica has applied it; true if it was
+    /// The runs not finished.
+    pub fn unfinished(&self) -> Vec<Known> {
+        self.book()
+            .runs
+            .values()
+            .filter(|k| !k.run.state.finished())
+            .cloned()
+            .collect()
+    }
+
+    /// Finished runs that finished before `before_ms`.
+    pub fn finished_before(&self, before_ms: i64) -> Vec<String> {
+        self.book()
+            .runs
+            .values()
+            .filter(|k| {
+                k.run.state.finished() && k.run.finished_at_ms.is_some_and(|at| at < before_ms)
+            })
+            .map(|k| k.run.id.clone())
+            .collect()
+    }
+
+    /// Runs of this process to write again (see [`Book::republish`]).
+    pub fn take_republish(&self) -> Vec<String> {
+        self.book().republish.drain().collect()
+    }
+
+    /// Writes a run's record and waits until this replica has applied it: whether it was
     /// accepted (a claim that lost, or a record of an owner that lost its run, is not).
-    pub async fn write(&self, run: &Run) -> Result<bool, LedgerError> {
+    pub async fn write(&self, run: &Run) -> Result<Written, LedgerError> {
         let value = serde_json::to_vec(run)?;
         let offset = self.send(&run.id, Some(&value)).await?;
         self.wait_applied(offset + 1).await?;
-        Ok(self.get(&run.id).is_some_and(|known| {
-            known.run.attempt == run.attempt && known.run.writer == run.writer
-        }))
+        // Accepted, or overtaken by a newer record of the same writer and attempt: either way
+        // the writer still holds the run.
+        let accepted = self.get(&run.id).is_some_and(|known| {
+            known.run.attempt == run.attempt
+                && known.run.writer == run.writer
+                && known.run.seq >= run.seq
+        });
+        Ok(if accepted {
+            Written::Accepted
+        } else {
+            Written::Refused
+        })
+    }
+
+    /// Writes a run's record once Kafka has it, without waiting to read it back: for a replica
+    /// on its way out.
+    pub async fn hand_over(&self, run: &Run) -> Result<(), LedgerError> {
+        let value = serde_json::to_vec(run)?;
+        self.send(&run.id, Some(&value)).await.map(drop)
     }
 
     /// Asks whoever owns run `id` to cancel it.
@@ -195,10 +350,11 @@ impl Ledger {
         self.wait_applied(offset + 1).await
     }
 
-    /// Removes a finished run, its result and its cancellation request.
+    /// Removes a finished run and its result for good.
     pub async fn remove(&self, id: &str) -> Result<(), LedgerError> {
         self.send(&format!("{id}{CANCEL_SUFFIX}"), None).await?;
-        let offset = self.send(id, None).await?;
+        let marker = serde_json::to_vec(&Removed { removed: true })?;
+        let offset = self.send(id, Some(&marker)).await?;
         self.wait_applied(offset + 1).await
     }
 
@@ -239,21 +395,32 @@ impl Ledger {
     pub fn apply(&self, key: &[u8], value: Option<&[u8]>, offset: i64) {
         let key = String::from_utf8_lossy(key);
         {
-            let mut runs = self.runs();
+            let mut book = self.book();
             if let Some(id) = key.strip_suffix(CANCEL_SUFFIX) {
-                if let Some(known) = runs.get_mut(id) {
-                    known.cancel_requested = value.is_some();
-                    known.seen = Instant::now();
+                let asked = value.is_some();
+                match book.runs.get_mut(id) {
+                    Some(known) => {
+                        known.cancel_requested = asked;
+                        known.seen = Instant::now();
+                    }
+                    None if asked => {
+                        book.cancels.insert(id.to_owned());
+                    }
+                    None => {
+                        book.cancels.remove(id);
+                    }
                 }
             } else {
-                match value.map(serde_json::from_slice::<Run>) {
-                    None => {
-                        runs.remove(key.as_ref());
+                match value.map(Record::parse) {
+                    // A tombstone (compaction's own, or a hand-made one): the run is gone too.
+                    None | Some(Ok(Record::Removed)) => {
+                        book.runs.remove(key.as_ref());
+                        book.removed.insert(key.into_owned());
                     }
                     Some(Err(error)) => {
                         tracing::warn!(%error, %key, offset, "reports ledger: skipping a record that does not parse");
                     }
-                    Some(Ok(run)) => accept(&mut runs, run),
+                    Some(Ok(Record::Run(run))) => accept(&mut book, *run, &self.me),
                 }
             }
         }
@@ -261,8 +428,9 @@ impl Ledger {
         self.changed.notify_waiters();
     }
 
-    /// Follows the topic from its beginning until `shutdown`.
-    pub async fn follow(self: Arc<Self>, consumer: StreamConsumer, shutdown: CancellationToken) {
+    /// Follows the topic from its beginning until `stop`. While nothing arrives, the applied
+    /// position follows the consumer's, which passes records compaction removed.
+    pub async fn follow(self: Arc<Self>, consumer: StreamConsumer, stop: CancellationToken) {
         let mut assignment = TopicPartitionList::new();
         if let Err(error) = assignment
             .add_partition_offset(&self.topic, 0, Offset::Beginning)
@@ -273,34 +441,80 @@ impl Ledger {
         }
         loop {
             let message = tokio::select! {
-                () = shutdown.cancelled() => return,
-                message = consumer.recv() => message,
+                () = stop.cancelled() => return,
+                message = tokio::time::timeout(Duration::from_millis(200), consumer.recv()) => message,
             };
             match message {
-                Ok(message) => self.apply(
+                Ok(Ok(message)) => self.apply(
                     message.key().unwrap_or_default(),
                     message.payload(),
                     message.offset(),
                 ),
-                Err(error) => {
+                Ok(Err(error)) => {
                     tracing::warn!(%error, "reports ledger: consumer error");
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(_) => {
+                    let position = consumer.position().ok().and_then(|p| {
+                        p.elements().first().and_then(|e| match e.offset() {
+                            Offset::Offset(next) => Some(next),
+                            _ => None,
+                        })
+                    });
+                    if let Some(next) = position {
+                        self.applied.send_if_modified(|at| {
+                            let moved = next > *at;
+                            *at = (*at).max(next);
+                            moved
+                        });
+                    }
                 }
             }
         }
     }
 }
 
+/// Checks that an existing ledger topic has the shape the ledger needs.
+pub fn check_topic(
+    client: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<(), LedgerError> {
+    // A topic just created may take a moment to show in the metadata.
+    let deadline = Instant::now() + timeout;
+    let partitions = loop {
+        let metadata = client.fetch_metadata(Some(topic), timeout)?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if partitions > 0 || Instant::now() > deadline {
+            break partitions;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if partitions != 1 {
+        return Err(LedgerError::Shape {
+            topic: topic.to_owned(),
+            found: format!("{partitions} partitions"),
+        });
+    }
+    Ok(())
+}
+
 /// Creates the ledger's topic unless it exists: one partition (the log's order settles
 /// ownership), compacted (one record per run), `replication` copies (-1: the cluster's
-/// default).
+/// default). An existing topic must have that shape.
 pub async fn create_topic(
     kafka: &ClientConfig,
     topic: &str,
     replication: i32,
     timeout: Duration,
 ) -> Result<(), LedgerError> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::admin::{
+        AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication,
+    };
     use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
     let admin: AdminClient<DefaultClientContext> = kafka.create()?;
@@ -316,19 +530,39 @@ pub async fn create_topic(
             Err((_, code)) => return Err(LedgerError::Kafka(KafkaError::AdminOp(code))),
         }
     }
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+        .await?;
+    let policy = described
+        .into_iter()
+        .flatten()
+        .flat_map(|resource| resource.entries)
+        .find(|entry| entry.name == "cleanup.policy")
+        .and_then(|entry| entry.value)
+        .unwrap_or_default();
+    if !policy.split(',').any(|p| p.trim() == "compact") {
+        return Err(LedgerError::Shape {
+            topic: topic.to_owned(),
+            found: format!("cleanup.policy={policy}"),
+        });
+    }
     Ok(())
 }
 
 /// The acceptance rule: see the module's documentation.
-fn accept(runs: &mut BTreeMap<String, Known>, run: Run) {
+fn accept(book: &mut Book, run: Run, me: &str) {
+    if book.removed.contains(&run.id) {
+        return;
+    }
     let now = Instant::now();
-    match runs.get_mut(&run.id) {
+    match book.runs.get_mut(&run.id) {
         None => {
-            runs.insert(
+            let cancel_requested = book.cancels.remove(&run.id);
+            book.runs.insert(
                 run.id.clone(),
                 Known {
                     run,
-                    cancel_requested: false,
+                    cancel_requested,
                     seen: now,
                 },
             );
@@ -338,10 +572,13 @@ fn accept(runs: &mut BTreeMap<String, Known>, run: Run) {
             let accepted = !current.state.finished()
                 && (run.attempt > current.attempt
                     || (run.attempt == current.attempt
-                        && current.owner.as_deref() == Some(run.writer.as_str())));
+                        && current.owner.as_deref() == Some(run.writer.as_str())
+                        && run.seq > current.seq));
             if accepted {
                 known.run = run;
                 known.seen = now;
+            } else if current.owner.as_deref() == Some(me) || current.writer == me {
+                book.republish.insert(run.id);
             }
         }
     }
@@ -349,9 +586,12 @@ fn accept(runs: &mut BTreeMap<String, Known>, run: Run) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn run(attempt: u32, state: RunState, owner: Option<&str>, writer: &str) -> Run {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Run {
             id: "r-1".into(),
             report: "monthly-orders".into(),
@@ -363,8 +603,11 @@ mod tests {
             events_total: 10,
             state,
             owner: owner.map(str::to_owned),
+            owner_name: owner.map(str::to_owned),
             writer: writer.into(),
+            seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             attempt,
+            losses: 0,
             events_read: 0,
             events_per_second: 0.0,
             submitted_at_ms: 1,
@@ -375,39 +618,85 @@ mod tests {
         }
     }
 
-    fn current(runs: &BTreeMap<String, Known>) -> (u32, Option<String>, RunState) {
-        let known = &runs["r-1"];
+    fn current(book: &Book) -> (u32, Option<String>, RunState) {
+        let known = &book.runs["r-1"];
         (known.run.attempt, known.run.owner.clone(), known.run.state)
     }
 
     #[test]
+    fn records_read_back_as_written() {
+        let mut written = run(1, RunState::Done, Some("a"), "a");
+        written.offsets.insert(
+            "orders".into(),
+            [(0, super::super::range::Span { start: 1, end: 9 })].into(),
+        );
+        written.result = Some(serde_json::json!({"rows": []}));
+        let bytes = serde_json::to_vec(&written).unwrap();
+        match Record::parse(&bytes).unwrap() {
+            Record::Run(read) => assert_eq!(*read, written),
+            Record::Removed => panic!("a run read as removed"),
+        }
+        let marker = serde_json::to_vec(&Removed { removed: true }).unwrap();
+        assert!(matches!(Record::parse(&marker), Ok(Record::Removed)));
+        assert!(Record::parse(b"{}").is_err());
+    }
+
+    #[test]
     fn the_first_claim_of_an_attempt_wins() {
-        let mut runs = BTreeMap::new();
-        accept(&mut runs, run(1, RunState::Running, Some("a"), "a"));
+        let mut runs = Book::default();
+        accept(&mut runs, run(1, RunState::Running, Some("a"), "a"), "z");
         // b and c both think a is gone; b's claim reaches the log first.
-        accept(&mut runs, run(2, RunState::Queued, Some("b"), "b"));
-        accept(&mut runs, run(2, RunState::Queued, Some("c"), "c"));
+        accept(&mut runs, run(2, RunState::Queued, Some("b"), "b"), "z");
+        accept(&mut runs, run(2, RunState::Queued, Some("c"), "c"), "z");
         assert_eq!(current(&runs), (2, Some("b".into()), RunState::Queued));
         // a was only slow: its progress no longer counts.
-        accept(&mut runs, run(1, RunState::Running, Some("a"), "a"));
+        accept(&mut runs, run(1, RunState::Running, Some("a"), "a"), "z");
         assert_eq!(current(&runs).1.as_deref(), Some("b"));
         // b's own progress does.
-        accept(&mut runs, run(2, RunState::Running, Some("b"), "b"));
+        accept(&mut runs, run(2, RunState::Running, Some("b"), "b"), "z");
         assert_eq!(current(&runs).2, RunState::Running);
     }
 
     #[test]
+    fn an_owner_s_older_record_arriving_late_is_refused_and_its_newer_one_republished() {
+        let mut runs = Book::default();
+        let newer = run(1, RunState::Running, Some("a"), "a");
+        let mut older = newer.clone();
+        older.seq = newer.seq - 1;
+        older.state = RunState::Queued;
+        accept(&mut runs, newer, "a");
+        accept(&mut runs, older, "a");
+        assert_eq!(current(&runs).2, RunState::Running);
+        assert!(
+            runs.republish.contains("r-1"),
+            "a refused record could outlive compaction"
+        );
+    }
+
+    #[test]
+    fn a_removed_run_stays_removed_and_an_early_cancel_is_kept() {
+        let mut runs = Book::default();
+        runs.removed.insert("r-1".into());
+        accept(&mut runs, run(5, RunState::Running, Some("a"), "a"), "z");
+        assert!(runs.runs.is_empty());
+        let mut runs = Book::default();
+        runs.cancels.insert("r-1".into());
+        accept(&mut runs, run(1, RunState::Queued, Some("a"), "a"), "z");
+        assert!(runs.runs["r-1"].cancel_requested);
+    }
+
+    #[test]
     fn a_release_lets_anyone_claim_and_a_finished_run_stays_finished() {
-        let mut runs = BTreeMap::new();
-        accept(&mut runs, run(1, RunState::Running, Some("a"), "a"));
-        accept(&mut runs, run(1, RunState::Queued, None, "a"));
+        let mut runs = Book::default();
+        accept(&mut runs, run(1, RunState::Running, Some("a"), "a"), "z");
+        accept(&mut runs, run(1, RunState::Queued, None, "a"), "z");
         assert_eq!(current(&runs), (1, None, RunState::Queued));
         // Nobody owns attempt 1 now: only a claim of a later attempt is accepted.
-        accept(&mut runs, run(1, RunState::Running, Some("c"), "c"));
+        accept(&mut runs, run(1, RunState::Running, Some("c"), "c"), "z");
         assert_eq!(current(&runs).1, None);
-        accept(&mut runs, run(2, RunState::Queued, Some("c"), "c"));
-        accept(&mut runs, run(2, RunState::Done, Some("c"), "c"));
-        accept(&mut runs, run(3, RunState::Queued, Some("d"), "d"));
+        accept(&mut runs, run(2, RunState::Queued, Some("c"), "c"), "z");
+        accept(&mut runs, run(2, RunState::Done, Some("c"), "c"), "z");
+        accept(&mut runs, run(3, RunState::Queued, Some("d"), "d"), "z");
         assert_eq!(current(&runs), (2, Some("c".into()), RunState::Done));
     }
 }

@@ -136,63 +136,90 @@ impl Window {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("topic `{0}` does not exist")]
+    NoTopic(String),
+    #[error("Kafka did not tell offsets of {topic}/{partition}: {error}")]
+    Partition {
+        topic: String,
+        partition: i32,
+        error: KafkaError,
+    },
+}
+
 /// Captures the offsets of `topics` that hold the records from `from` on: from
-/// `offsetsForTimes(from)` (or the log's start) to the last stable offset. Blocking: each call
-/// is bounded by `timeout`.
+/// `offsetsForTimes(from)` (or the log's start) to the last stable offset. Every partition's
+/// end is asked in one `ListOffsets` call per leader, so a transaction committing meanwhile is
+/// in the range whole or not at all on a one-broker cluster, and nearly so on others (each
+/// partition's end is still a last stable offset, so the range never changes). Blocking: each
+/// call is bounded by `timeout`.
 pub fn capture(
     client: &BaseConsumer,
     topics: &[String],
     from: Bound,
     timeout: Duration,
-) -> Result<Offsets, KafkaError> {
-    let mut offsets = Offsets::new();
+) -> Result<Offsets, CaptureError> {
+    let mut all = TopicPartitionList::new();
     for topic in topics {
         let metadata = client.fetch_metadata(Some(topic), timeout)?;
         let count = metadata
             .topics()
             .iter()
-            .find(|t| t.name() == topic)
+            .find(|t| t.name() == topic && t.error().is_none())
             .map_or(0, |t| t.partitions().len());
-        let count = i32::try_from(count).unwrap_or(0);
-        let mut spans = BTreeMap::new();
-        for partition in 0..count {
-            let (low, stable) = client.fetch_watermarks(topic, partition, timeout)?;
-            spans.insert(
-                partition,
-                Span {
-                    start: low,
-                    end: stable,
-                },
-            );
+        if count == 0 {
+            return Err(CaptureError::NoTopic(topic.clone()));
         }
-        // Timestamps to offsets, for every partition at once.
-        let at = |ms: i64| -> Result<BTreeMap<i32, Option<i64>>, KafkaError> {
-            let mut list = TopicPartitionList::new();
-            for partition in 0..count {
-                list.add_partition_offset(topic, partition, Offset::Offset(ms))?;
+        for partition in 0..i32::try_from(count).unwrap_or(0) {
+            all.add_partition(topic, partition);
+        }
+    }
+    // One call per kind of offset, every partition at once.
+    let ask = |at: Offset| -> Result<BTreeMap<(String, i32), i64>, CaptureError> {
+        let mut list = all.clone();
+        list.set_all_offsets(at)?;
+        let answered = client.offsets_for_times(list, timeout)?;
+        let mut offsets = BTreeMap::new();
+        for element in answered.elements() {
+            let (topic, partition) = (element.topic().to_owned(), element.partition());
+            if let Err(error) = element.error() {
+                return Err(CaptureError::Partition {
+                    topic,
+                    partition,
+                    error,
+                });
             }
-            let found = client.offsets_for_times(list, timeout)?;
-            Ok(found
-                .elements()
-                .iter()
-                .map(|e| match e.offset() {
-                    Offset::Offset(offset) => (e.partition(), Some(offset)),
-                    _ => (e.partition(), None),
-                })
-                .collect())
-        };
-        if let Bound::At(ms) = from {
-            for (partition, offset) in at(ms)? {
-                if let Some(span) = spans.get_mut(&partition) {
-                    // No record at or after `from`: nothing of this partition is in range.
-                    span.start = offset.unwrap_or(span.end).max(span.start);
-                }
-            }
+            // No record at or after a time: none of the partition is in range (its end).
+            let offset = match element.offset() {
+                Offset::Offset(offset) => offset,
+                _ => -1,
+            };
+            offsets.insert((topic, partition), offset);
         }
-        for span in spans.values_mut() {
-            span.start = span.start.min(span.end);
-        }
-        offsets.insert(topic.clone(), spans);
+        Ok(offsets)
+    };
+    let ends = ask(Offset::End)?;
+    let starts = ask(match from {
+        Bound::At(ms) => Offset::Offset(ms),
+        Bound::Beginning | Bound::Now => Offset::Beginning,
+    })?;
+    let mut offsets = Offsets::new();
+    for ((topic, partition), end) in ends {
+        let start = starts
+            .get(&(topic.clone(), partition))
+            .copied()
+            .filter(|start| *start >= 0)
+            .unwrap_or(end);
+        offsets.entry(topic).or_default().insert(
+            partition,
+            Span {
+                start: start.min(end),
+                end,
+            },
+        );
     }
     Ok(offsets)
 }

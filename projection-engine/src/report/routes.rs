@@ -129,21 +129,19 @@ pub struct AvailableReport {
 }
 
 fn scheduler(state: &Serving) -> Result<&Arc<Scheduler>, QueryError> {
-    state
-        .reports
-        .as_ref()
-        .ok_or_else(|| QueryError::Unavailable("this replica runs no reports".into()))
+    state.reports.as_ref().ok_or_else(|| {
+        QueryError::ReportsOff(
+            "this replica runs no reports: its reports topic could not be opened (see its log)"
+                .into(),
+        )
+    })
 }
 
-fn status(scheduler: &Scheduler, known: &Known, with_result: bool) -> ReportStatus {
+/// A run as the API shows it. Every replica shows what the ledger holds (the owner's progress
+/// as of its last heartbeat), so that progress read through any replica never moves back.
+fn status(known: &Known, with_result: bool) -> ReportStatus {
     let run = &known.run;
-    let (read, rate) = if run.state == RunState::Running {
-        scheduler
-            .live_progress(&run.id, run.attempt)
-            .unwrap_or((run.events_read, run.events_per_second))
-    } else {
-        (run.events_read, run.events_per_second)
-    };
+    let (read, rate) = (run.events_read, run.events_per_second);
     let read = if run.state == RunState::Done {
         run.events_total
     } else {
@@ -169,7 +167,7 @@ fn status(scheduler: &Scheduler, known: &Known, with_result: bool) -> ReportStat
         from: run.from.clone(),
         to: run.to.clone(),
         state: run.state,
-        replica: run.owner.clone(),
+        replica: run.owner_name.clone(),
         attempt: run.attempt,
         events_read: read,
         events_total: run.events_total,
@@ -233,9 +231,7 @@ pub async fn submit(
         .authorize(&request, Role::Admin, "start reports")?;
     let scheduler = scheduler(&state)?;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    let body = http_edge::body::read_json(&request, payload, MAX_BODY, deadline)
-        .await
-        .map_err(|e| QueryError::BadReport(e.to_string()))?;
+    let body = http_edge::body::read_json(&request, payload, MAX_BODY, deadline).await?;
     let not_a_request = |e: serde_json::Error| {
         QueryError::BadReport(format!("the body is not a report request: {e}"))
     };
@@ -257,7 +253,14 @@ pub async fn submit(
     let known = scheduler.find(&run.id).await?;
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/admin/reports/{}", run.id)))
-        .json(status(scheduler, &known, false)))
+        .json(status(&known, false)))
+}
+
+/// `GET /admin/reports?limit=`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// The newest this many (1 to 1000, default 100).
+    pub limit: Option<usize>,
 }
 
 /// Lists the reports, newest first, and the reports this replica can run.
@@ -266,6 +269,7 @@ pub async fn submit(
     path = "/admin/reports",
     tag = "admin",
     summary = "The reports, newest first, without their results",
+    params(ListQuery),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The reports", body = ReportList),
@@ -274,16 +278,23 @@ pub async fn submit(
 )]
 pub async fn list(
     request: HttpRequest,
+    query: web::Query<ListQuery>,
     state: web::Data<Serving>,
 ) -> Result<HttpResponse, QueryError> {
     state.access.authorize(&request, Role::Read, "read")?;
     let scheduler = scheduler(&state)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1_000).contains(&limit) {
+        return Err(QueryError::BadQuery(
+            "`limit` must be from 1 to 1000".into(),
+        ));
+    }
     Ok(HttpResponse::Ok().json(ReportList {
         reports: scheduler
             .ledger
-            .list()
+            .list(limit)
             .iter()
-            .map(|known| status(scheduler, known, false))
+            .map(|known| status(known, false))
             .collect(),
         available: scheduler
             .reports()
@@ -329,14 +340,12 @@ pub async fn show(
             return Err(QueryError::ReportNotDone(format!(
                 "report {} is {}; it has a result once done",
                 known.run.id,
-                serde_json::to_value(known.run.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
+                known.run.state.name()
             )));
         };
         return Ok(HttpResponse::Ok()
             .content_type("text/csv; charset=utf-8; header=present")
+            .insert_header((header::VARY, "Accept"))
             .insert_header((
                 header::CONTENT_DISPOSITION,
                 format!(
@@ -346,7 +355,9 @@ pub async fn show(
             ))
             .body(csv(result)));
     }
-    Ok(HttpResponse::Ok().json(status(scheduler, &known, true)))
+    Ok(HttpResponse::Ok()
+        .insert_header((header::VARY, "Accept"))
+        .json(status(&known, true)))
 }
 
 /// Cancels a queued or running report, or removes a finished one.
@@ -375,21 +386,40 @@ pub async fn cancel(
         .authorize(&request, Role::Admin, "cancel reports")?;
     let scheduler = scheduler(&state)?;
     match scheduler.cancel(&id).await? {
-        Some(known) => Ok(HttpResponse::Accepted().json(status(scheduler, &known, false))),
+        Some(known) => Ok(HttpResponse::Accepted().json(status(&known, false))),
         None => Ok(HttpResponse::NoContent().finish()),
     }
 }
 
+/// Whether `Accept` prefers CSV to JSON: `text/csv` with a weight above zero and above any
+/// JSON type's.
 fn wants_csv(request: &HttpRequest) -> bool {
-    request
+    let Some(accept) = request
         .headers()
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| {
-            accept
-                .split(',')
-                .any(|part| part.trim().to_ascii_lowercase().starts_with("text/csv"))
-        })
+    else {
+        return false;
+    };
+    let weight = |wanted: &[&str]| -> f32 {
+        accept
+            .split(',')
+            .filter_map(|part| {
+                let mut pieces = part.split(';');
+                let kind = pieces.next()?.trim().to_ascii_lowercase();
+                if !wanted.contains(&kind.as_str()) {
+                    return None;
+                }
+                let q = pieces
+                    .filter_map(|p| p.trim().strip_prefix("q="))
+                    .find_map(|q| q.trim().parse::<f32>().ok())
+                    .unwrap_or(1.0);
+                Some(q)
+            })
+            .fold(0.0, f32::max)
+    };
+    let csv = weight(&["text/csv"]);
+    csv > 0.0 && csv >= weight(&["application/json", "*/*", "application/*"])
 }
 
 /// A stored result as CSV: its columns' names and types, its rows in column order.

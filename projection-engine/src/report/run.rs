@@ -10,6 +10,10 @@
 //!   partition is done, and never moves back.
 //! - Cancellation is checked between batches and while waiting: a cancelled run stops within
 //!   one batch.
+//! - A range the log no longer holds whole (retention removed its start) fails the run rather
+//!   than give a different answer; so does a registry that cannot tell a record's schema, and
+//!   a run that makes no progress for [`STALL`]. Only records whose bytes do not decode are
+//!   left out, and counted.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,12 +24,17 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use shared_events::WireError;
 use shared_events::report::Report;
 use tokio_util::sync::CancellationToken;
 
 use super::range::{Offsets, Span, Window};
 use crate::opening::OpenError;
-use crate::projection::{Decoder, decode_retrying, ready_batch};
+use crate::projection::{Decoder, ready_batch};
+
+/// A run that has read nothing for this long fails (Kafka or the registry unreachable).
+pub const STALL: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -33,6 +42,21 @@ pub enum RunError {
     Open(OpenError),
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error(
+        "the log no longer holds the range: {topic}/{partition} starts at {low}, after the range's start {start}"
+    )]
+    Gone {
+        topic: String,
+        partition: i32,
+        start: i64,
+        low: i64,
+    },
+    #[error("the log no longer holds part of the range (retention removed it)")]
+    Truncated,
+    #[error("the schema registry could not tell a record's schema: {0}")]
+    Registry(String),
+    #[error("no progress for {0:?}: {1}")]
+    Stalled(Duration, String),
     #[error("cancelled")]
     Cancelled,
 }
@@ -106,8 +130,8 @@ impl Reading<'_> {
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            // A start the log no longer holds (retention) reads what it still holds.
-            .set("auto.offset.reset", "earliest")
+            // A start the log no longer holds (retention) is an error, never a silent skip.
+            .set("auto.offset.reset", "error")
             .create()?;
         let mut cursors: BTreeMap<(String, i32), Cursor> = BTreeMap::new();
         let mut assignment = TopicPartitionList::new();
@@ -129,8 +153,11 @@ impl Reading<'_> {
                 }
             }
         }
+        self.check_held(&consumer, &cursors)?;
         consumer.assign(&assignment)?;
         let mut state = R::State::default();
+        let mut progressed = Instant::now();
+        let mut last_error = String::from("nothing arrived");
         let (mut events, mut undecodable) = (0u64, 0u64);
         let started = Instant::now();
         loop {
@@ -138,14 +165,21 @@ impl Reading<'_> {
             if cursors.values().all(|c| c.done()) {
                 break;
             }
+            if progressed.elapsed() > STALL {
+                return Err(RunError::Stalled(STALL, last_error));
+            }
             let first = tokio::select! {
                 () = self.cancel.cancelled() => return Err(RunError::Cancelled),
                 received = tokio::time::timeout(Duration::from_millis(100), consumer.recv()) => received,
             };
             let batch = match first {
                 Ok(Ok(message)) => ready_batch(&consumer, message).await,
+                Ok(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                    return Err(RunError::Truncated);
+                }
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "report: consumer error");
+                    last_error = error.to_string();
                     Vec::new()
                 }
                 Err(_) => Vec::new(),
@@ -156,7 +190,8 @@ impl Reading<'_> {
                 let Some(cursor) = cursors.get_mut(&key) else {
                     continue;
                 };
-                if cursor.done() || message.offset() >= cursor.span.end {
+                // Past the end, or before where this partition is (a redelivery).
+                if message.offset() < cursor.next || message.offset() >= cursor.span.end {
                     continue;
                 }
                 cursor.next = message.offset() + 1;
@@ -166,20 +201,14 @@ impl Reading<'_> {
                 if !self.window.keeps(message.timestamp().to_millis()) {
                     continue;
                 }
-                let decoded = decode_retrying(
-                    decoder,
-                    message.topic(),
-                    message.payload(),
-                    self.cancel,
-                    |_| {},
-                )
-                .await;
-                match decoded {
+                match self
+                    .decode(decoder, message.topic(), message.payload())
+                    .await?
+                {
                     Some(event) => {
                         R::apply(&mut state, &event);
                         events += 1;
                     }
-                    None if self.cancel.is_cancelled() => return Err(RunError::Cancelled),
                     None => undecodable += 1,
                 }
             }
@@ -203,8 +232,14 @@ impl Reading<'_> {
                 // Done partitions fetch nothing more.
                 let _ = consumer.pause(&finished);
             }
+            let read: u64 = cursors.values().map(|c| c.passed()).sum();
+            if read > self.progress.read() {
+                progressed = Instant::now();
+            }
             self.progress.events.store(events, Ordering::Relaxed);
             self.throttle(started, &cursors).await?;
+            // A backlog keeps the consumer ready: let the thread's other tasks in.
+            tokio::task::yield_now().await;
         }
         self.note(&cursors);
         self.progress.events.store(events, Ordering::Relaxed);
@@ -213,6 +248,67 @@ impl Reading<'_> {
             events,
             undecodable,
         })
+    }
+
+    /// Fails if the log no longer holds the start of a partition's range.
+    fn check_held(
+        &self,
+        consumer: &StreamConsumer,
+        cursors: &BTreeMap<(String, i32), Cursor>,
+    ) -> Result<(), RunError> {
+        for ((topic, partition), cursor) in cursors {
+            if cursor.span.is_empty() {
+                continue;
+            }
+            let (low, _) = consumer.fetch_watermarks(topic, *partition, Duration::from_secs(10))?;
+            if low > cursor.span.start {
+                return Err(RunError::Gone {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    start: cursor.span.start,
+                    low,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A record's event; none if its bytes do not decode. A registry that cannot be reached is
+    /// waited for (up to [`STALL`]); one that cannot tell the record's schema fails the run, so
+    /// that what is left out never depends on the registry.
+    async fn decode<E, D: Decoder<E>>(
+        &self,
+        decoder: &D,
+        topic: &str,
+        payload: Option<&[u8]>,
+    ) -> Result<Option<E>, RunError> {
+        let Some(payload) = payload else {
+            return Ok(None);
+        };
+        let waited = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match decoder.decode(topic, payload).await {
+                Ok(event) => return Ok(Some(event)),
+                Err(WireError::Registry {
+                    retriable: true,
+                    source,
+                }) => {
+                    if waited.elapsed() > STALL {
+                        return Err(RunError::Stalled(STALL, source.to_string()));
+                    }
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return Err(RunError::Cancelled),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(error @ (WireError::Registry { .. } | WireError::Unauthorized { .. })) => {
+                    return Err(RunError::Registry(error.to_string()));
+                }
+                Err(_) => return Ok(None),
+            }
+        }
     }
 
     fn note(&self, cursors: &BTreeMap<(String, i32), Cursor>) {

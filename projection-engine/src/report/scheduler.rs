@@ -1,22 +1,34 @@
 //! Which reports run on this replica, and when: at most `max_running` at once, each on a
 //! thread of its own; up to `max_queued` more wait their turn; beyond that a submission is
-//! refused (`429`). Runs nobody is running any more (their replica was stopped, or stopped
-//! answering) are claimed through the ledger and run again from their recorded range, which
-//! gives the same result, or marked interrupted once they have been tried `max_attempts`
-//! times.
+//! refused (`429`). Runs nobody runs any more (their replica stopped cleanly and handed them
+//! back, or stopped answering) are claimed through the ledger and run again from their
+//! recorded range, which gives the same result; a run lost with its replica `max_attempts`
+//! times is marked interrupted instead.
+//!
+//! One task on the service's runtime keeps this replica's part of the ledger current
+//! ([`Scheduler::upkeep`]): it refreshes the records of the runs here (their progress) every
+//! heartbeat, so that a run thread busy folding never looks abandoned; follows cancellation
+//! requests and lost ownership; claims abandoned runs (only after reading the ledger to its
+//! end, so a replica that was itself behind never takes live runs); writes again records that
+//! compaction could otherwise lose; and removes finished runs past their retention.
+//!
+//! Every record this process writes takes its sequence number under the lock that orders the
+//! runs' state here, so a heartbeat taken before a run started or finished is older than the
+//! start or the end, and refused if it arrives after them.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 
-use super::catalog::Runnable;
-use super::ledger::{Known, Ledger, LedgerError, Run, RunState};
-use super::range::{self, Bound, Window};
+use super::catalog::{ReportInfo, Runnable};
+use super::ledger::{Known, Ledger, LedgerError, Run, RunState, Written};
+use super::range::{self, Bound, CaptureError, Window};
 use super::run::{Progress, Reading, RunError};
 use crate::problem::QueryError;
 
@@ -25,14 +37,16 @@ use crate::problem::QueryError;
 pub struct Limits {
     pub max_running: usize,
     pub max_queued: usize,
-    /// Events per second a run reads at most, unless its request asks for fewer.
+    /// Log positions per second a run reads at most, unless its request asks for fewer.
     pub max_events_per_second: Option<u64>,
-    /// How often an owner rewrites its runs' records (their progress).
+    /// How often this replica rewrites its runs' records (their progress).
     pub heartbeat: Duration,
     /// A run whose record has not changed for this long is claimed by another replica.
     pub stale_after: Duration,
-    /// Attempts after which a lost run is marked interrupted rather than run again.
+    /// Runs lost with their replica before one is marked interrupted.
     pub max_attempts: u32,
+    /// How long finished runs and their results are kept.
+    pub keep: Duration,
 }
 
 /// A submission: `POST /admin/reports`.
@@ -58,6 +72,9 @@ struct Active {
     cancel: CancellationToken,
     why: Arc<AtomicU8>,
     started: Instant,
+    started_at_ms: i64,
+    /// Set, under the lock, once the run's last record is being written: no heartbeat after.
+    finishing: bool,
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +90,12 @@ impl Local {
     fn load(&self) -> usize {
         self.pending.len() + self.queue.len() + self.running.len()
     }
+
+    fn holds(&self, id: &str) -> bool {
+        self.pending.contains(id)
+            || self.running.contains_key(id)
+            || self.queue.iter().any(|q| q == id)
+    }
 }
 
 /// The reports of a replica: the catalog, the ledger, and the runs here.
@@ -81,7 +104,9 @@ pub struct Scheduler {
     /// Each collection's topic.
     topics: BTreeMap<&'static str, String>,
     pub ledger: Arc<Ledger>,
-    /// A read-committed client for ranges and the ledger's end.
+    /// This replica's name, shown as a run's replica.
+    name: String,
+    /// A read-committed client for ranges.
     client: Arc<BaseConsumer>,
     ledger_client: Arc<StreamConsumer>,
     consumer: ClientConfig,
@@ -89,7 +114,12 @@ pub struct Scheduler {
     timeout: Duration,
     pub limits: Limits,
     local: Mutex<Local>,
+    seq: AtomicU64,
     shutdown: CancellationToken,
+    /// Cancelled once the queued runs here are handed back.
+    handed_back: CancellationToken,
+    /// Cancelled once the runs here are handed back: the ledger's follower stops after that.
+    released: CancellationToken,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -124,6 +154,7 @@ pub struct Setup {
     pub consumer: ClientConfig,
     /// The ledger topic; also the prefix of the runs' unjoined group id.
     pub ledger_topic: String,
+    /// This replica's name.
     pub replica: String,
     pub timeout: Duration,
     pub limits: Limits,
@@ -131,37 +162,36 @@ pub struct Setup {
 
 impl Scheduler {
     /// A scheduler, its ledger followed and its upkeep running until `shutdown`.
-    pub fn start(
-        setup: Setup,
-        shutdown: CancellationToken,
-    ) -> Result<Arc<Self>, rdkafka::error::KafkaError> {
+    pub fn start(setup: Setup, shutdown: CancellationToken) -> Result<Arc<Self>, LedgerError> {
         let ledger = Arc::new(Ledger::new(
             &setup.consumer,
             setup.ledger_topic.clone(),
-            setup.replica,
+            uuid::Uuid::new_v4().to_string(),
             setup.timeout,
         )?);
-        let reader = |group: &str| -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+        let reader = || -> Result<StreamConsumer, rdkafka::error::KafkaError> {
             setup
                 .consumer
                 .clone()
-                .set("group.id", group)
+                .set("group.id", format!("{}-ledger", setup.ledger_topic))
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("auto.offset.reset", "earliest")
                 .create()
         };
-        let follower = reader(&format!("{}-ledger", setup.ledger_topic))?;
-        let ledger_client = Arc::new(reader(&format!("{}-ledger", setup.ledger_topic))?);
+        let follower = reader()?;
+        let ledger_client = Arc::new(reader()?);
         let client: BaseConsumer = setup
             .consumer
             .clone()
             .set("isolation.level", "read_committed")
             .create()?;
+        super::ledger::check_topic(&client, &setup.ledger_topic, setup.timeout)?;
         let scheduler = Arc::new(Self {
             reports: setup.reports,
             topics: setup.topics,
             ledger: Arc::clone(&ledger),
+            name: setup.replica,
             client: Arc::new(client),
             ledger_client,
             consumer: setup.consumer,
@@ -169,9 +199,12 @@ impl Scheduler {
             timeout: setup.timeout,
             limits: setup.limits,
             local: Mutex::new(Local::default()),
-            shutdown: shutdown.clone(),
+            seq: AtomicU64::new(1),
+            shutdown,
+            handed_back: CancellationToken::new(),
+            released: CancellationToken::new(),
         });
-        tokio::spawn(Arc::clone(&ledger).follow(follower, shutdown.clone()));
+        tokio::spawn(Arc::clone(&ledger).follow(follower, scheduler.released.clone()));
         tokio::spawn(Arc::clone(&scheduler).upkeep());
         Ok(scheduler)
     }
@@ -182,8 +215,13 @@ impl Scheduler {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// This process's next record number; taken under [`Scheduler::local`]'s lock.
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// The reports it can run.
-    pub fn reports(&self) -> impl Iterator<Item = super::catalog::ReportInfo> + '_ {
+    pub fn reports(&self) -> impl Iterator<Item = ReportInfo> + '_ {
         self.reports.iter().map(|r| r.info())
     }
 
@@ -248,10 +286,15 @@ impl Scheduler {
             tokio::task::spawn_blocking(move || range::capture(&client, &topics, from, timeout))
                 .await
                 .map_err(|_| QueryError::Unavailable("the range capture did not run".into()))?
-                .map_err(|e| {
-                    QueryError::Unavailable(format!("Kafka did not tell the range: {e}"))
+                .map_err(|e| match e {
+                    CaptureError::NoTopic(_) => {
+                        QueryError::ReportNotDone(format!("the report cannot run yet: {e}"))
+                    }
+                    other => {
+                        QueryError::Unavailable(format!("Kafka did not tell the range: {other}"))
+                    }
                 })?;
-        let run = Run {
+        let mut run = Run {
             id: id.clone(),
             report: submission.report,
             from: from.show(),
@@ -261,9 +304,12 @@ impl Scheduler {
             events_total: range::total(&offsets),
             offsets,
             state: RunState::Queued,
-            owner: Some(self.ledger.replica.clone()),
-            writer: self.ledger.replica.clone(),
+            owner: Some(self.ledger.me.clone()),
+            owner_name: Some(self.name.clone()),
+            writer: self.ledger.me.clone(),
+            seq: 0,
             attempt: 1,
+            losses: 0,
             events_read: 0,
             events_per_second: 0.0,
             submitted_at_ms: now_ms(),
@@ -272,6 +318,7 @@ impl Scheduler {
             error: None,
             result: None,
         };
+        run.seq = self.next_seq();
         self.ledger.write(&run).await.map_err(|e| unavailable(&e))?;
         self.enqueue(&id);
         Ok(run)
@@ -307,14 +354,6 @@ impl Scheduler {
             .ok_or_else(|| QueryError::ReportNotFound(id.to_owned()))
     }
 
-    /// The live progress of a run on this replica: (events read, events per second).
-    pub fn live_progress(&self, id: &str, attempt: u32) -> Option<(u64, f64)> {
-        let local = self.local();
-        let active = local.running.get(id).filter(|a| a.attempt == attempt)?;
-        let read = active.progress.read();
-        Some((read, rate(read, active.started.elapsed())))
-    }
-
     fn enqueue(self: &Arc<Self>, id: &str) {
         {
             let mut local = self.local();
@@ -335,18 +374,30 @@ impl Scheduler {
             let Some(known) = self.ledger.get(&id) else {
                 continue;
             };
-            if known.run.owner.as_deref() != Some(self.ledger.replica.as_str()) {
+            if known.run.owner.as_deref() != Some(self.ledger.me.as_str())
+                || known.run.state.finished()
+            {
                 continue;
             }
+            let mut run = known.run;
+            let started_at_ms = now_ms();
+            run.state = RunState::Running;
+            run.writer.clone_from(&self.ledger.me);
+            run.started_at_ms = Some(started_at_ms);
+            run.events_read = 0;
+            run.events_per_second = 0.0;
+            run.seq = self.next_seq();
             let active = Active {
-                attempt: known.run.attempt,
+                attempt: run.attempt,
                 progress: Arc::new(Progress::default()),
                 cancel: CancellationToken::new(),
                 why: Arc::new(AtomicU8::new(STOP_NONE)),
                 started: Instant::now(),
+                started_at_ms,
+                finishing: false,
             };
             let job = Job {
-                run: known.run,
+                run,
                 progress: Arc::clone(&active.progress),
                 cancel: active.cancel.clone(),
                 why: Arc::clone(&active.why),
@@ -354,12 +405,12 @@ impl Scheduler {
             let scheduler = Arc::clone(self);
             let thread_id = id.clone();
             let spawned = std::thread::Builder::new()
-                .name(format!("report-{}", &id[..id.len().min(8)]))
+                .name(format!("report-{}", &id[id.len().saturating_sub(8)..]))
                 .spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
+                    match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
-                        .build();
-                    match runtime {
+                        .build()
+                    {
                         Ok(runtime) => runtime.block_on(Arc::clone(&scheduler).execute(job)),
                         Err(error) => tracing::error!(%error, "report: no runtime for the run"),
                     }
@@ -380,8 +431,8 @@ impl Scheduler {
         self.pump();
     }
 
-    /// Runs one attempt on its own thread: running, then done, failed, cancelled, or released
-    /// (at shutdown, for another replica to claim); nothing if the run was lost meanwhile.
+    /// Runs one attempt on its own thread: running, then done, failed, cancelled, or handed
+    /// back (at shutdown); nothing if the run was lost meanwhile.
     async fn execute(self: Arc<Self>, job: Job) {
         let Job {
             mut run,
@@ -389,104 +440,88 @@ impl Scheduler {
             cancel,
             why,
         } = job;
-        let me = self.ledger.replica.clone();
-        run.state = RunState::Running;
-        run.writer.clone_from(&me);
-        run.started_at_ms = Some(now_ms());
-        run.events_read = 0;
         match self.ledger.write(&run).await {
-            Ok(true) => {}
-            Ok(false) => return,
+            Ok(Written::Accepted) => {}
+            Ok(Written::Refused) => return,
             Err(error) => {
-                // Not started: another replica claims it once its record is stale.
+                // Left as it is: claimed once its record goes stale.
                 tracing::warn!(%error, id = %run.id, "report: could not record its start");
                 return;
             }
         }
-        let Some(runnable) = self.reports.iter().find(|r| r.info().name == run.report) else {
-            run.state = RunState::Failed;
-            run.error = Some(format!("this replica has no report `{}`", run.report));
-            run.finished_at_ms = Some(now_ms());
-            self.settle(&run).await;
-            return;
-        };
-        let limit = match (run.max_events_per_second, self.limits.max_events_per_second) {
-            (Some(asked), Some(most)) => Some(asked.min(most)),
-            (asked, most) => asked.or(most),
-        };
         let started = Instant::now();
-        let reading = Reading {
-            consumer: self.consumer.clone(),
-            group: self.group.clone(),
-            offsets: &run.offsets,
-            window: run.window,
-            progress: &progress,
-            cancel: &cancel,
-            limit,
-        };
-        let mut fold = std::pin::pin!(runnable.run(reading));
-        let mut beat = tokio::time::interval(self.limits.heartbeat);
-        beat.tick().await;
-        let outcome = loop {
-            tokio::select! {
-                outcome = &mut fold => break outcome,
-                _ = beat.tick() => {
-                    let mut heartbeat = run.clone();
-                    heartbeat.events_read = progress.read();
-                    heartbeat.events_per_second = rate(heartbeat.events_read, started.elapsed());
-                    match self.ledger.write(&heartbeat).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            why.store(STOP_LOST, Ordering::Relaxed);
-                            cancel.cancel();
+        let outcome = match self.reports.iter().find(|r| r.info().name == run.report) {
+            None => Err(format!("this replica has no report `{}`", run.report)),
+            Some(runnable) => {
+                let limit = match (run.max_events_per_second, self.limits.max_events_per_second) {
+                    (Some(asked), Some(most)) => Some(asked.min(most)),
+                    (asked, most) => asked.or(most),
+                };
+                let reading = Reading {
+                    consumer: self.consumer.clone(),
+                    group: self.group.clone(),
+                    offsets: &run.offsets,
+                    window: run.window,
+                    progress: &progress,
+                    cancel: &cancel,
+                    limit,
+                };
+                match std::panic::AssertUnwindSafe(runnable.run(reading))
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(Ok(fold)) => Ok(fold),
+                    Ok(Err(RunError::Cancelled)) => match why.load(Ordering::Relaxed) {
+                        STOP_LOST => return,
+                        STOP_SHUTDOWN => {
+                            self.hand_back(&run.id).await;
+                            return;
                         }
-                        Err(error) => tracing::warn!(%error, id = %run.id, "report: progress not recorded"),
+                        _ => Err(String::new()),
+                    },
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(_) => Err("the report panicked".to_owned()),
+                }
+            }
+        };
+        let last = {
+            let mut local = self.local();
+            if let Some(active) = local.running.get_mut(&run.id) {
+                active.finishing = true;
+            }
+            run.events_read = progress.read();
+            run.events_per_second = rate(run.events_read, started.elapsed());
+            run.finished_at_ms = Some(now_ms());
+            run.seq = self.next_seq();
+            match outcome {
+                Ok(fold) => {
+                    run.state = RunState::Done;
+                    let mut result = fold.table;
+                    result["events"] = fold.events.into();
+                    result["undecodable"] = fold.undecodable.into();
+                    result["offsets"] = serde_json::to_value(&run.offsets).unwrap_or_default();
+                    run.result = Some(result);
+                    if serde_json::to_vec(&run).map_or(0, |v| v.len()) > MAX_RECORD {
+                        run.result = None;
+                        run.state = RunState::Failed;
+                        run.error = Some(format!(
+                            "the result is larger than a record of the reports topic may be ({MAX_RECORD} bytes)"
+                        ));
                     }
                 }
-            }
-        };
-        run.events_read = progress.read();
-        run.events_per_second = rate(run.events_read, started.elapsed());
-        match outcome {
-            Ok(fold) => {
-                run.state = RunState::Done;
-                run.finished_at_ms = Some(now_ms());
-                let mut result = fold.table;
-                result["events"] = fold.events.into();
-                result["undecodable"] = fold.undecodable.into();
-                result["offsets"] = serde_json::to_value(&run.offsets).unwrap_or_default();
-                run.result = Some(result);
-                if serde_json::to_vec(&run).map_or(0, |v| v.len()) > MAX_RECORD {
-                    run.result = None;
+                Err(error) if error.is_empty() => run.state = RunState::Cancelled,
+                Err(error) => {
                     run.state = RunState::Failed;
-                    run.error = Some(format!(
-                        "the result is larger than a record of the reports topic may be ({MAX_RECORD} bytes)"
-                    ));
+                    run.error = Some(error);
                 }
             }
-            Err(RunError::Cancelled) => match why.load(Ordering::Relaxed) {
-                STOP_LOST => return,
-                STOP_SHUTDOWN => {
-                    run.state = RunState::Queued;
-                    run.owner = None;
-                    run.events_read = 0;
-                }
-                _ => {
-                    run.state = RunState::Cancelled;
-                    run.finished_at_ms = Some(now_ms());
-                }
-            },
-            Err(error) => {
-                run.state = RunState::Failed;
-                run.error = Some(error.to_string());
-                run.finished_at_ms = Some(now_ms());
-            }
-        }
-        self.settle(&run).await;
+            run
+        };
+        self.settle(&last).await;
     }
 
-    /// Records a run's last state here, retrying a little: if it still cannot be written the
-    /// run is left to be claimed and run again.
+    /// Records a run's last state, retrying a little: if it still cannot be written the run is
+    /// claimed once its record goes stale, and run again.
     async fn settle(&self, run: &Run) {
         for attempt in 0..3 {
             match self.ledger.write(run).await {
@@ -499,30 +534,120 @@ impl Scheduler {
         }
     }
 
-    /// Until shutdown: follows cancellation requests and lost ownership, keeps this replica's
-    /// queued runs' records fresh, and claims runs nobody runs.
+    /// At shutdown: gives run `id` back to the ledger, queued and owned by nobody, for another
+    /// replica to claim at once; written without waiting to read it back.
+    async fn hand_back(&self, id: &str) {
+        let Some(known) = self.ledger.get(id) else {
+            return;
+        };
+        let mut run = known.run;
+        if run.owner.as_deref() != Some(self.ledger.me.as_str()) || run.state.finished() {
+            return;
+        }
+        run.state = RunState::Queued;
+        run.owner = None;
+        run.owner_name = None;
+        run.writer.clone_from(&self.ledger.me);
+        run.events_read = 0;
+        run.seq = {
+            let _local = self.local();
+            self.next_seq()
+        };
+        if let Err(error) = self.ledger.hand_over(&run).await {
+            tracing::warn!(%error, id, "report: could not hand the run back; it is claimed once stale");
+        }
+    }
+
+    /// Until shutdown: keeps this replica's part of the ledger current (see the module's
+    /// documentation); then hands the runs here back.
     async fn upkeep(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.limits.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beat = Instant::now();
         loop {
+            // Registered before looking, so that a change while `tend` runs wakes the next.
             let changed = self.ledger.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if beat.elapsed() >= self.limits.heartbeat {
+                beat = Instant::now();
+                self.heartbeat().await;
+            }
+            self.tend().await;
             tokio::select! {
                 () = self.shutdown.cancelled() => break,
                 () = changed => {}
                 _ = tick.tick() => {}
             }
-            self.tend().await;
         }
         self.release().await;
+        self.handed_back.cancel();
     }
 
+    /// Rewrites the record of every run here: queued as it is, running with its progress.
+    async fn heartbeat(&self) {
+        let records: Vec<Run> = {
+            let local = self.local();
+            let mut records = Vec::new();
+            let ids = local
+                .queue
+                .iter()
+                .chain(local.running.keys())
+                .cloned()
+                .collect::<Vec<_>>();
+            for id in ids {
+                let Some(known) = self.ledger.get(&id) else {
+                    continue;
+                };
+                let mut run = known.run;
+                if run.owner.as_deref() != Some(self.ledger.me.as_str()) || run.state.finished() {
+                    continue;
+                }
+                if let Some(active) = local.running.get(&id) {
+                    if active.finishing || active.attempt != run.attempt {
+                        continue;
+                    }
+                    run.state = RunState::Running;
+                    run.started_at_ms = Some(active.started_at_ms);
+                    run.events_read = active.progress.read();
+                    run.events_per_second = rate(run.events_read, active.started.elapsed());
+                }
+                run.writer.clone_from(&self.ledger.me);
+                run.result = None;
+                run.seq = self.next_seq();
+                records.push(run);
+            }
+            records
+        };
+        for run in records {
+            match self.ledger.write(&run).await {
+                Ok(Written::Accepted) => {}
+                Ok(Written::Refused) => self.stop_if_running(&run.id, STOP_LOST, Some(run.attempt)),
+                Err(error) => tracing::warn!(%error, id = %run.id, "report: progress not recorded"),
+            }
+        }
+    }
+
+    fn stop_if_running(&self, id: &str, why: u8, attempt: Option<u32>) {
+        let local = self.local();
+        if let Some(active) = local.running.get(id)
+            && attempt.is_none_or(|a| a == active.attempt)
+            && !active.finishing
+        {
+            active.why.store(why, Ordering::Relaxed);
+            active.cancel.cancel();
+        }
+    }
+
+    /// Follows cancellation requests and lost ownership; claims abandoned runs; writes again
+    /// what compaction could lose; removes finished runs past their retention.
     async fn tend(self: &Arc<Self>) {
-        let me = self.ledger.replica.as_str();
+        let me = self.ledger.me.as_str();
         let mut writes: Vec<Run> = Vec::new();
-        let mut claims: Vec<Known> = Vec::new();
+        let mut candidates: Vec<String> = Vec::new();
         {
             let mut local = self.local();
-            for known in self.ledger.list() {
+            for known in self.ledger.unfinished() {
                 let run = &known.run;
                 let mine = run.owner.as_deref() == Some(me);
                 if let Some(active) = local.running.get(&run.id) {
@@ -533,121 +658,162 @@ impl Scheduler {
                     } else {
                         STOP_NONE
                     };
-                    if stop != STOP_NONE {
+                    if stop != STOP_NONE && !active.finishing {
                         active.why.store(stop, Ordering::Relaxed);
                         active.cancel.cancel();
                     }
                     continue;
                 }
                 if let Some(at) = local.queue.iter().position(|q| *q == run.id) {
-                    if !mine || run.state.finished() {
+                    if !mine {
                         local.queue.remove(at);
                     } else if known.cancel_requested {
                         local.queue.remove(at);
                         let mut cancelled = run.clone();
                         cancelled.state = RunState::Cancelled;
                         cancelled.finished_at_ms = Some(now_ms());
+                        cancelled.writer = me.to_owned();
+                        cancelled.seq = self.next_seq();
                         writes.push(cancelled);
-                    } else if known.seen.elapsed() >= self.limits.heartbeat {
-                        writes.push(run.clone());
                     }
                     continue;
                 }
-                if run.state.finished() || local.pending.contains(&run.id) {
+                if local.pending.contains(&run.id) {
                     continue;
                 }
-                let orphaned =
-                    run.owner.is_none() || mine || known.seen.elapsed() >= self.limits.stale_after;
-                if orphaned && local.load() < self.limits.max_running + self.limits.max_queued {
-                    local.pending.insert(run.id.clone());
-                    claims.push(known);
+                let abandoned =
+                    run.owner.is_none() || known.seen.elapsed() >= self.limits.stale_after;
+                if abandoned {
+                    candidates.push(run.id.clone());
+                }
+            }
+            for id in self.ledger.take_republish() {
+                if let Some(known) = self.ledger.get(&id)
+                    && (known.run.owner.as_deref() == Some(me)
+                        || (known.run.state.finished() && known.run.writer == me))
+                    && !local.running.get(&id).is_some_and(|a| a.finishing)
+                {
+                    let mut again = known.run;
+                    again.writer = me.to_owned();
+                    again.seq = self.next_seq();
+                    writes.push(again);
                 }
             }
         }
         for run in writes {
             if let Err(error) = self.ledger.write(&run).await {
-                tracing::warn!(%error, id = %run.id, "report: its record was not refreshed");
+                tracing::warn!(%error, id = %run.id, "report: a record was not written");
             }
         }
-        for known in claims {
-            self.claim(known).await;
+        if !candidates.is_empty() {
+            self.claim_abandoned(candidates).await;
+        }
+        let keep_ms = i64::try_from(self.limits.keep.as_millis()).unwrap_or(i64::MAX);
+        for id in self
+            .ledger
+            .finished_before(now_ms().saturating_sub(keep_ms))
+        {
+            if let Err(error) = self.ledger.remove(&id).await {
+                tracing::warn!(%error, %id, "report: an expired run was not removed");
+            }
         }
     }
 
-    /// Claims a run nobody runs: the next attempt, queued here; or, past the attempts allowed,
-    /// marked interrupted with what it had read.
-    async fn claim(self: &Arc<Self>, known: Known) {
-        let id = known.run.id.clone();
-        let _pending = Pending {
-            scheduler: self,
-            id: id.clone(),
-        };
-        let mut run = known.run;
-        run.attempt += 1;
-        run.owner = Some(self.ledger.replica.clone());
-        run.writer.clone_from(&self.ledger.replica);
-        if known.cancel_requested || run.attempt > self.limits.max_attempts {
-            run.state = if known.cancel_requested {
-                RunState::Cancelled
-            } else {
-                RunState::Interrupted
-            };
-            run.error = (!known.cancel_requested).then(|| {
-                format!(
-                    "its replica was lost {} times; it had read {} of {} positions",
-                    run.attempt - 1,
-                    run.events_read,
-                    run.events_total
-                )
-            });
-            run.finished_at_ms = Some(now_ms());
-            let _ = self.ledger.write(&run).await;
+    /// Claims the abandoned runs of `candidates` there is room for, after reading the ledger
+    /// to its end: a replica that was behind sees its owners' records first.
+    async fn claim_abandoned(self: &Arc<Self>, candidates: Vec<String>) {
+        if let Err(error) = self.ledger.catch_up(Arc::clone(&self.ledger_client)).await {
+            tracing::warn!(%error, "report: the ledger is not readable to its end; claiming nothing");
             return;
         }
-        run.state = RunState::Queued;
-        tracing::info!(id = %run.id, attempt = run.attempt, "report: claiming a run nobody runs");
-        match self.ledger.write(&run).await {
-            Ok(true) => self.enqueue(&id),
-            Ok(false) => {}
-            Err(error) => tracing::warn!(%error, %id, "report: claim not recorded"),
+        for id in candidates {
+            let claim = {
+                let mut local = self.local();
+                let Some(known) = self.ledger.get(&id) else {
+                    continue;
+                };
+                let abandoned = !known.run.state.finished()
+                    && (known.run.owner.is_none()
+                        || known.seen.elapsed() >= self.limits.stale_after);
+                if !abandoned
+                    || local.holds(&id)
+                    || local.load() >= self.limits.max_running + self.limits.max_queued
+                    || self.shutdown.is_cancelled()
+                {
+                    continue;
+                }
+                local.pending.insert(id.clone());
+                let lost = known.run.owner.is_some();
+                let read_before = known.run.events_read;
+                let mut run = known.run;
+                run.attempt += 1;
+                run.losses += u32::from(lost);
+                run.owner = Some(self.ledger.me.clone());
+                run.owner_name = Some(self.name.clone());
+                run.writer.clone_from(&self.ledger.me);
+                run.events_read = 0;
+                run.seq = self.next_seq();
+                if known.cancel_requested {
+                    run.state = RunState::Cancelled;
+                    run.finished_at_ms = Some(now_ms());
+                } else if run.losses >= self.limits.max_attempts {
+                    run.state = RunState::Interrupted;
+                    run.error = Some(format!(
+                        "its replica was lost {} times; the last had read {} of {} positions",
+                        run.losses, read_before, run.events_total
+                    ));
+                    run.finished_at_ms = Some(now_ms());
+                } else {
+                    run.state = RunState::Queued;
+                }
+                run
+            };
+            let _pending = Pending {
+                scheduler: self,
+                id: id.clone(),
+            };
+            tracing::info!(%id, attempt = claim.attempt, state = claim.state.name(), "report: claiming a run nobody runs");
+            match self.ledger.write(&claim).await {
+                Ok(Written::Accepted) if claim.state == RunState::Queued => self.enqueue(&id),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, %id, "report: claim not recorded"),
+            }
         }
     }
 
-    /// At shutdown: stops the runs here and hands every run this replica owns back to the
-    /// ledger, for another replica to claim at once.
+    /// At shutdown: stops the runs here (each hands itself back) and hands back the queued.
     async fn release(&self) {
         let queued: Vec<String> = {
             let mut local = self.local();
             for active in local.running.values() {
-                active.why.store(STOP_SHUTDOWN, Ordering::Relaxed);
-                active.cancel.cancel();
+                if !active.finishing {
+                    active.why.store(STOP_SHUTDOWN, Ordering::Relaxed);
+                    active.cancel.cancel();
+                }
             }
             local.queue.drain(..).collect()
         };
         for id in queued {
-            if let Some(mut known) = self.ledger.get(&id) {
-                known.run.owner = None;
-                known.run.writer.clone_from(&self.ledger.replica);
-                let _ = self.ledger.write(&known.run).await;
-            }
+            self.hand_back(&id).await;
         }
     }
 
-    /// Waits, until `deadline`, for the runs here to finish stopping.
+    /// At shutdown, until `deadline`: waits for the runs here to be handed back, then stops
+    /// following the ledger.
     pub async fn stopped(&self, deadline: Instant) {
         self.shutdown.cancel();
         while Instant::now() < deadline {
             let busy = {
                 let mut local = self.local();
                 local.threads.retain(|t| !t.is_finished());
-                !local.threads.is_empty()
+                !local.threads.is_empty() || !self.handed_back.is_cancelled()
             };
             if !busy {
-                return;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tracing::warn!("reports still running at the end of the grace; abandoning them");
+        self.released.cancel();
     }
 }
 

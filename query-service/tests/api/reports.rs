@@ -716,3 +716,83 @@ async fn a_report_outlives_the_replica_running_it() {
     );
     second.stop().await;
 }
+
+#[tokio::test]
+async fn a_replica_that_stops_hands_its_reports_over_and_any_replica_cancels() {
+    let commands = Commands::spawn().await;
+    let topic = commands.topic.clone();
+    commands.stop().await;
+    let writer = Writer::new(&topic);
+    write_history(&writer).await;
+    let group = format!("g-{topic}");
+    // The default stale time (10 s): a hand-over must not wait for it.
+    let first = Replica::spawn(&topic, &group, "first").await;
+    let second = Replica::spawn(&topic, &group, "second").await;
+    let http = client();
+
+    let handed = start(
+        &http,
+        &first.address,
+        json!({"report": "monthly-orders", "max_events_per_second": 6}),
+    )
+    .await;
+    let cancelled = start(
+        &http,
+        &first.address,
+        json!({"report": "customer-cohorts", "max_events_per_second": 1}),
+    )
+    .await;
+    for id in [&handed, &cancelled] {
+        eventually(
+            Duration::from_secs(10),
+            "the report runs on the first replica",
+            || {
+                let http = http.clone();
+                let (address, id) = (second.address.clone(), id.clone());
+                async move {
+                    let status = status(&http, &address, &id).await;
+                    status["state"] == "running" && status["replica"] == "first"
+                }
+            },
+        )
+        .await;
+    }
+
+    // Cancelled through the other replica: the owner stops it.
+    let asked = Instant::now();
+    let response = admin(http.delete(format!("{}/admin/reports/{cancelled}", second.address)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let stopped = finished(&http, &second.address, &cancelled, Duration::from_secs(5)).await;
+    assert_eq!(stopped["state"], "cancelled", "{stopped}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    // The first replica stops cleanly: the second takes its running report over at once.
+    let stopping = Instant::now();
+    first.stop().await;
+    eventually(Duration::from_secs(5), "the second replica runs it", || {
+        let http = http.clone();
+        let (address, id) = (second.address.clone(), handed.clone());
+        async move {
+            let status = status(&http, &address, &id).await;
+            status["replica"] == "second"
+        }
+    })
+    .await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "taken over only after {:?}: was it handed back?",
+        stopping.elapsed()
+    );
+    let done = finished(&http, &second.address, &handed, Duration::from_secs(40)).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["attempt"], 2);
+    assert_eq!(done["result"]["events"], 10);
+    second.stop().await;
+}
