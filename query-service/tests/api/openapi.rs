@@ -51,20 +51,49 @@ async fn the_document_matches_the_router_and_every_request_gets_its_promised_sta
     assert_eq!(document["openapi"], "3.1.0");
     let table = query_service::api::table(&query_service::api::catalog());
     assert_eq!(operations(&document), table_operations(&table));
+    // A report, so that `/admin/reports/{id}` answers its 200.
+    let report: Value = http
+        .post(format!("{}/admin/reports", replica.address))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"report": "monthly-orders"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let report_id = report["id"].as_str().unwrap().to_owned();
 
     for route in table {
+        let id = if route.path.starts_with("/admin/reports") {
+            &report_id
+        } else {
+            &written.order_id
+        };
         let path = route
             .path
-            .replace("{id}", &written.order_id)
+            .replace("{id}", id)
             .replace("{customer_id}", "c-docs");
-        // Any method but the documented ones: 405, and `Allow` names exactly them.
+        // Any method but the documented ones: 405, and `Allow` names exactly them (`GET`
+        // routes also answer `HEAD`).
         let refused = http
-            .delete(format!("{}{path}", replica.address))
+            .put(format!("{}{path}", replica.address))
             .send()
             .await
             .unwrap();
-        assert_eq!(refused.status(), 405, "DELETE {path}");
-        assert_eq!(refused.headers()["allow"], "GET, HEAD", "{path}");
+        assert_eq!(refused.status(), 405, "PUT {path}");
+        let allowed: Vec<&str> = route
+            .methods
+            .iter()
+            .flat_map(|m| {
+                if *m == "GET" {
+                    vec!["GET", "HEAD"]
+                } else {
+                    vec![*m]
+                }
+            })
+            .collect();
+        assert_eq!(refused.headers()["allow"], allowed.join(", "), "{path}");
 
         let mut request = http
             .get(format!("{}{path}", replica.address))
