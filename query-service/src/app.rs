@@ -373,7 +373,11 @@ impl Application {
                 "heartbeat.interval.ms",
                 (config.session_timeout_ms / 4).max(250).to_string(),
             )
-            .set("socket.timeout.ms", config.kafka_timeout_ms.to_string());
+            .set("socket.timeout.ms", config.kafka_timeout_ms.to_string())
+            // librdkafka stops fetching a partition for this long once its local queue is full
+            // (1 s by default): a consumer that drains the queue faster than that (a replay, a
+            // report) would sit idle most of each second.
+            .set("fetch.queue.backoff.ms", "10");
         let store = Arc::new(store);
         let environment = Environment {
             kafka: config.kafka.clone(),
