@@ -490,14 +490,14 @@ pub(crate) async fn ready_batch<'a, C: ConsumerContext + 'static>(
 ) -> Vec<rdkafka::message::BorrowedMessage<'a>> {
     let mut messages = vec![first];
     while messages.len() < MAX_BATCH {
-        // `recv` is polled once: ready now, or not part of this batch.
-        match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
-            Ok(Ok(message)) => messages.push(message),
-            Ok(Err(error)) => {
+        // `recv` is polled once: ready now, or not part of this batch (no timer per message).
+        match futures::FutureExt::now_or_never(consumer.recv()) {
+            Some(Ok(message)) => messages.push(message),
+            Some(Err(error)) => {
                 tracing::warn!(%error, "consumer error");
                 break;
             }
-            Err(_) => break,
+            None => break,
         }
     }
     messages

@@ -15,7 +15,6 @@
 //!   a run that makes no progress for [`STALL`]. Only records whose bytes do not decode are
 //!   left out, and counted.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -117,6 +116,16 @@ impl Cursor {
     }
 }
 
+/// Each partition of the range and where it is; a handful, searched in place.
+type Cursors = Vec<((String, i32), Cursor)>;
+
+fn cursor_of<'c>(cursors: &'c mut Cursors, topic: &str, partition: i32) -> Option<&'c mut Cursor> {
+    cursors
+        .iter_mut()
+        .find(|((t, p), _)| *p == partition && t == topic)
+        .map(|(_, cursor)| cursor)
+}
+
 impl Reading<'_> {
     /// Folds the range with report `R`.
     pub async fn fold<R: Report, D: Decoder<R::Event>>(
@@ -133,17 +142,17 @@ impl Reading<'_> {
             // A start the log no longer holds (retention) is an error, never a silent skip.
             .set("auto.offset.reset", "error")
             .create()?;
-        let mut cursors: BTreeMap<(String, i32), Cursor> = BTreeMap::new();
+        let mut cursors: Cursors = Vec::new();
         let mut assignment = TopicPartitionList::new();
         for (topic, spans) in self.offsets {
             for (partition, span) in spans {
-                cursors.insert(
+                cursors.push((
                     (topic.clone(), *partition),
                     Cursor {
                         span: *span,
                         next: span.start,
                     },
-                );
+                ));
                 if !span.is_empty() {
                     assignment.add_partition_offset(
                         topic,
@@ -162,7 +171,7 @@ impl Reading<'_> {
         let started = Instant::now();
         loop {
             self.note(&cursors);
-            if cursors.values().all(|c| c.done()) {
+            if cursors.iter().map(|(_, c)| c).all(|c| c.done()) {
                 break;
             }
             if progressed.elapsed() > STALL {
@@ -186,8 +195,8 @@ impl Reading<'_> {
             };
             let mut finished = TopicPartitionList::new();
             for message in &batch {
-                let key = (message.topic().to_owned(), message.partition());
-                let Some(cursor) = cursors.get_mut(&key) else {
+                let Some(cursor) = cursor_of(&mut cursors, message.topic(), message.partition())
+                else {
                     continue;
                 };
                 // Past the end, or before where this partition is (a redelivery).
@@ -196,7 +205,7 @@ impl Reading<'_> {
                 }
                 cursor.next = message.offset() + 1;
                 if cursor.done() {
-                    finished.add_partition(&key.0, key.1);
+                    finished.add_partition(message.topic(), message.partition());
                 }
                 if !self.window.keeps(message.timestamp().to_millis()) {
                     continue;
@@ -217,7 +226,7 @@ impl Reading<'_> {
                 for element in positions.elements() {
                     if let (Offset::Offset(next), Some(cursor)) = (
                         element.offset(),
-                        cursors.get_mut(&(element.topic().to_owned(), element.partition())),
+                        cursor_of(&mut cursors, element.topic(), element.partition()),
                     ) && !cursor.done()
                         && next > cursor.next
                     {
@@ -232,7 +241,7 @@ impl Reading<'_> {
                 // Done partitions fetch nothing more.
                 let _ = consumer.pause(&finished);
             }
-            let read: u64 = cursors.values().map(|c| c.passed()).sum();
+            let read: u64 = cursors.iter().map(|(_, c)| c).map(|c| c.passed()).sum();
             if read > self.progress.read() {
                 progressed = Instant::now();
             }
@@ -251,12 +260,8 @@ impl Reading<'_> {
     }
 
     /// Fails if the log no longer holds the start of a partition's range.
-    fn check_held(
-        &self,
-        consumer: &StreamConsumer,
-        cursors: &BTreeMap<(String, i32), Cursor>,
-    ) -> Result<(), RunError> {
-        for ((topic, partition), cursor) in cursors {
+    fn check_held(&self, consumer: &StreamConsumer, cursors: &Cursors) -> Result<(), RunError> {
+        for ((topic, partition), cursor) in cursors.iter() {
             if cursor.span.is_empty() {
                 continue;
             }
@@ -311,21 +316,17 @@ impl Reading<'_> {
         }
     }
 
-    fn note(&self, cursors: &BTreeMap<(String, i32), Cursor>) {
-        let read = cursors.values().map(|c| c.passed()).sum();
+    fn note(&self, cursors: &Cursors) {
+        let read = cursors.iter().map(|(_, c)| c).map(|c| c.passed()).sum();
         self.progress.read.fetch_max(read, Ordering::Relaxed);
     }
 
     /// Sleeps while the run is ahead of its events-per-second limit.
-    async fn throttle(
-        &self,
-        started: Instant,
-        cursors: &BTreeMap<(String, i32), Cursor>,
-    ) -> Result<(), RunError> {
+    async fn throttle(&self, started: Instant, cursors: &Cursors) -> Result<(), RunError> {
         let Some(limit) = self.limit.filter(|l| *l > 0) else {
             return Ok(());
         };
-        let read: u64 = cursors.values().map(|c| c.passed()).sum();
+        let read: u64 = cursors.iter().map(|(_, c)| c).map(|c| c.passed()).sum();
         #[allow(clippy::cast_precision_loss)]
         let due = started + Duration::from_secs_f64(read as f64 / limit as f64);
         tokio::select! {
