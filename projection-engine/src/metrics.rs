@@ -1,6 +1,7 @@
 //! Prometheus metrics of a query replica, served at `/metrics` (OpenMetrics text): each
 //! projection's counters (labelled `projection`), each owned partition's lag, and the
-//! forwarding and consistency-wait counters of the query routes.
+//! forwarding and consistency-wait counters of the query routes, the live streams' and the
+//! reports'.
 
 use std::sync::Arc;
 
@@ -25,9 +26,29 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// A finished report's state.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+/// The reports' metrics, of the runs on this replica.
+#[derive(Debug, Clone, Default)]
+pub struct ReportMetrics {
+    /// Runs running here now.
+    pub running: Gauge,
+    /// Runs waiting here.
+    pub queued: Gauge,
+    /// Log positions reports read here.
+    pub positions_read: Counter,
+    /// Runs that finished here, by state.
+    pub finished: Family<StateLabel, Counter>,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    pub reports: ReportMetrics,
     projections: Vec<Arc<Slot>>,
     lag: Family<PartitionLabel, Gauge>,
     owned: Family<PartitionLabel, Gauge>,
@@ -151,8 +172,30 @@ impl Metrics {
             "From an event's record timestamp to its push onto a live stream",
             live.push_latency.clone(),
         );
+        let reports = ReportMetrics::default();
+        registry.register(
+            "reports_running",
+            "Reports running on this replica",
+            reports.running.clone(),
+        );
+        registry.register(
+            "reports_queued",
+            "Reports waiting on this replica",
+            reports.queued.clone(),
+        );
+        registry.register(
+            "report_positions_read",
+            "Log positions the reports run on this replica read",
+            reports.positions_read.clone(),
+        );
+        registry.register(
+            "reports_finished",
+            "Reports that finished on this replica, by state",
+            reports.finished.clone(),
+        );
         Self {
             registry,
+            reports,
             live,
             projections: projections.to_vec(),
             lag,

@@ -174,6 +174,7 @@ async fn reports(
     config: &Config,
     env: &Environment,
     replica_id: &str,
+    metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
 ) -> Option<Arc<Scheduler>> {
     let kafka = config.kafka.client_config();
@@ -216,6 +217,7 @@ async fn reports(
             max_attempts: config.reports_max_attempts,
             keep: Duration::from_secs(config.reports_keep_hours.saturating_mul(3_600)),
         },
+        metrics: Arc::clone(metrics),
     };
     match Scheduler::start(setup, shutdown.clone()) {
         Ok(scheduler) => Some(scheduler),
@@ -410,7 +412,7 @@ impl Application {
             shutdown.clone(),
         ));
         threads.push(live_tail(&config, &environment, &live, &shutdown)?);
-        let reports = reports(&config, &environment, &replica_id, &shutdown).await;
+        let reports = reports(&config, &environment, &replica_id, &metrics, &shutdown).await;
 
         let catalog = crate::api::catalog();
         let table = crate::api::table(&catalog);

@@ -30,6 +30,7 @@ use super::catalog::{ReportInfo, Runnable};
 use super::ledger::{Known, Ledger, LedgerError, Run, RunState, Written};
 use super::range::{self, Bound, CaptureError, Window};
 use super::run::{Progress, Reading, RunError};
+use crate::metrics::{Metrics, StateLabel};
 use crate::problem::QueryError;
 
 /// The bounds of the reports a replica runs.
@@ -115,6 +116,7 @@ pub struct Scheduler {
     pub limits: Limits,
     local: Mutex<Local>,
     seq: AtomicU64,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     /// Cancelled once the queued runs here are handed back.
     handed_back: CancellationToken,
@@ -158,6 +160,7 @@ pub struct Setup {
     pub replica: String,
     pub timeout: Duration,
     pub limits: Limits,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Scheduler {
@@ -200,6 +203,7 @@ impl Scheduler {
             limits: setup.limits,
             local: Mutex::new(Local::default()),
             seq: AtomicU64::new(1),
+            metrics: setup.metrics,
             shutdown,
             handed_back: CancellationToken::new(),
             released: CancellationToken::new(),
@@ -517,6 +521,14 @@ impl Scheduler {
             }
             run
         };
+        self.metrics.reports.positions_read.inc_by(last.events_read);
+        self.metrics
+            .reports
+            .finished
+            .get_or_create(&StateLabel {
+                state: last.state.name(),
+            })
+            .inc();
         self.settle(&last).await;
     }
 
@@ -588,6 +600,9 @@ impl Scheduler {
     async fn heartbeat(&self) {
         let records: Vec<Run> = {
             let local = self.local();
+            let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            self.metrics.reports.running.set(gauge(local.running.len()));
+            self.metrics.reports.queued.set(gauge(local.queue.len()));
             let mut records = Vec::new();
             let ids = local
                 .queue

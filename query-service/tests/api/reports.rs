@@ -414,6 +414,19 @@ async fn reports_count_a_known_history_exactly_and_the_same_every_time() {
     assert_eq!(reports[4]["id"], id.as_str());
     assert!(reports.iter().all(|r| r["result"].is_null()));
     assert_eq!(list["available"].as_array().unwrap().len(), 3);
+    let metrics = http
+        .get(format!("{}/metrics", replica.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"query_service_reports_finished_total{state="done"} 5"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("query_service_report_positions_read_total "));
     replica.stop().await;
 }
 
