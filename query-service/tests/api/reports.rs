@@ -809,3 +809,80 @@ async fn a_replica_that_stops_hands_its_reports_over_and_any_replica_cancels() {
     assert_eq!(done["result"]["events"], 10);
     second.stop().await;
 }
+
+#[tokio::test]
+async fn a_report_whose_range_the_log_no_longer_holds_fails_and_says_so() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+    let commands = Commands::spawn().await;
+    let topic = commands.topic.clone();
+    commands.stop().await;
+    write_history(&Writer::new(&topic)).await;
+    let data = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let mut config = Replica::config(&topic, &format!("g-{topic}"), "r-1", &data);
+    config.reports_max_running = 1;
+    let replica = Replica::spawn_with(config, data).await;
+    let http = client();
+
+    // One runs slowly; the other waits with its range fixed.
+    let blocking = start(
+        &http,
+        &replica.address,
+        json!({"report": "monthly-customers", "max_events_per_second": 1}),
+    )
+    .await;
+    let waiting = start(&http, &replica.address, json!({"report": "monthly-orders"})).await;
+    let queued = status(&http, &replica.address, &waiting).await;
+    assert_eq!(queued["state"], "queued");
+    // Retention takes the first records of every orders partition the range starts in.
+    let mut doomed = TopicPartitionList::new();
+    for (partition, span) in queued["offsets"][&topic].as_object().unwrap() {
+        let (start, end) = (
+            span["start"].as_i64().unwrap(),
+            span["end"].as_i64().unwrap(),
+        );
+        if end > start {
+            doomed
+                .add_partition_offset(
+                    &topic,
+                    partition.parse().unwrap(),
+                    Offset::Offset(start + 1),
+                )
+                .unwrap();
+        }
+    }
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", env("KAFKA_BOOTSTRAP"))
+        .create()
+        .unwrap();
+    admin
+        .delete_records(&doomed, &AdminOptions::new())
+        .await
+        .unwrap();
+
+    let response = admin_request(&http, &replica.address, &blocking).await;
+    assert_eq!(response, 202);
+    let failed = finished(&http, &replica.address, &waiting, Duration::from_secs(30)).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("no longer holds"),
+        "{failed}"
+    );
+    assert!(failed["result"].is_null());
+    replica.stop().await;
+}
+
+/// `DELETE /admin/reports/{id}`'s status.
+async fn admin_request(http: &reqwest::Client, address: &str, id: &str) -> u16 {
+    admin(http.delete(format!("{address}/admin/reports/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
