@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use orders::events::OrderPayload;
-use shared_events::report::{Cell, Column, ColumnType, Month, Report, Reports};
+use shared_events::report::{Cell, Column, ColumnType, MONTH, Month, Report, Reports};
 
 use crate::events::{CustomerEvent, CustomerPayload};
 use crate::projection::CustomerFeed;
@@ -29,11 +29,7 @@ impl Report for MonthlyCustomers {
     const TOPICS: &'static [&'static str] = &["customers"];
     const SUMMARY: &'static str = "Per month: customers registered and deactivated";
     const COLUMNS: &'static [Column] = &[
-        Column {
-            name: "month",
-            kind: ColumnType::Text,
-            description: "The UTC month, YYYY-MM",
-        },
+        MONTH,
         Column {
             name: "registered",
             kind: ColumnType::Integer,

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use shared_events::report::{Cell, Column, ColumnType, Month, Report, Reports};
+use shared_events::report::{Cell, Column, ColumnType, MONTH, Month, Report, Reports};
 
 use crate::events::{OrderEvent, OrderPayload};
 
@@ -55,11 +55,7 @@ impl Report for MonthlyOrders {
     const TOPICS: &'static [&'static str] = &["orders"];
     const SUMMARY: &'static str = "Per month: orders placed, paid, shipped and cancelled, revenue per currency, new customers";
     const COLUMNS: &'static [Column] = &[
-        Column {
-            name: "month",
-            kind: ColumnType::Text,
-            description: "The UTC month, YYYY-MM",
-        },
+        MONTH,
         Column {
             name: "orders_placed",
             kind: ColumnType::Integer,

@@ -43,6 +43,13 @@ pub struct Column {
     pub description: &'static str,
 }
 
+/// The first column of a report by month: the UTC month of each event's `occurred_at`.
+pub const MONTH: Column = Column {
+    name: "month",
+    kind: ColumnType::Text,
+    description: "The UTC month, YYYY-MM",
+};
+
 /// One cell, of its column's type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cell {

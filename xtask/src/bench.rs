@@ -179,6 +179,38 @@ impl BenchStack {
 
 pub(crate) const ADMIN_TOKEN: &str = "bench-admin-token";
 
+/// Waits until `replica`'s orders projection has applied `total` events (from its metrics);
+/// the events applied then.
+pub(crate) async fn orders_applied(
+    client: &reqwest::Client,
+    replica: &str,
+    total: f64,
+    within: Duration,
+) -> anyhow::Result<f64> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let metrics = client
+            .get(format!("{replica}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let applied = metric_value(
+            &metrics,
+            r#"query_service_applied_events_total{projection="orders"} "#,
+        )
+        .unwrap_or(0.0);
+        if applied >= total {
+            return Ok(applied);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the replay did not finish: {applied} of {total}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A static actix-web handler answering every request with `status` and `body` as JSON, after
 /// `delay`: the HTTP floor under a service's figures (same framework, same worker count, no
 /// work). With a delay, the floor of a service whose answers take that long: every request is

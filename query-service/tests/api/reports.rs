@@ -271,6 +271,12 @@ async fn finished(http: &reqwest::Client, address: &str, id: &str, within: Durat
     }
 }
 
+/// Starts a report and waits for it to finish; its last status.
+async fn run_to_end(http: &reqwest::Client, address: &str, body: Value) -> Value {
+    let id = start(http, address, body).await;
+    finished(http, address, &id, Duration::from_secs(30)).await
+}
+
 async fn csv(http: &reqwest::Client, address: &str, id: &str) -> String {
     let response = admin(http.get(format!("{address}/admin/reports/{id}")))
         .header("accept", "text/csv")
@@ -297,8 +303,8 @@ async fn reports_count_a_known_history_exactly_and_the_same_every_time() {
     let replica = Replica::spawn(&topic, &format!("g-{topic}"), "r-1").await;
     let http = client();
 
-    let id = start(&http, &replica.address, json!({"report": "monthly-orders"})).await;
-    let done = finished(&http, &replica.address, &id, Duration::from_secs(30)).await;
+    let done = run_to_end(&http, &replica.address, json!({"report": "monthly-orders"})).await;
+    let id = done["id"].as_str().unwrap().to_owned();
     assert_eq!(done["state"], "done", "{done}");
     assert_eq!(done["percent"], 100.0);
     assert_eq!(done["events_read"], done["events_total"]);
@@ -328,8 +334,8 @@ async fn reports_count_a_known_history_exactly_and_the_same_every_time() {
     assert_eq!(result["offsets"][&topic], *offsets);
 
     // Again: byte for byte the same result.
-    let again = start(&http, &replica.address, json!({"report": "monthly-orders"})).await;
-    let again_done = finished(&http, &replica.address, &again, Duration::from_secs(30)).await;
+    let again_done = run_to_end(&http, &replica.address, json!({"report": "monthly-orders"})).await;
+    let again = again_done["id"].as_str().unwrap().to_owned();
     assert_eq!(
         serde_json::to_vec(&again_done["result"]).unwrap(),
         serde_json::to_vec(result).unwrap()
@@ -345,13 +351,7 @@ async fn reports_count_a_known_history_exactly_and_the_same_every_time() {
     );
 
     // A range: February's records only.
-    let february = start(
-        &http,
-        &replica.address,
-        json!({"report": "monthly-orders", "from": "2026-02-01T00:00:00Z", "to": "2026-03-01T00:00:00Z"}),
-    )
-    .await;
-    let february = finished(&http, &replica.address, &february, Duration::from_secs(30)).await;
+    let february = run_to_end(&http, &replica.address, json!({"report": "monthly-orders", "from": "2026-02-01T00:00:00Z", "to": "2026-03-01T00:00:00Z"})).await;
     assert_eq!(
         february["result"]["rows"],
         json!([{"month": "2026-02", "orders_placed": 2, "orders_paid": 1, "orders_shipped": 1,
@@ -359,13 +359,12 @@ async fn reports_count_a_known_history_exactly_and_the_same_every_time() {
         "{february}"
     );
 
-    let customers = start(
+    let customers = run_to_end(
         &http,
         &replica.address,
         json!({"report": "monthly-customers"}),
     )
     .await;
-    let customers = finished(&http, &replica.address, &customers, Duration::from_secs(30)).await;
     assert_eq!(
         customers["result"]["rows"],
         json!([
@@ -377,13 +376,12 @@ async fn reports_count_a_known_history_exactly_and_the_same_every_time() {
     );
 
     // Over both topics.
-    let cohorts = start(
+    let cohorts = run_to_end(
         &http,
         &replica.address,
         json!({"report": "customer-cohorts"}),
     )
     .await;
-    let cohorts = finished(&http, &replica.address, &cohorts, Duration::from_secs(30)).await;
     assert_eq!(
         cohorts["result"]["rows"],
         json!([
@@ -479,8 +477,8 @@ async fn a_running_report_moves_forward_ignores_later_events_and_cancels_at_once
         done["result"]["rows"][0]["orders_placed"], 1,
         "committed after the range was fixed: not in it"
     );
-    let next = start(&http, &replica.address, json!({"report": "monthly-orders"})).await;
-    let next_done = finished(&http, &replica.address, &next, Duration::from_secs(30)).await;
+    let next_done = run_to_end(&http, &replica.address, json!({"report": "monthly-orders"})).await;
+    let next = next_done["id"].as_str().unwrap().to_owned();
     assert_eq!(
         next_done["result"]["rows"][0]["orders_placed"], 2,
         "in the next one"

@@ -13,7 +13,7 @@ use serde_json::Value;
 use shared_events::partitioner::partition_for_key;
 
 use super::commands::ORDER;
-use super::{ADMIN_TOKEN, BenchStack, metric_value, static_server};
+use super::{ADMIN_TOKEN, BenchStack, metric_value, orders_applied, static_server};
 use crate::load::{self, LoadResult};
 use crate::workspace::Workspace;
 
@@ -306,32 +306,9 @@ pub(crate) fn run(ws: &Workspace, args: &QueryBench) -> anyhow::Result<()> {
             let replay_url = stack.replica(TOPIC, "bench-replay", "replica-replay")?;
             let live_after = started.elapsed().as_secs_f64();
             runtime.block_on(async {
-                let deadline = Instant::now() + Duration::from_secs(600);
-                loop {
-                    let metrics = client
-                        .get(format!("{replay_url}/metrics"))
-                        .send()
-                        .await?
-                        .text()
-                        .await?;
-                    let applied = metric_value(
-                        &metrics,
-                        r#"query_service_applied_events_total{projection="orders"} "#,
-                    )
-                        .unwrap_or(0.0);
-                    if applied >= total {
-                        return anyhow::Ok((
-                            applied,
-                            started.elapsed().as_secs_f64(),
-                            live_after,
-                            raw,
-                        ));
-                    }
-                    if Instant::now() > deadline {
-                        bail!("the replay did not finish: {applied} of {total}");
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                let applied =
+                    orders_applied(&client, &replay_url, total, Duration::from_secs(600)).await?;
+                anyhow::Ok((applied, started.elapsed().as_secs_f64(), live_after, raw))
             })
         })?;
     let replay_rate = replayed / replay_secs.max(0.001);

@@ -13,7 +13,7 @@ use orders::events::{Envelope, LineItem, OrderEvent, OrderPayload};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::{Value, json};
 
-use super::{ADMIN_TOKEN, BenchStack, metric_value};
+use super::{ADMIN_TOKEN, BenchStack, orders_applied};
 use crate::load;
 use crate::workspace::Workspace;
 
@@ -200,27 +200,8 @@ pub(crate) fn run(ws: &Workspace, args: &ReplayBench) -> anyhow::Result<()> {
     #[allow(clippy::cast_precision_loss)]
     let total = written as f64;
     let replay_secs = runtime.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(1_800);
-        loop {
-            let metrics = http
-                .get(format!("{replica}/metrics"))
-                .send()
-                .await?
-                .text()
-                .await?;
-            let applied = metric_value(
-                &metrics,
-                r#"query_service_applied_events_total{projection="orders"} "#,
-            )
-            .unwrap_or(0.0);
-            if applied >= total {
-                return anyhow::Ok(started.elapsed().as_secs_f64());
-            }
-            if Instant::now() > deadline {
-                bail!("the replay did not finish: {applied} of {total}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        orders_applied(&http, &replica, total, Duration::from_secs(1_800)).await?;
+        anyhow::Ok(started.elapsed().as_secs_f64())
     })?;
 
     // GETs of orders the replica holds, at a fixed rate.
