@@ -66,9 +66,17 @@ impl Access {
     }
 }
 
-/// Compares in time independent of where the first difference is.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compares in time that depends on the presented token's length only: neither where the
+/// first difference is nor the secret's length shows.
+fn same_secret(presented: &[u8], secret: &[u8]) -> bool {
+    if secret.is_empty() {
+        return false;
+    }
+    let mut difference = u8::from(presented.len() != secret.len());
+    for (i, byte) in presented.iter().enumerate() {
+        difference |= byte ^ secret[i % secret.len()];
+    }
+    difference == 0
 }
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme name is case-insensitive
@@ -91,6 +99,12 @@ mod tests {
         assert!(same_secret(b"abc", b"abc"));
         assert!(!same_secret(b"abc", b"abd"));
         assert!(!same_secret(b"abc", b"abcd"));
+        assert!(
+            !same_secret(b"abcabc", b"abc"),
+            "a repeated secret is not the secret"
+        );
+        assert!(!same_secret(b"", b"abc"));
+        assert!(!same_secret(b"", b""));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! - [`catalog`]: the domains' [`Report`](shared_events::report::Report)s, each with the
 //!   decoder of its topics, runnable by name.
 //! - [`range`]: the range a report reads, fixed when it is submitted: per partition a start
-//!   (the beginning, or `offsetsForTimes(from)`) and an end (the last stable offset, or
-//!   `offsetsForTimes(to)`).
+//!   (the beginning, or `offsetsForTimes(from)`) and an end (the last stable offset then), and
+//!   the window of record timestamps (`from`, `to`) kept of what lies between.
 //! - [`run`]: reading exactly that range, read-committed, with its own assigned consumer, and
 //!   folding it; progress, the events-per-second limit, cancellation.
 //! - [`ledger`]: the runs' state and results in a compacted topic every replica follows, and

@@ -209,7 +209,7 @@ fn status(known: &Known, with_result: bool) -> ReportStatus {
     path = "/admin/reports",
     tag = "admin",
     summary = "Start a report over a range of the log",
-    description = "The range is fixed now: per partition, from the first record stamped at or after `from` to the last stable offset (or the first record stamped at or after `to`). The run reads exactly that range, read-committed, so the same request over the same range gives byte-identical results. Runs queue beyond the replica's limit of concurrent reports, and beyond its queue the answer is `429`.",
+    description = "The range is fixed now: per partition, from the first record stamped at or after `from` to the last stable offset; of the records between, those stamped before `to` count. The run reads exactly that range, read-committed, so the same request over the same range gives byte-identical results. Runs queue beyond the replica's limit of concurrent reports, and beyond its queue the answer is `429`.",
     request_body(content = ReportRequest, content_type = "application/json"),
     security(("admin_token" = [])),
     responses(
