@@ -184,7 +184,8 @@ impl<'a> AvroReader<'a> {
                 .ok()
                 .filter(|n| *n <= self.bytes.len())
                 .ok_or(ReadError::BadLength)?;
-            items.reserve(count);
+            // Reserved in steps: a forged count of small items cannot make a large one.
+            items.reserve(count.min(1_024));
             for _ in 0..count {
                 items.push(item(self)?);
             }

@@ -99,7 +99,8 @@ pub fn envelope_json(envelope: &Envelope) -> serde_json::Map<String, serde_json:
 
 /// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
 pub fn rfc3339_millis(ms: i64) -> String {
-    let ms = u64::try_from(ms).unwrap_or(0);
+    // RFC 3339 ends at 9999-12-31T23:59:59.999Z; later times show as that.
+    let ms = u64::try_from(ms).unwrap_or(0).min(253_402_300_799_999);
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
         .to_string()
 }
@@ -107,6 +108,12 @@ pub fn rfc3339_millis(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_outside_rfc3339_show_at_its_ends() {
+        assert_eq!(rfc3339_millis(-1), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_millis(i64::MAX), "9999-12-31T23:59:59.999Z");
+    }
 
     #[test]
     fn the_envelope_shows_as_the_product_names_it() {

@@ -424,7 +424,11 @@ impl Ledger {
                 }
             }
         }
-        self.applied.send_replace(offset + 1);
+        self.applied.send_if_modified(|at| {
+            let moved = offset + 1 > *at;
+            *at = (*at).max(offset + 1);
+            moved
+        });
         self.changed.notify_waiters();
     }
 
@@ -574,7 +578,14 @@ fn accept(book: &mut Book, run: Run, me: &str) {
                     || (run.attempt == current.attempt
                         && current.owner.as_deref() == Some(run.writer.as_str())
                         && run.seq > current.seq));
-            if accepted {
+            // A finished run's writer writing the same outcome again (its republish, or a
+            // retried last write): kept quietly, so that it is what compaction keeps.
+            let rewritten = current.state.finished()
+                && run.state == current.state
+                && run.attempt == current.attempt
+                && run.writer == current.writer
+                && run.seq > current.seq;
+            if accepted || rewritten {
                 known.run = run;
                 known.seen = now;
             } else if current.owner.as_deref() == Some(me) || current.writer == me {
@@ -671,6 +682,29 @@ mod tests {
             runs.republish.contains("r-1"),
             "a refused record could outlive compaction"
         );
+    }
+
+    #[test]
+    fn a_finished_run_rewritten_by_its_writer_is_kept_quietly() {
+        let mut runs = Book::default();
+        let done = run(1, RunState::Done, Some("a"), "a");
+        let mut late_heartbeat = done.clone();
+        late_heartbeat.state = RunState::Running;
+        late_heartbeat.seq = done.seq - 1;
+        let mut again = done.clone();
+        again.seq = done.seq + 10;
+        accept(&mut runs, done, "a");
+        accept(&mut runs, late_heartbeat, "a");
+        assert!(
+            runs.republish.remove("r-1"),
+            "the late heartbeat could outlive compaction"
+        );
+        accept(&mut runs, again, "a");
+        assert!(
+            runs.republish.is_empty(),
+            "writing the outcome again must not loop"
+        );
+        assert_eq!(current(&runs).2, RunState::Done);
     }
 
     #[test]

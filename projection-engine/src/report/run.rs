@@ -247,6 +247,10 @@ impl Reading<'_> {
             }
             self.progress.events.store(events, Ordering::Relaxed);
             self.throttle(started, &cursors).await?;
+            if self.limit.is_some() {
+                // Time spent waiting for the limit is not a stall.
+                progressed = Instant::now();
+            }
             // A backlog keeps the consumer ready: let the thread's other tasks in.
             tokio::task::yield_now().await;
         }

@@ -264,6 +264,11 @@ impl Scheduler {
                 "`max_events_per_second` must be at least 1".into(),
             ));
         }
+        if self.shutdown.is_cancelled() {
+            return Err(QueryError::Unavailable(
+                "this replica is stopping; start the report on another".into(),
+            ));
+        }
         let id = uuid::Uuid::now_v7().to_string();
         {
             let mut local = self.local();
@@ -283,8 +288,12 @@ impl Scheduler {
             .info()
             .topics
             .iter()
-            .filter_map(|role| self.topics.get(role).cloned())
-            .collect();
+            .map(|role| {
+                self.topics.get(role).cloned().ok_or_else(|| {
+                    QueryError::ReportsOff(format!("this replica has no topic for `{role}`"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
         let (client, timeout) = (Arc::clone(&self.client), self.timeout);
         let offsets =
             tokio::task::spawn_blocking(move || range::capture(&client, &topics, from, timeout))
@@ -323,8 +332,22 @@ impl Scheduler {
             result: None,
         };
         run.seq = self.next_seq();
-        self.ledger.write(&run).await.map_err(|e| unavailable(&e))?;
-        self.enqueue(&id);
+        // On a task of its own: a client that goes away mid-request does not leave a recorded
+        // run unqueued.
+        let scheduler = Arc::clone(self);
+        let recorded = run.clone();
+        tokio::spawn(async move {
+            let _pending = Pending {
+                scheduler: &scheduler,
+                id: recorded.id.clone(),
+            };
+            scheduler.ledger.write(&recorded).await?;
+            scheduler.enqueue(&recorded.id);
+            Ok::<_, LedgerError>(())
+        })
+        .await
+        .map_err(|_| QueryError::Unavailable("the report was not recorded".into()))?
+        .map_err(|e| unavailable(&e))?;
         Ok(run)
     }
 
@@ -409,7 +432,10 @@ impl Scheduler {
             let scheduler = Arc::clone(self);
             let thread_id = id.clone();
             let spawned = std::thread::Builder::new()
-                .name(format!("report-{}", &id[id.len().saturating_sub(8)..]))
+                .name(format!(
+                    "report-{}",
+                    id.get(id.len().saturating_sub(8)..).unwrap_or("run")
+                ))
                 .spawn(move || {
                     match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
@@ -535,8 +561,14 @@ impl Scheduler {
     /// Records a run's last state, retrying a little: if it still cannot be written the run is
     /// claimed once its record goes stale, and run again.
     async fn settle(&self, run: &Run) {
+        let mut run = run.clone();
         for attempt in 0..3 {
-            match self.ledger.write(run).await {
+            if attempt > 0 {
+                // A first try that did land is overtaken by this one, not confused with it.
+                let _local = self.local();
+                run.seq = self.next_seq();
+            }
+            match self.ledger.write(&run).await {
                 Ok(_) => return,
                 Err(error) => {
                     tracing::warn!(%error, id = %run.id, attempt, "report: its outcome was not recorded; retrying");
@@ -573,18 +605,26 @@ impl Scheduler {
     /// Until shutdown: keeps this replica's part of the ledger current (see the module's
     /// documentation); then hands the runs here back.
     async fn upkeep(self: Arc<Self>) {
+        // Heartbeats on a task of their own: a slow claim or catch-up in `tend` never delays
+        // them past the time others wait before taking a run over.
+        let beating = Arc::clone(&self);
+        let heartbeats = tokio::spawn(async move {
+            let mut beat = tokio::time::interval(beating.limits.heartbeat);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = beating.shutdown.cancelled() => return,
+                    _ = beat.tick() => beating.heartbeat().await,
+                }
+            }
+        });
         let mut tick = tokio::time::interval(self.limits.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut beat = Instant::now();
         loop {
             // Registered before looking, so that a change while `tend` runs wakes the next.
             let changed = self.ledger.changed.notified();
             let mut changed = std::pin::pin!(changed);
             changed.as_mut().enable();
-            if beat.elapsed() >= self.limits.heartbeat {
-                beat = Instant::now();
-                self.heartbeat().await;
-            }
             self.tend().await;
             tokio::select! {
                 () = self.shutdown.cancelled() => break,
@@ -592,6 +632,7 @@ impl Scheduler {
                 _ = tick.tick() => {}
             }
         }
+        heartbeats.abort();
         self.release().await;
         self.handed_back.cancel();
     }
@@ -634,8 +675,10 @@ impl Scheduler {
             }
             records
         };
-        for run in records {
-            match self.ledger.write(&run).await {
+        let written =
+            futures::future::join_all(records.iter().map(|run| self.ledger.write(run))).await;
+        for (run, written) in records.iter().zip(written) {
+            match written {
                 Ok(Written::Accepted) => {}
                 Ok(Written::Refused) => self.stop_if_running(&run.id, STOP_LOST, Some(run.attempt)),
                 Err(error) => tracing::warn!(%error, id = %run.id, "report: progress not recorded"),
@@ -750,15 +793,24 @@ impl Scheduler {
                 let abandoned = !known.run.state.finished()
                     && (known.run.owner.is_none()
                         || known.seen.elapsed() >= self.limits.stale_after);
+                let lost = known.run.owner.is_some();
+                // A claim that only writes an end (cancelled, interrupted) needs no room here.
+                let ends_it = known.cancel_requested
+                    || known.run.losses + u32::from(lost) >= self.limits.max_attempts;
+                let runnable_here = self
+                    .reports
+                    .iter()
+                    .any(|r| r.info().name == known.run.report);
                 if !abandoned
                     || local.holds(&id)
-                    || local.load() >= self.limits.max_running + self.limits.max_queued
                     || self.shutdown.is_cancelled()
+                    || (!ends_it
+                        && (!runnable_here
+                            || local.load() >= self.limits.max_running + self.limits.max_queued))
                 {
                     continue;
                 }
                 local.pending.insert(id.clone());
-                let lost = known.run.owner.is_some();
                 let read_before = known.run.events_read;
                 let mut run = known.run;
                 run.attempt += 1;
