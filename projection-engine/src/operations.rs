@@ -80,6 +80,9 @@ pub async fn ready(state: web::Data<Serving>) -> HttpResponse {
     if let Some(live) = &state.live {
         body["live_tail"] = live.status();
     }
+    if let Some(reports) = &state.reports {
+        body["reports"] = reports.status();
+    }
     http_edge::health::readiness(ready, body, 1)
 }
 

@@ -221,6 +221,8 @@ pub struct Ledger {
     applied: watch::Sender<i64>,
     /// Woken whenever a record is applied.
     pub changed: Notify,
+    /// Whether the follower is reading the topic.
+    following: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -258,7 +260,16 @@ impl Ledger {
             book: Mutex::new(Book::default()),
             applied: watch::Sender::new(0),
             changed: Notify::new(),
+            following: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether this replica is reading the ledger, and how far it has applied it.
+    pub fn following(&self) -> (bool, i64) {
+        (
+            self.following.load(std::sync::atomic::Ordering::Relaxed),
+            *self.applied.borrow(),
+        )
     }
 
     fn book(&self) -> MutexGuard<'_, Book> {
@@ -443,6 +454,7 @@ impl Ledger {
             tracing::error!(%error, "reports ledger: could not assign its topic");
             return;
         }
+        let _following = Following::start(&self.following);
         loop {
             let message = tokio::select! {
                 () = stop.cancelled() => return,
@@ -475,6 +487,22 @@ impl Ledger {
                 }
             }
         }
+    }
+}
+
+/// Marks the follower as reading while it lives.
+struct Following<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl<'a> Following<'a> {
+    fn start(flag: &'a std::sync::atomic::AtomicBool) -> Self {
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        Self(flag)
+    }
+}
+
+impl Drop for Following<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

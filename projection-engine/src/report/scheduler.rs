@@ -381,6 +381,17 @@ impl Scheduler {
             .ok_or_else(|| QueryError::ReportNotFound(id.to_owned()))
     }
 
+    /// What readiness reports of the reports here (it does not hold readiness back).
+    pub fn status(&self) -> serde_json::Value {
+        let (following, applied) = self.ledger.following();
+        let local = self.local();
+        serde_json::json!({
+            "running": local.running.len(),
+            "queued": local.queue.len(),
+            "ledger": { "following": following, "applied_offset": applied },
+        })
+    }
+
     fn enqueue(self: &Arc<Self>, id: &str) {
         {
             let mut local = self.local();

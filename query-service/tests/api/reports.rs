@@ -434,6 +434,21 @@ async fn reports_count_a_known_history_exactly_and_the_same_every_time() {
         .find_map(|l| l.strip_prefix("query_service_report_positions_read_total "))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(0.0);
+    let ready: Value = http
+        .get(format!("{}/health/ready", replica.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["reports"]["ledger"]["following"], true, "{ready}");
+    assert!(
+        ready["reports"]["ledger"]["applied_offset"]
+            .as_i64()
+            .unwrap()
+            > 0
+    );
     // At least the two whole monthly-orders runs.
     assert!(
         read >= 2.0 * span as f64,
