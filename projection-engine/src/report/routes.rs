@@ -258,6 +258,7 @@ pub async fn submit(
 
 /// `GET /admin/reports?limit=`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// The newest this many (1 to 1000, default 100).
     pub limit: Option<usize>,
@@ -278,11 +279,13 @@ pub struct ListQuery {
 )]
 pub async fn list(
     request: HttpRequest,
-    query: web::Query<ListQuery>,
     state: web::Data<Serving>,
 ) -> Result<HttpResponse, QueryError> {
     state.access.authorize(&request, Role::Read, "read")?;
     let scheduler = scheduler(&state)?;
+    // Parsed here, not by an extractor, so that a bad one gets this service's problem body.
+    let query = web::Query::<ListQuery>::from_query(request.query_string())
+        .map_err(|e| QueryError::BadQuery(format!("the query string: {e}")))?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1_000).contains(&limit) {
         return Err(QueryError::BadQuery(

@@ -640,6 +640,17 @@ async fn the_reports_api_checks_its_callers_and_its_limits() {
             "{bad}: {problem}"
         );
     }
+    for bad in ["limit=0", "limit=many", "limit=1001", "colour=blue"] {
+        let response = admin(http.get(format!("{reports}?{bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
     let list: Value = admin(http.get(&reports))
         .send()
         .await
