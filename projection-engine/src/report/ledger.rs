@@ -278,6 +278,11 @@ impl Ledger {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether run `id` was removed.
+    pub fn is_removed(&self, id: &str) -> bool {
+        self.book().removed.contains(id)
+    }
+
     pub fn get(&self, id: &str) -> Option<Known> {
         self.book().runs.get(id).cloned()
     }

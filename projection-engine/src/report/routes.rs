@@ -209,7 +209,7 @@ fn status(known: &Known, with_result: bool) -> ReportStatus {
     path = "/admin/reports",
     tag = "admin",
     summary = "Start a report over a range of the log",
-    description = "The range is fixed now: per partition, from the first record stamped at or after `from` to the last stable offset; of the records between, those stamped before `to` count. The run reads exactly that range, read-committed, so the same request over the same range gives byte-identical results. Runs queue beyond the replica's limit of concurrent reports, and beyond its queue the answer is `429`.",
+    description = "With `Idempotency-Key`, a retry (on any replica) gets the report the first request started, marked `Idempotent-Replayed: true`; the key with another request is `400`. The range is fixed now: per partition, from the first record stamped at or after `from` to the last stable offset; of the records between, those stamped before `to` count. The run reads exactly that range, read-committed, so the same request over the same range gives byte-identical results. Runs queue beyond the replica's limit of concurrent reports, and beyond its queue the answer is `429`.",
     request_body(content = ReportRequest, content_type = "application/json"),
     security(("admin_token" = [])),
     responses(
@@ -242,18 +242,23 @@ pub async fn submit(
         ));
     }
     let asked: ReportRequest = serde_json::from_value(value).map_err(not_a_request)?;
-    let run = scheduler
+    let submitted = scheduler
         .submit(Submission {
             report: asked.report,
             from: asked.from.unwrap_or_else(|| "beginning".into()),
             to: asked.to.unwrap_or_else(|| "now".into()),
             max_events_per_second: asked.max_events_per_second,
+            idempotency_key: idempotency_key(&request)?,
         })
         .await?;
-    let known = scheduler.find(&run.id).await?;
-    Ok(HttpResponse::Accepted()
-        .insert_header((header::LOCATION, format!("/admin/reports/{}", run.id)))
-        .json(status(&known, false)))
+    let id = submitted.run.id;
+    let known = scheduler.find(&id).await?;
+    let mut response = HttpResponse::Accepted();
+    response.insert_header((header::LOCATION, format!("/admin/reports/{id}")));
+    if submitted.replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(response.json(status(&known, false)))
 }
 
 /// `GET /admin/reports?limit=`.
@@ -396,6 +401,24 @@ pub async fn cancel(
 
 /// Whether `Accept` prefers CSV to JSON: `text/csv` with a weight above zero and above any
 /// JSON type's.
+/// The request's `Idempotency-Key`: 1 to 255 visible ASCII characters, as the command side
+/// takes it.
+fn idempotency_key(request: &HttpRequest) -> Result<Option<String>, QueryError> {
+    let Some(value) = request.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|key| (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()))
+        .map(|key| Some(key.to_owned()))
+        .ok_or_else(|| {
+            QueryError::BadReport(
+                "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+            )
+        })
+}
+
 fn wants_csv(request: &HttpRequest) -> bool {
     let Some(accept) = request
         .headers()

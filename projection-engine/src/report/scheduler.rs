@@ -57,6 +57,38 @@ pub struct Submission {
     pub from: String,
     pub to: String,
     pub max_events_per_second: Option<u64>,
+    /// The client's `Idempotency-Key`: a retry with it gets the run it started, on any replica.
+    pub idempotency_key: Option<String>,
+}
+
+/// What a submission started: the run, and whether an earlier submission with the same
+/// `Idempotency-Key` had started it.
+#[derive(Debug)]
+pub struct Submitted {
+    pub run: Run,
+    pub replayed: bool,
+}
+
+/// The namespace of run ids made from `Idempotency-Key`s.
+const KEYED_RUNS: uuid::Uuid = uuid::Uuid::from_u128(0x5a1d_7e0c_4b8e_4f0e_9d3c_2f61_8a47_b2e1);
+
+impl Submitted {
+    /// The run an earlier submission with the same key started, if it asked the same.
+    fn replay(run: Run, asked: &Submission, from: Bound, to: Bound) -> Result<Self, QueryError> {
+        let same = run.report == asked.report
+            && run.from == from.show()
+            && run.to == to.show()
+            && run.max_events_per_second == asked.max_events_per_second;
+        if !same {
+            return Err(QueryError::BadReport(
+                "this Idempotency-Key started another report request; use a new key".into(),
+            ));
+        }
+        Ok(Self {
+            run,
+            replayed: true,
+        })
+    }
 }
 
 /// Why a running report was stopped.
@@ -237,7 +269,7 @@ impl Scheduler {
     }
 
     /// Starts a report: its range is fixed now, its run recorded, then queued here.
-    pub async fn submit(self: &Arc<Self>, submission: Submission) -> Result<Run, QueryError> {
+    pub async fn submit(self: &Arc<Self>, submission: Submission) -> Result<Submitted, QueryError> {
         let runnable = self
             .reports
             .iter()
@@ -269,9 +301,29 @@ impl Scheduler {
                 "this replica is stopping; start the report on another".into(),
             ));
         }
-        let id = uuid::Uuid::now_v7().to_string();
+        let id = match &submission.idempotency_key {
+            Some(key) => uuid::Uuid::new_v5(&KEYED_RUNS, key.as_bytes()).to_string(),
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        if submission.idempotency_key.is_some() {
+            match self.find(&id).await {
+                Ok(known) => return Submitted::replay(known.run, &submission, from, to),
+                Err(QueryError::ReportNotFound(_)) if self.ledger.is_removed(&id) => {
+                    return Err(QueryError::ReportNotDone(
+                        "the report this Idempotency-Key started was removed; use a new key".into(),
+                    ));
+                }
+                Err(QueryError::ReportNotFound(_)) => {}
+                Err(other) => return Err(other),
+            }
+        }
         {
             let mut local = self.local();
+            if local.holds(&id) {
+                return Err(QueryError::Unavailable(
+                    "a request with this Idempotency-Key is being handled; retry shortly".into(),
+                ));
+            }
             if local.load() >= self.limits.max_running + self.limits.max_queued {
                 return Err(QueryError::TooManyReports(format!(
                     "this replica runs {} reports and queues {} more at most; retry later, or on another replica",
@@ -309,7 +361,7 @@ impl Scheduler {
                 })?;
         let mut run = Run {
             id: id.clone(),
-            report: submission.report,
+            report: submission.report.clone(),
             from: from.show(),
             to: to.show(),
             max_events_per_second: submission.max_events_per_second,
@@ -336,19 +388,29 @@ impl Scheduler {
         // run unqueued.
         let scheduler = Arc::clone(self);
         let recorded = run.clone();
-        tokio::spawn(async move {
+        let written = tokio::spawn(async move {
             let _pending = Pending {
                 scheduler: &scheduler,
                 id: recorded.id.clone(),
             };
-            scheduler.ledger.write(&recorded).await?;
-            scheduler.enqueue(&recorded.id);
-            Ok::<_, LedgerError>(())
+            let written = scheduler.ledger.write(&recorded).await?;
+            if written == Written::Accepted {
+                scheduler.enqueue(&recorded.id);
+            }
+            Ok::<_, LedgerError>(written)
         })
         .await
         .map_err(|_| QueryError::Unavailable("the report was not recorded".into()))?
         .map_err(|e| unavailable(&e))?;
-        Ok(run)
+        if written == Written::Refused {
+            // The same key, on another replica, a moment earlier: that run is the one.
+            let known = self.find(&id).await?;
+            return Submitted::replay(known.run, &submission, from, to);
+        }
+        Ok(Submitted {
+            run,
+            replayed: false,
+        })
     }
 
     /// Cancels a queued or running run, wherever it runs; removes a finished one. The run as
@@ -396,7 +458,9 @@ impl Scheduler {
         {
             let mut local = self.local();
             local.pending.remove(id);
-            local.queue.push_back(id.to_owned());
+            if !local.running.contains_key(id) && !local.queue.iter().any(|q| q == id) {
+                local.queue.push_back(id.to_owned());
+            }
         }
         self.pump();
     }

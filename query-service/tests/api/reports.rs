@@ -710,6 +710,54 @@ async fn the_reports_api_checks_its_callers_and_its_limits() {
         let done = finished(&http, &replica.address, id, Duration::from_secs(5)).await;
         assert_eq!(done["state"], "cancelled");
     }
+    // A retry with the same Idempotency-Key gets the first report; the key with another
+    // request is refused.
+    let keyed = json!({"report": "monthly-orders", "from": "2026-02-01T00:00:00Z"});
+    let first: Value = admin(http.post(&reports))
+        .header("idempotency-key", "monthly-feb-1")
+        .json(&keyed)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let again = admin(http.post(&reports))
+        .header("idempotency-key", "monthly-feb-1")
+        .json(&keyed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        again.headers()["location"].to_str().unwrap(),
+        format!("/admin/reports/{}", first["id"].as_str().unwrap())
+    );
+    let other = admin(http.post(&reports))
+        .header("idempotency-key", "monthly-feb-1")
+        .json(&json!({"report": "monthly-customers"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 400);
+    for bad in ["", "with space", &"k".repeat(256)] {
+        let response = admin(http.post(&reports))
+            .header("idempotency-key", bad)
+            .json(&keyed)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad:?}");
+    }
+    let first_id = first["id"].as_str().unwrap();
+    let response = admin(http.delete(format!("{reports}/{first_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    finished(&http, &replica.address, first_id, Duration::from_secs(5)).await;
+
     // Room again.
     let response = admin(http.post(&reports)).json(&body).send().await.unwrap();
     assert_eq!(response.status(), 202);
