@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use futures::future::LocalBoxFuture;
-use shared_events::report::{Column, Report, Reports};
+use shared_events::report::{Report, Reports};
 
 use super::run::{Fold, Reading, RunError};
 use crate::opening::OpenError;
@@ -24,7 +24,6 @@ pub struct ReportInfo {
     /// Its topics, by collection.
     pub topics: &'static [&'static str],
     pub summary: &'static str,
-    pub columns: &'static [Column],
 }
 
 /// A registered report, runnable by name.
@@ -50,7 +49,6 @@ where
             name: R::NAME,
             topics: R::TOPICS,
             summary: R::SUMMARY,
-            columns: R::COLUMNS,
         }
     }
 

@@ -60,11 +60,10 @@ pub enum RunError {
     Cancelled,
 }
 
-/// How far a run has read: log positions passed, and events folded.
+/// How far a run has read: log positions passed.
 #[derive(Debug, Default)]
 pub struct Progress {
     pub read: AtomicU64,
-    pub events: AtomicU64,
 }
 
 impl Progress {
@@ -245,7 +244,6 @@ impl Reading<'_> {
             if read > self.progress.read() {
                 progressed = Instant::now();
             }
-            self.progress.events.store(events, Ordering::Relaxed);
             self.throttle(started, &cursors).await?;
             if self.limit.is_some() {
                 // Time spent waiting for the limit is not a stall.
@@ -255,7 +253,6 @@ impl Reading<'_> {
             tokio::task::yield_now().await;
         }
         self.note(&cursors);
-        self.progress.events.store(events, Ordering::Relaxed);
         Ok(Fold {
             table: R::table(state).to_json(),
             events,

@@ -985,7 +985,7 @@ impl Drop for Pending<'_> {
 
 /// Events per second over `elapsed`.
 #[allow(clippy::cast_precision_loss)]
-pub fn rate(read: u64, elapsed: Duration) -> f64 {
+fn rate(read: u64, elapsed: Duration) -> f64 {
     let seconds = elapsed.as_secs_f64();
     if seconds <= 0.0 {
         0.0

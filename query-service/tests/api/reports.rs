@@ -158,6 +158,25 @@ impl Writer {
     }
 }
 
+/// Fresh orders and customers topics (made by a command service, as users get them) and a
+/// writer for them: the orders topic's name and the writer.
+async fn fresh_topics() -> (String, Writer) {
+    let commands = Commands::spawn().await;
+    let topic = commands.topic.clone();
+    commands.stop().await;
+    let writer = Writer::new(&topic);
+    (topic, writer)
+}
+
+/// Waits until `address` shows report `id` running (on `replica`, if named).
+async fn wait_running(http: &reqwest::Client, address: &str, id: &str, replica: Option<&str>) {
+    eventually(Duration::from_secs(10), "the report runs", || async {
+        let status = status(http, address, id).await;
+        status["state"] == "running" && replica.is_none_or(|r| status["replica"] == r)
+    })
+    .await;
+}
+
 /// The known history: three months of orders and customers, and one aborted transaction.
 async fn write_history(writer: &Writer) {
     let cancelled = |id: &str, version, at| {
@@ -295,10 +314,7 @@ async fn csv(http: &reqwest::Client, address: &str, id: &str) -> String {
 
 #[tokio::test]
 async fn reports_count_a_known_history_exactly_and_the_same_every_time() {
-    let commands = Commands::spawn().await;
-    let topic = commands.topic.clone();
-    commands.stop().await;
-    let writer = Writer::new(&topic);
+    let (topic, writer) = fresh_topics().await;
     write_history(&writer).await;
     let replica = Replica::spawn(&topic, &format!("g-{topic}"), "r-1").await;
     let http = client();
@@ -459,10 +475,7 @@ async fn reports_count_a_known_history_exactly_and_the_same_every_time() {
 
 #[tokio::test]
 async fn a_running_report_moves_forward_ignores_later_events_and_cancels_at_once() {
-    let commands = Commands::spawn().await;
-    let topic = commands.topic.clone();
-    commands.stop().await;
-    let writer = Writer::new(&topic);
+    let (topic, writer) = fresh_topics().await;
     write_history(&writer).await;
     let replica = Replica::spawn(&topic, &format!("g-{topic}"), "r-1").await;
     let http = client();
@@ -520,18 +533,9 @@ async fn a_running_report_moves_forward_ignores_later_events_and_cancels_at_once
         json!({"report": "customer-cohorts", "max_events_per_second": 1}),
     )
     .await;
-    eventually(Duration::from_secs(10), "the report runs", || {
-        let http = http.clone();
-        let (address, long) = (replica.address.clone(), long.clone());
-        async move { status(&http, &address, &long).await["state"] == "running" }
-    })
-    .await;
+    wait_running(&http, &replica.address, &long, None).await;
     let asked = Instant::now();
-    let response = admin(http.delete(format!("{}/admin/reports/{long}", replica.address)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
+    assert_eq!(cancel(&http, &replica.address, &long).await, 202);
     let cancelled = loop {
         let status = status(&http, &replica.address, &long).await;
         if status["state"] != "running" {
@@ -563,14 +567,12 @@ async fn a_running_report_moves_forward_ignores_later_events_and_cancels_at_once
 
 #[tokio::test]
 async fn the_reports_api_checks_its_callers_and_its_limits() {
-    let commands = Commands::spawn().await;
-    let topic = commands.topic.clone();
-    commands.stop().await;
+    let (topic, writer) = fresh_topics().await;
     // Thirty registrations: a report throttled to one a second runs for half a minute.
     let many: Vec<Fact> = (0..30)
         .map(|i| registered(&format!("c-{i}"), JAN + i * DAY))
         .collect();
-    Writer::new(&topic).write(&many, true).await;
+    writer.write(&many, true).await;
     let data = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let mut config = Replica::config(&topic, &format!("g-{topic}"), "r-1", &data);
     config.reports_max_running = 1;
@@ -702,11 +704,7 @@ async fn the_reports_api_checks_its_callers_and_its_limits() {
     assert_eq!(response.status(), 404);
 
     for id in [&queued, &running] {
-        let response = admin(http.delete(format!("{reports}/{id}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
+        assert_eq!(cancel(&http, &replica.address, id).await, 202);
         let done = finished(&http, &replica.address, id, Duration::from_secs(5)).await;
         assert_eq!(done["state"], "cancelled");
     }
@@ -751,11 +749,7 @@ async fn the_reports_api_checks_its_callers_and_its_limits() {
         assert_eq!(response.status(), 400, "{bad:?}");
     }
     let first_id = first["id"].as_str().unwrap();
-    let response = admin(http.delete(format!("{reports}/{first_id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
+    assert_eq!(cancel(&http, &replica.address, first_id).await, 202);
     finished(&http, &replica.address, first_id, Duration::from_secs(5)).await;
 
     // Room again.
@@ -766,10 +760,7 @@ async fn the_reports_api_checks_its_callers_and_its_limits() {
 
 #[tokio::test]
 async fn a_report_outlives_the_replica_running_it() {
-    let commands = Commands::spawn().await;
-    let topic = commands.topic.clone();
-    commands.stop().await;
-    let writer = Writer::new(&topic);
+    let (topic, writer) = fresh_topics().await;
     write_history(&writer).await;
     let group = format!("g-{topic}");
     let stale = [("QUERY_REPORTS_STALE_MS", "3000")];
@@ -788,19 +779,7 @@ async fn a_report_outlives_the_replica_running_it() {
     )
     .await;
     // The other replica shows it too, running on the first.
-    eventually(
-        Duration::from_secs(10),
-        "the report runs on the first replica",
-        || {
-            let http = http.clone();
-            let (address, id) = (second.address.clone(), id.clone());
-            async move {
-                let status = status(&http, &address, &id).await;
-                status["state"] == "running" && status["replica"] == "first"
-            }
-        },
-    )
-    .await;
+    wait_running(&http, &second.address, &id, Some("first")).await;
     first.child.kill().unwrap();
     first.child.wait().unwrap();
 
@@ -818,10 +797,7 @@ async fn a_report_outlives_the_replica_running_it() {
 
 #[tokio::test]
 async fn a_replica_that_stops_hands_its_reports_over_and_any_replica_cancels() {
-    let commands = Commands::spawn().await;
-    let topic = commands.topic.clone();
-    commands.stop().await;
-    let writer = Writer::new(&topic);
+    let (topic, writer) = fresh_topics().await;
     write_history(&writer).await;
     let group = format!("g-{topic}");
     // The default stale time (10 s): a hand-over must not wait for it.
@@ -843,28 +819,12 @@ async fn a_replica_that_stops_hands_its_reports_over_and_any_replica_cancels() {
     )
     .await;
     for id in [&handed, &cancelled] {
-        eventually(
-            Duration::from_secs(10),
-            "the report runs on the first replica",
-            || {
-                let http = http.clone();
-                let (address, id) = (second.address.clone(), id.clone());
-                async move {
-                    let status = status(&http, &address, &id).await;
-                    status["state"] == "running" && status["replica"] == "first"
-                }
-            },
-        )
-        .await;
+        wait_running(&http, &second.address, id, Some("first")).await;
     }
 
     // Cancelled through the other replica: the owner stops it.
     let asked = Instant::now();
-    let response = admin(http.delete(format!("{}/admin/reports/{cancelled}", second.address)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
+    assert_eq!(cancel(&http, &second.address, &cancelled).await, 202);
     let stopped = finished(&http, &second.address, &cancelled, Duration::from_secs(5)).await;
     assert_eq!(stopped["state"], "cancelled", "{stopped}");
     assert!(
@@ -904,10 +864,8 @@ async fn a_report_whose_range_the_log_no_longer_holds_fails_and_says_so() {
     use rdkafka::client::DefaultClientContext;
     use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-    let commands = Commands::spawn().await;
-    let topic = commands.topic.clone();
-    commands.stop().await;
-    write_history(&Writer::new(&topic)).await;
+    let (topic, writer) = fresh_topics().await;
+    write_history(&writer).await;
     let data = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let mut config = Replica::config(&topic, &format!("g-{topic}"), "r-1", &data);
     config.reports_max_running = 1;
@@ -950,7 +908,7 @@ async fn a_report_whose_range_the_log_no_longer_holds_fails_and_says_so() {
         .await
         .unwrap();
 
-    let response = admin_request(&http, &replica.address, &blocking).await;
+    let response = cancel(&http, &replica.address, &blocking).await;
     assert_eq!(response, 202);
     let failed = finished(&http, &replica.address, &waiting, Duration::from_secs(30)).await;
     assert_eq!(failed["state"], "failed", "{failed}");
@@ -965,8 +923,8 @@ async fn a_report_whose_range_the_log_no_longer_holds_fails_and_says_so() {
     replica.stop().await;
 }
 
-/// `DELETE /admin/reports/{id}`'s status.
-async fn admin_request(http: &reqwest::Client, address: &str, id: &str) -> u16 {
+/// `DELETE /admin/reports/{id}`: its status.
+async fn cancel(http: &reqwest::Client, address: &str, id: &str) -> u16 {
     admin(http.delete(format!("{address}/admin/reports/{id}")))
         .send()
         .await
