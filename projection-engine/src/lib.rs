@@ -11,8 +11,10 @@
 //!
 //! - [`projection`]: the runner (a read-committed consumer-group member over one or more
 //!   topics), the partition table of each topic (owned, applied, caught up), rebalance seeding.
-//! - [`store`]: RocksDB, a namespace per projection (views, index, offsets), rebuilt alone when
-//!   its projection's version changes.
+//! - [`store`]: RocksDB, a namespace per projection (views, index, offsets) in generations: the
+//!   active one serves, a rebuild fills the next beside it.
+//! - [`rebuild`]: a projection rebuilt beside the one that serves and swapped in between two
+//!   batches, on request or when its version changed.
 //! - [`cluster`]: who owns which partition, from the consumer group's description.
 //! - [`routing`]: answer here, forward once to the owner, or a retryable `503`.
 //! - [`opening`]: a projection opened once its topics exist, its runner on its own thread.
@@ -39,9 +41,11 @@ pub mod live;
 pub mod metrics;
 pub mod opening;
 pub mod operations;
+pub mod priority;
 pub mod problem;
 pub mod projection;
 pub mod query;
+pub mod rebuild;
 pub mod report;
 pub mod routing;
 pub mod serving;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{self, Cluster};
 use crate::projection::{Decoder, PartitionTable, RebalanceContext, Runner, Tables, namespace};
+use crate::rebuild::{Rebuilder, ShadowPlan};
 use crate::serving::{Served, ServedTopic, Slot};
 use crate::store::Store;
 
@@ -38,6 +39,9 @@ pub enum OpenError {
     Thread(#[source] std::io::Error),
 }
 
+/// Makes the decoder of a projection's records: once when it opens, and once per rebuild.
+pub type MakeDecoder<D> = Arc<dyn Fn() -> Result<D, OpenError> + Send + Sync>;
+
 /// What every projection of a replica shares to open: Kafka, the store, the timings.
 #[derive(Debug, Clone)]
 pub struct Environment {
@@ -49,6 +53,8 @@ pub struct Environment {
     pub kafka_timeout: Duration,
     /// How often each topic's group view is refreshed when nothing changes.
     pub cluster_refresh: Duration,
+    /// Events per second a rebuild applies at most; none for as fast as it can.
+    pub rebuild_max_events_per_second: Option<u64>,
 }
 
 /// One projection to open: its read model, its group, its topics by role, its decoder.
@@ -59,7 +65,7 @@ pub struct Opening<M: ReadModel, D> {
     /// `(role, topic)` for each of [`ReadModel::TOPICS`], in that order.
     pub topics: Vec<(&'static str, String)>,
     /// Makes the decoder of the projection's records, once the topics exist.
-    pub decoder: Box<dyn Fn() -> Result<D, OpenError> + Send>,
+    pub decoder: MakeDecoder<D>,
     pub environment: Environment,
 }
 
@@ -156,6 +162,21 @@ impl<M: ReadModel + Clone, D: Decoder<M::Event>> Opening<M, D> {
             topics: served,
         });
         tracing::info!(projection = M::NAMESPACE, %group, "projection opened");
+        let plan = ShadowPlan {
+            model: self.model.clone(),
+            decoder: Arc::clone(&self.decoder),
+            store: Arc::clone(&env.store),
+            namespace: namespace::<M>(),
+            consumer: env.consumer.clone(),
+            group: format!("{group}-rebuild"),
+            topics: topics
+                .iter()
+                .map(|(_, topic)| topic.clone())
+                .zip(partitions.iter().copied())
+                .collect(),
+            max_events_per_second: env.rebuild_max_events_per_second,
+            kafka_timeout: env.kafka_timeout,
+        };
         Runner {
             consumer,
             decoder,
@@ -163,6 +184,7 @@ impl<M: ReadModel + Clone, D: Decoder<M::Event>> Opening<M, D> {
             store: Arc::clone(&env.store),
             stats: Arc::clone(&slot.stats),
             tables: Tables::new(tables),
+            rebuild: Rebuilder::new(Arc::clone(&slot.rebuilds), plan),
         }
         .run(shutdown)
         .await;

@@ -55,6 +55,8 @@ pub enum QueryError {
     TooManyReports(String),
     #[error("{0}")]
     ReportsOff(String),
+    #[error("this replica runs no projection `{0}`")]
+    ProjectionNotFound(String),
     #[error(transparent)]
     Body(#[from] http_edge::body::BodyError),
     #[error("the local store failed")]
@@ -139,6 +141,12 @@ pub mod types {
         StatusCode::SERVICE_UNAVAILABLE,
         None,
     );
+    pub const PROJECTION_NOT_FOUND: ProblemType = ProblemType::new(
+        "projection-not-found",
+        "Projection not found",
+        StatusCode::NOT_FOUND,
+        None,
+    );
     pub const NOT_FOUND: ProblemType = http_edge::problem::NOT_FOUND;
     pub const METHOD_NOT_ALLOWED: ProblemType = http_edge::problem::METHOD_NOT_ALLOWED;
     pub const STORE_FAILURE: ProblemType = ProblemType::new(
@@ -175,6 +183,7 @@ pub mod types {
         REPORT_NOT_DONE,
         TOO_MANY_REPORTS,
         REPORTS_UNAVAILABLE,
+        PROJECTION_NOT_FOUND,
         http_edge::body::problems::MALFORMED,
         http_edge::body::problems::REQUEST_TIMEOUT,
         http_edge::body::problems::BODY_TOO_LARGE,
@@ -214,6 +223,7 @@ impl QueryError {
             Self::ReportNotDone(_) => REPORT_NOT_DONE,
             Self::TooManyReports(_) => TOO_MANY_REPORTS,
             Self::ReportsOff(_) => REPORTS_UNAVAILABLE,
+            Self::ProjectionNotFound(_) => PROJECTION_NOT_FOUND,
             Self::Body(error) => error.problem_type(),
             Self::Store(_) | Self::View(_) => STORE_FAILURE,
         }

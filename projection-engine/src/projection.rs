@@ -30,7 +30,8 @@ use shared_events::{AvroEvent, EventCodec, WireError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{EventChanges, Namespace, Staging, Store, StoreBatch};
+use crate::rebuild::{Handover, Positions, Reason, Rebuilder, Step};
+use crate::store::{EventChanges, Generation, Namespace, Staging, Store, StoreBatch, StoreError};
 
 pub use shared_events::view::{Applied, ReadModel};
 
@@ -476,6 +477,8 @@ pub struct Runner<P: ReadModel, D> {
     pub store: Arc<Store>,
     pub stats: Arc<ProjectionStats>,
     pub tables: Tables,
+    /// Rebuilds of the projection beside the generation that serves.
+    pub rebuild: Rebuilder<P, D>,
 }
 
 /// Records applied in one store write at most: what one poll hands over, up to this many.
@@ -503,46 +506,27 @@ pub(crate) async fn ready_batch<'a, C: ConsumerContext + 'static>(
     messages
 }
 
-impl<P: ReadModel, D: Decoder<P::Event>> Runner<P, D> {
-    pub async fn run(self, shutdown: CancellationToken) {
-        // While idle, the consumer's position shows records it skipped without handing them
-        // over (transaction markers, aborted records); see `note_position`.
-        let mut idle = tokio::time::interval(Duration::from_millis(250));
-        idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let message = tokio::select! {
-                () = shutdown.cancelled() => break,
-                _ = idle.tick() => {
-                    self.note_position();
-                    continue;
-                }
-                message = self.consumer.recv() => message,
-            };
-            let message = match message {
-                Ok(message) => message,
-                Err(error) => {
-                    tracing::warn!(%error, "consumer error");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            let messages = ready_batch(&self.consumer, message).await;
-            if !self.apply(&messages, &shutdown).await {
-                break;
-            }
-        }
-        tracing::info!("projection runner stopped");
-    }
+/// What applies a batch of records to one generation of a projection's namespace.
+pub(crate) struct Applier<'a, P, D> {
+    pub projection: &'a P,
+    pub decoder: &'a D,
+    pub store: &'a Store,
+    pub stats: &'a ProjectionStats,
+}
 
-    /// Applies `messages` in order and writes their changes and offsets in one batch. False if
-    /// the runner must stop (the store failed, or shutdown came first; then nothing of the
-    /// batch is written, and it is read again after a restart).
-    async fn apply(
+impl<P: ReadModel, D: Decoder<P::Event>> Applier<'_, P, D> {
+    /// Stages `messages` in order into one batch of `generation`, each record taken only at or
+    /// past `floor` of its partition (and once). None if the caller must stop: the store failed,
+    /// or `shutdown` came first; then nothing of the batch is staged.
+    pub(crate) async fn stage(
         &self,
+        generation: Generation,
         messages: &[rdkafka::message::BorrowedMessage<'_>],
+        floor: impl Fn(&str, i32) -> i64,
+        stalled: impl Fn(bool),
         shutdown: &CancellationToken,
-    ) -> bool {
-        let mut staging = Staging::new(&self.store, namespace::<P>());
+    ) -> Option<StoreBatch> {
+        let mut staging = Staging::new(self.store, generation);
         // A rebalance can run inside a poll of this batch and seek a partition back to its
         // stored offset, which does not include this batch yet: its records come again. Each
         // partition's records are taken once, past what is applied or staged.
@@ -550,21 +534,20 @@ impl<P: ReadModel, D: Decoder<P::Event>> Runner<P, D> {
             std::collections::HashMap::new();
         for message in messages {
             let (topic, partition) = (message.topic(), message.partition());
-            let floor = next.get(&(topic, partition)).copied().unwrap_or_else(|| {
-                self.tables
-                    .of(topic)
-                    .map_or(0, |table| table.applied(partition))
-            });
+            let floor = next
+                .get(&(topic, partition))
+                .copied()
+                .unwrap_or_else(|| floor(topic, partition));
             if message.offset() < floor {
                 continue;
             }
             next.insert((topic, partition), message.offset() + 1);
             let decoded = decode_retrying(
-                &self.decoder,
+                self.decoder,
                 message.topic(),
                 message.payload(),
                 shutdown,
-                |stalled| self.set_stalled(stalled),
+                &stalled,
             );
             match decoded.await {
                 Some(event) => {
@@ -591,11 +574,11 @@ impl<P: ReadModel, D: Decoder<P::Event>> Runner<P, D> {
                         Err(error) => {
                             // The store itself failed; stop rather than skip an event.
                             tracing::error!(%error, "store read failed; projection stops");
-                            return false;
+                            return None;
                         }
                     }
                 }
-                None if shutdown.is_cancelled() => return false,
+                None if shutdown.is_cancelled() => return None,
                 None => {
                     // Undecodable for good: skip it, but still record the position so that
                     // the partition moves on; the counter and the log say what happened.
@@ -609,7 +592,185 @@ impl<P: ReadModel, D: Decoder<P::Event>> Runner<P, D> {
             }
             staging.set_next_offset(message.topic(), message.partition(), message.offset() + 1);
         }
-        self.write(staging.into_batch(), messages)
+        Some(staging.into_batch())
+    }
+}
+
+impl<P: ReadModel + Clone, D: Decoder<P::Event>> Runner<P, D> {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        // While idle, the consumer's position shows records it skipped without handing them
+        // over (transaction markers, aborted records); see `note_position`.
+        let mut idle = tokio::time::interval(Duration::from_millis(250));
+        idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if self.rebuild.held() {
+            // The store holds another version's views: they serve (stale, as they are) while
+            // this version's are built beside them.
+            self.set_stalled(true);
+            self.rebuild.start(Reason::VersionChanged);
+        }
+        loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled() => break,
+                step = self.rebuild.next() => {
+                    self.rebuild_step(step, &shutdown).await;
+                    continue;
+                }
+                _ = idle.tick() => {
+                    if !self.rebuild.held() {
+                        self.note_position();
+                    }
+                    continue;
+                }
+                message = self.consumer.recv() => message,
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            if self.rebuild.held() {
+                self.hold(&message);
+                continue;
+            }
+            let messages = ready_batch(&self.consumer, message).await;
+            if !self.apply(&messages, &shutdown).await {
+                break;
+            }
+        }
+        tracing::info!("projection runner stopped");
+    }
+
+    /// Applies `messages` in order and writes their changes and offsets in one batch. False if
+    /// the runner must stop (the store failed, or shutdown came first; then nothing of the
+    /// batch is written, and it is read again after a restart).
+    async fn apply(
+        &self,
+        messages: &[rdkafka::message::BorrowedMessage<'_>],
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let applier = Applier {
+            projection: &self.projection,
+            decoder: &self.decoder,
+            store: &self.store,
+            stats: &self.stats,
+        };
+        let floor = |topic: &str, partition| {
+            self.tables
+                .of(topic)
+                .map_or(0, |table| table.applied(partition))
+        };
+        let generation = self.store.active(namespace::<P>());
+        let stalled = |stalled| self.set_stalled(stalled);
+        match applier
+            .stage(generation, messages, floor, stalled, shutdown)
+            .await
+        {
+            Some(batch) => self.write(batch, messages),
+            None => false,
+        }
+    }
+
+    /// Held (the store holds another version's views): nothing is applied to them. The
+    /// record's partition is paused; the switch to the rebuilt generation moves it on.
+    fn hold(&self, message: &rdkafka::message::BorrowedMessage<'_>) {
+        let mut paused = TopicPartitionList::new();
+        paused.add_partition(message.topic(), message.partition());
+        if let Err(error) = self.consumer.pause(&paused) {
+            tracing::warn!(%error, "could not pause a held partition");
+        }
+    }
+
+    async fn rebuild_step(&mut self, step: Step, shutdown: &CancellationToken) {
+        match step {
+            Step::Start(reason) => self.rebuild.start(reason),
+            Step::Retire => self.rebuild.retire(),
+            Step::Handover(Handover::Freeze { reply }) => {
+                // Between batches: everything handed over is applied. Held, nothing is, and
+                // the shadow has only the end of the log to reach.
+                let positions = if self.rebuild.held() {
+                    Positions::new()
+                } else {
+                    self.owned_positions()
+                };
+                if reply.send(positions).is_err() {
+                    return;
+                }
+                // Frozen: nothing is applied until the shadow has it all, or gives up.
+                match self.rebuild.frozen(shutdown).await {
+                    Some(Handover::Switch {
+                        generation,
+                        next,
+                        reply,
+                    }) => {
+                        let switched = self.switch(generation, &next);
+                        let _ = reply.send(switched.map_err(|e| e.to_string()));
+                    }
+                    Some(Handover::Freeze { .. } | Handover::Thaw) | None => {}
+                }
+            }
+            Step::Handover(Handover::Switch { reply, .. }) => {
+                let _ = reply.send(Err("the runner was not frozen".into()));
+            }
+            Step::Handover(Handover::Thaw) => {}
+        }
+    }
+
+    /// What the runner has applied of each partition it owns.
+    fn owned_positions(&self) -> Positions {
+        let mut positions = Positions::new();
+        for (topic, table) in &self.tables.0 {
+            for partition in table.owned() {
+                positions.insert((topic.clone(), partition), table.applied(partition));
+            }
+        }
+        positions
+    }
+
+    /// Makes the rebuilt `generation` serve. Each owned partition goes on from where the shadow
+    /// has applied it to (`next`): the runner, frozen, applied no further. A held runner's
+    /// partitions are sought there and resumed.
+    fn switch(&mut self, generation: Generation, next: &Positions) -> Result<(), StoreError> {
+        let previous = self.store.activate(generation, P::VERSION)?;
+        let held = self.rebuild.held();
+        let mut sought = TopicPartitionList::new();
+        for (topic, table) in &self.tables.0 {
+            for partition in table.owned() {
+                let offset = next.get(&(topic.clone(), partition)).copied().unwrap_or(0);
+                if held || offset < table.applied(partition) {
+                    // Read again from where the new generation is, caught up against a fresh
+                    // target.
+                    table.assigned(partition, offset);
+                    let _ = sought.add_partition_offset(topic, partition, Offset::Offset(offset));
+                } else {
+                    table.applied_to(partition, offset);
+                }
+            }
+        }
+        if sought.count() > 0
+            && let Err(error) = self
+                .consumer
+                .seek_partitions(sought, self.rebuild.timeout())
+        {
+            tracing::error!(%error, "could not move partitions to the rebuilt generation");
+        }
+        if held {
+            if let Ok(assignment) = self.consumer.assignment()
+                && let Err(error) = self.consumer.resume(&assignment)
+            {
+                tracing::error!(%error, "could not resume the held partitions");
+            }
+            self.set_stalled(false);
+        }
+        tracing::info!(
+            projection = P::NAMESPACE,
+            generation = generation.number,
+            "the rebuilt generation serves"
+        );
+        self.rebuild.switched(previous);
+        Ok(())
     }
 
     /// Moves each partition's applied position past records the consumer skipped after the last
@@ -811,7 +972,7 @@ mod tests {
             version: 1,
         };
         let store = Arc::new(Store::open(dir.path(), &[namespace]).unwrap());
-        let mut batch = StoreBatch::new(namespace);
+        let mut batch = StoreBatch::new(store.active(namespace));
         batch.set_next_offset("events", 1, 42);
         store.write(batch).unwrap();
         let table = Arc::new(PartitionTable::new(3));

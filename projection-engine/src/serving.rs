@@ -59,6 +59,8 @@ pub struct Slot {
     /// topics may be created after the replica starts) counts once it has.
     pub required: bool,
     pub stats: Arc<ProjectionStats>,
+    /// Its rebuilds on this replica.
+    pub rebuilds: Arc<crate::rebuild::Rebuilds>,
     served: OnceLock<Served>,
 }
 
@@ -68,6 +70,7 @@ impl Slot {
             namespace: crate::projection::namespace::<M>(),
             required,
             stats: Arc::default(),
+            rebuilds: Arc::default(),
             served: OnceLock::new(),
         }
     }

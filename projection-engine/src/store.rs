@@ -2,45 +2,68 @@
 //! families and version), its views, its index and, beside them, the log position each
 //! partition has been applied up to.
 //!
+//! A namespace's data lives in a *generation*: one set of column families. One generation of
+//! each namespace is active, and reads and the runner's writes go to it. A shadow rebuild fills
+//! a new generation beside it, then activates it (one write of the default column family) and
+//! drops the old one, so a projection is rebuilt without a moment of empty store.
+//!
 //! Invariants: a view change and the offset it came from are written in one [`WriteBatch`]
 //! ([`Store::write`]), so after a crash the store is at a consistent position and resuming from
 //! the stored offset applies each event exactly once. Projections never see each other's keys,
-//! and a projection whose version changed is rebuilt alone. Only the projection runners write;
-//! HTTP handlers only read.
+//! and a projection's generations never see each other's. Only one generation of a namespace
+//! survives a restart: the active one. Only the projection runners and a rebuild's shadow
+//! write; HTTP handlers only read.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch};
+use rocksdb::{
+    BoundColumnFamily, ColumnFamilyDescriptor, DBWithThreadMode, Direction, IteratorMode,
+    MultiThreaded, Options, WriteBatch,
+};
 use shared_events::view::ViewError;
 
-/// The kinds of data a projection keeps, each a column family `<namespace>.<kind>`.
-const KINDS: [&str; 3] = ["views", "index", "offsets"];
-/// In the default column family, per namespace: the projection version its data was written by.
-const VERSION_PREFIX: &str = "version/";
+/// Column families are created and dropped while the store serves.
+type Db = DBWithThreadMode<MultiThreaded>;
 
-/// A namespace's views as a read model reads them ([`shared_events::view::Views`]).
+/// The kinds of data a projection keeps, each a column family of its generation.
+const KINDS: [&str; 3] = ["views", "index", "offsets"];
+/// In the default column family, per namespace: the projection version its active generation
+/// was written by.
+const VERSION_PREFIX: &str = "version/";
+/// In the default column family, per namespace: its active generation (0 when absent).
+const GENERATION_PREFIX: &str = "generation/";
+
+/// A namespace's views as a read model reads them ([`shared_events::view::Views`]), all from
+/// one generation: a query that straddles a rebuild's switch reads the old one throughout.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreViews<'a> {
     store: &'a Store,
-    namespace: Namespace,
+    generation: Generation,
 }
 
 impl<'a> StoreViews<'a> {
+    /// The views of the namespace's active generation.
     pub fn new(store: &'a Store, namespace: Namespace) -> Self {
-        Self { store, namespace }
+        Self::of(store, store.active(namespace))
+    }
+
+    pub fn of(store: &'a Store, generation: Generation) -> Self {
+        Self { store, generation }
     }
 }
 
 impl shared_events::view::Views for StoreViews<'_> {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, ViewError> {
         self.store
-            .view(self.namespace, key)
+            .view_in(self.generation, key)
             .map_err(ViewError::from)
     }
 
     fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, ViewError> {
         self.store
-            .index_scan(self.namespace, prefix, start, limit)
+            .index_scan_in(self.generation, prefix, start, limit)
             .map_err(ViewError::from)
     }
 }
@@ -69,6 +92,10 @@ pub enum StoreError {
     MissingColumnFamily(String),
     #[error("stored offset for {0} is corrupt")]
     CorruptOffset(String),
+    #[error("the store's record of `{0}` is corrupt")]
+    CorruptRecord(String),
+    #[error("the store has no namespace `{0}`")]
+    UnknownNamespace(String),
 }
 
 /// One projection's part of the store: its views, index and applied offsets, apart from every
@@ -80,23 +107,48 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    fn family(self, kind: &str) -> String {
-        format!("{}.{kind}", self.name)
-    }
-
     fn version_key(self) -> Vec<u8> {
         format!("{VERSION_PREFIX}{}", self.name).into_bytes()
     }
+
+    fn generation_key(self) -> Vec<u8> {
+        format!("{GENERATION_PREFIX}{}", self.name).into_bytes()
+    }
+}
+
+/// One generation of a namespace: a set of column families, `<name>.<kind>` for generation 0
+/// (the layout before generations), `<name>#<number>.<kind>` after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generation {
+    pub name: &'static str,
+    pub number: u32,
+}
+
+impl Generation {
+    fn family(self, kind: &str) -> String {
+        match self.number {
+            0 => format!("{}.{kind}", self.name),
+            n => format!("{}#{n}.{kind}", self.name),
+        }
+    }
+}
+
+/// A namespace's active generation and the projection version that wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Active {
+    pub generation: u32,
+    pub version: u32,
 }
 
 #[derive(Debug)]
 pub struct Store {
-    db: DB,
+    db: Db,
+    active: RwLock<HashMap<&'static str, Active>>,
 }
 
-/// Changes of one namespace staged for one atomic write.
+/// Changes of one generation staged for one atomic write.
 pub struct StoreBatch {
-    namespace: Namespace,
+    generation: Generation,
     views: Vec<(Vec<u8>, Vec<u8>)>,
     index: Vec<Vec<u8>>,
     offsets: Vec<(Vec<u8>, i64)>,
@@ -105,7 +157,7 @@ pub struct StoreBatch {
 impl std::fmt::Debug for StoreBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreBatch")
-            .field("namespace", &self.namespace.name)
+            .field("generation", &self.generation)
             .field("views", &self.views.len())
             .field("index", &self.index.len())
             .field("offsets", &self.offsets.len())
@@ -114,9 +166,10 @@ impl std::fmt::Debug for StoreBatch {
 }
 
 impl StoreBatch {
-    pub fn new(namespace: Namespace) -> Self {
+    /// A batch for `generation` (see [`Store::active`] for the one that serves).
+    pub fn new(generation: Generation) -> Self {
         Self {
-            namespace,
+            generation,
             views: Vec::new(),
             index: Vec::new(),
             offsets: Vec::new(),
@@ -176,15 +229,14 @@ impl shared_events::view::Changes for EventChanges {
 }
 
 impl<'a> Staging<'a> {
-    pub fn new(store: &'a Store, namespace: Namespace) -> Self {
+    pub fn new(store: &'a Store, generation: Generation) -> Self {
         Self {
-            store: StoreViews::new(store, namespace),
-            batch: StoreBatch::new(namespace),
+            store: StoreViews::of(store, generation),
+            batch: StoreBatch::new(generation),
             views: std::collections::HashMap::new(),
             index: std::collections::BTreeSet::new(),
         }
     }
-
     /// Stages an event's changes. A view staged twice keeps its later value, as two writes
     /// would leave it.
     pub fn absorb(&mut self, changes: EventChanges) {
@@ -241,70 +293,197 @@ fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (or creates) the store of the given projections. A namespace written by another
-    /// version of its projection is emptied, offsets included, so the replica rebuilds it from
-    /// the beginning of its topics instead of serving a stale shape; the other namespaces keep
-    /// their data. Column families of projections this build no longer has are dropped.
+    /// Opens (or creates) the store of the given namespaces. Each keeps its active generation,
+    /// whatever version wrote it: [`Store::is_current`] says whether it is this build's, and the
+    /// caller rebuilds it (beside it, or after [`Store::reset`]). Generations that are not
+    /// active (a rebuild cut short) and the families of namespaces this build no longer has are
+    /// dropped.
     pub fn open(path: &Path, namespaces: &[Namespace]) -> Result<Self, StoreError> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         // RocksDB opens a database only with every column family it has.
-        let existing = DB::list_cf(&options, path).unwrap_or_default();
-        let wanted: Vec<String> = namespaces
-            .iter()
-            .flat_map(|ns| KINDS.map(|kind| ns.family(kind)))
-            .collect();
-        let mut families: Vec<String> = existing.clone();
-        families.extend(wanted.iter().filter(|f| !existing.contains(f)).cloned());
-        let descriptors = families
+        let existing = Db::list_cf(&options, path).unwrap_or_default();
+        let descriptors = existing
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let mut db = DB::open_cf_descriptors(&options, path, descriptors)?;
+        let db = Db::open_cf_descriptors(&options, path, descriptors)?;
+        let mut active = HashMap::new();
+        let mut kept = Vec::new();
+        for namespace in namespaces {
+            let generation = match db.get(namespace.generation_key())? {
+                None => 0,
+                Some(bytes) => decode_u32(&bytes, namespace.name)?,
+            };
+            let version = match db.get(namespace.version_key())? {
+                Some(bytes) => decode_u32(&bytes, namespace.name)?,
+                None => {
+                    db.put(namespace.version_key(), namespace.version.to_be_bytes())?;
+                    namespace.version
+                }
+            };
+            let current = Generation {
+                name: namespace.name,
+                number: generation,
+            };
+            for kind in KINDS {
+                let family = current.family(kind);
+                if db.cf_handle(&family).is_none() {
+                    db.create_cf(&family, &Options::default())?;
+                }
+                kept.push(family);
+            }
+            if version != namespace.version {
+                tracing::warn!(path = %path.display(), projection = namespace.name, stored = version, version = namespace.version, "the store holds another version of the projection");
+            }
+            active.insert(
+                namespace.name,
+                Active {
+                    generation,
+                    version,
+                },
+            );
+        }
         for stale in existing
             .iter()
-            .filter(|f| *f != rocksdb::DEFAULT_COLUMN_FAMILY_NAME && !wanted.contains(f))
+            .filter(|f| *f != rocksdb::DEFAULT_COLUMN_FAMILY_NAME && !kept.contains(f))
         {
             tracing::warn!(path = %path.display(), family = %stale, "dropping data no projection of this build reads");
             db.drop_cf(stale)?;
         }
-        for namespace in namespaces {
-            let key = namespace.version_key();
-            let stored = db.get(&key)?;
-            if stored.as_deref() == Some(&namespace.version.to_be_bytes()[..]) {
-                continue;
-            }
-            if stored.is_some() {
-                tracing::warn!(path = %path.display(), projection = namespace.name, version = namespace.version, "the projection changed; rebuilding it from the topic");
-            }
-            for kind in KINDS {
-                let family = namespace.family(kind);
-                db.drop_cf(&family)?;
-                db.create_cf(&family, &Options::default())?;
-            }
-            db.put(&key, namespace.version.to_be_bytes())?;
+        Ok(Self {
+            db,
+            active: RwLock::new(active),
+        })
+    }
+
+    /// The generation of `namespace` that serves.
+    pub fn active(&self, namespace: Namespace) -> Generation {
+        Generation {
+            name: namespace.name,
+            number: self.active_of(namespace).map_or(0, |a| a.generation),
         }
-        Ok(Self { db })
+    }
+
+    /// The active generation of `namespace` and the version that wrote it.
+    pub fn active_of(&self, namespace: Namespace) -> Option<Active> {
+        self.active
+            .read()
+            .ok()
+            .and_then(|active| active.get(namespace.name).copied())
+    }
+
+    /// Whether the active generation was written by this build's version of the projection.
+    pub fn is_current(&self, namespace: Namespace) -> bool {
+        self.active_of(namespace)
+            .is_some_and(|a| a.version == namespace.version)
+    }
+
+    /// Creates an empty generation of `namespace` beside the active one, for a rebuild to fill.
+    pub fn begin(&self, namespace: Namespace) -> Result<Generation, StoreError> {
+        let active = self
+            .active_of(namespace)
+            .ok_or_else(|| StoreError::UnknownNamespace(namespace.name.to_owned()))?;
+        let generation = Generation {
+            name: namespace.name,
+            number: active.generation + 1,
+        };
+        for kind in KINDS {
+            let family = generation.family(kind);
+            // Left by a rebuild that failed earlier in this process.
+            if self.db.cf_handle(&family).is_some() {
+                self.db.drop_cf(&family)?;
+            }
+            self.db.create_cf(&family, &Options::default())?;
+        }
+        Ok(generation)
+    }
+
+    /// Makes `generation`, written by projection `version`, the one that serves, in one write:
+    /// after a crash, either the old generation serves or this one does. Returns the generation
+    /// it replaced, for [`Store::discard`] once no read is still on it.
+    pub fn activate(&self, generation: Generation, version: u32) -> Result<Generation, StoreError> {
+        let namespace = Namespace {
+            name: generation.name,
+            version,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put(namespace.generation_key(), generation.number.to_be_bytes());
+        batch.put(namespace.version_key(), version.to_be_bytes());
+        let mut active = self
+            .active
+            .write()
+            .map_err(|_| StoreError::UnknownNamespace(generation.name.to_owned()))?;
+        self.db.write(batch)?;
+        let previous = active.insert(
+            generation.name,
+            Active {
+                generation: generation.number,
+                version,
+            },
+        );
+        Ok(Generation {
+            name: generation.name,
+            number: previous.map_or(0, |p| p.generation),
+        })
+    }
+
+    /// Drops a generation that is not active: a replaced one, or a rebuild's that failed.
+    pub fn discard(&self, generation: Generation) -> Result<(), StoreError> {
+        if self
+            .active_of(Namespace {
+                name: generation.name,
+                version: 0,
+            })
+            .is_some_and(|a| a.generation == generation.number)
+        {
+            return Ok(());
+        }
+        for kind in KINDS {
+            let family = generation.family(kind);
+            if self.db.cf_handle(&family).is_some() {
+                self.db.drop_cf(&family)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties `namespace` for this build's version: an empty generation replaces the active
+    /// one. For data that is rebuilt in place rather than beside (a live timeline).
+    pub fn reset(&self, namespace: Namespace) -> Result<(), StoreError> {
+        let fresh = self.begin(namespace)?;
+        let previous = self.activate(fresh, namespace.version)?;
+        self.discard(previous)
     }
 
     fn family(
         &self,
-        namespace: Namespace,
+        generation: Generation,
         kind: &str,
-    ) -> Result<&rocksdb::ColumnFamily, StoreError> {
-        let name = namespace.family(kind);
+    ) -> Result<Arc<BoundColumnFamily<'_>>, StoreError> {
+        let name = generation.family(kind);
         self.db
             .cf_handle(&name)
             .ok_or(StoreError::MissingColumnFamily(name))
     }
 
+    /// A view of the active generation of `namespace`.
     pub fn view(&self, namespace: Namespace, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .db
-            .get_cf(self.family(namespace, "views")?, key.as_bytes())?)
+        self.view_in(self.active(namespace), key)
     }
 
-    /// Index keys that start with `prefix`, from `start` (inclusive) on, at most `limit`.
+    pub fn view_in(
+        &self,
+        generation: Generation,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .db
+            .get_cf(&self.family(generation, "views")?, key.as_bytes())?)
+    }
+
+    /// Index keys of the active generation of `namespace` that start with `prefix`, from
+    /// `start` (inclusive) on, at most `limit`.
     pub fn index_scan(
         &self,
         namespace: Namespace,
@@ -312,10 +491,20 @@ impl Store {
         start: &[u8],
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.index_scan_in(self.active(namespace), prefix, start, limit)
+    }
+
+    pub fn index_scan_in(
+        &self,
+        generation: Generation,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
         let from = if start > prefix { start } else { prefix };
         let mut keys = Vec::new();
         for item in self.db.iterator_cf(
-            self.family(namespace, "index")?,
+            &self.family(generation, "index")?,
             IteratorMode::From(from, Direction::Forward),
         ) {
             let (key, _) = item?;
@@ -327,16 +516,25 @@ impl Store {
         Ok(keys)
     }
 
-    /// The next offset of `topic`/`partition` this namespace has to apply, if it ever applied
-    /// any of it.
+    /// The next offset of `topic`/`partition` the active generation of `namespace` has to
+    /// apply, if it ever applied any of it.
     pub fn next_offset(
         &self,
         namespace: Namespace,
         topic: &str,
         partition: i32,
     ) -> Result<Option<i64>, StoreError> {
+        self.next_offset_in(self.active(namespace), topic, partition)
+    }
+
+    pub fn next_offset_in(
+        &self,
+        generation: Generation,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, StoreError> {
         let key = offset_key(topic, partition);
-        match self.db.get_cf(self.family(namespace, "offsets")?, &key)? {
+        match self.db.get_cf(&self.family(generation, "offsets")?, &key)? {
             None => Ok(None),
             Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
                 .map(|b| Some(i64::from_be_bytes(b)))
@@ -347,27 +545,33 @@ impl Store {
     /// Applies the batch atomically: views and offsets together or not at all.
     pub fn write(&self, staged: StoreBatch) -> Result<(), StoreError> {
         let StoreBatch {
-            namespace,
+            generation,
             views,
             index,
             offsets,
         } = staged;
         let mut batch = WriteBatch::default();
-        let views_cf = self.family(namespace, "views")?;
-        let index_cf = self.family(namespace, "index")?;
-        let offsets_cf = self.family(namespace, "offsets")?;
+        let views_cf = self.family(generation, "views")?;
+        let index_cf = self.family(generation, "index")?;
+        let offsets_cf = self.family(generation, "offsets")?;
         for key in index {
-            batch.put_cf(index_cf, key, []);
+            batch.put_cf(&index_cf, key, []);
         }
         for (key, value) in views {
-            batch.put_cf(views_cf, key, value);
+            batch.put_cf(&views_cf, key, value);
         }
         for (key, offset) in offsets {
-            batch.put_cf(offsets_cf, key, offset.to_be_bytes());
+            batch.put_cf(&offsets_cf, key, offset.to_be_bytes());
         }
         self.db.write(batch)?;
         Ok(())
     }
+}
+
+fn decode_u32(bytes: &[u8], name: &str) -> Result<u32, StoreError> {
+    <[u8; 4]>::try_from(bytes)
+        .map(u32::from_be_bytes)
+        .map_err(|_| StoreError::CorruptRecord(name.to_owned()))
 }
 
 #[cfg(test)]
@@ -390,13 +594,13 @@ mod tests {
         use shared_events::view::{Changes, Views};
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &[ORDERS]).unwrap();
-        let mut batch = StoreBatch::new(ORDERS);
+        let mut batch = StoreBatch::new(store.active(ORDERS));
         batch.put_view("o-1", b"stored".to_vec());
         batch.put_index(b"c1/1".to_vec());
         batch.put_index(b"c1/4".to_vec());
         store.write(batch).unwrap();
 
-        let mut staging = Staging::new(&store, ORDERS);
+        let mut staging = Staging::new(&store, store.active(ORDERS));
         let mut first = EventChanges::default();
         first.put("o-1", b"staged".to_vec());
         first.put("o-2", b"new".to_vec());
@@ -430,7 +634,7 @@ mod tests {
         {
             let store = Store::open(dir.path(), &[ORDERS]).unwrap();
             assert_eq!(store.next_offset(ORDERS, "orders", 0).unwrap(), None);
-            let mut batch = StoreBatch::new(ORDERS);
+            let mut batch = StoreBatch::new(store.active(ORDERS));
             batch.put_view("o-1", b"{}".to_vec());
             batch.set_next_offset("orders", 0, 7);
             batch.put_index(b"c1/2".to_vec());
@@ -454,25 +658,102 @@ mod tests {
             [b"c1/2".to_vec()]
         );
         assert_eq!(store.index_scan(ORDERS, b"c1/", b"", 1).unwrap().len(), 1);
-        drop(store);
-        // Another projection version: everything of it is rebuilt, offsets included.
+    }
+
+    #[test]
+    fn another_version_keeps_serving_until_a_new_generation_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), &[ORDERS]).unwrap();
+            let mut batch = StoreBatch::new(store.active(ORDERS));
+            batch.put_view("o-1", b"old".to_vec());
+            batch.set_next_offset("orders", 0, 7);
+            store.write(batch).unwrap();
+        }
         let next = Namespace {
             version: 2,
             ..ORDERS
         };
         let store = Store::open(dir.path(), &[next]).unwrap();
-        assert_eq!(store.view(next, "o-1").unwrap(), None);
-        assert_eq!(store.next_offset(next, "orders", 0).unwrap(), None);
-        assert!(store.index_scan(next, b"c1/", b"", 10).unwrap().is_empty());
+        assert!(!store.is_current(next), "written by version 1");
+        assert_eq!(store.view(next, "o-1").unwrap().unwrap(), b"old");
+
+        // A rebuild fills a generation beside it, unseen until activated.
+        let shadow = store.begin(next).unwrap();
+        let mut batch = StoreBatch::new(shadow);
+        batch.put_view("o-1", b"new".to_vec());
+        batch.set_next_offset("orders", 0, 9);
+        store.write(batch).unwrap();
+        assert_eq!(store.view(next, "o-1").unwrap().unwrap(), b"old");
+        let reader = StoreViews::new(&store, next);
+
+        let previous = store.activate(shadow, next.version).unwrap();
+        assert!(store.is_current(next));
+        assert_eq!(store.view(next, "o-1").unwrap().unwrap(), b"new");
+        assert_eq!(store.next_offset(next, "orders", 0).unwrap(), Some(9));
+        {
+            use shared_events::view::Views;
+            assert_eq!(
+                reader.get("o-1").unwrap().unwrap(),
+                b"old",
+                "a read keeps its generation"
+            );
+        }
+        store.discard(previous).unwrap();
+        store.discard(shadow).unwrap();
+        assert_eq!(
+            store.view(next, "o-1").unwrap().unwrap(),
+            b"new",
+            "the active one stays"
+        );
+        drop(store);
+
+        let store = Store::open(dir.path(), &[next]).unwrap();
+        assert!(store.is_current(next));
+        assert_eq!(store.view(next, "o-1").unwrap().unwrap(), b"new");
     }
 
     #[test]
-    fn projections_keep_apart_and_rebuild_alone() {
+    fn a_rebuild_cut_short_leaves_the_active_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), &[ORDERS]).unwrap();
+            let mut batch = StoreBatch::new(store.active(ORDERS));
+            batch.put_view("o-1", b"serving".to_vec());
+            store.write(batch).unwrap();
+            let shadow = store.begin(ORDERS).unwrap();
+            let mut batch = StoreBatch::new(shadow);
+            batch.put_view("o-1", b"half-built".to_vec());
+            store.write(batch).unwrap();
+        }
+        let store = Store::open(dir.path(), &[ORDERS]).unwrap();
+        assert_eq!(store.view(ORDERS, "o-1").unwrap().unwrap(), b"serving");
+        // The next rebuild starts from empty, not from the half-built generation.
+        let shadow = store.begin(ORDERS).unwrap();
+        assert_eq!(store.view_in(shadow, "o-1").unwrap(), None);
+    }
+
+    #[test]
+    fn a_reset_empties_a_namespace_for_this_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &[ORDERS]).unwrap();
+        let mut batch = StoreBatch::new(store.active(ORDERS));
+        batch.put_view("o-1", b"{}".to_vec());
+        batch.set_next_offset("orders", 0, 7);
+        store.write(batch).unwrap();
+        store.reset(ORDERS).unwrap();
+        assert_eq!(store.view(ORDERS, "o-1").unwrap(), None);
+        assert_eq!(store.next_offset(ORDERS, "orders", 0).unwrap(), None);
+        assert!(store.index_scan(ORDERS, b"", b"", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn projections_keep_apart() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), &[ORDERS, CUSTOMERS]).unwrap();
             for namespace in [ORDERS, CUSTOMERS] {
-                let mut batch = StoreBatch::new(namespace);
+                let mut batch = StoreBatch::new(store.active(namespace));
                 batch.put_view("same-key", namespace.name.as_bytes().to_vec());
                 batch.set_next_offset("orders", 0, 5);
                 store.write(batch).unwrap();
@@ -482,18 +763,11 @@ mod tests {
                 store.view(CUSTOMERS, "same-key").unwrap().unwrap(),
                 b"customers"
             );
+            store.reset(CUSTOMERS).unwrap();
+            assert_eq!(store.view(ORDERS, "same-key").unwrap().unwrap(), b"orders");
+            assert_eq!(store.next_offset(ORDERS, "orders", 0).unwrap(), Some(5));
+            assert_eq!(store.view(CUSTOMERS, "same-key").unwrap(), None);
         }
-        // Bumping one projection's version rebuilds it and leaves the other alone.
-        let customers_v2 = Namespace {
-            version: 2,
-            ..CUSTOMERS
-        };
-        let store = Store::open(dir.path(), &[ORDERS, customers_v2]).unwrap();
-        assert_eq!(store.view(ORDERS, "same-key").unwrap().unwrap(), b"orders");
-        assert_eq!(store.next_offset(ORDERS, "orders", 0).unwrap(), Some(5));
-        assert_eq!(store.view(customers_v2, "same-key").unwrap(), None);
-        assert_eq!(store.next_offset(customers_v2, "orders", 0).unwrap(), None);
-        drop(store);
         // A projection this build no longer has is dropped; the others open as they were.
         let store = Store::open(dir.path(), &[ORDERS]).unwrap();
         assert_eq!(store.view(ORDERS, "same-key").unwrap().unwrap(), b"orders");
@@ -510,7 +784,7 @@ mod tests {
             options.create_missing_column_families(true);
             let families = ["views", "index", "offsets"]
                 .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-            let db = DB::open_cf_descriptors(&options, dir.path(), families).unwrap();
+            let db = Db::open_cf_descriptors(&options, dir.path(), families).unwrap();
             db.put(b"projection-version", 2u32.to_be_bytes()).unwrap();
         }
         let store = Store::open(dir.path(), &[ORDERS]).unwrap();

@@ -34,6 +34,7 @@ pub fn table(catalog: &Catalog) -> Vec<Route> {
     table.extend(projection_engine::live::stream::routes(Timeline::STREAMS));
     table.extend(projection_engine::live::page::routes(Timeline::STREAMS));
     table.extend(projection_engine::report::routes::ROUTES);
+    table.extend(projection_engine::rebuild::routes::ROUTES);
     table.extend(projection_engine::operations::ROUTES);
     table
 }

@@ -23,7 +23,7 @@ use projection_engine::cluster;
 use projection_engine::live::tail::{self, Limits, Live, Tail};
 use projection_engine::metrics::Metrics;
 use projection_engine::opening::{
-    Environment, OpenError, Opening, ProjectionThread, TwoTopics, wait_for_topic,
+    Environment, MakeDecoder, OpenError, Opening, ProjectionThread, TwoTopics, wait_for_topic,
 };
 use projection_engine::report::catalog::DecoderFor;
 use projection_engine::report::ledger;
@@ -92,7 +92,7 @@ fn projections(config: &Config, env: &Environment, runs: &mut Runs) -> Result<()
         OrdersProjection,
         true,
         config.group_id.clone(),
-        Box::new(move || {
+        Arc::new(move || {
             Ok(EventCodec::new(
                 registry.sr_settings(timeout)?,
                 &orders_topic,
@@ -110,13 +110,11 @@ fn projections(config: &Config, env: &Environment, runs: &mut Runs) -> Result<()
 }
 
 /// The decoder of the customers and the orders topics' records.
-fn customers_and_orders(
-    config: &Config,
-) -> Box<dyn Fn() -> Result<TwoTopics<CustomerEvent, OrderEvent>, OpenError> + Send> {
+fn customers_and_orders(config: &Config) -> MakeDecoder<TwoTopics<CustomerEvent, OrderEvent>> {
     let registry = config.registry.clone();
     let timeout = Duration::from_millis(config.registry_timeout_ms);
     let (customers_topic, orders_topic) = (config.customers_topic.clone(), config.topic.clone());
-    Box::new(move || {
+    Arc::new(move || {
         Ok(TwoTopics {
             first_topic: customers_topic.clone(),
             first: EventCodec::new(registry.sr_settings(timeout)?, &customers_topic)?,
@@ -281,7 +279,7 @@ impl Runs {
         model: M,
         required: bool,
         group: String,
-        decoder: Box<dyn Fn() -> Result<D, OpenError> + Send>,
+        decoder: MakeDecoder<D>,
     ) -> Result<(), ConfigError>
     where
         M: ReadModel + Clone,
@@ -330,14 +328,22 @@ impl Application {
 
         let path = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || {
-            Store::open(
+            let timeline = tail::namespace::<CommerceTimeline>();
+            let store = Store::open(
                 &path,
                 &[
                     namespace::<OrdersProjection>(),
                     namespace::<CustomersProjection>(),
-                    tail::namespace::<CommerceTimeline>(),
+                    timeline,
                 ],
-            )
+            )?;
+            // The projections of another version are rebuilt beside their old views, which
+            // serve meanwhile; the timeline's old entries would be sent as they are, so it
+            // starts empty instead.
+            if !store.is_current(timeline) {
+                store.reset(timeline)?;
+            }
+            Ok::<_, projection_engine::store::StoreError>(store)
         })
         .await?
         .map_err(|source| StartupError::Store {
@@ -387,6 +393,7 @@ impl Application {
             store: Arc::clone(&store),
             kafka_timeout,
             cluster_refresh: Duration::from_millis(config.cluster_refresh_ms),
+            rebuild_max_events_per_second: config.rebuild_max_events_per_second,
         };
         // The projections' threads stop together, on one token.
         let shutdown = CancellationToken::new();

@@ -97,6 +97,9 @@ pub struct Config {
     /// Hours a finished report and its result are kept before they are removed.
     #[arg(long, env = "QUERY_REPORTS_KEEP_HOURS", default_value_t = 720)]
     pub reports_keep_hours: u64,
+    /// Events per second a projection's rebuild applies at most; none: as fast as it can.
+    #[arg(long, env = "QUERY_REBUILD_MAX_EVENTS_PER_SECOND")]
+    pub rebuild_max_events_per_second: Option<u64>,
     /// `/health/ready` is ready only when every owned partition lags by at most this many records.
     #[arg(long, env = "QUERY_MAX_READY_LAG", default_value_t = 1_000)]
     pub max_ready_lag: i64,
@@ -159,6 +162,10 @@ impl std::fmt::Debug for Config {
             .field("reports_stale_ms", &self.reports_stale_ms)
             .field("reports_max_attempts", &self.reports_max_attempts)
             .field("reports_keep_hours", &self.reports_keep_hours)
+            .field(
+                "rebuild_max_events_per_second",
+                &self.rebuild_max_events_per_second,
+            )
             .field("session_timeout_ms", &self.session_timeout_ms)
             .field("kafka_timeout_ms", &self.kafka_timeout_ms)
             .field("topic_wait_ms", &self.topic_wait_ms)
@@ -259,6 +266,9 @@ impl Config {
             return fail(
                 "reports need at least one running, one attempt, a positive events-per-second limit if any, and a replication of -1 or at least 1",
             );
+        }
+        if self.rebuild_max_events_per_second == Some(0) {
+            return fail("a rebuild's events-per-second limit, if any, must be positive");
         }
         if self.reports_stale_ms < 3_000 {
             return fail("the reports' stale time must be at least 3000 ms (three heartbeats)");

@@ -478,7 +478,7 @@ mod tests {
             collection: "customers",
             id: "c-10".into(),
         };
-        let mut batch = StoreBatch::new(TIMELINE);
+        let mut batch = StoreBatch::new(store.active(TIMELINE));
         let mut put = |stream: &StreamKey, at: At, value: Vec<u8>| {
             let entry = entry_key(stream, at);
             batch.put_index(entry.clone().into_bytes());

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::hub::{Delivery, Hub};
 use super::resume::{At, Span};
 use crate::metrics::Metrics;
-use crate::opening::{Environment, OpenError, wait_for_topics};
+use crate::opening::{Environment, MakeDecoder, OpenError, wait_for_topics};
 use crate::projection::{
     Decoder, PartitionTable, RebalanceContext, Tables, decode_retrying, ready_batch,
 };
@@ -203,7 +203,7 @@ pub struct Tail<T: Timeline, D> {
     /// `(role, topic)` for each of [`Timeline::TOPICS`], in that order.
     pub topics: Vec<(&'static str, String)>,
     /// Makes the decoder of the topics' records, once they exist.
-    pub decoder: Box<dyn Fn() -> Result<D, OpenError> + Send>,
+    pub decoder: MakeDecoder<D>,
     pub environment: Environment,
     pub live: Arc<Live>,
 }
@@ -337,7 +337,7 @@ impl<T: Timeline, D: Decoder<T::Event>> Tail<T, D> {
         shutdown: &CancellationToken,
     ) -> bool {
         let live = &self.live;
-        let mut staging = Staging::new(&live.store, live.namespace);
+        let mut staging = Staging::new(&live.store, live.store.active(live.namespace));
         let mut placed: Vec<(Vec<StreamKey>, Delivery)> = Vec::new();
         for message in messages {
             let Some(index) = tables.iter().position(|(t, _)| t == message.topic()) else {

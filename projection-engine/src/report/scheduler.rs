@@ -512,6 +512,8 @@ impl Scheduler {
                     id.get(id.len().saturating_sub(8)..).unwrap_or("run")
                 ))
                 .spawn(move || {
+                    // A report's consumer, started on this thread, inherits its priority.
+                    crate::priority::lowest();
                     match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
