@@ -9,5 +9,6 @@ mod end_to_end;
 mod helpers;
 mod live;
 mod openapi;
+mod rebuild;
 mod reports;
 mod secured;
