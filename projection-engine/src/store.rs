@@ -19,8 +19,8 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use rocksdb::{
-    BoundColumnFamily, ColumnFamilyDescriptor, DBWithThreadMode, Direction, IteratorMode,
-    MultiThreaded, Options, WriteBatch,
+    BoundColumnFamily, ColumnFamilyDescriptor, DBWithThreadMode, Direction, FlushOptions,
+    IteratorMode, MultiThreaded, Options, WriteBatch, WriteOptions,
 };
 use shared_events::view::ViewError;
 
@@ -544,6 +544,29 @@ impl Store {
 
     /// Applies the batch atomically: views and offsets together or not at all.
     pub fn write(&self, staged: StoreBatch) -> Result<(), StoreError> {
+        self.write_with(staged, &WriteOptions::default())
+    }
+
+    /// As [`Store::write`], without the write-ahead log: for a generation being built, which
+    /// a crash discards anyway. [`Store::flush`] it before it is activated.
+    pub fn write_unlogged(&self, staged: StoreBatch) -> Result<(), StoreError> {
+        let mut options = WriteOptions::default();
+        options.disable_wal(true);
+        self.write_with(staged, &options)
+    }
+
+    /// Writes a generation's memtables to disk, so that it survives a crash without its log.
+    pub fn flush(&self, generation: Generation) -> Result<(), StoreError> {
+        let mut options = FlushOptions::default();
+        options.set_wait(true);
+        for kind in KINDS {
+            self.db
+                .flush_cf_opt(&self.family(generation, kind)?, &options)?;
+        }
+        Ok(())
+    }
+
+    fn write_with(&self, staged: StoreBatch, options: &WriteOptions) -> Result<(), StoreError> {
         let StoreBatch {
             generation,
             views,
@@ -563,7 +586,7 @@ impl Store {
         for (key, offset) in offsets {
             batch.put_cf(&offsets_cf, key, offset.to_be_bytes());
         }
-        self.db.write(batch)?;
+        self.db.write_opt(batch, options)?;
         Ok(())
     }
 }

@@ -16,8 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{FREEZE_LIMIT, Handover, Positions, Rebuilds};
 use crate::opening::{MakeDecoder, OpenError};
-use crate::projection::{Applier, Decoder, ProjectionStats, ready_batch};
+use crate::projection::{Applier, Decoder, ProjectionStats, ready_up_to};
 use crate::store::{Generation, Store, StoreError};
+
+/// Records per store write: the shadow serves no reads while it builds, so it trades latency
+/// for fewer, larger writes.
+const BATCH: usize = 4_096;
 
 /// Handovers tried before the rebuild gives up: each failed one means the runner applied more
 /// than the shadow could read within a freeze.
@@ -102,7 +106,7 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Shadow<P, D> {
                 _ = tick.tick() => {}
                 message = consumer.recv() => match message {
                     Ok(message) => {
-                        let messages = ready_batch(&consumer, message).await;
+                        let messages = ready_up_to(&consumer, message, BATCH).await;
                         let floor = |topic: &str, partition| {
                             next.get(&(topic.to_owned(), partition)).copied().unwrap_or(0)
                         };
@@ -110,7 +114,7 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Shadow<P, D> {
                             .stage(self.generation, &messages, floor, |_| {}, &cancel)
                             .await
                             .ok_or(ShadowError::Stopped)?;
-                        self.store.write(batch)?;
+                        self.store.write_unlogged(batch)?;
                         for message in &messages {
                             let key = (message.topic().to_owned(), message.partition());
                             let at = next.entry(key).or_insert(0);
@@ -208,6 +212,8 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Shadow<P, D> {
     }
 
     async fn switch(&self, next: Positions) -> Result<(), ShadowError> {
+        // Written without the write-ahead log: on disk before it can become the one that serves.
+        self.store.flush(self.generation)?;
         let (reply, answer) = oneshot::channel();
         self.handover
             .send(Handover::Switch {

@@ -346,6 +346,7 @@ async fn another_version_serves_its_views_until_this_one_has_built_its_own() {
         .send()
         .await
         .unwrap();
+    // Caught up at the switch: a miss is a true one at once.
     assert_eq!(missing.status(), 404);
     replica.stop().await;
     commands.stop().await;
