@@ -1,12 +1,17 @@
-//! The shadow: a projection rebuilt from the beginning of its topics into a new generation, on
-//! a thread of its own at the lowest priority, then handed over to the runner (see the
-//! [module above](super)).
+//! The shadow: a projection rebuilt from the beginning of its topics into a new generation,
+//! then handed over to the runner (see the [module above](super)).
+//!
+//! Readers, one per core at most, each read their share of the partitions (partitions are
+//! independent: each replica applies only those it owns) with a consumer of their own, on
+//! threads at the lowest priority, and publish how far each partition is written. A
+//! coordinator watches those positions, and freezes and switches the runner; the readers have
+//! all stopped before the runner writes to the generation.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -41,6 +46,8 @@ pub enum ShadowError {
     NoHandover(u32),
     #[error("stopped")]
     Stopped,
+    #[error("could not start a thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// One rebuild's shadow.
@@ -66,10 +73,134 @@ enum Phase {
     Closing { owned: Positions, until: Instant },
 }
 
-impl<P: ReadModel + Clone, D: Decoder<P::Event>> Shadow<P, D> {
-    async fn run(self, cancel: CancellationToken) -> Result<(), ShadowError> {
+/// What the readers share with the shadow's coordinator.
+#[derive(Default)]
+struct Shared {
+    /// Each partition's next offset: everything before it is written to the generation.
+    positions: std::sync::Mutex<Positions>,
+    stats: ProjectionStats,
+}
+
+impl Shared {
+    fn positions(&self) -> Positions {
+        self.positions.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+/// One reader: its share of the partitions, read into the generation.
+struct Reader<P, D> {
+    model: P,
+    decoder: MakeDecoder<D>,
+    store: Arc<Store>,
+    generation: Generation,
+    consumer: ClientConfig,
+    partitions: Vec<(String, i32)>,
+    max_events_per_second: Option<u64>,
+    shared: Arc<Shared>,
+}
+
+impl<P: ReadModel + Clone, D: Decoder<P::Event>> Reader<P, D> {
+    /// Reads until `stop`; every batch it took is written when it returns.
+    async fn run(self, stop: CancellationToken) -> Result<(), ShadowError> {
         let decoder = (self.decoder)()?;
-        let consumer: StreamConsumer = self
+        let consumer: StreamConsumer = self.consumer.create()?;
+        let mut assignment = TopicPartitionList::new();
+        for (topic, partition) in &self.partitions {
+            assignment.add_partition_offset(topic, *partition, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        // Each of its partitions and how far it is written; a handful, searched in place.
+        let mut next: Vec<(String, i32, i64)> = self
+            .partitions
+            .iter()
+            .map(|(t, p)| (t.clone(), *p, 0))
+            .collect();
+        let at = |next: &mut Vec<(String, i32, i64)>, topic: &str, partition: i32| {
+            next.iter()
+                .position(|(t, p, _)| *p == partition && t == topic)
+        };
+        let applier = Applier {
+            projection: &self.model,
+            decoder: &decoder,
+            store: &self.store,
+            stats: &self.shared.stats,
+        };
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return Ok(()),
+                message = consumer.recv() => match message {
+                    Ok(message) => {
+                        let messages = ready_up_to(&consumer, message, BATCH).await;
+                        let batch = {
+                            let floor = |topic: &str, partition| {
+                                next.iter()
+                                    .find(|(t, p, _)| *p == partition && t == topic)
+                                    .map_or(0, |(_, _, n)| *n)
+                            };
+                            applier
+                                .stage(self.generation, &messages, floor, |_| {}, &stop)
+                                .await
+                        };
+                        // Stopped while the registry was away: nothing of the batch counts.
+                        let Some(batch) = batch else { return Ok(()) };
+                        self.store.write_unlogged(batch)?;
+                        for message in &messages {
+                            if let Some(i) = at(&mut next, message.topic(), message.partition()) {
+                                next[i].2 = next[i].2.max(message.offset() + 1);
+                            }
+                        }
+                        self.throttle(started, &stop).await;
+                    }
+                    // The broker away for a while: the consumer reconnects by itself.
+                    Err(error) => tracing::warn!(%error, "rebuild: consumer error"),
+                },
+                _ = tick.tick() => {}
+            }
+            // Past transaction markers and aborted records, which are never handed over.
+            for element in consumer.position()?.elements() {
+                if let (Offset::Offset(position), Some(i)) = (
+                    element.offset(),
+                    at(&mut next, element.topic(), element.partition()),
+                ) {
+                    next[i].2 = next[i].2.max(position);
+                }
+            }
+            if let Ok(mut positions) = self.shared.positions.lock() {
+                for (topic, partition, offset) in &next {
+                    let entry = positions.entry((topic.clone(), *partition)).or_insert(0);
+                    *entry = (*entry).max(*offset);
+                }
+            }
+        }
+    }
+
+    /// Holds the reader to its share of the events/s limit, if there is one.
+    async fn throttle(&self, started: Instant, stop: &CancellationToken) {
+        let Some(limit) = self.max_events_per_second.filter(|l| *l > 0) else {
+            return;
+        };
+        // The limit is the rebuild's: each reader paces the whole against it.
+        let applied = self.shared.stats.applied.get();
+        #[allow(clippy::cast_precision_loss)]
+        let due = started + Duration::from_secs_f64(applied as f64 / limit as f64);
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep_until(due.into()) => {}
+        }
+    }
+}
+
+/// A reader on a thread of its own.
+type ReaderThread = std::thread::JoinHandle<Result<(), ShadowError>>;
+
+impl<P: ReadModel + Clone, D: Decoder<P::Event>> Shadow<P, D> {
+    /// The coordinator: starts the readers, watches their positions, hands over.
+    async fn run(self, cancel: CancellationToken) -> Result<(), ShadowError> {
+        let consumer = self
             .consumer
             .clone()
             .set("group.id", &self.group)
@@ -78,65 +209,120 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Shadow<P, D> {
             .set("enable.auto.offset.store", "false")
             // Retention may have moved the beginning: the earliest offset there is.
             .set("auto.offset.reset", "earliest")
-            .create()?;
-        let mut assignment = TopicPartitionList::new();
-        for (topic, partitions) in &self.topics {
-            for partition in 0..*partitions {
-                assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-            }
+            .clone();
+        let probe: BaseConsumer = consumer.create()?;
+        let (low, end) = self.watermarks(&probe)?;
+        let start: i64 = low.values().sum();
+        let shared = Arc::new(Shared::default());
+        if let Ok(mut positions) = shared.positions.lock() {
+            *positions = low;
         }
-        consumer.assign(&assignment)?;
-        let (mut next, end) = self.watermarks(&consumer)?;
-        let start: i64 = next.values().sum();
-        let mut phase = Phase::Catching { end };
-        let stats = ProjectionStats::default();
-        let applier = Applier {
-            projection: &self.model,
-            decoder: &decoder,
-            store: &self.store,
-            stats: &stats,
-        };
-        let started = Instant::now();
-        let mut retried = 0;
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return Err(ShadowError::Stopped),
-                _ = tick.tick() => {}
-                message = consumer.recv() => match message {
-                    Ok(message) => {
-                        let messages = ready_up_to(&consumer, message, BATCH).await;
-                        let floor = |topic: &str, partition| {
-                            next.get(&(topic.to_owned(), partition)).copied().unwrap_or(0)
-                        };
-                        let batch = applier
-                            .stage(self.generation, &messages, floor, |_| {}, &cancel)
-                            .await
-                            .ok_or(ShadowError::Stopped)?;
-                        self.store.write_unlogged(batch)?;
-                        for message in &messages {
-                            let key = (message.topic().to_owned(), message.partition());
-                            let at = next.entry(key).or_insert(0);
-                            *at = (*at).max(message.offset() + 1);
-                        }
-                        if matches!(phase, Phase::Catching { .. }) {
-                            self.throttle(started, stats.applied.get(), &cancel).await?;
-                        }
-                    }
-                    // The broker away for a while: the consumer reconnects by itself.
-                    Err(error) => tracing::warn!(%error, "rebuild: consumer error"),
-                },
-            }
-            // Past transaction markers and aborted records, which are never handed over.
-            for element in consumer.position()?.elements() {
-                if let Offset::Offset(position) = element.offset() {
-                    let at = next
-                        .entry((element.topic().to_owned(), element.partition()))
-                        .or_insert(0);
-                    *at = (*at).max(position);
+        let stop = cancel.child_token();
+        let readers = self.readers(&consumer, &shared, &stop)?;
+        let outcome = self
+            .coordinate(&probe, &shared, &readers, &stop, start, end)
+            .await;
+        stop.cancel();
+        let mut failed = None;
+        for reader in readers {
+            match reader.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => failed = failed.or(Some(error)),
+                Err(_) => {
+                    failed = failed.or(Some(ShadowError::Handover("a reader panicked".into())))
                 }
             }
+        }
+        // A reader's failure is what stopped the others.
+        if let Some(error) = failed {
+            return Err(error);
+        }
+        outcome?;
+        // Every reader has stopped, a batch it took since the last look written: what the
+        // generation holds now, not what it held then, is where the runner goes on from.
+        self.switch(shared.positions()).await
+    }
+
+    /// Starts a reader per core (at most one per partition), each with every `n`th
+    /// partition of every topic: partitions are independent, so any split is.
+    fn readers(
+        &self,
+        consumer: &ClientConfig,
+        shared: &Arc<Shared>,
+        stop: &CancellationToken,
+    ) -> Result<Vec<ReaderThread>, ShadowError> {
+        let most = self
+            .topics
+            .iter()
+            .map(|(_, n)| *n)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let count = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZero::get)
+            .clamp(1, usize::try_from(most).unwrap_or(1));
+        let mut threads = Vec::new();
+        for index in 0..count {
+            let partitions: Vec<(String, i32)> = self
+                .topics
+                .iter()
+                .flat_map(|(topic, n)| (0..*n).map(move |p| (topic.clone(), p)))
+                .filter(|(_, p)| usize::try_from(*p).unwrap_or(0) % count == index)
+                .collect();
+            let reader = Reader {
+                model: self.model.clone(),
+                decoder: Arc::clone(&self.decoder),
+                store: Arc::clone(&self.store),
+                generation: self.generation,
+                consumer: consumer.clone(),
+                partitions,
+                max_events_per_second: self.max_events_per_second,
+                shared: Arc::clone(shared),
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(ShadowError::Thread)?;
+            let stop = stop.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("rebuild-{}-{index}", self.generation.name))
+                .spawn(move || {
+                    crate::priority::lowest();
+                    let outcome = runtime.block_on(reader.run(stop.clone()));
+                    runtime.shutdown_background();
+                    // A reader that fails stops the others: the rebuild cannot finish.
+                    stop.cancel();
+                    outcome
+                })
+                .map_err(ShadowError::Thread)?;
+            threads.push(thread);
+        }
+        Ok(threads)
+    }
+
+    /// Watches the readers until the runner is frozen and the generation holds all it had
+    /// applied.
+    async fn coordinate(
+        &self,
+        probe: &BaseConsumer,
+        shared: &Shared,
+        readers: &[ReaderThread],
+        stop: &CancellationToken,
+        start: i64,
+        end: Positions,
+    ) -> Result<(), ShadowError> {
+        let mut phase = Phase::Catching { end };
+        let started = Instant::now();
+        let mut retried = 0;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return Err(ShadowError::Stopped),
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            if readers.iter().any(std::thread::JoinHandle::is_finished) {
+                return Err(ShadowError::Stopped);
+            }
+            let next = shared.positions();
             let read: i64 = next.values().sum::<i64>() - start;
             phase = match phase {
                 Phase::Catching { end } if reached(&next, &end) => {
@@ -146,9 +332,7 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Shadow<P, D> {
                         until: Instant::now() + FREEZE_LIMIT / 2,
                     }
                 }
-                Phase::Closing { owned, .. } if reached(&next, &owned) => {
-                    return self.switch(next).await;
-                }
+                Phase::Closing { owned, .. } if reached(&next, &owned) => return Ok(()),
                 Phase::Closing { until, .. } if Instant::now() >= until => {
                     retried += 1;
                     self.rebuilds.update(|s| s.handovers_retried = retried);
@@ -156,7 +340,7 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Shadow<P, D> {
                     if retried >= MAX_HANDOVERS {
                         return Err(ShadowError::NoHandover(retried));
                     }
-                    let (_, end) = self.watermarks(&consumer)?;
+                    let (_, end) = self.watermarks(probe)?;
                     Phase::Catching { end }
                 }
                 unchanged => unchanged,
@@ -165,7 +349,7 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Shadow<P, D> {
                 Phase::Catching { end } => end.values().sum::<i64>() - start,
                 Phase::Closing { .. } => read,
             };
-            let applied = stats.applied.get();
+            let applied = shared.stats.applied.get();
             self.rebuilds.update(|status| {
                 status.events_applied = applied;
                 status.offsets_read = read;
@@ -185,7 +369,7 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Shadow<P, D> {
     }
 
     /// Each partition's first offset, and its end (high watermark) now.
-    fn watermarks(&self, consumer: &StreamConsumer) -> Result<(Positions, Positions), ShadowError> {
+    fn watermarks(&self, consumer: &BaseConsumer) -> Result<(Positions, Positions), ShadowError> {
         let (mut low, mut high) = (Positions::new(), Positions::new());
         for (topic, partitions) in &self.topics {
             for partition in 0..*partitions {
@@ -227,24 +411,6 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Shadow<P, D> {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(error))) => Err(ShadowError::Handover(error)),
             _ => Err(ShadowError::Handover("no answer to the switch".into())),
-        }
-    }
-
-    /// Holds the shadow to its events/s limit, if it has one.
-    async fn throttle(
-        &self,
-        started: Instant,
-        applied: u64,
-        cancel: &CancellationToken,
-    ) -> Result<(), ShadowError> {
-        let Some(limit) = self.max_events_per_second.filter(|l| *l > 0) else {
-            return Ok(());
-        };
-        #[allow(clippy::cast_precision_loss)]
-        let due = started + Duration::from_secs_f64(applied as f64 / limit as f64);
-        tokio::select! {
-            () = cancel.cancelled() => Err(ShadowError::Stopped),
-            () = tokio::time::sleep_until(due.into()) => Ok(()),
         }
     }
 }
