@@ -551,19 +551,14 @@ impl<P: ReadModel, D: Decoder<P::Event>> Applier<'_, P, D> {
                 continue;
             }
             next.insert((topic, partition), message.offset() + 1);
-            let decoded = decode_retrying(
-                self.decoder,
-                message.topic(),
-                message.payload(),
-                shutdown,
-                &stalled,
-            );
+            let decoded =
+                decode_retrying(self.decoder, topic, message.payload(), shutdown, &stalled);
             match decoded.await {
                 Some(event) => {
                     let mut changes = EventChanges::default();
                     match self
                         .projection
-                        .apply(&staging, &mut changes, &event, message.partition())
+                        .apply(&staging, &mut changes, &event, partition)
                     {
                         Ok(Applied::Changed) => {
                             self.stats.applied.inc();
@@ -572,7 +567,7 @@ impl<P: ReadModel, D: Decoder<P::Event>> Applier<'_, P, D> {
                         Ok(Applied::VersionGap { expected, got }) => {
                             self.stats.version_gaps.inc();
                             tracing::error!(
-                                topic = message.topic(),
+                                topic,
                                 expected,
                                 got,
                                 partition = message.partition(),
@@ -599,7 +594,7 @@ impl<P: ReadModel, D: Decoder<P::Event>> Applier<'_, P, D> {
                     );
                 }
             }
-            staging.set_next_offset(message.topic(), message.partition(), message.offset() + 1);
+            staging.set_next_offset(topic, partition, message.offset() + 1);
         }
         Some(staging.into_batch())
     }

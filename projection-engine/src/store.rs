@@ -151,7 +151,8 @@ pub struct StoreBatch {
     generation: Generation,
     views: Vec<(Vec<u8>, Vec<u8>)>,
     index: Vec<Vec<u8>>,
-    offsets: Vec<(Vec<u8>, i64)>,
+    /// Each partition's next offset, once per partition however many records it had.
+    offsets: Vec<(String, i32, i64)>,
 }
 
 impl std::fmt::Debug for StoreBatch {
@@ -187,8 +188,17 @@ impl StoreBatch {
 
     /// Records that everything before `next_offset` in `topic`/`partition` is applied.
     pub fn set_next_offset(&mut self, topic: &str, partition: i32, next_offset: i64) {
-        self.offsets
-            .push((offset_key(topic, partition), next_offset));
+        // A batch spans a handful of partitions: searched in place.
+        match self
+            .offsets
+            .iter_mut()
+            .find(|(t, p, _)| *p == partition && t == topic)
+        {
+            Some((_, _, next)) => *next = next_offset,
+            None => self
+                .offsets
+                .push((topic.to_owned(), partition, next_offset)),
+        }
     }
 }
 
@@ -583,8 +593,12 @@ impl Store {
         for (key, value) in views {
             batch.put_cf(&views_cf, key, value);
         }
-        for (key, offset) in offsets {
-            batch.put_cf(&offsets_cf, key, offset.to_be_bytes());
+        for (topic, partition, offset) in offsets {
+            batch.put_cf(
+                &offsets_cf,
+                offset_key(&topic, partition),
+                offset.to_be_bytes(),
+            );
         }
         self.db.write_opt(batch, options)?;
         Ok(())
@@ -644,10 +658,17 @@ mod tests {
         assert_eq!(scanned(b"", 10), keys(&["c1/1", "c1/2", "c1/3", "c1/4"]));
         assert_eq!(scanned(b"", 2), keys(&["c1/1", "c1/2"]));
         assert_eq!(scanned(b"c1/3", 10), keys(&["c1/3", "c1/4"]));
+        staging.set_next_offset("orders", 0, 8);
+        staging.set_next_offset("orders", 1, 3);
         staging.set_next_offset("orders", 0, 9);
         store.write(staging.into_batch()).unwrap();
         assert_eq!(store.view(ORDERS, "o-1").unwrap().unwrap(), b"staged");
-        assert_eq!(store.next_offset(ORDERS, "orders", 0).unwrap(), Some(9));
+        assert_eq!(
+            store.next_offset(ORDERS, "orders", 0).unwrap(),
+            Some(9),
+            "the last one"
+        );
+        assert_eq!(store.next_offset(ORDERS, "orders", 1).unwrap(), Some(3));
         assert_eq!(store.index_scan(ORDERS, b"c1/", b"", 10).unwrap().len(), 4);
     }
 

@@ -115,7 +115,7 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Reader<P, D> {
             .iter()
             .map(|(t, p)| (t.clone(), *p, 0))
             .collect();
-        let at = |next: &mut Vec<(String, i32, i64)>, topic: &str, partition: i32| {
+        let at = |next: &[(String, i32, i64)], topic: &str, partition: i32| {
             next.iter()
                 .position(|(t, p, _)| *p == partition && t == topic)
         };
@@ -149,7 +149,7 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Reader<P, D> {
                         let Some(batch) = batch else { return Ok(()) };
                         self.store.write_unlogged(batch)?;
                         for message in &messages {
-                            if let Some(i) = at(&mut next, message.topic(), message.partition()) {
+                            if let Some(i) = at(&next, message.topic(), message.partition()) {
                                 next[i].2 = next[i].2.max(message.offset() + 1);
                             }
                         }
@@ -164,7 +164,7 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Reader<P, D> {
             for element in consumer.position()?.elements() {
                 if let (Offset::Offset(position), Some(i)) = (
                     element.offset(),
-                    at(&mut next, element.topic(), element.partition()),
+                    at(&next, element.topic(), element.partition()),
                 ) {
                     next[i].2 = next[i].2.max(position);
                 }
