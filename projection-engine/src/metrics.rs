@@ -26,7 +26,7 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
-/// A finished report's state.
+/// A finished report's or rebuild's state.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: &'static str,
@@ -111,6 +111,16 @@ impl Metrics {
                 "undecodable_records",
                 "Records skipped because they did not decode",
                 slot.stats.undecodable.clone(),
+            );
+            labelled.register(
+                "rebuilding",
+                "1 while the projection is rebuilt beside the generation that serves",
+                slot.rebuilds.running.clone(),
+            );
+            labelled.register(
+                "rebuilds_finished",
+                "Rebuilds of the projection that ended on this replica, by state",
+                slot.rebuilds.finished.clone(),
             );
         }
         let (lag, owned) = (Family::default(), Family::default());

@@ -31,12 +31,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::ClientConfig;
 use serde::Serialize;
 use shared_events::view::ReadModel;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::StateLabel;
 use crate::opening::MakeDecoder;
 use crate::store::{Generation, Namespace, Store};
 
@@ -134,6 +138,10 @@ fn rfc3339(time: SystemTime) -> String {
 pub struct Rebuilds {
     requested: Notify,
     latest: Mutex<Option<RebuildStatus>>,
+    /// 1 while a rebuild runs (a metric).
+    pub running: Gauge,
+    /// Rebuilds that ended, by state (a metric).
+    pub finished: Family<StateLabel, Counter>,
 }
 
 /// What a request for a rebuild found.
@@ -172,12 +180,17 @@ impl Rebuilds {
     }
 
     fn set(&self, status: RebuildStatus) {
+        self.running
+            .set(i64::from(status.state == RebuildState::Running));
         if let Ok(mut latest) = self.latest.lock() {
             *latest = Some(status);
         }
     }
 
     pub(crate) fn finish(&self, outcome: Result<(), String>) {
+        let state = if outcome.is_ok() { "done" } else { "failed" };
+        self.finished.get_or_create(&StateLabel { state }).inc();
+        self.running.set(0);
         self.update(|status| {
             status.finished_at = Some(rfc3339(SystemTime::now()));
             match outcome {
@@ -297,10 +310,8 @@ impl<P: ReadModel + Clone, D: crate::projection::Decoder<P::Event>> Rebuilder<P,
             Ok(generation) => generation,
             Err(error) => {
                 tracing::error!(%error, projection = self.plan.namespace.name, "a rebuild could not start");
-                let mut status = RebuildStatus::started(reason, 0);
-                status.state = RebuildState::Failed;
-                status.error = Some(error.to_string());
-                self.rebuilds.set(status);
+                self.rebuilds.set(RebuildStatus::started(reason, 0));
+                self.rebuilds.finish(Err(error.to_string()));
                 return;
             }
         };

@@ -197,6 +197,28 @@ async fn a_rebuild_swaps_in_while_every_read_answers() {
         "{done}"
     );
     assert_eq!(done["rebuild"]["percent"], 100.0);
+    let metrics = http
+        .get(format!("{}/metrics", replica.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.contains(name) && l.contains("projection=\"orders\"") && !l.starts_with('#')
+            })
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+            .to_owned()
+    };
+    assert!(
+        line("rebuilds_finished").contains("state=\"done\"")
+            && line("rebuilds_finished").ends_with(" 1")
+    );
+    assert!(line("rebuilding").ends_with(" 0"), "{}", line("rebuilding"));
     stop.store(true, Ordering::Relaxed);
     let (reads, failures) = reads.await.unwrap();
     assert!(reads > 0);
