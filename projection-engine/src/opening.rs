@@ -39,6 +39,18 @@ pub enum OpenError {
     Thread(#[source] std::io::Error),
 }
 
+/// A consumer's settings for reading outside any group (assigned partitions, a report's or a
+/// rebuild's): read-committed, nothing committed. `group` only names it to the broker.
+pub(crate) fn assigned_reader(base: &ClientConfig, group: &str) -> ClientConfig {
+    let mut config = base.clone();
+    config
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    config
+}
+
 /// Makes the decoder of a projection's records: once when it opens, and once per rebuild.
 pub type MakeDecoder<D> = Arc<dyn Fn() -> Result<D, OpenError> + Send + Sync>;
 
@@ -273,13 +285,26 @@ impl ProjectionThread {
     where
         F: Future<Output = ()>,
     {
+        Self::spawn_named(format!("projection-{name}"), name, shutdown, run)
+    }
+
+    /// As [`ProjectionThread::spawn`], the thread named `thread`.
+    pub fn spawn_named<F>(
+        thread: String,
+        name: &'static str,
+        shutdown: CancellationToken,
+        run: impl FnOnce(CancellationToken) -> F + Send + 'static,
+    ) -> Result<Self, OpenError>
+    where
+        F: Future<Output = ()>,
+    {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(OpenError::Thread)?;
         let token = shutdown.clone();
         let handle = std::thread::Builder::new()
-            .name(format!("projection-{name}"))
+            .name(thread)
             .spawn(move || {
                 runtime.block_on(run(token));
                 // Blocking calls still running (a metadata request) hold nothing of the store;
@@ -304,7 +329,7 @@ impl ProjectionThread {
         if let Some(handle) = self.handle.take()
             && handle.join().is_err()
         {
-            tracing::error!(projection = self.name, "the projection thread panicked");
+            tracing::error!(projection = self.name, "a projection's thread panicked");
         }
     }
 

@@ -80,7 +80,7 @@ pub async fn ready(state: web::Data<Serving>) -> HttpResponse {
     if let Some(live) = &state.live {
         body["live_tail"] = live.status();
     }
-    if let Some(reports) = &state.reports {
+    if let Some(reports) = state.reports.get() {
         body["reports"] = reports.status();
     }
     http_edge::health::readiness(ready, body, 1)

@@ -139,7 +139,7 @@ pub mod types {
         "reports-unavailable",
         "Reports unavailable on this replica",
         StatusCode::SERVICE_UNAVAILABLE,
-        None,
+        Some(5),
     );
     pub const PROJECTION_NOT_FOUND: ProblemType = ProblemType::new(
         "projection-not-found",

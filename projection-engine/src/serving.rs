@@ -105,8 +105,8 @@ pub struct Serving {
     pub max_ready_lag: i64,
     /// Who may use the admin API.
     pub access: crate::access::Access,
-    /// The reports this replica runs and shows, if it serves the reports API.
-    pub reports: Option<Arc<crate::report::scheduler::Scheduler>>,
+    /// The reports this replica runs and shows, once they have started.
+    pub reports: Arc<OnceLock<Arc<crate::report::scheduler::Scheduler>>>,
     /// The live streams' state, if this replica serves them.
     pub live: Option<Arc<crate::live::tail::Live>>,
 }

@@ -67,7 +67,7 @@ pub struct Application {
     /// catches up.
     projections: Vec<ProjectionThread>,
     slots: Vec<Arc<Slot>>,
-    reports: Option<Arc<Scheduler>>,
+    reports: Arc<std::sync::OnceLock<Arc<Scheduler>>>,
     grace: Duration,
 }
 
@@ -166,9 +166,35 @@ impl DecoderFor<CustomerFeed> for Decoders {
     }
 }
 
+/// Starts the reports again every few seconds until they start (the broker was slow or away
+/// when the replica started), or the replica stops.
+async fn retry_reports(
+    config: Config,
+    env: Environment,
+    replica_id: String,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    reports: Arc<std::sync::OnceLock<Arc<Scheduler>>>,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        if let Some(scheduler) =
+            start_reports(&config, &env, &replica_id, &metrics, &shutdown).await
+        {
+            tracing::info!("the reports started");
+            let _ = reports.set(scheduler);
+            return;
+        }
+    }
+}
+
 /// Starts the reports: their ledger topic (created if it does not exist), the ledger followed,
-/// runs claimed and started. Without the topic the replica serves no reports, and says why.
-async fn reports(
+/// runs claimed and started. Without the topic the replica serves no reports until it is
+/// there, and says why.
+async fn start_reports(
     config: &Config,
     env: &Environment,
     replica_id: &str,
@@ -185,7 +211,7 @@ async fn reports(
     )
     .await
     {
-        tracing::error!(%error, topic = %config.reports_topic, "the reports topic is not there; this replica runs no reports");
+        tracing::error!(%error, topic = %config.reports_topic, "the reports topic is not there; this replica runs no reports until it is");
         return None;
     }
     let decoders = Decoders {
@@ -220,7 +246,7 @@ async fn reports(
     match Scheduler::start(setup, shutdown.clone()) {
         Ok(scheduler) => Some(scheduler),
         Err(error) => {
-            tracing::error!(%error, "the reports could not start; this replica runs no reports");
+            tracing::error!(%error, "the reports could not start; this replica runs no reports until they do");
             None
         }
     }
@@ -419,7 +445,22 @@ impl Application {
             shutdown.clone(),
         ));
         threads.push(live_tail(&config, &environment, &live, &shutdown)?);
-        let reports = reports(&config, &environment, &replica_id, &metrics, &shutdown).await;
+        let reports = Arc::new(std::sync::OnceLock::new());
+        match start_reports(&config, &environment, &replica_id, &metrics, &shutdown).await {
+            Some(scheduler) => {
+                let _ = reports.set(scheduler);
+            }
+            None => {
+                tokio::spawn(retry_reports(
+                    config.clone(),
+                    environment.clone(),
+                    replica_id.clone(),
+                    Arc::clone(&metrics),
+                    shutdown.clone(),
+                    Arc::clone(&reports),
+                ));
+            }
+        }
 
         let catalog = crate::api::catalog();
         let table = crate::api::table(&catalog);
@@ -442,7 +483,7 @@ impl Application {
                 read_token: config.admin_read_token.clone(),
             },
             live: Some(Arc::clone(&live)),
-            reports: reports.clone(),
+            reports: Arc::clone(&reports),
         });
         let live = web::Data::from(live);
         let server = HttpServer::new(move || {
@@ -510,7 +551,7 @@ impl Application {
         };
         self.shutdown.cancel();
         // Reports hand their runs back to the ledger, for another replica to claim at once.
-        if let Some(reports) = &self.reports {
+        if let Some(reports) = self.reports.get() {
             reports.stopped(deadline).await;
         }
         for mut projection in self.projections {

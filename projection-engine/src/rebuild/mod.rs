@@ -41,7 +41,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::StateLabel;
-use crate::opening::MakeDecoder;
+use crate::opening::{MakeDecoder, ProjectionThread};
 use crate::store::{Generation, Namespace, Store};
 
 /// The longest a runner stays frozen for a handover.
@@ -248,7 +248,7 @@ pub struct Rebuilder<P, D> {
     plan: ShadowPlan<P, D>,
     sender: mpsc::Sender<Handover>,
     handovers: mpsc::Receiver<Handover>,
-    shadow: Option<shadow::ShadowThread>,
+    shadow: Option<ProjectionThread>,
     retired: Option<(Generation, Instant)>,
     held: bool,
 }
@@ -336,7 +336,7 @@ impl<P: ReadModel + Clone, D: crate::projection::Decoder<P::Event>> Rebuilder<P,
             handover: self.sender.clone(),
             rebuilds: Arc::clone(&self.rebuilds),
         };
-        match shadow::ShadowThread::spawn(shadow) {
+        match shadow::spawn(shadow) {
             Ok(thread) => self.shadow = Some(thread),
             Err(error) => {
                 self.rebuilds.finish(Err(error.to_string()));

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{FREEZE_LIMIT, Handover, Positions, Rebuilds};
-use crate::opening::{MakeDecoder, OpenError};
+use crate::opening::{MakeDecoder, OpenError, ProjectionThread, assigned_reader};
 use crate::projection::{Applier, Decoder, ProjectionStats, ready_up_to};
 use crate::store::{Generation, Store, StoreError};
 
@@ -200,13 +200,7 @@ type ReaderThread = std::thread::JoinHandle<Result<(), ShadowError>>;
 impl<P: ReadModel + Clone, D: Decoder<P::Event>> Shadow<P, D> {
     /// The coordinator: starts the readers, watches their positions, hands over.
     async fn run(self, cancel: CancellationToken) -> Result<(), ShadowError> {
-        let consumer = self
-            .consumer
-            .clone()
-            .set("group.id", &self.group)
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
+        let consumer = assigned_reader(&self.consumer, &self.group)
             // Retention may have moved the beginning: the earliest offset there is.
             .set("auto.offset.reset", "earliest")
             .clone();
@@ -421,66 +415,31 @@ fn reached(next: &Positions, goal: &Positions) -> bool {
         .all(|(partition, goal)| next.get(partition).copied().unwrap_or(0) >= *goal)
 }
 
-/// The shadow's thread. Dropped (its runner stops), it stops the shadow and waits for it, so
-/// that the store is not held open past the replica.
-#[derive(Debug)]
-pub struct ShadowThread {
-    cancel: CancellationToken,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl ShadowThread {
-    pub(crate) fn spawn<P: ReadModel + Clone, D: Decoder<P::Event>>(
-        shadow: Shadow<P, D>,
-    ) -> Result<Self, std::io::Error> {
-        let cancel = CancellationToken::new();
-        let token = cancel.clone();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let handle = std::thread::Builder::new()
-            .name(format!("rebuild-{}", shadow.generation.name))
-            .spawn(move || {
-                crate::priority::lowest();
-                let (rebuilds, store, generation) = (
-                    Arc::clone(&shadow.rebuilds),
-                    Arc::clone(&shadow.store),
-                    shadow.generation,
-                );
-                let outcome = runtime.block_on(shadow.run(token));
-                runtime.shutdown_background();
-                if let Err(error) = &outcome {
-                    tracing::error!(%error, projection = generation.name, "the rebuild failed; the old generation keeps serving");
-                    if let Err(error) = store.discard(generation) {
-                        tracing::warn!(%error, "could not drop a failed rebuild's generation");
-                    }
+/// Starts `shadow` on a thread of its own. Dropped (its runner stops), the thread stops the
+/// shadow and waits for it, so that the store is not held open past the replica.
+pub(crate) fn spawn<P: ReadModel + Clone, D: Decoder<P::Event>>(
+    shadow: Shadow<P, D>,
+) -> Result<ProjectionThread, OpenError> {
+    let (name, cancel) = (shadow.generation.name, CancellationToken::new());
+    ProjectionThread::spawn_named(
+        format!("rebuild-{name}"),
+        name,
+        cancel,
+        async move |token| {
+            crate::priority::lowest();
+            let (rebuilds, store, generation) = (
+                Arc::clone(&shadow.rebuilds),
+                Arc::clone(&shadow.store),
+                shadow.generation,
+            );
+            let outcome = shadow.run(token).await;
+            if let Err(error) = &outcome {
+                tracing::error!(%error, projection = generation.name, "the rebuild failed; the old generation keeps serving");
+                if let Err(error) = store.discard(generation) {
+                    tracing::warn!(%error, "could not drop a failed rebuild's generation");
                 }
-                rebuilds.finish(outcome.map_err(|e| e.to_string()));
-            })?;
-        Ok(Self {
-            cancel,
-            handle: Some(handle),
-        })
-    }
-
-    pub fn is_finished(&self) -> bool {
-        self.handle
-            .as_ref()
-            .is_none_or(std::thread::JoinHandle::is_finished)
-    }
-
-    pub fn join(&mut self) {
-        if let Some(handle) = self.handle.take()
-            && handle.join().is_err()
-        {
-            tracing::error!("the rebuild thread panicked");
-        }
-    }
-}
-
-impl Drop for ShadowThread {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        self.join();
-    }
+            }
+            rebuilds.finish(outcome.map_err(|e| e.to_string()));
+        },
+    )
 }

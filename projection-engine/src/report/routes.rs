@@ -129,9 +129,9 @@ pub struct AvailableReport {
 }
 
 fn scheduler(state: &Serving) -> Result<&Arc<Scheduler>, QueryError> {
-    state.reports.as_ref().ok_or_else(|| {
+    state.reports.get().ok_or_else(|| {
         QueryError::ReportsOff(
-            "this replica runs no reports: its reports topic could not be opened (see its log)"
+            "this replica runs no reports yet: its reports topic could not be opened (see its log); it tries again every few seconds"
                 .into(),
         )
     })

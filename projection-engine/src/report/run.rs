@@ -131,13 +131,7 @@ impl Reading<'_> {
         self,
         decoder: &D,
     ) -> Result<Fold, RunError> {
-        let consumer: StreamConsumer = self
-            .consumer
-            .clone()
-            .set("group.id", &self.group)
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
+        let consumer: StreamConsumer = crate::opening::assigned_reader(&self.consumer, &self.group)
             // A start the log no longer holds (retention) is an error, never a silent skip.
             .set("auto.offset.reset", "error")
             .create()?;

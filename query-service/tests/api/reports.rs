@@ -604,7 +604,12 @@ async fn the_reports_api_checks_its_callers_and_its_limits() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.status(),
+        200,
+        "{}",
+        response.text().await.unwrap_or_default()
+    );
 
     for (bad, names) in [
         (json!({"report": "no-such-report"}), "monthly-orders"),
