@@ -18,7 +18,7 @@
 //!   cannot finish in time thaws the runner and tries again.
 //! - The old generation is dropped [`RETIRE_AFTER`] later, once no query can still be reading
 //!   it. A rebuild cut short (a crash, a failure) leaves the old generation serving; its half
-//!   is dropped at the next start.
+//!   is dropped at once, or at the next start. A held runner tries again [`RETRY_AFTER`] later.
 //!
 //! Invariant: every event reaches the serving generation exactly once. The new generation
 //! holds every record the old one had applied of an owned partition (the freeze), and the
@@ -46,6 +46,8 @@ use crate::store::{Generation, Namespace, Store};
 
 /// The longest a runner stays frozen for a handover.
 pub const FREEZE_LIMIT: Duration = Duration::from_secs(10);
+/// How long a held runner waits before it tries a failed rebuild again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// How long a replaced generation is kept for the queries that may still read it.
 pub const RETIRE_AFTER: Duration = Duration::from_secs(10);
 
@@ -251,6 +253,8 @@ pub struct Rebuilder<P, D> {
     shadow: Option<ProjectionThread>,
     retired: Option<(Generation, Instant)>,
     held: bool,
+    /// When a held runner tries its failed rebuild again.
+    retry_at: Option<Instant>,
 }
 
 impl<P, D> std::fmt::Debug for Rebuilder<P, D> {
@@ -273,6 +277,7 @@ impl<P: ReadModel + Clone, D: crate::projection::Decoder<P::Event>> Rebuilder<P,
             handovers,
             shadow: None,
             retired: None,
+            retry_at: None,
         }
     }
 
@@ -288,16 +293,28 @@ impl<P: ReadModel + Clone, D: crate::projection::Decoder<P::Event>> Rebuilder<P,
 
     /// The next thing to do besides records. Cancel-safe.
     pub async fn next(&mut self) -> Step {
-        let retire = self.retired.map(|(_, at)| at);
+        // Held, the views are stale until a rebuild succeeds: a failed one is tried again.
+        if self.held
+            && self.retry_at.is_none()
+            && self
+                .shadow
+                .as_ref()
+                .is_none_or(ProjectionThread::is_finished)
+        {
+            self.retry_at = Some(Instant::now() + RETRY_AFTER);
+        }
+        let (retire, retry) = (self.retired.map(|(_, at)| at), self.retry_at);
         tokio::select! {
             () = self.rebuilds.requested.notified() => Step::Start(Reason::Requested),
             Some(handover) = self.handovers.recv() => Step::Handover(handover),
             () = sleep_until(retire) => Step::Retire,
+            () = sleep_until(retry) => Step::Start(Reason::VersionChanged),
         }
     }
 
     /// Starts a shadow, unless one runs.
     pub fn start(&mut self, reason: Reason) {
+        self.retry_at = None;
         if let Some(shadow) = &self.shadow
             && !shadow.is_finished()
         {
