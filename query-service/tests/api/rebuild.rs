@@ -107,12 +107,12 @@ async fn a_rebuild_swaps_in_while_every_read_answers() {
     let group = group();
     let data = Arc::new(tempfile::tempdir().unwrap());
     let mut config = Replica::config(&commands.topic, &group, "rebuild-a", &data);
-    // Slow enough that reads and writes overlap the rebuild.
-    config.rebuild_max_events_per_second = Some(20);
+    // Slow enough that reads and writes overlap the rebuild, faster than the writes.
+    config.rebuild_max_events_per_second = Some(100);
     let replica = Replica::spawn_with(config.clone(), Arc::clone(&data)).await;
     let http = client();
     wait_settled(&http, &[&replica]).await;
-    let before = place(&http, &commands, 30).await;
+    let before = place(&http, &commands, 90).await;
     read_all(&http, &replica, &before).await;
 
     // Who may ask.
@@ -165,6 +165,7 @@ async fn a_rebuild_swaps_in_while_every_read_answers() {
         .map(|o| format!("/orders/{}", o.order_id))
         .collect();
     paths.push("/customers/c-1/orders".into());
+    paths.push("/customers/c-writer/orders".into());
     let reads = reader(&replica, paths, Arc::clone(&stop));
 
     let started = asked(Some(ADMIN_TOKEN), url.clone()).await.unwrap();
@@ -187,13 +188,42 @@ async fn a_rebuild_swaps_in_while_every_read_answers() {
         .unwrap();
     assert_eq!(again["rebuild"]["generation"], 1, "{again}");
 
-    // Written while the shadow builds: in the old generation now, in the new one after.
-    let during = place(&http, &commands, 5).await;
-    read_all(&http, &replica, &during).await;
+    // Orders placed and paid throughout, the handover included: each must be in the new
+    // generation exactly once, its view at version 2.
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (http, address, writing) = (client(), commands.address.clone(), Arc::clone(&writing));
+        tokio::spawn(async move {
+            let mut paid = Vec::new();
+            while writing.load(Ordering::Relaxed) {
+                let order = post(
+                    &http,
+                    &format!("{address}/orders"),
+                    &order_body("c-writer", 1),
+                )
+                .await;
+                let payment = post(
+                    &http,
+                    &format!("{address}/orders/{}/payment", order.order_id),
+                    r#"{"amount_cents":1250,"payment_ref":"p-1"}"#,
+                )
+                .await;
+                paid.push(Written {
+                    order_id: order.order_id,
+                    token: payment.token,
+                });
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            paid
+        })
+    };
 
     let done = rebuilt(&http, &replica, 1).await;
+    writing.store(false, Ordering::Relaxed);
+    let during = writer.await.unwrap();
+    assert!(during.len() >= 3, "the writes overlapped the rebuild");
     assert!(
-        done["rebuild"]["events_applied"].as_u64().unwrap() >= 30,
+        done["rebuild"]["events_applied"].as_u64().unwrap() >= 90,
         "{done}"
     );
     assert_eq!(done["rebuild"]["percent"], 100.0);
@@ -230,7 +260,12 @@ async fn a_rebuild_swaps_in_while_every_read_answers() {
 
     // Everything is in the new generation, and what comes next is applied to it.
     let after = place(&http, &commands, 3).await;
-    for order in before.iter().chain(&during).chain(&after) {
+    for (order, version) in before
+        .iter()
+        .chain(&after)
+        .map(|o| (o, 1))
+        .chain(during.iter().map(|o| (o, 2)))
+    {
         let view: Value = http
             .get(format!("{}/orders/{}", replica.address, order.order_id))
             .header("consistency-token", &order.token)
@@ -241,25 +276,26 @@ async fn a_rebuild_swaps_in_while_every_read_answers() {
             .await
             .unwrap();
         assert_eq!(view["order_id"], order.order_id.as_str(), "{view}");
-        assert_eq!(view["version"], 1);
+        assert_eq!(view["version"], version, "{view}");
     }
-    let listed: Value = http
-        .get(format!(
-            "{}/customers/c-1/orders?limit=200",
-            replica.address
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert_eq!(
-        listed["orders"].as_array().map(Vec::len),
-        // c-1's: 10 of the first 30, 2 of the 5 during, 1 of the 3 after.
-        Some(13),
-        "{listed}"
+        replica.stats.version_gaps.get(),
+        0,
+        "no event applied twice"
     );
+    let orders_of = |customer: &str| {
+        let url = format!("{}/customers/{customer}/orders?limit=200", replica.address);
+        let http = &http;
+        async move {
+            let listed: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            listed["orders"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    // c-1's: 30 of the first 90, 1 of the 3 after.
+    assert_eq!(orders_of("c-1").await.len(), 31);
+    let written = orders_of("c-writer").await;
+    assert_eq!(written.len(), during.len());
+    assert!(written.iter().all(|o| o["version"] == 2), "{written:?}");
 
     // A restart resumes the new generation where it is: nothing is applied again.
     replica.stop().await;
