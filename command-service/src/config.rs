@@ -33,8 +33,9 @@ pub struct Config {
     /// Partitions of each topic when this service has to create it.
     #[arg(long, env = "ORDERS_TOPIC_PARTITIONS", default_value_t = 6)]
     pub topic_partitions: i32,
-    /// Replication factor of each topic when this service has to create it.
-    #[arg(long, env = "ORDERS_TOPIC_REPLICATION", default_value_t = 1)]
+    /// Replication factor of each topic when this service has to create it; -1 takes the
+    /// cluster's `default.replication.factor`.
+    #[arg(long, env = "ORDERS_TOPIC_REPLICATION", default_value_t = -1, allow_negative_numbers = true)]
     pub topic_replication: i32,
     /// Identity of this instance; producer `transactional.id`s are `<instance-id>-<worker>`.
     /// Must be stable across restarts and unique among running instances.
@@ -112,8 +113,10 @@ impl Config {
         if self.topic == self.customers_topic {
             return fail("each aggregate needs a topic of its own");
         }
-        if self.topic_partitions < 1 || self.topic_replication < 1 {
-            return fail("topic partitions and replication must be at least 1");
+        if self.topic_partitions < 1 || self.topic_replication == 0 || self.topic_replication < -1 {
+            return fail(
+                "topic partitions must be at least 1, and replication at least 1 or -1 (the cluster's default)",
+            );
         }
         if self.instance_id.is_empty() {
             return fail("instance id must be non-empty");

@@ -1,5 +1,6 @@
-//! A single-node Apache Kafka (KRaft, combined broker + controller) run from the jars Maven
-//! resolves from Maven Central: no Docker, no tarball.
+//! Apache Kafka (KRaft, each node a combined broker + controller) run from the jars Maven
+//! resolves from Maven Central: no Docker, no tarball. One node, or a [`Cluster`] of several
+//! with replicated topics.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +20,22 @@ pub struct KafkaConfig {
     pub heap: &'static str,
     /// A second client listener with TLS and SASL, besides the plaintext one.
     pub secured: Option<SecuredListener>,
+    /// This node's place in a cluster of several; none for a single node.
+    pub cluster: Option<Membership>,
+}
+
+/// A node's place in a cluster: its id, and every node's id and controller port.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    pub node_id: u32,
+    pub voters: Vec<(u32, u16)>,
+}
+
+impl Membership {
+    /// Copies of every record: three at most.
+    fn replication(&self) -> usize {
+        self.voters.len().clamp(1, 3)
+    }
 }
 
 impl KafkaConfig {
@@ -41,12 +58,27 @@ impl KafkaConfig {
             }
             None => (String::new(), String::new(), "", String::new()),
         };
+        let (node_id, voters, replication) = match &self.cluster {
+            Some(cluster) => (
+                cluster.node_id,
+                cluster
+                    .voters
+                    .iter()
+                    .map(|(id, port)| format!("{id}@127.0.0.1:{port}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                cluster.replication(),
+            ),
+            None => (1, format!("1@127.0.0.1:{}", self.controller_port), 1),
+        };
+        // A write is acknowledged by two copies when there are three: one node may be down.
+        let min_isr = replication.saturating_sub(1).max(1);
         Ok(format!(
             "\
 # Written by local-kafka at each start; edit local-kafka/src/broker.rs instead.
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{controller}
+node.id={node_id}
+controller.quorum.voters={voters}
 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}{listener}
 advertised.listeners=PLAINTEXT://127.0.0.1:{port}{advertised}
 controller.listener.names=CONTROLLER
@@ -55,15 +87,17 @@ listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocol
 {secured}log.dirs={log_dir}
 num.partitions={partitions}
 auto.create.topics.enable=false
-# One broker: internal topics must live with a single replica, or transactions and groups
-# never become available.
-offsets.topic.replication.factor=1
+# Internal topics as replicated as the cluster allows (one node: one copy, or transactions and
+# groups never become available); topics created without a replication factor likewise.
+default.replication.factor={replication}
+min.insync.replicas={min_isr}
+offsets.topic.replication.factor={replication}
 offsets.topic.num.partitions=6
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor={replication}
+transaction.state.log.min.isr={min_isr}
 transaction.state.log.num.partitions=6
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor={replication}
+share.coordinator.state.topic.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
 ",
             controller = self.controller_port,
@@ -219,42 +253,83 @@ impl Broker {
 }
 
 fn launch(runtime: &KafkaRuntime, config: &KafkaConfig, log: &Path) -> anyhow::Result<Service> {
+    prepare(runtime, config, None)?;
+    let (mut broker, starts_before) = spawn(runtime, config, log)?;
+    wait_started(
+        &mut broker,
+        config.port,
+        starts_before,
+        Duration::from_secs(120),
+    )?;
+    Ok(broker)
+}
+
+/// A new cluster id, as Kafka makes them.
+fn random_cluster_id(runtime: &KafkaRuntime) -> anyhow::Result<String> {
+    let uuid = Command::new(java())
+        .args([
+            "-cp",
+            &runtime.classpath,
+            "kafka.tools.StorageTool",
+            "random-uuid",
+        ])
+        .output()
+        .context("running java (is Java 17+ installed?)")?;
+    anyhow::ensure!(uuid.status.success(), "kafka-storage random-uuid failed");
+    Ok(String::from_utf8_lossy(&uuid.stdout).trim().to_owned())
+}
+
+/// Writes the node's properties, and formats its storage on its first start (with
+/// `cluster_id`, or a new one).
+fn prepare(
+    runtime: &KafkaRuntime,
+    config: &KafkaConfig,
+    cluster_id: Option<&str>,
+) -> anyhow::Result<()> {
     let cp = &runtime.classpath;
     std::fs::create_dir_all(&config.data_dir)?;
     let properties = config.data_dir.join("server.properties");
     std::fs::write(&properties, config.properties()?)?;
-    let log4j = &runtime.log4j_config;
-
-    if !config.data_dir.join("log/meta.properties").is_file() {
-        let uuid = Command::new(java())
-            .args(["-cp", cp, "kafka.tools.StorageTool", "random-uuid"])
-            .output()
-            .context("running java (is Java 17+ installed?)")?;
-        anyhow::ensure!(uuid.status.success(), "kafka-storage random-uuid failed");
-        let cluster_id = String::from_utf8_lossy(&uuid.stdout).trim().to_owned();
-        let format = Command::new(java())
-            .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
-            .args([
-                "-cp",
-                cp,
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                &cluster_id,
-                "-c",
-            ])
-            .arg(&properties)
-            .args(config.secured.iter().flat_map(SecuredListener::format_args))
-            .output()?;
-        if !format.status.success() {
-            bail!(
-                "formatting Kafka storage failed:\n{}{}",
-                String::from_utf8_lossy(&format.stdout),
-                String::from_utf8_lossy(&format.stderr)
-            );
-        }
+    if config.data_dir.join("log/meta.properties").is_file() {
+        return Ok(());
     }
+    let cluster_id = match cluster_id {
+        Some(id) => id.to_owned(),
+        None => random_cluster_id(runtime)?,
+    };
+    let format = Command::new(java())
+        .arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            runtime.log4j_config.display()
+        ))
+        .args([
+            "-cp",
+            cp,
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            &cluster_id,
+            "-c",
+        ])
+        .arg(&properties)
+        .args(config.secured.iter().flat_map(SecuredListener::format_args))
+        .output()?;
+    if !format.status.success() {
+        bail!(
+            "formatting Kafka storage failed:\n{}{}",
+            String::from_utf8_lossy(&format.stdout),
+            String::from_utf8_lossy(&format.stderr)
+        );
+    }
+    Ok(())
+}
 
+/// Starts the node's JVM; with how many starts its log already showed.
+fn spawn(
+    runtime: &KafkaRuntime,
+    config: &KafkaConfig,
+    log: &Path,
+) -> anyhow::Result<(Service, usize)> {
     let mut command = Command::new(java());
     command
         .arg(format!("-Xmx{}", config.heap))
@@ -264,18 +339,98 @@ fn launch(runtime: &KafkaRuntime, config: &KafkaConfig, log: &Path) -> anyhow::R
             "-XX:MaxGCPauseMillis=20",
             "-Djava.awt.headless=true",
         ])
-        .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
-        .args(["-cp", cp, "kafka.Kafka"])
-        .arg(&properties);
-    let started_marker = std::fs::read_to_string(log).map_or(0, |l| l.matches(STARTED).count());
-    let mut broker = Service::spawn("kafka", command, log)?;
-    wait_started(
-        &mut broker,
-        config.port,
-        started_marker,
-        Duration::from_secs(120),
-    )?;
-    Ok(broker)
+        .arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            runtime.log4j_config.display()
+        ))
+        .args(["-cp", &runtime.classpath, "kafka.Kafka"])
+        .arg(config.data_dir.join("server.properties"));
+    let starts_before = std::fs::read_to_string(log).map_or(0, |l| l.matches(STARTED).count());
+    Ok((Service::spawn("kafka", command, log)?, starts_before))
+}
+
+/// Several nodes, each a broker and a controller, every topic replicated on up to three of
+/// them (two copies acknowledge a write). Stopped when dropped.
+#[derive(Debug)]
+pub struct Cluster {
+    pub brokers: Vec<Broker>,
+}
+
+impl Cluster {
+    /// Starts one node per config (formatted with one cluster id on their first start), all at
+    /// once, since none becomes ready before a majority of controllers is up; returns once
+    /// every node accepts clients. `logs` holds `kafka-<node>.log`.
+    pub fn start(
+        runtime: &KafkaRuntime,
+        configs: Vec<KafkaConfig>,
+        logs: &Path,
+    ) -> anyhow::Result<Self> {
+        let cluster_id = random_cluster_id(runtime)?;
+        let mut starting = Vec::new();
+        for (index, config) in configs.into_iter().enumerate() {
+            prepare(runtime, &config, Some(&cluster_id))?;
+            let log = logs.join(format!("kafka-{}.log", index + 1));
+            let (process, starts_before) = spawn(runtime, &config, &log)?;
+            starting.push((
+                Broker {
+                    runtime: runtime.clone(),
+                    config,
+                    log,
+                    process,
+                },
+                starts_before,
+            ));
+        }
+        let mut brokers = Vec::new();
+        for (mut broker, starts_before) in starting {
+            let port = broker.config.port;
+            wait_started(
+                &mut broker.process,
+                port,
+                starts_before,
+                Duration::from_secs(120),
+            )?;
+            brokers.push(broker);
+        }
+        Ok(Self { brokers })
+    }
+
+    /// The configs of `ports.len()` nodes under `data_dir` (`node-<id>`): each node's client
+    /// and controller port.
+    pub fn configs(
+        data_dir: &Path,
+        ports: &[(u16, u16)],
+        partitions: u32,
+        heap: &'static str,
+    ) -> Vec<KafkaConfig> {
+        let voters: Vec<(u32, u16)> = (1..)
+            .zip(ports.iter().map(|(_, controller)| *controller))
+            .collect();
+        (1..)
+            .zip(ports)
+            .map(|(node_id, (port, controller_port))| KafkaConfig {
+                data_dir: data_dir.join(format!("node-{node_id}")),
+                port: *port,
+                controller_port: *controller_port,
+                partitions,
+                heap,
+                secured: None,
+                cluster: Some(Membership {
+                    node_id,
+                    voters: voters.clone(),
+                }),
+            })
+            .collect()
+    }
+
+    /// Every node's client address, comma-separated.
+    pub fn bootstrap(&self) -> String {
+        self.brokers
+            .iter()
+            .map(Broker::bootstrap)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 const STARTED: &str = "Kafka Server started";

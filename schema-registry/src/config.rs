@@ -68,7 +68,7 @@ pub struct Config {
     #[arg(
         long,
         env = "REGISTRY_REPLICATION_FACTOR",
-        default_value_t = 1,
+        default_value_t = -1,
         allow_negative_numbers = true
     )]
     pub replication_factor: i32,
@@ -116,7 +116,7 @@ impl Default for Config {
             tls_cert_file: None,
             tls_key_file: None,
             topic: "_schemas".to_owned(),
-            replication_factor: 1,
+            replication_factor: -1,
             kafka_timeout_ms: 10_000,
         }
     }
@@ -206,7 +206,7 @@ mod tests {
         let parsed = parsed.map_err(|e| e.to_string());
         assert!(parsed.is_ok(), "{parsed:?}");
         if let Ok(parsed) = parsed {
-            assert_eq!(parsed.replication_factor, 1);
+            assert_eq!(parsed.replication_factor, -1);
             assert_eq!(parsed.kafka_timeout_ms, 10_000);
         }
     }

@@ -52,6 +52,7 @@ impl BenchStack {
             partitions: 6,
             heap: "1g",
             secured: None,
+            cluster: None,
         };
         eprintln!("starting a private Kafka on {} ...", kafka.bootstrap());
         let broker = Broker::start(&runtime, kafka, &scratch.path().join("kafka.log"))?;

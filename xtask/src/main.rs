@@ -28,7 +28,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use local_kafka::process::{ensure_port_free, free_port, localhost};
-use local_kafka::{Broker, KafkaConfig, KafkaRuntime, SecuredListener, Service};
+use local_kafka::{Broker, Cluster, KafkaConfig, KafkaRuntime, SecuredListener, Service};
 
 use crate::workspace::Workspace;
 
@@ -66,6 +66,10 @@ enum Task {
         /// Start only Kafka and the schema registry, for running the services yourself.
         #[arg(long)]
         infra_only: bool,
+        /// Kafka nodes (each a broker and a controller); with 3, topics have three copies and
+        /// a write needs two (`min.insync.replicas=2`).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=5))]
+        brokers: u16,
     },
     /// Run a benchmark (release builds, private broker) and print its figures.
     #[command(subcommand)]
@@ -122,7 +126,11 @@ fn run(ws: &Workspace, command: Task, interrupted: &AtomicBool) -> anyhow::Resul
     prerequisites()?;
     match command {
         Task::Doctor | Task::Layers | Task::Report(_) => Ok(ExitCode::SUCCESS),
-        Task::Dev { wipe, infra_only } => dev(ws, wipe, infra_only, interrupted),
+        Task::Dev {
+            wipe,
+            infra_only,
+            brokers,
+        } => dev(ws, wipe, infra_only, brokers, interrupted),
         Task::Test { cargo_args } => test(ws, &cargo_args),
         // The load generator must not be the bottleneck: an unoptimised build of it (reqwest,
         // hyper, tokio) takes most of a core at a few thousand requests/s.
@@ -184,10 +192,18 @@ fn registry_command(ws: &Workspace, port: u16, bootstrap: &str) -> Command {
     command
 }
 
+/// Each dev Kafka node's client and controller port: 9092 and 9093, then two up per node.
+fn dev_kafka_ports(brokers: u16) -> Vec<(u16, u16)> {
+    (0..brokers)
+        .map(|n| (DEV_KAFKA_PORT + 2 * n, DEV_CONTROLLER_PORT + 2 * n))
+        .collect()
+}
+
 fn dev(
     ws: &Workspace,
     wipe: bool,
     infra_only: bool,
+    brokers: u16,
     interrupted: &AtomicBool,
 ) -> anyhow::Result<ExitCode> {
     let data = ws.root.join(".dev");
@@ -195,8 +211,23 @@ fn dev(
         eprintln!("wiping {}", data.display());
         std::fs::remove_dir_all(&data)?;
     }
-    ensure_port_free(DEV_KAFKA_PORT, "Kafka")?;
-    ensure_port_free(DEV_CONTROLLER_PORT, "the Kafka controller")?;
+    // The stores and the registry's state belong to one Kafka: another shape of it needs a
+    // fresh start.
+    let shape = data.join("brokers");
+    std::fs::create_dir_all(&data)?;
+    match std::fs::read_to_string(&shape) {
+        Ok(before) if before.trim() != brokers.to_string() => anyhow::bail!(
+            "{} holds a stack of {} Kafka node(s); start it so, or add --wipe to start over with {brokers}",
+            data.display(),
+            before.trim()
+        ),
+        _ => std::fs::write(&shape, brokers.to_string())?,
+    }
+    let ports = dev_kafka_ports(brokers);
+    for (port, controller) in &ports {
+        ensure_port_free(*port, "Kafka")?;
+        ensure_port_free(*controller, "the Kafka controller")?;
+    }
     ensure_port_free(DEV_REGISTRY_PORT, "the schema registry")?;
     if !infra_only {
         ensure_port_free(DEV_COMMAND_PORT, "the command service")?;
@@ -211,19 +242,30 @@ fn dev(
     // Started in dependency order after the broker, stopped in reverse before it.
     let mut services: Vec<Service> = Vec::new();
 
-    let kafka = KafkaConfig {
-        data_dir: data.join("kafka"),
-        port: DEV_KAFKA_PORT,
-        controller_port: DEV_CONTROLLER_PORT,
-        partitions: 6,
-        heap: "1g",
-        secured: None,
-    };
     let runtime = KafkaRuntime::resolve(&ws.cache_dir().join("kafka-classpath"))?;
-    eprintln!("starting Kafka on {} ...", kafka.bootstrap());
     let started = Instant::now();
-    let mut broker = Broker::start(&runtime, kafka, &logs.join("kafka.log"))?;
-    let bootstrap = broker.bootstrap();
+    let mut kafka: Vec<Broker> = if brokers == 1 {
+        let kafka = KafkaConfig {
+            data_dir: data.join("kafka"),
+            port: DEV_KAFKA_PORT,
+            controller_port: DEV_CONTROLLER_PORT,
+            partitions: 6,
+            heap: "1g",
+            secured: None,
+            cluster: None,
+        };
+        eprintln!("starting Kafka on {} ...", kafka.bootstrap());
+        vec![Broker::start(&runtime, kafka, &logs.join("kafka.log"))?]
+    } else {
+        eprintln!("starting a Kafka cluster of {brokers} nodes ...");
+        let configs = Cluster::configs(&data.join("kafka-cluster"), &ports, 6, "512m");
+        Cluster::start(&runtime, configs, &logs)?.brokers
+    };
+    let bootstrap = kafka
+        .iter()
+        .map(Broker::bootstrap)
+        .collect::<Vec<_>>()
+        .join(",");
     let mut timings = vec![("Kafka".to_owned(), started.elapsed())];
 
     let started = Instant::now();
@@ -310,14 +352,18 @@ fn dev(
     let mut failure = None;
     while !interrupted.load(Ordering::SeqCst) && failure.is_none() {
         std::thread::sleep(Duration::from_millis(300));
-        let mut all = services.iter_mut().chain(std::iter::once(broker.process()));
+        let mut all = services
+            .iter_mut()
+            .chain(kafka.iter_mut().map(Broker::process));
         failure = all.find_map(|service| service.ensure_running().err());
     }
     eprintln!("stopping the stack ...");
     while let Some(mut service) = services.pop() {
         service.stop(Duration::from_secs(30));
     }
-    broker.stop(Duration::from_secs(30));
+    for broker in &mut kafka {
+        broker.stop(Duration::from_secs(30));
+    }
     match failure {
         Some(error) => Err(error),
         None => Ok(ExitCode::SUCCESS),
@@ -383,6 +429,7 @@ fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
             port: free_port()?,
             users: vec![(TEST_SASL_USER.to_owned(), test_sasl_password())],
         }),
+        cluster: None,
     };
     eprintln!("starting an ephemeral Kafka on {} ...", kafka.bootstrap());
     let runtime = KafkaRuntime::resolve(&ws.cache_dir().join("kafka-classpath"))?;

@@ -1,12 +1,12 @@
 //! The write path under pressure and failure: a full queue, a zombie producer, a broker outage,
-//! and `kill -9` of the service under load.
+//! `kill -9` of the service under load, and nodes of a three-node cluster lost.
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use local_kafka::process::free_port;
-use local_kafka::{Broker, KafkaConfig, KafkaRuntime};
+use local_kafka::{Broker, Cluster, KafkaConfig, KafkaRuntime};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
@@ -251,6 +251,7 @@ async fn private_broker() -> (Broker, tempfile::TempDir) {
         partitions: 3,
         heap: "512m",
         secured: None,
+        cluster: None,
     };
     let log = data.path().join("kafka.log");
     let broker = tokio::task::spawn_blocking(move || Broker::start(&runtime, kafka, &log))
@@ -1047,4 +1048,113 @@ async fn a_frozen_broker_leaves_no_false_answer_and_no_unbounded_wait() {
     );
     app.stop().await;
     drop(broker);
+}
+
+/// Runs `change` on node `index` of `cluster` off the async runtime (starting a node blocks
+/// until it serves), and hands the cluster back.
+async fn on_node(
+    mut cluster: Cluster,
+    index: usize,
+    change: impl FnOnce(&mut Broker) + Send + 'static,
+) -> Cluster {
+    tokio::task::spawn_blocking(move || {
+        change(&mut cluster.brokers[index]);
+        cluster
+    })
+    .await
+    .unwrap()
+}
+
+/// The node (1-based id) leading `partition` of `topic`, and every partition's replica count.
+fn leader_and_replicas(bootstrap: &str, topic: &str, partition: i32) -> (i32, Vec<usize>) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let metadata = client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = metadata.topics()[0].partitions();
+    let leader = partitions
+        .iter()
+        .find(|p| p.id() == partition)
+        .map(rdkafka::metadata::MetadataPartition::leader)
+        .unwrap();
+    (
+        leader,
+        partitions.iter().map(|p| p.replicas().len()).collect(),
+    )
+}
+
+#[tokio::test]
+async fn a_three_node_cluster_commits_with_a_node_down_and_loses_nothing_when_a_leader_dies() {
+    let runtime = KafkaRuntime::from_env().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let ports: Vec<(u16, u16)> = (0..3)
+        .map(|_| (free_port().unwrap(), free_port().unwrap()))
+        .collect();
+    let configs = Cluster::configs(&data.path().join("kafka"), &ports, 3, "384m");
+    let logs = data.path().to_path_buf();
+    let cluster = tokio::task::spawn_blocking(move || Cluster::start(&runtime, configs, &logs))
+        .await
+        .unwrap()
+        .unwrap();
+    let bootstrap = cluster.bootstrap();
+
+    let mut config = config(&fresh_topic());
+    config.kafka = service_config::KafkaArgs::plain(bootstrap.clone());
+    let app = spawn_app_with(config).await;
+    let mut acknowledged = vec![
+        place_until_created(
+            &app.client,
+            &app.address,
+            "cluster-0",
+            Duration::from_secs(60),
+        )
+        .await,
+    ];
+    // The service created its topic with the cluster's replication: three copies each.
+    let (_, replicas) = leader_and_replicas(&bootstrap, &app.topic, 0);
+    assert!(replicas.iter().all(|r| *r == 3), "{replicas:?}");
+
+    // One node down: writes still commit, on the two copies left.
+    let cluster = on_node(cluster, 2, Broker::kill).await;
+    for i in 0..5 {
+        acknowledged.push(
+            place_until_created(
+                &app.client,
+                &app.address,
+                &format!("cluster-down-{i}"),
+                Duration::from_secs(60),
+            )
+            .await,
+        );
+    }
+    let cluster = on_node(cluster, 2, |node| node.restart().unwrap()).await;
+
+    // The leader of a partition killed: what it acknowledged survives, and writes go on.
+    let (leader, _) = leader_and_replicas(&bootstrap, &app.topic, 0);
+    let leader = usize::try_from(leader - 1).unwrap();
+    let cluster = on_node(cluster, leader, Broker::kill).await;
+    for i in 0..5 {
+        acknowledged.push(
+            place_until_created(
+                &app.client,
+                &app.address,
+                &format!("cluster-leader-{i}"),
+                Duration::from_secs(60),
+            )
+            .await,
+        );
+    }
+    let cluster = on_node(cluster, leader, |node| node.restart().unwrap()).await;
+
+    let records = read_committed_from(&bootstrap, &app.topic);
+    let mut keys: Vec<String> = records.into_iter().map(|r| r.key).collect();
+    keys.sort();
+    acknowledged.sort();
+    assert_eq!(keys, acknowledged, "each acknowledged order once");
+    app.stop().await;
+    drop(cluster);
 }
