@@ -68,6 +68,42 @@ mod schema;
 mod store;
 mod tls;
 
+/// The schema rules on their own, for the fuzz targets (`fuzz/`): what a client's schema text
+/// becomes, and what the compatibility check says of two.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use crate::compatibility::{Previous, check};
+    use crate::schema::AvroSchema;
+
+    pub use crate::compatibility::CompatibilityLevel;
+
+    /// A schema text's normalized form and identity, or why it is refused.
+    pub fn normalize(raw: &str) -> Result<(String, String), String> {
+        AvroSchema::parse(raw)
+            .map(|s| (s.normalized().to_owned(), s.identity().to_owned()))
+            .map_err(|e| e.to_string())
+    }
+
+    /// What the check says of `candidate` against `previous` (oldest first) under `level`;
+    /// none if a text does not parse.
+    pub fn check_texts(
+        level: CompatibilityLevel,
+        candidate: &str,
+        previous: &[&str],
+    ) -> Option<Vec<String>> {
+        let candidate = AvroSchema::parse(candidate).ok()?;
+        let parsed: Vec<AvroSchema> = previous
+            .iter()
+            .map(|raw| AvroSchema::parse(raw).ok())
+            .collect::<Option<_>>()?;
+        let previous: Vec<Previous<'_>> = (1..)
+            .zip(&parsed)
+            .map(|(version, schema)| Previous { version, schema })
+            .collect();
+        Some(check(level, &candidate, &previous))
+    }
+}
+
 pub use app::Application;
 pub use compatibility::CompatibilityLevel;
 pub use config::Config;
