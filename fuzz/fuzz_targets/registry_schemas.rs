@@ -26,9 +26,16 @@ fuzz_target!(|data: &[u8]| {
     for raw in [first, second] {
         if let Ok((normalized, identity)) = normalize(raw) {
             let again = normalize(&normalized).expect("a normalized schema parses");
-            assert_eq!(again, (normalized.clone(), identity), "normalization is stable");
+            assert_eq!(
+                again,
+                (normalized.clone(), identity),
+                "normalization is stable"
+            );
             let own = check_texts(level, &normalized, &[&normalized]).expect("it parses");
-            assert!(own.is_empty(), "{normalized} is incompatible with itself: {own:?}");
+            assert!(
+                own.is_empty(),
+                "{normalized} is incompatible with itself: {own:?}"
+            );
         }
     }
     let _ = check_texts(level, first, &[second]);
