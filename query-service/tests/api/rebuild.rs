@@ -48,7 +48,12 @@ async fn read_all(http: &reqwest::Client, replica: &Replica, orders: &[Written])
 }
 
 async fn projection(http: &reqwest::Client, replica: &Replica, name: &str) -> Value {
-    http.get(format!("{}/admin/projections/{name}", replica.address))
+    read_admin(http, replica, &format!("/admin/projections/{name}")).await
+}
+
+/// An admin route's answer, read with the read-only token.
+async fn read_admin(http: &reqwest::Client, replica: &Replica, path: &str) -> Value {
+    http.get(format!("{}{path}", replica.address))
         .bearer_auth(READ_TOKEN)
         .send()
         .await
@@ -140,15 +145,7 @@ async fn a_rebuild_swaps_in_while_every_read_answers() {
         unknown.headers()["content-type"],
         "application/problem+json"
     );
-    let listed: Value = http
-        .get(format!("{}/admin/projections", replica.address))
-        .bearer_auth(READ_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = read_admin(&http, &replica, "/admin/projections").await;
     let names: Vec<&str> = listed["projections"]
         .as_array()
         .unwrap()
