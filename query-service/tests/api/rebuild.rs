@@ -63,10 +63,10 @@ async fn read_admin(http: &reqwest::Client, replica: &Replica, path: &str) -> Va
         .unwrap()
 }
 
-async fn rebuilt(http: &reqwest::Client, replica: &Replica, generation: u64) -> Value {
+async fn rebuilt(http: &reqwest::Client, replica: &Replica, name: &str, generation: u64) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
-        let seen = projection(http, replica, "orders").await;
+        let seen = projection(http, replica, name).await;
         assert_ne!(seen["rebuild"]["state"], "failed", "{seen}");
         if seen["rebuild"]["state"] == "done" && seen["generation"] == generation {
             return seen;
@@ -215,7 +215,7 @@ async fn a_rebuild_swaps_in_while_every_read_answers() {
         })
     };
 
-    let done = rebuilt(&http, &replica, 1).await;
+    let done = rebuilt(&http, &replica, "orders", 1).await;
     writing.store(false, Ordering::Relaxed);
     let during = writer.await.unwrap();
     assert!(during.len() >= 3, "the writes overlapped the rebuild");
@@ -390,7 +390,7 @@ async fn another_version_serves_its_views_until_this_one_has_built_its_own() {
         old > 0,
         "the old views served while the new ones were built"
     );
-    let done = rebuilt(&http, &replica, 1).await;
+    let done = rebuilt(&http, &replica, "orders", 1).await;
     assert_eq!(done["serving_version"], Orders::VERSION, "{done}");
 
     // The runner goes on from where the rebuild stopped.
@@ -403,6 +403,109 @@ async fn another_version_serves_its_views_until_this_one_has_built_its_own() {
         .unwrap();
     // Caught up at the switch: a miss is a true one at once.
     assert_eq!(missing.status(), 404);
+    replica.stop().await;
+    commands.stop().await;
+}
+
+/// The customer's view once `check` holds (or fails after a while).
+async fn customer_when(
+    http: &reqwest::Client,
+    replica: &Replica,
+    id: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = http
+            .get(format!("{}/customers/{id}", replica.address))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = response.json().await.unwrap_or_default();
+        if check(&body) {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{id}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rebuild_of_the_projection_over_two_topics_keeps_its_join() {
+    let commands = Commands::spawn().await;
+    let group = group();
+    let data = Arc::new(tempfile::tempdir().unwrap());
+    let mut config = Replica::config(&commands.topic, &group, "rebuild-c", &data);
+    config.rebuild_max_events_per_second = Some(50);
+    let replica = Replica::spawn_with(config, data).await;
+    let http = client();
+    wait_settled(&http, &[&replica]).await;
+    let register = |id: String| {
+        let (http, address) = (&http, &commands.address);
+        async move {
+            post(
+                http,
+                &format!("{address}/customers"),
+                &format!(r#"{{"customer_id":"{id}","name":"Ada","email":"{id}@example.com"}}"#),
+            )
+            .await
+        }
+    };
+    for i in 0..6 {
+        register(format!("c-{i}")).await;
+        for _ in 0..2 {
+            post(
+                &http,
+                &format!("{}/orders", commands.address),
+                &order_body(&format!("c-{i}"), 2),
+            )
+            .await;
+        }
+    }
+    for i in 0..6 {
+        customer_when(&http, &replica, &format!("c-{i}"), |b| {
+            b["orders"]["count"] == 2
+        })
+        .await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // The customer joined with the order summary gathered from every partition.
+    let paths = (0..6).map(|i| format!("/customers/c-{i}")).collect();
+    let reads = reader(&replica, paths, Arc::clone(&stop));
+    let started = http
+        .post(format!(
+            "{}/admin/projections/customers/rebuild",
+            replica.address
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    // On both topics while it builds.
+    register("c-new".into()).await;
+    post(
+        &http,
+        &format!("{}/orders", commands.address),
+        &order_body("c-0", 2),
+    )
+    .await;
+    let done = rebuilt(&http, &replica, "customers", 1).await;
+    assert_eq!(done["rebuild"]["reason"], "requested");
+    stop.store(true, Ordering::Relaxed);
+    let (reads, failures) = reads.await.unwrap();
+    assert!(reads > 0);
+    assert!(failures.is_empty(), "{failures:?}");
+
+    let c0 = customer_when(&http, &replica, "c-0", |b| b["orders"]["count"] == 3).await;
+    assert_eq!(c0["email"], "c-0@example.com");
+    customer_when(&http, &replica, "c-new", |b| b["customer_id"] == "c-new").await;
+    for i in 1..6 {
+        let body = customer_when(&http, &replica, &format!("c-{i}"), |_| true).await;
+        assert_eq!(body["orders"]["count"], 2, "{body}");
+    }
+    assert_eq!(replica.customers_stats.version_gaps.get(), 0);
     replica.stop().await;
     commands.stop().await;
 }
