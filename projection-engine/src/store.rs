@@ -14,9 +14,9 @@
 //! survives a restart: the active one. Only the projection runners and a rebuild's shadow
 //! write; HTTP handlers only read.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rocksdb::{
     BoundColumnFamily, ColumnFamilyDescriptor, DBWithThreadMode, Direction, FlushOptions,
@@ -143,7 +143,24 @@ pub struct Active {
 #[derive(Debug)]
 pub struct Store {
     db: Db,
-    active: RwLock<HashMap<&'static str, Active>>,
+    /// Each namespace's active generation and version, packed: read by every query, so read
+    /// without a lock.
+    active: Vec<(&'static str, AtomicU64)>,
+    /// Activations, one at a time: the stored record and the packed one change together.
+    activating: Mutex<()>,
+}
+
+impl Active {
+    fn pack(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.version)
+    }
+
+    fn unpack(packed: u64) -> Self {
+        Self {
+            generation: u32::try_from(packed >> 32).unwrap_or(0),
+            version: u32::try_from(packed & u64::from(u32::MAX)).unwrap_or(0),
+        }
+    }
 }
 
 /// Changes of one generation staged for one atomic write.
@@ -318,7 +335,7 @@ impl Store {
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = Db::open_cf_descriptors(&options, path, descriptors)?;
-        let mut active = HashMap::new();
+        let mut active = Vec::new();
         let mut kept = Vec::new();
         for namespace in namespaces {
             let generation = match db.get(namespace.generation_key())? {
@@ -346,13 +363,12 @@ impl Store {
             if version != namespace.version {
                 tracing::warn!(path = %path.display(), projection = namespace.name, stored = version, version = namespace.version, "the store holds another version of the projection");
             }
-            active.insert(
-                namespace.name,
-                Active {
-                    generation,
-                    version,
-                },
-            );
+            let packed = Active {
+                generation,
+                version,
+            }
+            .pack();
+            active.push((namespace.name, AtomicU64::new(packed)));
         }
         for stale in existing
             .iter()
@@ -363,7 +379,8 @@ impl Store {
         }
         Ok(Self {
             db,
-            active: RwLock::new(active),
+            active,
+            activating: Mutex::new(()),
         })
     }
 
@@ -378,9 +395,9 @@ impl Store {
     /// The active generation of `namespace` and the version that wrote it.
     pub fn active_of(&self, namespace: Namespace) -> Option<Active> {
         self.active
-            .read()
-            .ok()
-            .and_then(|active| active.get(namespace.name).copied())
+            .iter()
+            .find(|(name, _)| *name == namespace.name)
+            .map(|(_, packed)| Active::unpack(packed.load(Ordering::Acquire)))
     }
 
     /// Whether the active generation was written by this build's version of the projection.
@@ -420,21 +437,27 @@ impl Store {
         let mut batch = WriteBatch::default();
         batch.put(namespace.generation_key(), generation.number.to_be_bytes());
         batch.put(namespace.version_key(), version.to_be_bytes());
-        let mut active = self
+        let unknown = || StoreError::UnknownNamespace(generation.name.to_owned());
+        let (_, packed) = self
             .active
-            .write()
-            .map_err(|_| StoreError::UnknownNamespace(generation.name.to_owned()))?;
+            .iter()
+            .find(|(name, _)| *name == generation.name)
+            .ok_or_else(unknown)?;
+        let _one_at_a_time = self.activating.lock().map_err(|_| unknown())?;
         self.db.write(batch)?;
-        let previous = active.insert(
-            generation.name,
-            Active {
-                generation: generation.number,
-                version,
-            },
+        let previous = Active::unpack(
+            packed.swap(
+                Active {
+                    generation: generation.number,
+                    version,
+                }
+                .pack(),
+                Ordering::AcqRel,
+            ),
         );
         Ok(Generation {
             name: generation.name,
-            number: previous.map_or(0, |p| p.generation),
+            number: previous.generation,
         })
     }
 
