@@ -567,16 +567,28 @@ pub async fn create_topic(
             Err((_, code)) => return Err(LedgerError::Kafka(KafkaError::AdminOp(code))),
         }
     }
-    let described = admin
-        .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
-        .await?;
-    let policy = described
-        .into_iter()
-        .flatten()
-        .flat_map(|resource| resource.entries)
-        .find(|entry| entry.name == "cleanup.policy")
-        .and_then(|entry| entry.value)
-        .unwrap_or_default();
+    // A topic just created may not be described yet by the broker asked: its policy is then
+    // missing, not wrong, and asked again.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let policy = loop {
+        let described = admin
+            .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+            .await?;
+        let policy = described
+            .into_iter()
+            .flatten()
+            .flat_map(|resource| resource.entries)
+            .find(|entry| entry.name == "cleanup.policy")
+            .and_then(|entry| entry.value)
+            .filter(|policy| !policy.is_empty());
+        match policy {
+            Some(policy) => break policy,
+            None if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None => break String::new(),
+        }
+    };
     if !policy.split(',').any(|p| p.trim() == "compact") {
         return Err(LedgerError::Shape {
             topic: topic.to_owned(),
