@@ -115,7 +115,7 @@ impl Metrics {
             labelled.register(
                 "rebuilding",
                 "1 while the projection is rebuilt beside the generation that serves",
-                slot.rebuilds.running.clone(),
+                slot.rebuilds.rebuilding.clone(),
             );
             labelled.register(
                 "rebuilds_finished",

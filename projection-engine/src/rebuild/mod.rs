@@ -5,8 +5,8 @@
 //! the store holds another version's views ([`Reason::VersionChanged`]).
 //!
 //! - A shadow ([`shadow`]) reads every partition of the projection's topics from the beginning,
-//!   with a consumer of its own (assigned, read-committed, not in the serving group), into a
-//!   new generation ([`crate::store::Store::begin`]). Meanwhile the old generation serves: the
+//!   with readers of its own (one per core, each an assigned read-committed consumer, not in
+//!   the serving group), into a new generation ([`crate::store::Store::begin`]). Meanwhile the old generation serves: the
 //!   runner goes on applying to it, unless it was written by another version (then the runner
 //!   is *held*: it applies nothing, its owned partitions paused, and misses answer a retryable
 //!   `503` since its views are stale).
@@ -141,7 +141,7 @@ pub struct Rebuilds {
     requested: Notify,
     latest: Mutex<Option<RebuildStatus>>,
     /// 1 while a rebuild runs (a metric).
-    pub running: Gauge,
+    pub rebuilding: Gauge,
     /// Rebuilds that ended, by state (a metric).
     pub finished: Family<StateLabel, Counter>,
 }
@@ -182,7 +182,7 @@ impl Rebuilds {
     }
 
     fn set(&self, status: RebuildStatus) {
-        self.running
+        self.rebuilding
             .set(i64::from(status.state == RebuildState::Running));
         if let Ok(mut latest) = self.latest.lock() {
             *latest = Some(status);
@@ -192,7 +192,7 @@ impl Rebuilds {
     pub(crate) fn finish(&self, outcome: Result<(), String>) {
         let state = if outcome.is_ok() { "done" } else { "failed" };
         self.finished.get_or_create(&StateLabel { state }).inc();
-        self.running.set(0);
+        self.rebuilding.set(0);
         self.update(|status| {
             status.finished_at = Some(rfc3339(SystemTime::now()));
             match outcome {
