@@ -41,6 +41,7 @@ pub mod live;
 pub mod metrics;
 pub mod opening;
 pub mod operations;
+pub mod pace;
 pub mod priority;
 pub mod problem;
 pub mod projection;

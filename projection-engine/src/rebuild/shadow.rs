@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{FREEZE_LIMIT, Handover, Positions, Rebuilds};
 use crate::opening::{MakeDecoder, OpenError, ProjectionThread, assigned_reader};
+use crate::pace::pace;
 use crate::projection::{Applier, Decoder, ProjectionStats, ready_up_to};
 use crate::store::{Generation, Store, StoreError};
 
@@ -46,8 +47,6 @@ pub enum ShadowError {
     NoHandover(u32),
     #[error("stopped")]
     Stopped,
-    #[error("could not start a thread: {0}")]
-    Thread(#[source] std::io::Error),
 }
 
 /// One rebuild's shadow.
@@ -79,6 +78,8 @@ struct Shared {
     /// Each partition's next offset: everything before it is written to the generation.
     positions: std::sync::Mutex<Positions>,
     stats: ProjectionStats,
+    /// The first reader failure, which stopped the others.
+    failed: std::sync::Mutex<Option<ShadowError>>,
 }
 
 impl Shared {
@@ -153,7 +154,9 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Reader<P, D> {
                                 next[i].2 = next[i].2.max(message.offset() + 1);
                             }
                         }
-                        self.throttle(started, &stop).await;
+                        // The limit is the rebuild's: each reader paces the whole against it.
+                        let applied = self.shared.stats.applied.get();
+                        pace(started, applied, self.max_events_per_second, &stop).await;
                     }
                     // The broker away for a while: the consumer reconnects by itself.
                     Err(error) => tracing::warn!(%error, "rebuild: consumer error"),
@@ -177,25 +180,7 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Reader<P, D> {
             }
         }
     }
-
-    /// Holds the reader to its share of the events/s limit, if there is one.
-    async fn throttle(&self, started: Instant, stop: &CancellationToken) {
-        let Some(limit) = self.max_events_per_second.filter(|l| *l > 0) else {
-            return;
-        };
-        // The limit is the rebuild's: each reader paces the whole against it.
-        let applied = self.shared.stats.applied.get();
-        #[allow(clippy::cast_precision_loss)]
-        let due = started + Duration::from_secs_f64(applied as f64 / limit as f64);
-        tokio::select! {
-            () = stop.cancelled() => {}
-            () = tokio::time::sleep_until(due.into()) => {}
-        }
-    }
 }
-
-/// A reader on a thread of its own.
-type ReaderThread = std::thread::JoinHandle<Result<(), ShadowError>>;
 
 impl<P: ReadModel + Clone, D: Decoder<P::Event>> Shadow<P, D> {
     /// The coordinator: starts the readers, watches their positions, hands over.
@@ -217,18 +202,11 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Shadow<P, D> {
             .coordinate(&probe, &shared, &readers, &stop, start, end)
             .await;
         stop.cancel();
-        let mut failed = None;
-        for reader in readers {
-            match reader.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => failed = failed.or(Some(error)),
-                Err(_) => {
-                    failed = failed.or(Some(ShadowError::Handover("a reader panicked".into())))
-                }
-            }
+        for mut reader in readers {
+            reader.join();
         }
         // A reader's failure is what stopped the others.
-        if let Some(error) = failed {
+        if let Some(error) = shared.failed.lock().ok().and_then(|mut f| f.take()) {
             return Err(error);
         }
         outcome?;
@@ -244,7 +222,7 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Shadow<P, D> {
         consumer: &ClientConfig,
         shared: &Arc<Shared>,
         stop: &CancellationToken,
-    ) -> Result<Vec<ReaderThread>, ShadowError> {
+    ) -> Result<Vec<ProjectionThread>, ShadowError> {
         let most = self
             .topics
             .iter()
@@ -273,22 +251,22 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Shadow<P, D> {
                 max_events_per_second: self.max_events_per_second,
                 shared: Arc::clone(shared),
             };
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(ShadowError::Thread)?;
-            let stop = stop.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("rebuild-{}-{index}", self.generation.name))
-                .spawn(move || {
+            let shared = Arc::clone(shared);
+            let thread = ProjectionThread::spawn_named(
+                format!("rebuild-{}-{index}", self.generation.name),
+                self.generation.name,
+                stop.clone(),
+                async move |stop| {
                     crate::priority::lowest();
-                    let outcome = runtime.block_on(reader.run(stop.clone()));
-                    runtime.shutdown_background();
-                    // A reader that fails stops the others: the rebuild cannot finish.
-                    stop.cancel();
-                    outcome
-                })
-                .map_err(ShadowError::Thread)?;
+                    if let Err(error) = reader.run(stop.clone()).await {
+                        if let Ok(mut failed) = shared.failed.lock() {
+                            failed.get_or_insert(error);
+                        }
+                        // A reader that fails stops the others: the rebuild cannot finish.
+                        stop.cancel();
+                    }
+                },
+            )?;
             threads.push(thread);
         }
         Ok(threads)
@@ -300,7 +278,7 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Shadow<P, D> {
         &self,
         probe: &BaseConsumer,
         shared: &Shared,
-        readers: &[ReaderThread],
+        readers: &[ProjectionThread],
         stop: &CancellationToken,
         start: i64,
         end: Positions,
@@ -313,7 +291,7 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Shadow<P, D> {
                 () = stop.cancelled() => return Err(ShadowError::Stopped),
                 () = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
-            if readers.iter().any(std::thread::JoinHandle::is_finished) {
+            if readers.iter().any(ProjectionThread::is_finished) {
                 return Err(ShadowError::Stopped);
             }
             let next = shared.positions();

@@ -318,15 +318,11 @@ impl Reading<'_> {
 
     /// Sleeps while the run is ahead of its events-per-second limit.
     async fn throttle(&self, started: Instant, cursors: &Cursors) -> Result<(), RunError> {
-        let Some(limit) = self.limit.filter(|l| *l > 0) else {
-            return Ok(());
-        };
         let read: u64 = cursors.iter().map(|(_, c)| c).map(|c| c.passed()).sum();
-        #[allow(clippy::cast_precision_loss)]
-        let due = started + Duration::from_secs_f64(read as f64 / limit as f64);
-        tokio::select! {
-            () = self.cancel.cancelled() => Err(RunError::Cancelled),
-            () = tokio::time::sleep_until(due.into()) => Ok(()),
+        if crate::pace::pace(started, read, self.limit, self.cancel).await {
+            Ok(())
+        } else {
+            Err(RunError::Cancelled)
         }
     }
 }
