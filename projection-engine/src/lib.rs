@@ -16,7 +16,10 @@
 //! - [`rebuild`]: a projection rebuilt beside the one that serves and swapped in between two
 //!   batches, on request or when its version changed.
 //! - [`cluster`]: who owns which partition, from the consumer group's description.
-//! - [`routing`]: answer here, forward once to the owner, or a retryable `503`.
+//! - [`standby`]: warm copies of other replicas' partitions, which answer when an owner
+//!   cannot, and make a takeover resume from a store nearly caught up.
+//! - [`routing`]: answer here, forward once to the owner (or to a standby when it cannot
+//!   answer), or a retryable `503`.
 //! - [`opening`]: a projection opened once its topics exist, its runner on its own thread.
 //! - [`report`]: reports, the domains' folds over a fixed range of the log, run in the
 //!   background and kept in a compacted topic every replica reads.
@@ -29,7 +32,9 @@
 //!   are one RocksDB batch ([`store::Store::write`]), and a partition resumes from the offset its
 //!   store holds, never from the group's ([`projection::RebalanceContext`]).
 //! - "Not found" is said only by a replica that owns the key's partition and has caught up with
-//!   it since it was assigned ([`projection::PartitionTable::serves`], [`query`]).
+//!   it since it was assigned ([`projection::PartitionTable::serves`], [`query`]), or by a
+//!   standby that has applied everything committed it knows of; a standby's answer says how
+//!   far it has applied.
 //! - A query over every partition covers each exactly once, or is a retryable `503`
 //!   ([`query`]).
 //! - A query is forwarded at most once, never to the forwarder ([`routing::route`]).
@@ -50,4 +55,5 @@ pub mod rebuild;
 pub mod report;
 pub mod routing;
 pub mod serving;
+pub mod standby;
 pub mod store;

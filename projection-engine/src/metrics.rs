@@ -52,8 +52,11 @@ pub struct Metrics {
     projections: Vec<Arc<Slot>>,
     lag: Family<PartitionLabel, Gauge>,
     owned: Family<PartitionLabel, Gauge>,
+    standby: Family<PartitionLabel, Gauge>,
     pub forwarded: Counter,
     pub forward_errors: Counter,
+    /// Queries (and gathers' parts) answered from a standby, their owner unable to.
+    pub standby_answers: Counter,
     pub consistency_waits: Family<OutcomeLabel, Counter>,
     pub live: LiveMetrics,
 }
@@ -113,6 +116,11 @@ impl Metrics {
                 slot.stats.undecodable.clone(),
             );
             labelled.register(
+                "standby_applied_events",
+                "Events applied to partitions other replicas own, kept warm here",
+                slot.standby_stats.applied.clone(),
+            );
+            labelled.register(
                 "rebuilding",
                 "1 while the projection is rebuilt beside the generation that serves",
                 slot.rebuilds.rebuilding.clone(),
@@ -123,18 +131,29 @@ impl Metrics {
                 slot.rebuilds.finished.clone(),
             );
         }
-        let (lag, owned) = (Family::default(), Family::default());
+        let (lag, owned, standby) = (Family::default(), Family::default(), Family::default());
         let (forwarded, forward_errors) = (Counter::default(), Counter::default());
         let consistency_waits = Family::default();
+        let standby_answers = Counter::default();
+        registry.register(
+            "standby_answers",
+            "Queries and gather parts answered from a standby because the owner could not",
+            standby_answers.clone(),
+        );
         registry.register(
             "lag",
-            "Committed records not yet applied, per owned partition",
+            "Committed records not yet applied, per owned or standby partition",
             lag.clone(),
         );
         registry.register(
             "partition_owned",
             "1 for partitions this replica owns",
             owned.clone(),
+        );
+        registry.register(
+            "partition_standby",
+            "1 for partitions another replica owns and this one keeps warm",
+            standby.clone(),
         );
         registry.register(
             "forwarded_queries",
@@ -210,8 +229,10 @@ impl Metrics {
             projections: projections.to_vec(),
             lag,
             owned,
+            standby,
             forwarded,
             forward_errors,
+            standby_answers,
             consistency_waits,
         }
     }
@@ -230,8 +251,10 @@ impl Metrics {
                         partition,
                     };
                     let owns = table.owns(partition);
+                    let warm = table.holds_standby(partition);
                     self.owned.get_or_create(&label).set(i64::from(owns));
-                    if owns {
+                    self.standby.get_or_create(&label).set(i64::from(warm));
+                    if owns || warm {
                         self.lag
                             .get_or_create(&label)
                             .set(table.lag(partition).unwrap_or(-1));

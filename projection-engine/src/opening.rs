@@ -21,6 +21,7 @@ use crate::cluster::{self, Cluster};
 use crate::projection::{Decoder, PartitionTable, RebalanceContext, Runner, Tables, namespace};
 use crate::rebuild::{Rebuilder, ShadowPlan};
 use crate::serving::{Served, ServedTopic, Slot};
+use crate::standby::Standby;
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,15 @@ pub struct Environment {
     pub cluster_refresh: Duration,
     /// Events per second a rebuild applies at most; none for as fast as it can.
     pub rebuild_max_events_per_second: Option<u64>,
+    /// Warm copies of each partition kept across the group (on other replicas than its
+    /// owner); 0 for none.
+    pub standby_replicas: usize,
+    /// The replica's id: its standbys' share, and its static group membership.
+    pub replica_id: String,
+    /// Whether each projection's group member is static (`group.instance.id` = the replica
+    /// id): a replica restarted within the session timeout gets its partitions back and
+    /// nothing else moves.
+    pub static_membership: bool,
 }
 
 /// One projection to open: its read model, its group, its topics by role, its decoder.
@@ -132,10 +142,16 @@ impl<M: ReadModel + Clone, D: Decoder<M::Event>> Opening<M, D> {
             namespace::<M>(),
             Tables::new(tables.clone()),
         );
-        let consumer: StreamConsumer<RebalanceContext> = env
-            .consumer
-            .clone()
+        let mut config = env.consumer.clone();
+        if env.static_membership {
+            // One member per replica and group: each projection has a group of its own.
+            config.set("group.instance.id", &env.replica_id);
+        }
+        let consumer: StreamConsumer<RebalanceContext> = config
             .set("group.id", group)
+            // Incremental: a rebalance moves only the partitions that change owner, and the
+            // others keep serving throughout.
+            .set("partition.assignment.strategy", "cooperative-sticky")
             // Read-committed: aborted command batches are never applied.
             .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "earliest")
@@ -174,6 +190,24 @@ impl<M: ReadModel + Clone, D: Decoder<M::Event>> Opening<M, D> {
             topics: served,
         });
         tracing::info!(projection = M::NAMESPACE, %group, "projection opened");
+        let standby = if env.standby_replicas > 0 {
+            let clusters = served_clusters(slot);
+            let context = RebalanceContext::standby(
+                Arc::clone(&env.store),
+                namespace::<M>(),
+                Tables::new(tables.clone()),
+            );
+            let reader = assigned_reader(&env.consumer, &format!("{group}-standby"));
+            Some(Standby::new(
+                &reader,
+                context,
+                env.standby_replicas,
+                &env.replica_id,
+                clusters,
+            )?)
+        } else {
+            None
+        };
         let plan = ShadowPlan {
             model: self.model.clone(),
             decoder: Arc::clone(&self.decoder),
@@ -197,6 +231,8 @@ impl<M: ReadModel + Clone, D: Decoder<M::Event>> Opening<M, D> {
             stats: Arc::clone(&slot.stats),
             tables: Tables::new(tables),
             rebuild: Rebuilder::new(Arc::clone(&slot.rebuilds), plan),
+            standby,
+            standby_stats: Arc::clone(&slot.standby_stats),
         }
         .run(shutdown)
         .await;
@@ -206,6 +242,19 @@ impl<M: ReadModel + Clone, D: Decoder<M::Event>> Opening<M, D> {
         }
         Ok(())
     }
+}
+
+/// Each topic's group view, of a projection just opened.
+fn served_clusters(slot: &Slot) -> Vec<(String, Arc<Cluster>)> {
+    slot.served()
+        .map(|served| {
+            served
+                .topics
+                .iter()
+                .map(|topic| (topic.name.clone(), Arc::clone(&topic.cluster)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Each topic's partition count, once every topic exists; none if `shutdown` came first.

@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::problem::QueryError;
 use crate::projection::PartitionTable;
 use crate::serving::{Served, Serving};
+use crate::standby;
 
 /// Health, readiness, metrics, the admin view, and the API document and its page.
 pub const ROUTES: [Route; 6] = [
@@ -112,12 +113,15 @@ struct ClusterAnswer {
     this_replica: ThisReplica,
 }
 
-/// A replica of the group and the partitions it owns.
+/// A replica of the group, the partitions it owns, and those it keeps warm as a standby (as
+/// every replica computes them from the group's view, with this replica's
+/// `standby_replicas`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ReplicaAnswer {
     replica_id: String,
     url: String,
     partitions: Vec<i32>,
+    standby_partitions: Vec<i32>,
 }
 
 /// A partition: its owner, the group's committed offset, the end of committed data, the lag.
@@ -135,8 +139,20 @@ struct PartitionAnswer {
 struct ThisReplica {
     membership: MembershipAnswer,
     partitions: Vec<LocalPartition>,
+    /// The partitions it keeps warm now: its standby share, and for a while those it no
+    /// longer owns or holds.
+    standbys: Vec<StandbyPartition>,
+    standby_replicas: usize,
     applied_events: u64,
+    standby_applied_events: u64,
     version_gaps: u64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct StandbyPartition {
+    partition: i32,
+    applied_offset: i64,
+    lag: Option<i64>,
 }
 
 /// The replica's group membership as librdkafka reports it.
@@ -204,6 +220,15 @@ pub async fn admin_cluster(
             caught_up: table.serves(p),
         })
         .collect();
+    let standbys = table
+        .standbys()
+        .into_iter()
+        .map(|p| StandbyPartition {
+            partition: p,
+            applied_offset: table.applied(p),
+            lag: table.lag(p),
+        })
+        .collect();
     let membership = table.membership();
     Ok(HttpResponse::Ok().json(ClusterAnswer {
         replica_id: state.replica_id.clone(),
@@ -219,6 +244,12 @@ pub async fn admin_cluster(
                 replica_id: m.replica_id.clone(),
                 url: m.url.clone(),
                 partitions: m.partitions.clone(),
+                standby_partitions: standby::held_by(
+                    &view,
+                    count,
+                    state.standby_replicas,
+                    &m.replica_id,
+                ),
             })
             .collect(),
         partitions: partitions
@@ -240,7 +271,10 @@ pub async fn admin_cluster(
                 last_rebalance_age_ms: membership.last_rebalance_age_ms,
             },
             partitions: local,
+            standbys,
+            standby_replicas: state.standby_replicas,
             applied_events: slot.stats.applied.get(),
+            standby_applied_events: slot.standby_stats.applied.get(),
             version_gaps: slot.stats.version_gaps.get(),
         },
     }))

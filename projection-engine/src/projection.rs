@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::rebuild::{Handover, Positions, Reason, Rebuilder, Step};
+use crate::standby::Standby;
 use crate::store::{EventChanges, Generation, Namespace, Staging, Store, StoreBatch, StoreError};
 
 pub use shared_events::view::{Applied, ReadModel};
@@ -93,6 +94,8 @@ pub struct Membership {
 #[derive(Debug)]
 struct PartitionState {
     owned: AtomicBool,
+    /// Not owned, but kept warm here for when its owner cannot answer (`standby`).
+    standby: AtomicBool,
     caught_up: AtomicBool,
     /// The next offset the store has applied up to (0 when never applied).
     applied: watch::Sender<i64>,
@@ -109,6 +112,7 @@ impl PartitionTable {
             partitions: (0..partitions.max(0))
                 .map(|_| PartitionState {
                     owned: AtomicBool::new(false),
+                    standby: AtomicBool::new(false),
                     caught_up: AtomicBool::new(false),
                     applied: watch::channel(0).0,
                     stable_end: AtomicI64::new(-1),
@@ -192,6 +196,41 @@ impl PartitionTable {
         (0..self.count()).filter(|p| self.owns(*p)).collect()
     }
 
+    /// Whether this replica keeps a warm copy of a partition it does not own.
+    pub fn holds_standby(&self, partition: i32) -> bool {
+        self.get(partition)
+            .is_some_and(|p| p.standby.load(Ordering::Acquire))
+    }
+
+    /// The partitions this replica keeps warm copies of.
+    pub fn standbys(&self) -> Vec<i32> {
+        (0..self.count())
+            .filter(|p| self.holds_standby(*p))
+            .collect()
+    }
+
+    /// Starts keeping `partition` warm from `next_offset`, unless it is owned here.
+    pub(crate) fn standby_started(&self, partition: i32, next_offset: i64) {
+        if let Some(state) = self.get(partition)
+            && !state.owned.load(Ordering::Acquire)
+        {
+            state.stable_end.store(-1, Ordering::Release);
+            state.applied.send_replace(next_offset);
+            state.standby.store(true, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn standby_stopped(&self, partition: i32) {
+        if let Some(state) = self.get(partition) {
+            state.standby.store(false, Ordering::Release);
+        }
+    }
+
+    /// Owned, or held as a standby: the store is applying it here.
+    fn applying(state: &PartitionState) -> bool {
+        state.owned.load(Ordering::Acquire) || state.standby.load(Ordering::Acquire)
+    }
+
     /// Whether the group has assigned this replica anything (possibly nothing) yet.
     pub fn joined(&self) -> bool {
         self.joined.load(Ordering::Acquire)
@@ -224,6 +263,8 @@ impl PartitionTable {
 
     pub(crate) fn assigned(&self, partition: i32, next_offset: i64) {
         if let Some(state) = self.get(partition) {
+            // The runner takes it over from the standby, at the offset the standby stored.
+            state.standby.store(false, Ordering::Release);
             state.caught_up.store(false, Ordering::Release);
             state.stable_end.store(-1, Ordering::Release);
             state.catch_up_target.store(-1, Ordering::Release);
@@ -260,7 +301,7 @@ impl PartitionTable {
     /// Records that the consumer moved past `next_offset` with nothing left to apply before it.
     pub(crate) fn skipped_to(&self, partition: i32, next_offset: i64) {
         if let Some(state) = self.get(partition)
-            && state.owned.load(Ordering::Acquire)
+            && Self::applying(state)
             && next_offset > *state.applied.borrow()
         {
             self.applied_to(partition, next_offset);
@@ -270,7 +311,7 @@ impl PartitionTable {
     /// Records the end of committed data of a partition, from the consumer's statistics.
     fn stable_end(&self, partition: i32, end: i64) {
         if let Some(state) = self.get(partition)
-            && state.owned.load(Ordering::Acquire)
+            && Self::applying(state)
             && end >= 0
         {
             state.stable_end.store(end, Ordering::Release);
@@ -302,7 +343,7 @@ impl Tables {
             .map(|(_, table)| table)
     }
 
-    fn all(&self) -> impl Iterator<Item = &Arc<PartitionTable>> {
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<PartitionTable>> {
         self.0.iter().map(|(_, table)| table)
     }
 }
@@ -312,6 +353,8 @@ pub struct RebalanceContext {
     store: Arc<Store>,
     namespace: Namespace,
     tables: Tables,
+    /// A group member's statistics describe its membership; a standby's reader is in no group.
+    member: bool,
 }
 
 impl std::fmt::Debug for RebalanceContext {
@@ -328,6 +371,16 @@ impl RebalanceContext {
             store,
             namespace,
             tables,
+            member: true,
+        }
+    }
+
+    /// The context of a standby's reader: its statistics give the ends of the partitions it
+    /// keeps warm, and it takes part in no rebalance.
+    pub fn standby(store: Arc<Store>, namespace: Namespace, tables: Tables) -> Self {
+        Self {
+            member: false,
+            ..Self::new(store, namespace, tables)
         }
     }
 
@@ -372,7 +425,9 @@ impl RebalanceContext {
 impl ClientContext for RebalanceContext {
     fn stats(&self, statistics: Statistics) {
         for (name, table) in &self.tables.0 {
-            if let (Some(group), Ok(mut membership)) = (&statistics.cgrp, table.membership.lock()) {
+            if let (true, Some(group), Ok(mut membership)) =
+                (self.member, &statistics.cgrp, table.membership.lock())
+            {
                 *membership = Membership {
                     state: group.state.clone(),
                     join_state: group.join_state.clone(),
@@ -479,6 +534,20 @@ pub struct Runner<P: ReadModel, D> {
     pub tables: Tables,
     /// Rebuilds of the projection beside the generation that serves.
     pub rebuild: Rebuilder<P, D>,
+    /// The partitions of other replicas kept warm here, if standbys are on.
+    pub standby: Option<Standby>,
+    /// What the standby applied: kept apart, so `stats` counts only what this replica owns.
+    pub standby_stats: Arc<ProjectionStats>,
+}
+
+/// The next record of the standby's reader; never, without a standby.
+async fn standby_recv(
+    standby: Option<&Standby>,
+) -> rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>> {
+    match standby {
+        Some(standby) => standby.consumer().recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Records applied in one store write at most: what one poll hands over, up to this many.
@@ -622,6 +691,13 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Runner<P, D> {
                 _ = idle.tick() => {
                     if !self.rebuild.held() {
                         self.note_position();
+                        self.keep_standby();
+                    }
+                    continue;
+                }
+                message = standby_recv(self.standby.as_ref()) => {
+                    if !self.apply_standby(message, &shutdown).await {
+                        break;
                     }
                     continue;
                 }
@@ -675,6 +751,54 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Runner<P, D> {
             Some(batch) => self.write(batch, messages),
             None => false,
         }
+    }
+
+    /// Brings the standby's partitions in line with the group's view, and moves their applied
+    /// positions past transaction markers.
+    fn keep_standby(&mut self) {
+        if let Some(standby) = self.standby.as_mut() {
+            standby.reconcile(&self.tables, &self.store, namespace::<P>());
+            standby.note_position(&self.tables);
+        }
+    }
+
+    /// Applies a batch of the standby's reader, as [`Runner::apply`] does the runner's: each
+    /// record only if its partition is still held as a standby, and once. False if the runner
+    /// must stop.
+    async fn apply_standby(
+        &self,
+        first: rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let (Some(standby), Ok(first)) = (self.standby.as_ref(), first) else {
+            // A reader error (a broker away) is retried by the reader itself.
+            return true;
+        };
+        if self.rebuild.held() {
+            return true;
+        }
+        let messages = ready_batch(standby.consumer(), first).await;
+        let applier = Applier {
+            projection: &self.projection,
+            decoder: &self.decoder,
+            store: &self.store,
+            stats: &self.standby_stats,
+        };
+        let floor = |topic: &str, partition| Standby::floor(&self.tables, topic, partition);
+        let generation = self.store.active(namespace::<P>());
+        let stalled = |stalled| self.set_stalled(stalled);
+        let Some(batch) = applier
+            .stage(generation, &messages, floor, stalled, shutdown)
+            .await
+        else {
+            return false;
+        };
+        if let Err(error) = self.store.write(batch) {
+            tracing::error!(%error, "store write failed; projection stops");
+            return false;
+        }
+        Standby::written(&self.tables, &messages);
+        true
     }
 
     /// Held (the store holds another version's views): nothing is applied to them. The
@@ -780,6 +904,10 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Runner<P, D> {
             "the rebuilt generation serves"
         );
         self.rebuild.switched(previous);
+        if let Some(standby) = self.standby.as_mut() {
+            // Its positions were the replaced generation's.
+            standby.reset(&self.tables);
+        }
         Ok(())
     }
 

@@ -6,12 +6,15 @@
 //! - "Not found" is said only by the key's owner, caught up with its partition ([`absent`]).
 //! - A gathered answer covers every partition of its topic exactly once, or is a retryable
 //!   `503`: never a silently partial sum or list ([`gathered`]).
-//! - A `Consistency-Token` is waited for (bounded) by the owner of its partition, before it
-//!   reads ([`wait_for`]).
+//! - A `Consistency-Token` is waited for (bounded) by the owner of its partition, or the standby
+//!   answering for it, before it reads ([`wait_for`]).
+//! - When the owner cannot answer (unreachable, or its partition between owners), a standby
+//!   does ([`standby_answer`]), and says so: `Standby-Lag` and `Standby-Position` tell how far
+//!   it has applied. A gather takes a missing partition's part from a standby the same way.
 
 use std::collections::BTreeSet;
 
-use actix_web::http::header;
+use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use http_edge::Route;
 use http_edge::routes::readable;
@@ -26,6 +29,7 @@ use crate::problem::QueryError;
 use crate::projection::PartitionTable;
 use crate::routing::{FORWARDED_BY, Route as Where, route};
 use crate::serving::{Served, ServedTopic, Serving};
+use crate::standby;
 
 /// The route of a [`Lookup`].
 pub fn lookup_route<L: Lookup>() -> Route {
@@ -118,6 +122,41 @@ fn answered_here(state: &Serving) -> actix_web::HttpResponseBuilder {
     response
 }
 
+/// Says how far a standby answering for `partition` of `topic` has applied it: its lag behind
+/// the end of committed data it knows of, and its last applied position (a consistency
+/// token's form, so a client can compare it with the token it holds).
+const STANDBY_LAG: &str = "standby-lag";
+const STANDBY_POSITION: &str = "standby-position";
+
+fn mark_standby(
+    response: &mut actix_web::HttpResponseBuilder,
+    topic: &ServedTopic,
+    partition: i32,
+) {
+    let table = &topic.table;
+    let lag = table
+        .lag(partition)
+        .map_or_else(|| "unknown".to_owned(), |lag| lag.to_string());
+    response.insert_header((STANDBY_LAG, lag));
+    let applied = table.applied(partition);
+    if applied > 0 {
+        response.insert_header((
+            STANDBY_POSITION,
+            format!("{}:{partition}:{}", topic.name, applied - 1),
+        ));
+    }
+}
+
+/// The answer of the key's owner, or of the standby answering in its place.
+fn answered(state: &Serving, owner: &Owner<'_>) -> actix_web::HttpResponseBuilder {
+    let mut response = answered_here(state);
+    if owner.standby {
+        state.metrics.standby_answers.inc();
+        mark_standby(&mut response, owner.topic, owner.partition);
+    }
+    response
+}
+
 /// A keyed query where it is answered.
 enum Keyed<'a> {
     /// Here, the key's partition being owned here; its token, if of that topic, waited for.
@@ -133,6 +172,8 @@ struct Owner<'a> {
     topic: &'a ServedTopic,
     partition: i32,
     token: Option<ConsistencyToken>,
+    /// Answered by a standby of the partition, its owner unable to.
+    standby: bool,
 }
 
 /// Checks a keyed query's key and token, and finds where it is answered: here, or by the
@@ -147,22 +188,75 @@ async fn keyed<'a, K: shared_events::query::Keyed>(
     let token = consistency_token(request, served)?;
     let topic = served.topic(K::KEY_TOPIC)?;
     let partition = partition_for_key(key.as_bytes(), topic.table.count());
+    let owner = Owner {
+        key,
+        served,
+        topic,
+        partition,
+        token,
+        standby: false,
+    };
     match where_answered(state, topic, partition, request) {
         Where::Local => {
-            wait_for_on(state, topic, token.as_ref()).await?;
-            Ok(Keyed::Here(Owner {
-                key,
-                served,
-                topic,
-                partition,
-                token,
-            }))
+            wait_for_on(state, topic, owner.token.as_ref()).await?;
+            Ok(Keyed::Here(owner))
         }
-        Where::Forward(owner) => Ok(Keyed::Relayed(
-            forward_request(state, &owner, request).await?,
-        )),
-        Where::Unavailable(reason) => Err(QueryError::Unavailable(reason)),
+        Where::Forward(member) => match forward_request(state, &member, request).await {
+            Ok(answer) if answer.status() != StatusCode::SERVICE_UNAVAILABLE => {
+                Ok(Keyed::Relayed(answer))
+            }
+            outcome => match standby_answer(state, owner, request, Some(&member)).await? {
+                Some(keyed) => Ok(keyed),
+                None => outcome.map(Keyed::Relayed),
+            },
+        },
+        Where::Unavailable(reason) => match standby_answer(state, owner, request, None).await? {
+            Some(keyed) => Ok(keyed),
+            None => Err(QueryError::Unavailable(reason)),
+        },
     }
+}
+
+/// Where a key is answered when its owner cannot answer (`failed`, if it was asked) or its
+/// partition has no owner: here, if this replica keeps the partition warm; else at a replica
+/// that does (asked once each, never from a forwarded request). None if no standby answers.
+async fn standby_answer<'a>(
+    state: &'a Serving,
+    mut owner: Owner<'a>,
+    request: &HttpRequest,
+    failed: Option<&Member>,
+) -> Result<Option<Keyed<'a>>, QueryError> {
+    let (topic, partition) = (owner.topic, owner.partition);
+    if applying(&topic.table, partition) {
+        wait_for_on(state, topic, owner.token.as_ref()).await?;
+        // Assigned here since the route was chosen (a takeover): answered as its owner.
+        owner.standby = !topic.table.owns(partition);
+        return Ok(Some(Keyed::Here(owner)));
+    }
+    if is_forwarded(request) || state.standby_replicas == 0 {
+        return Ok(None);
+    }
+    let view = topic.cluster.view();
+    let holders = standby::holders(&view, partition, state.standby_replicas);
+    // Between owners, any member may still hold it warm.
+    let candidates: Vec<&Member> = if holders.is_empty() {
+        view.members.iter().collect()
+    } else {
+        holders
+    };
+    for member in candidates {
+        if member.replica_id == state.replica_id
+            || failed.is_some_and(|f| f.replica_id == member.replica_id)
+        {
+            continue;
+        }
+        if let Ok(answer) = forward_request(state, member, request).await
+            && answer.status() != StatusCode::SERVICE_UNAVAILABLE
+        {
+            return Ok(Some(Keyed::Relayed(answer)));
+        }
+    }
+    Ok(None)
 }
 
 /// `GET` a [`Lookup`]'s key: from the store where its partition is served, else from its owner.
@@ -178,7 +272,7 @@ async fn lookup<L: Lookup>(
     // A point read from RocksDB's memtable or block cache takes microseconds: cheaper inline
     // than a hop to the blocking pool and back.
     match L::read(&state.views::<L::Model>(), &owner.key)? {
-        Some(json) => Ok(answered_here(&state)
+        Some(json) => Ok(answered(&state, &owner)
             .content_type(header::ContentType::json())
             .body(json)),
         None => Err(absent::<L>(&state, &owner)),
@@ -200,7 +294,7 @@ async fn join<J: Join>(
     };
     let gathered =
         gathered::<J::Gather>(&state, owner.served, &owner.key, &(), owner.token.as_ref()).await?;
-    Ok(answered_here(&state).json(J::join(found, gathered)))
+    Ok(answered(&state, &owner).json(J::join(found, gathered)))
 }
 
 /// A gather's request, checked.
@@ -249,7 +343,15 @@ async fn part_here<G: Gather>(
     let asked = gather_request::<G>(&request, key, &state)?;
     let topic = asked.served.topic(G::TOPIC)?;
     wait_for_on(&state, topic, asked.token.as_ref()).await?;
-    let part = local_part::<G>(&state, topic, asked.key, asked.params).await?;
+    let partitions = match request.headers().get(STANDBY_PARTITIONS) {
+        // The merging replica asks for partitions whose owner did not answer.
+        Some(value) => standby_partitions(value)?
+            .into_iter()
+            .filter(|p| applying(&topic.table, *p))
+            .collect(),
+        None => served_partitions(&topic.table),
+    };
+    let part = local_part::<G>(&state, topic, asked.key, asked.params, partitions).await?;
     Ok(answered_here(&state).json(part))
 }
 
@@ -273,7 +375,25 @@ fn where_answered(
 /// the answer is a retryable `503`.
 fn absent<K: shared_events::query::Keyed>(state: &Serving, owner: &Owner<'_>) -> QueryError {
     let partition = owner.partition;
-    if owner.topic.table.serves(partition) {
+    let table = &owner.topic.table;
+    if owner.standby {
+        // A standby's "not found" is as good as what it has applied: everything it knows of.
+        return match table.lag(partition) {
+            Some(0) => QueryError::NotFound {
+                kind: K::NOT_FOUND,
+                detail: K::NOT_FOUND.detail(&owner.key),
+                served_by: state.replica_id.clone(),
+            },
+            lag => QueryError::Unavailable(format!(
+                "partition {partition}'s owner cannot answer, and its standby here is {} behind",
+                lag.map_or_else(
+                    || "an unknown number of records".to_owned(),
+                    |l| format!("{l} records")
+                )
+            )),
+        };
+    }
+    if table.serves(partition) {
         QueryError::NotFound {
             kind: K::NOT_FOUND,
             detail: K::NOT_FOUND.detail(&owner.key),
@@ -299,7 +419,8 @@ async fn gathered<G: Gather>(
     // Only a token of the gathered topic is passed on: its partition's owner waits for it.
     let token = token.filter(|t| t.topic == topic.name);
     wait_for_on(state, topic, token).await?;
-    let local = local_part::<G>(state, topic, key.to_owned(), params.clone()).await?;
+    let owned = served_partitions(&topic.table);
+    let local = local_part::<G>(state, topic, key.to_owned(), params.clone(), owned).await?;
     let mut path = internal_path(G::PATH).replacen(path_parameter(G::PATH), key, 1);
     let query = G::query_string(params);
     if !query.is_empty() {
@@ -338,8 +459,103 @@ async fn gathered<G: Gather>(
             .into_iter()
             .flatten(),
     );
+    let missing = uncovered(&parts, topic.table.count());
+    if !missing.is_empty() && state.standby_replicas > 0 {
+        let found = standby_parts::<G>(state, topic, key, params, &path, &headers, missing).await?;
+        parts.extend(found);
+    }
     let parts = covering(parts, topic.table.count(), &topic.name)?;
     Ok(G::merge(key, params, parts))
+}
+
+/// Asks a replica's part for these partitions, which it keeps warm: a comma-separated list.
+const STANDBY_PARTITIONS: &str = "standby-partitions";
+
+fn standby_partitions(value: &header::HeaderValue) -> Result<Vec<i32>, QueryError> {
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| {
+            text.split(',')
+                .filter(|p| !p.is_empty())
+                .map(|p| p.trim().parse().ok())
+                .collect()
+        })
+        .ok_or_else(|| QueryError::BadQuery(format!("`{STANDBY_PARTITIONS}` must list partitions")))
+}
+
+/// Whether this replica's store is applying `partition`, though not (yet) serving it: kept warm
+/// as a standby, or just taken over and catching up from where the standby left it.
+fn applying(table: &PartitionTable, partition: i32) -> bool {
+    table.holds_standby(partition) || table.owns(partition)
+}
+
+/// The partitions of a topic no part covers.
+fn uncovered<P>(parts: &[Partial<P>], count: i32) -> Vec<i32> {
+    let covered: BTreeSet<i32> = parts
+        .iter()
+        .flat_map(|p| p.partitions.iter().copied())
+        .collect();
+    (0..count).filter(|p| !covered.contains(p)).collect()
+}
+
+/// The parts of `missing` partitions (their owners did not answer) from their standbys: this
+/// replica's own, then each holder's, asked once for all it holds.
+async fn standby_parts<G: Gather>(
+    state: &Serving,
+    topic: &ServedTopic,
+    key: &str,
+    params: &G::Params,
+    path: &str,
+    headers: &[(&str, &str)],
+    missing: Vec<i32>,
+) -> Result<Vec<Partial<G::Part>>, QueryError> {
+    let (here, elsewhere): (Vec<i32>, Vec<i32>) = missing
+        .into_iter()
+        .partition(|p| applying(&topic.table, *p));
+    let mut parts = Vec::new();
+    if !here.is_empty() {
+        state.metrics.standby_answers.inc();
+        parts.push(local_part::<G>(state, topic, key.to_owned(), params.clone(), here).await?);
+    }
+    let view = topic.cluster.view();
+    let mut asked: std::collections::BTreeMap<&str, (&Member, Vec<i32>)> = Default::default();
+    for partition in elsewhere {
+        if let Some(holder) = standby::holders(&view, partition, state.standby_replicas)
+            .into_iter()
+            .find(|m| m.replica_id != state.replica_id)
+        {
+            asked
+                .entry(holder.replica_id.as_str())
+                .or_insert_with(|| (holder, Vec::new()))
+                .1
+                .push(partition);
+        }
+    }
+    let remote = asked.into_values().map(|(member, partitions)| async move {
+        let list = partitions
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut headers = headers.to_vec();
+        headers.push((STANDBY_PARTITIONS, list.as_str()));
+        state.metrics.forwarded.inc();
+        match state.forwarder.get(member, path, &headers).await {
+            Ok(r) if r.status().is_success() => r.json::<Partial<G::Part>>().await.ok(),
+            _ => {
+                state.metrics.forward_errors.inc();
+                None
+            }
+        }
+    });
+    parts.extend(
+        futures::future::join_all(remote)
+            .await
+            .into_iter()
+            .flatten(),
+    );
+    Ok(parts)
 }
 
 /// The parts, if together they cover each of the topic's `count` partitions exactly once; else
@@ -376,21 +592,27 @@ fn path_parameter(path: &str) -> &str {
         .unwrap_or("")
 }
 
-/// This replica's part: what the partitions it serves (owned and caught up) hold. A part may
-/// scan many keys, so it is read on the blocking pool.
+/// The partitions whose part this replica gives as their owner: owned and caught up.
+fn served_partitions(table: &PartitionTable) -> Vec<i32> {
+    table
+        .owned()
+        .into_iter()
+        .filter(|p| table.serves(*p))
+        .collect()
+}
+
+/// This replica's part: what `partitions` hold (those it serves, or those it keeps warm for a
+/// gather whose owners did not answer). A part may scan many keys, so it is read on the
+/// blocking pool.
 async fn local_part<G: Gather>(
     state: &Serving,
     topic: &ServedTopic,
     key: String,
     params: G::Params,
+    partitions: Vec<i32>,
 ) -> Result<Partial<G::Part>, QueryError> {
     let table = std::sync::Arc::clone(&topic.table);
     let store = std::sync::Arc::clone(&state.store);
-    let partitions: Vec<i32> = table
-        .owned()
-        .into_iter()
-        .filter(|p| table.serves(*p))
-        .collect();
     let serving = partitions.clone();
     let part = web::block(move || {
         let views =
@@ -451,7 +673,8 @@ async fn wait_for_on(
     }
 }
 
-/// Waits (bounded) until the token's position is applied, if this replica owns its partition.
+/// Waits (bounded) until the token's position is applied, if this replica owns its partition
+/// or keeps it warm as a standby.
 /// A token for a partition owned elsewhere cannot be waited for here and is ignored: tokens are
 /// meant for reads of the key that was written, whose owner is the one answering.
 async fn wait_for(
@@ -460,7 +683,8 @@ async fn wait_for(
     token: &ConsistencyToken,
 ) -> Result<(), QueryError> {
     let (partition, offset) = (token.position.partition, token.position.offset);
-    if !table.owns(partition) || table.applied(partition) > offset {
+    let applying = table.owns(partition) || table.holds_standby(partition);
+    if !applying || table.applied(partition) > offset {
         return Ok(());
     }
     let reached = tokio::time::timeout(

@@ -127,7 +127,13 @@ impl Forwarder {
         let status =
             StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let mut relayed = HttpResponse::build(status);
-        for name in ["content-type", "served-by", "retry-after"] {
+        for name in [
+            "content-type",
+            "served-by",
+            "retry-after",
+            "standby-lag",
+            "standby-position",
+        ] {
             if let Some(value) = response.headers().get(name)
                 && let Ok(value) = value.to_str()
             {

@@ -59,6 +59,8 @@ pub struct Slot {
     /// topics may be created after the replica starts) counts once it has.
     pub required: bool,
     pub stats: Arc<ProjectionStats>,
+    /// What its standby applied: partitions other replicas own, kept warm here.
+    pub standby_stats: Arc<ProjectionStats>,
     /// Its rebuilds on this replica.
     pub rebuilds: Arc<crate::rebuild::Rebuilds>,
     served: OnceLock<Served>,
@@ -70,6 +72,7 @@ impl Slot {
             namespace: crate::projection::namespace::<M>(),
             required,
             stats: Arc::default(),
+            standby_stats: Arc::default(),
             rebuilds: Arc::default(),
             served: OnceLock::new(),
         }
@@ -99,6 +102,8 @@ pub struct Serving {
     pub forwarder: Forwarder,
     pub metrics: Arc<Metrics>,
     pub replica_id: String,
+    /// Warm copies of each partition across the group (`standby`); 0 for none.
+    pub standby_replicas: usize,
     /// How long a read waits for a `Consistency-Token`'s position.
     pub consistency_wait: Duration,
     /// Readiness: how many committed records an owned partition may lag.

@@ -420,6 +420,9 @@ impl Application {
             kafka_timeout,
             cluster_refresh: Duration::from_millis(config.cluster_refresh_ms),
             rebuild_max_events_per_second: config.rebuild_max_events_per_second,
+            standby_replicas: config.standby_replicas,
+            replica_id: replica_id.clone(),
+            static_membership: config.static_membership,
         };
         // The projections' threads stop together, on one token.
         let shutdown = CancellationToken::new();
@@ -476,6 +479,7 @@ impl Application {
                 Duration::from_millis(config.forward_timeout_ms),
             ),
             replica_id,
+            standby_replicas: config.standby_replicas,
             consistency_wait: Duration::from_millis(config.consistency_wait_ms),
             max_ready_lag: config.max_ready_lag,
             access: Access {

@@ -109,6 +109,16 @@ pub struct Config {
     /// Bound on each forwarded query, in milliseconds.
     #[arg(long, env = "QUERY_FORWARD_TIMEOUT_MS", default_value_t = 8_000)]
     pub forward_timeout_ms: u64,
+    /// Warm copies of each partition kept on other replicas than its owner (standbys): they
+    /// answer when the owner cannot, and make a takeover resume nearly caught up. 0 turns them
+    /// off; with one replica there is nothing to keep.
+    #[arg(long, env = "QUERY_STANDBY_REPLICAS", default_value_t = 1)]
+    pub standby_replicas: usize,
+    /// Static group membership (`group.instance.id` = the replica id): a replica restarted
+    /// within the session timeout gets its own partitions back and nothing else moves. Its
+    /// partitions stay its own while it is down (standbys answer for them meanwhile).
+    #[arg(long, env = "QUERY_STATIC_MEMBERSHIP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub static_membership: bool,
     /// How often the group's partition ownership is re-read between rebalances, in milliseconds.
     #[arg(long, env = "QUERY_CLUSTER_REFRESH_MS", default_value_t = 2_000)]
     pub cluster_refresh_ms: u64,
@@ -175,6 +185,8 @@ impl std::fmt::Debug for Config {
             .field("max_ready_lag", &self.max_ready_lag)
             .field("consistency_wait_ms", &self.consistency_wait_ms)
             .field("forward_timeout_ms", &self.forward_timeout_ms)
+            .field("standby_replicas", &self.standby_replicas)
+            .field("static_membership", &self.static_membership)
             .field("cluster_refresh_ms", &self.cluster_refresh_ms)
             .field("live_max_streams", &self.live_max_streams)
             .field("live_buffer", &self.live_buffer)

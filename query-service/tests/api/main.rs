@@ -12,3 +12,4 @@ mod openapi;
 mod rebuild;
 mod reports;
 mod secured;
+mod standby;
