@@ -166,6 +166,7 @@ enum Keyed<'a> {
 }
 
 /// What the key's owner answers with.
+#[derive(Clone)]
 struct Owner<'a> {
     key: String,
     served: &'a Served,
@@ -201,15 +202,24 @@ async fn keyed<'a, K: shared_events::query::Keyed>(
             wait_for_on(state, topic, owner.token.as_ref()).await?;
             Ok(Keyed::Here(owner))
         }
-        Where::Forward(member) => match forward_request(state, &member, request).await {
-            Ok(answer) if answer.status() != StatusCode::SERVICE_UNAVAILABLE => {
-                Ok(Keyed::Relayed(answer))
+        Where::Forward(member) => {
+            // An owner that just failed to answer is passed over while a standby answers.
+            if state.forwarder.is_suspect(&member)
+                && let Some(keyed) =
+                    standby_answer(state, owner.clone(), request, Some(&member)).await?
+            {
+                return Ok(keyed);
             }
-            outcome => match standby_answer(state, owner, request, Some(&member)).await? {
-                Some(keyed) => Ok(keyed),
-                None => outcome.map(Keyed::Relayed),
-            },
-        },
+            match forward_request(state, &member, request).await {
+                Ok(answer) if answer.status() != StatusCode::SERVICE_UNAVAILABLE => {
+                    Ok(Keyed::Relayed(answer))
+                }
+                outcome => match standby_answer(state, owner, request, Some(&member)).await? {
+                    Some(keyed) => Ok(keyed),
+                    None => outcome.map(Keyed::Relayed),
+                },
+            }
+        }
         Where::Unavailable(reason) => match standby_answer(state, owner, request, None).await? {
             Some(keyed) => Ok(keyed),
             None => Err(QueryError::Unavailable(reason)),
@@ -434,10 +444,13 @@ async fn gathered<G: Gather>(
         .into_iter()
         .collect();
     let view = topic.cluster.view();
+    // A member that just could not be reached is passed over: its standbys give its part.
+    let passed_over = |m: &Member| state.standby_replicas > 0 && state.forwarder.is_suspect(m);
     let remote = view
         .members
         .iter()
         .filter(|m| m.replica_id != state.replica_id && !m.partitions.is_empty())
+        .filter(|m| !passed_over(m))
         .map(|member| {
             let (path, headers) = (&path, &headers);
             async move {

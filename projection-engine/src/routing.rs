@@ -2,7 +2,9 @@
 //! once at the owner. A forwarded request carries `Forwarded-By` and is never forwarded again,
 //! and a replica never forwards to itself: both guard against the dead loop of stale metadata.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
@@ -67,7 +69,13 @@ pub struct ForwardError {
 pub struct Forwarder {
     timeout: Duration,
     self_id: String,
+    /// Replicas a forward could not reach or timed out on, until when they are passed over
+    /// where a standby can answer instead: a hung owner costs one timeout, not one per query.
+    suspects: Arc<RwLock<HashMap<String, Instant>>>,
 }
+
+/// How long a replica that could not be reached is passed over for a standby.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(5);
 
 thread_local! {
     static CLIENT: std::cell::OnceCell<reqwest::Client> = const { std::cell::OnceCell::new() };
@@ -78,6 +86,36 @@ impl Forwarder {
         Self {
             timeout,
             self_id: self_id.to_owned(),
+            suspects: Arc::default(),
+        }
+    }
+
+    /// Whether a forward to `member` failed to connect or timed out within [`SUSPECT_FOR`].
+    pub fn is_suspect(&self, member: &Member) -> bool {
+        let Ok(suspects) = self.suspects.read() else {
+            return false;
+        };
+        suspects
+            .get(&member.replica_id)
+            .is_some_and(|until| Instant::now() < *until)
+    }
+
+    fn note(&self, member: &Member, outcome: &Result<reqwest::Response, reqwest::Error>) {
+        let unreachable = outcome
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.is_connect() || e.is_timeout());
+        if unreachable {
+            if let Ok(mut suspects) = self.suspects.write() {
+                suspects.insert(member.replica_id.clone(), Instant::now() + SUSPECT_FOR);
+            }
+        } else if self
+            .suspects
+            .read()
+            .is_ok_and(|s| s.contains_key(&member.replica_id))
+            && let Ok(mut suspects) = self.suspects.write()
+        {
+            suspects.remove(&member.replica_id);
         }
     }
 
@@ -112,7 +150,9 @@ impl Forwarder {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        request.send().await.map_err(|source| ForwardError {
+        let outcome = request.send().await;
+        self.note(member, &outcome);
+        outcome.map_err(|source| ForwardError {
             replica: member.replica_id.clone(),
             source,
         })

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -247,8 +248,15 @@ async fn owners_of_partition(http: &reqwest::Client, replica: &Replica, partitio
 async fn a_forwarded_query_for_a_partition_not_owned_is_a_503_not_a_loop() {
     let commands = Commands::spawn().await;
     let group = group();
-    let a = Replica::spawn(&commands.topic, &group, "replica-a").await;
-    let b = Replica::spawn(&commands.topic, &group, "replica-b").await;
+    // Without standbys: a standby would answer the forwarded query (`standby` tests).
+    let spawn = |id: &'static str| {
+        let data = Arc::new(tempfile::tempdir().unwrap());
+        let mut config = Replica::config(&commands.topic, &group, id, &data);
+        config.standby_replicas = 0;
+        Replica::spawn_with(config, data)
+    };
+    let a = spawn("replica-a").await;
+    let b = spawn("replica-b").await;
     let http = client();
     wait_settled(&http, &[&a, &b]).await;
     // Find a partition b does not own and send b a request "forwarded" from a stale view.
@@ -572,7 +580,7 @@ async fn after_kill_9_of_a_replica_the_survivors_answer_every_key() {
 
 /// Two replica processes in one group, both owning partitions and ready, and the id of an
 /// order the second one owns, as the first one sees it.
-async fn asker_and_owner(
+pub(crate) async fn asker_and_owner(
     commands: &Commands,
     settings: &[(&str, &str)],
 ) -> (ReplicaProcess, ReplicaProcess, String) {
@@ -657,6 +665,8 @@ async fn a_forward_to_a_hung_owner_ends_at_the_forward_timeout() {
         ("QUERY_SESSION_TIMEOUT_MS", "45000"),
         ("QUERY_FORWARD_TIMEOUT_MS", "2000"),
         ("QUERY_CONSISTENCY_WAIT_MS", "1000"),
+        // Without standbys: with them, the standby answers (`standby` tests).
+        ("QUERY_STANDBY_REPLICAS", "0"),
     ];
     let (asker, owner, owned) = asker_and_owner(&commands, &settings).await;
 

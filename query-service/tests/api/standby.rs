@@ -319,3 +319,74 @@ async fn a_rolling_restart_of_two_replicas_fails_no_get_and_moves_no_partition()
     b.stop().await;
     commands.stop().await;
 }
+
+/// An owner that hangs (SIGSTOP: its connections accept, nothing answers) costs its keys one
+/// forward timeout: the standby answers that query, and the next ones at once, until the owner
+/// answers again.
+#[tokio::test]
+async fn a_hung_owner_costs_one_forward_timeout_then_its_standby_answers() {
+    let commands = Commands::spawn().await;
+    let http = client();
+    let settings = [
+        // The group keeps the stopped replica's partitions where they are throughout.
+        ("QUERY_SESSION_TIMEOUT_MS", "45000"),
+        ("QUERY_FORWARD_TIMEOUT_MS", "2000"),
+        ("QUERY_CONSISTENCY_WAIT_MS", "1000"),
+    ];
+    let (asker, owner, owned) = crate::end_to_end::asker_and_owner(&commands, &settings).await;
+    wait_warm(&http, &asker.address).await;
+    let url = format!("{}/orders/{owned}", asker.address);
+
+    let pid = owner.child.id().to_string();
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let timed = |started: Instant| started.elapsed();
+    let started = Instant::now();
+    let first = http.get(&url).send().await.unwrap();
+    let first_took = timed(started);
+    let started = Instant::now();
+    let second = http.get(&url).send().await.unwrap();
+    let second_took = timed(started);
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    for (answer, took) in [(&first, first_took), (&second, second_took)] {
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.headers()["served-by"], asker.id.as_str());
+        assert!(answer.headers().contains_key("standby-lag"), "{answer:?}");
+        assert!(
+            answer.headers()["standby-position"]
+                .to_str()
+                .unwrap()
+                .starts_with(&commands.topic),
+            "{answer:?}"
+        );
+        assert!(took < Duration::from_secs(6), "{took:?}");
+    }
+    assert!(
+        first_took >= Duration::from_millis(1_900),
+        "the owner was asked first, until the forward timeout: {first_took:?}"
+    );
+    assert!(
+        second_took < Duration::from_secs(1),
+        "the hung owner is passed over for a while: {second_took:?}"
+    );
+    // Once it answers again, the owner is asked again.
+    eventually(
+        Duration::from_secs(30),
+        "the owner to answer again",
+        || async {
+            http.get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200 && r.headers()["served-by"] == owner.id.as_str())
+        },
+    )
+    .await;
+    drop(owner);
+    drop(asker);
+    commands.stop().await;
+}
