@@ -10,6 +10,7 @@
 //!   first, so a missing piece fails in seconds, not minutes into a build).
 
 mod bench;
+mod chaos;
 mod compose;
 mod layers;
 mod load;
@@ -74,6 +75,9 @@ enum Task {
     /// Run a benchmark (release builds, private broker) and print its figures.
     #[command(subcommand)]
     Bench(Bench),
+    /// Inject each fault (kill -9, SIGSTOP, restarts, a broker or the registry down, a leader
+    /// killed) under load into a stack of release binaries; print what failed and what was lost.
+    Chaos(chaos::ChaosArgs),
     /// Start a report on a query replica, follow its progress, print its table.
     Report(report::ReportArgs),
     /// Run every test against an ephemeral Kafka and schema registry.
@@ -132,6 +136,7 @@ fn run(ws: &Workspace, command: Task, interrupted: &AtomicBool) -> anyhow::Resul
             brokers,
         } => dev(ws, wipe, infra_only, brokers, interrupted),
         Task::Test { cargo_args } => test(ws, &cargo_args),
+        Task::Chaos(args) => chaos::run(ws, &args).map(|()| ExitCode::SUCCESS),
         // The load generator must not be the bottleneck: an unoptimised build of it (reqwest,
         // hyper, tokio) takes most of a core at a few thousand requests/s.
         Task::Bench(_) if cfg!(debug_assertions) => rerun_optimised(ws),
