@@ -308,10 +308,20 @@ impl PartitionTable {
         }
     }
 
-    /// Records the end of committed data of a partition, from the consumer's statistics.
-    fn stable_end(&self, partition: i32, end: i64) {
+    /// Records the end of committed data of a partition, from the statistics of the consumer
+    /// that applies it here: the runner's (`standby` false) for an owned partition, the
+    /// standby's reader's for one kept warm. Each consumer also reports partitions it no
+    /// longer reads, with the end it last saw; those are not taken.
+    fn stable_end(&self, partition: i32, end: i64, standby: bool) {
+        let applies = |state: &PartitionState| {
+            if standby {
+                state.standby.load(Ordering::Acquire)
+            } else {
+                state.owned.load(Ordering::Acquire)
+            }
+        };
         if let Some(state) = self.get(partition)
-            && Self::applying(state)
+            && applies(state)
             && end >= 0
         {
             state.stable_end.store(end, Ordering::Release);
@@ -438,7 +448,9 @@ impl ClientContext for RebalanceContext {
             }
             if let Some(topic) = statistics.topics.get(name) {
                 for (partition, stats) in &topic.partitions {
-                    table.stable_end(*partition, stats.ls_offset);
+                    if stats.fetch_state == "active" {
+                        table.stable_end(*partition, stats.ls_offset, !self.member);
+                    }
                 }
             }
         }
@@ -1063,15 +1075,38 @@ mod tests {
         let table = PartitionTable::new(1);
         table.assigned(0, 5);
         assert_eq!(table.lag(0), None);
-        table.stable_end(0, 12);
+        table.stable_end(0, 12, false);
         assert_eq!(table.lag(0), Some(7));
         table.applied_to(0, 13);
         assert_eq!(table.lag(0), Some(0));
         // Statistics for a partition no longer owned are not taken.
         table.revoked(0);
-        table.stable_end(0, 100);
+        table.stable_end(0, 100, false);
         assert_eq!(table.lag(0), Some(0));
         assert_eq!(table.lag(7), None, "no such partition");
+    }
+
+    #[test]
+    fn a_standby_takes_the_end_of_its_partitions_from_its_own_reader_only() {
+        let table = PartitionTable::new(2);
+        table.assigned(0, 5);
+        table.standby_started(1, 3);
+        assert!(table.holds_standby(1) && !table.holds_standby(0));
+        // The runner's statistics still list partition 1 with an end it saw long ago.
+        table.stable_end(1, 4, false);
+        assert_eq!(table.lag(1), None, "not the runner's to report");
+        table.stable_end(1, 9, true);
+        assert_eq!(table.lag(1), Some(6));
+        table.stable_end(0, 99, true);
+        assert_eq!(table.lag(0), None, "not the standby's to report");
+        // Assigned to the runner, it is no longer the standby's.
+        table.assigned(1, 9);
+        assert!(!table.holds_standby(1) && table.owns(1));
+        table.standby_started(0, 0);
+        assert!(
+            !table.holds_standby(0),
+            "an owned partition is never a standby"
+        );
     }
 
     #[test]

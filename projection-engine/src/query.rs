@@ -70,6 +70,28 @@ fn part_route<G: Gather>() -> Route {
 pub struct Partial<P> {
     pub partitions: Vec<i32>,
     pub part: P,
+    /// Set when the part was read from partitions kept warm, their owner unable to answer:
+    /// the most committed records any of them has not applied, -1 if that is not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_lag: Option<i64>,
+}
+
+/// The worse of two standby lags (an unknown one, -1, is the worst).
+fn worse_lag(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(-1), _) | (_, Some(-1)) => Some(-1),
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+fn lag_text(lag: i64) -> String {
+    if lag < 0 {
+        "unknown".to_owned()
+    } else {
+        lag.to_string()
+    }
 }
 
 /// A query's key, checked by the command side's identifier rule: what it refuses cannot have
@@ -134,10 +156,7 @@ fn mark_standby(
     partition: i32,
 ) {
     let table = &topic.table;
-    let lag = table
-        .lag(partition)
-        .map_or_else(|| "unknown".to_owned(), |lag| lag.to_string());
-    response.insert_header((STANDBY_LAG, lag));
+    response.insert_header((STANDBY_LAG, lag_text(table.lag(partition).unwrap_or(-1))));
     let applied = table.applied(partition);
     if applied > 0 {
         response.insert_header((
@@ -254,19 +273,9 @@ async fn standby_answer<'a>(
     } else {
         holders
     };
-    for member in candidates {
-        if member.replica_id == state.replica_id
-            || failed.is_some_and(|f| f.replica_id == member.replica_id)
-        {
-            continue;
-        }
-        if let Ok(answer) = forward_request(state, member, request).await
-            && answer.status() != StatusCode::SERVICE_UNAVAILABLE
-        {
-            return Ok(Some(Keyed::Relayed(answer)));
-        }
-    }
-    Ok(None)
+    Ok(ask_standbys(state, request, candidates.into_iter(), failed)
+        .await
+        .map(Keyed::Relayed))
 }
 
 /// `GET` a [`Lookup`]'s key: from the store where its partition is served, else from its owner.
@@ -285,8 +294,54 @@ async fn lookup<L: Lookup>(
         Some(json) => Ok(answered(&state, &owner)
             .content_type(header::ContentType::json())
             .body(json)),
-        None => Err(absent::<L>(&state, &owner)),
+        None => match missed_here(&state, &owner, &request).await {
+            Some(answer) => Ok(answer),
+            None => Err(absent::<L>(&state, &owner)),
+        },
     }
+}
+
+/// A key missing from a partition this replica has just taken over and is still catching up:
+/// a replica that kept the partition warm (a standby, or its former owner, for a while after
+/// the move) may hold it. Asked once each; none if none answers.
+async fn missed_here(
+    state: &Serving,
+    owner: &Owner<'_>,
+    request: &HttpRequest,
+) -> Option<HttpResponse> {
+    let (table, partition) = (&owner.topic.table, owner.partition);
+    if owner.standby
+        || table.serves(partition)
+        || is_forwarded(request)
+        || state.standby_replicas == 0
+    {
+        return None;
+    }
+    let view = owner.topic.cluster.view();
+    ask_standbys(state, request, view.members.iter(), None).await
+}
+
+/// Forwards `request` to each of `candidates` (never this replica, nor `failed`) until one
+/// answers other than `503`.
+async fn ask_standbys<'m>(
+    state: &Serving,
+    request: &HttpRequest,
+    candidates: impl Iterator<Item = &'m Member>,
+    failed: Option<&Member>,
+) -> Option<HttpResponse> {
+    for member in candidates {
+        if member.replica_id == state.replica_id
+            || failed.is_some_and(|f| f.replica_id == member.replica_id)
+        {
+            continue;
+        }
+        if let Ok(answer) = forward_request(state, member, request).await
+            && answer.status() != StatusCode::SERVICE_UNAVAILABLE
+        {
+            return Some(answer);
+        }
+    }
+    None
 }
 
 /// `GET` a [`Join`]'s key: its owner reads the key and joins it with the gather.
@@ -300,11 +355,20 @@ async fn join<J: Join>(
         Keyed::Relayed(answer) => return Ok(answer),
     };
     let Some(found) = J::read(&state.views::<J::Model>(), &owner.key)? else {
-        return Err(absent::<J>(&state, &owner));
+        return match missed_here(&state, &owner, &request).await {
+            Some(answer) => Ok(answer),
+            None => Err(absent::<J>(&state, &owner)),
+        };
     };
-    let gathered =
+    let (gathered, standby_lag) =
         gathered::<J::Gather>(&state, owner.served, &owner.key, &(), owner.token.as_ref()).await?;
-    Ok(answered(&state, &owner).json(J::join(found, gathered)))
+    let mut response = answered(&state, &owner);
+    if let Some(lag) = standby_lag
+        && !owner.standby
+    {
+        response.insert_header((STANDBY_LAG, lag_text(lag)));
+    }
+    Ok(response.json(J::join(found, gathered)))
 }
 
 /// A gather's request, checked.
@@ -340,8 +404,13 @@ async fn gather<G: Gather>(
 ) -> Result<HttpResponse, QueryError> {
     let asked = gather_request::<G>(&request, key, &state)?;
     let token = asked.token.as_ref();
-    let answer = gathered::<G>(&state, asked.served, &asked.key, &asked.params, token).await?;
-    Ok(answered_here(&state).json(answer))
+    let (answer, standby_lag) =
+        gathered::<G>(&state, asked.served, &asked.key, &asked.params, token).await?;
+    let mut response = answered_here(&state);
+    if let Some(lag) = standby_lag {
+        response.insert_header((STANDBY_LAG, lag_text(lag)));
+    }
+    Ok(response.json(answer))
 }
 
 /// `GET` this replica's part of a [`Gather`], for the replica that merges.
@@ -353,15 +422,18 @@ async fn part_here<G: Gather>(
     let asked = gather_request::<G>(&request, key, &state)?;
     let topic = asked.served.topic(G::TOPIC)?;
     wait_for_on(&state, topic, asked.token.as_ref()).await?;
-    let partitions = match request.headers().get(STANDBY_PARTITIONS) {
+    let (partitions, standby) = match request.headers().get(STANDBY_PARTITIONS) {
         // The merging replica asks for partitions whose owner did not answer.
-        Some(value) => standby_partitions(value)?
-            .into_iter()
-            .filter(|p| applying(&topic.table, *p))
-            .collect(),
-        None => served_partitions(&topic.table),
+        Some(value) => {
+            let partitions = standby_partitions(value)?
+                .into_iter()
+                .filter(|p| applying(&topic.table, *p))
+                .collect();
+            (partitions, true)
+        }
+        None => (served_partitions(&topic.table), false),
     };
-    let part = local_part::<G>(&state, topic, asked.key, asked.params, partitions).await?;
+    let part = local_part::<G>(&state, topic, asked.key, asked.params, partitions, standby).await?;
     Ok(answered_here(&state).json(part))
 }
 
@@ -418,19 +490,20 @@ fn absent<K: shared_events::query::Keyed>(state: &Serving, owner: &Owner<'_>) ->
 
 /// The gather's answer over every partition of its topic: this replica's part and every other
 /// member's, or a retryable `503` if some partition had no owner that answered or two did.
+/// With it, the worst lag of the parts standbys gave, if any did.
 async fn gathered<G: Gather>(
     state: &Serving,
     served: &Served,
     key: &str,
     params: &G::Params,
     token: Option<&ConsistencyToken>,
-) -> Result<G::Answer, QueryError> {
+) -> Result<(G::Answer, Option<i64>), QueryError> {
     let topic = served.topic(G::TOPIC)?;
     // Only a token of the gathered topic is passed on: its partition's owner waits for it.
     let token = token.filter(|t| t.topic == topic.name);
     wait_for_on(state, topic, token).await?;
     let owned = served_partitions(&topic.table);
-    let local = local_part::<G>(state, topic, key.to_owned(), params.clone(), owned).await?;
+    let local = local_part::<G>(state, topic, key.to_owned(), params.clone(), owned, false).await?;
     let mut path = internal_path(G::PATH).replacen(path_parameter(G::PATH), key, 1);
     let query = G::query_string(params);
     if !query.is_empty() {
@@ -477,8 +550,11 @@ async fn gathered<G: Gather>(
         let found = standby_parts::<G>(state, topic, key, params, &path, &headers, missing).await?;
         parts.extend(found);
     }
+    let standby_lag = parts
+        .iter()
+        .fold(None, |worst, part| worse_lag(worst, part.standby_lag));
     let parts = covering(parts, topic.table.count(), &topic.name)?;
-    Ok(G::merge(key, params, parts))
+    Ok((G::merge(key, params, parts), standby_lag))
 }
 
 /// Asks a replica's part for these partitions, which it keeps warm: a comma-separated list.
@@ -529,7 +605,8 @@ async fn standby_parts<G: Gather>(
     let mut parts = Vec::new();
     if !here.is_empty() {
         state.metrics.standby_answers.inc();
-        parts.push(local_part::<G>(state, topic, key.to_owned(), params.clone(), here).await?);
+        let part = local_part::<G>(state, topic, key.to_owned(), params.clone(), here, true);
+        parts.push(part.await?);
     }
     let view = topic.cluster.view();
     let mut asked: std::collections::BTreeMap<&str, (&Member, Vec<i32>)> = Default::default();
@@ -623,8 +700,17 @@ async fn local_part<G: Gather>(
     key: String,
     params: G::Params,
     partitions: Vec<i32>,
+    standby: bool,
 ) -> Result<Partial<G::Part>, QueryError> {
     let table = std::sync::Arc::clone(&topic.table);
+    let standby_lag = standby.then(|| {
+        partitions
+            .iter()
+            .fold(None, |worst, p| {
+                worse_lag(worst, Some(table.lag(*p).unwrap_or(-1)))
+            })
+            .unwrap_or(0)
+    });
     let store = std::sync::Arc::clone(&state.store);
     let serving = partitions.clone();
     let part = web::block(move || {
@@ -642,7 +728,11 @@ async fn local_part<G: Gather>(
     })
     .await
     .map_err(|_| QueryError::Unavailable("the store is busy".into()))??;
-    Ok(Partial { partitions, part })
+    Ok(Partial {
+        partitions,
+        part,
+        standby_lag,
+    })
 }
 
 /// Forwards `request` (its path, query and consistency token) to `owner` and relays the answer.
@@ -730,6 +820,7 @@ mod tests {
         Partial {
             partitions: partitions.to_vec(),
             part: n,
+            standby_lag: None,
         }
     }
 
@@ -749,6 +840,17 @@ mod tests {
         );
         // An empty part (a replica that serves nothing yet) changes nothing.
         assert!(covering(vec![part(&[0, 1, 2], 1), part(&[], 0)], 3, "t").is_ok());
+    }
+
+    #[test]
+    fn a_gather_says_the_worst_lag_of_its_standby_parts() {
+        assert_eq!(worse_lag(None, None), None, "no standby part");
+        assert_eq!(worse_lag(None, Some(3)), Some(3));
+        assert_eq!(worse_lag(Some(5), Some(3)), Some(5));
+        assert_eq!(worse_lag(Some(-1), Some(3)), Some(-1), "unknown is worst");
+        assert_eq!(worse_lag(Some(7), Some(-1)), Some(-1));
+        assert_eq!(lag_text(-1), "unknown");
+        assert_eq!(lag_text(0), "0");
     }
 
     #[test]

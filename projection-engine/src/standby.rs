@@ -145,6 +145,12 @@ impl Standby {
                     }
                     continue;
                 }
+                if self.held.contains_key(&key) && !table.holds_standby(partition) {
+                    // The runner took it and gave it back between two looks: its records are
+                    // skipped, and its reader's position is the old one. Read it again.
+                    self.held.remove(&key);
+                    let _ = stop.add_partition(topic, partition);
+                }
                 let wanted = mine.contains(&partition);
                 let lost = self.owned_before.contains(&key);
                 match self.held.get(&key).copied() {
@@ -181,14 +187,17 @@ impl Standby {
         if stop.count() > 0 {
             tracing::info!(partitions = ?names(&stop), "no longer kept warm");
             if let Err(error) = self.consumer.incremental_unassign(&stop) {
-                tracing::warn!(%error, "could not stop reading standby partitions");
+                // The reader's assignment and `held` disagree: start over on the next look.
+                tracing::warn!(%error, "could not stop reading standby partitions; starting over");
+                self.reset(tables);
+                return;
             }
         }
         if start.count() > 0 {
             tracing::info!(partitions = ?names(&start), "kept warm as a standby");
             if let Err(error) = self.consumer.incremental_assign(&start) {
-                // Marked held but not read: they are tried again after a reset.
-                tracing::warn!(%error, "could not start reading standby partitions");
+                tracing::warn!(%error, "could not start reading standby partitions; starting over");
+                self.reset(tables);
             }
         }
     }

@@ -422,7 +422,9 @@ impl Application {
             rebuild_max_events_per_second: config.rebuild_max_events_per_second,
             standby_replicas: config.standby_replicas,
             replica_id: replica_id.clone(),
-            static_membership: config.static_membership,
+            // A static member's id must be the same across restarts and unique in the group: the
+            // default id (`query-<port>`) is neither across hosts.
+            static_membership: config.static_membership && config.replica_id.is_some(),
         };
         // The projections' threads stop together, on one token.
         let shutdown = CancellationToken::new();

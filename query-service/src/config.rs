@@ -114,9 +114,10 @@ pub struct Config {
     /// off; with one replica there is nothing to keep.
     #[arg(long, env = "QUERY_STANDBY_REPLICAS", default_value_t = 1)]
     pub standby_replicas: usize,
-    /// Static group membership (`group.instance.id` = the replica id): a replica restarted
-    /// within the session timeout gets its own partitions back and nothing else moves. Its
-    /// partitions stay its own while it is down (standbys answer for them meanwhile).
+    /// Static group membership (`group.instance.id` = the replica id, so only with an explicit
+    /// `--replica-id`): a replica restarted within the session timeout gets its own partitions
+    /// back and nothing else moves. Its partitions stay its own while it is down (standbys
+    /// answer for them meanwhile). Two replicas given one id fence each other.
     #[arg(long, env = "QUERY_STATIC_MEMBERSHIP", default_value_t = true, action = clap::ArgAction::Set)]
     pub static_membership: bool,
     /// How often the group's partition ownership is re-read between rebalances, in milliseconds.
