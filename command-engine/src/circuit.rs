@@ -2,8 +2,10 @@
 //! `503` with `Retry-After` at once instead of waiting for a commit that cannot happen.
 //!
 //! A thread asks the cluster for its metadata every `every`; two failed probes in a row open
-//! the circuit, one answered probe closes it. Commands already queued when it opens are not
-//! touched: their transactions end (or resolve) as they would have.
+//! the circuit, one answered probe closes it. Commands already queued when it opens keep their
+//! place: their transactions end (or resolve) as they would have, and the aggregate stays
+//! locked until then; but their requests stop waiting and answer at once that the outcome is
+//! not known yet ([`BrokerCircuit::opened`]), rather than at the request timeout.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +22,8 @@ const FAILURES_TO_OPEN: u32 = 2;
 pub struct BrokerCircuit {
     open: AtomicBool,
     stopping: AtomicBool,
+    /// The same state, for requests waiting for it to open.
+    changed: tokio::sync::watch::Sender<bool>,
 }
 
 impl BrokerCircuit {
@@ -39,6 +43,7 @@ impl BrokerCircuit {
         let circuit = Arc::new(Self {
             open: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            changed: tokio::sync::watch::channel(false).0,
         });
         let watched = Arc::clone(&circuit);
         let thread = std::thread::Builder::new()
@@ -57,19 +62,32 @@ impl BrokerCircuit {
         self.open.load(Ordering::Acquire)
     }
 
+    /// Resolves once Kafka is known to be unreachable (at once if it is now).
+    pub async fn opened(&self) {
+        let mut changed = self.changed.subscribe();
+        // The sender lives as long as `self`: the wait ends only by opening.
+        let _ = changed.wait_for(|open| *open).await;
+    }
+
+    fn set(&self, open: bool) -> bool {
+        let was = self.open.swap(open, Ordering::AcqRel);
+        self.changed.send_replace(open);
+        was
+    }
+
     fn watch(&self, probe: &BaseConsumer, every: Duration, probe_timeout: Duration) {
         let mut failures = 0;
         while !self.stopping.load(Ordering::Acquire) {
             match probe.fetch_metadata(None, probe_timeout) {
                 Ok(_) => {
                     failures = 0;
-                    if self.open.swap(false, Ordering::AcqRel) {
+                    if self.set(false) {
                         tracing::info!("Kafka is reachable again; taking commands");
                     }
                 }
                 Err(error) => {
                     failures += 1;
-                    if failures >= FAILURES_TO_OPEN && !self.open.swap(true, Ordering::AcqRel) {
+                    if failures >= FAILURES_TO_OPEN && !self.set(true) {
                         tracing::warn!(%error, "Kafka is unreachable; refusing commands until it is back");
                     }
                 }

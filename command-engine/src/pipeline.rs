@@ -236,10 +236,20 @@ async fn execute<A: Aggregate>(
         (refused.on_outcome)(Err(CommitError::Aborted(refused.reason.to_string())));
         return Err(refused.reason.into());
     }
+    // Kafka lost while the command waits: its batch may yet commit (or may have), so the
+    // answer is that the outcome is not known yet, now rather than at the request timeout. The
+    // settlement still holds the aggregate and the key until the batch's fate is known.
+    let outcome = async {
+        tokio::select! {
+            outcome = outcome => Some(outcome),
+            () = engine.circuit.opened() => None,
+        }
+    };
     match timeout_at(deadline, outcome).await {
-        Ok(Ok(Ok(receipt))) => Ok(respond::<A>(lane, &receipt, false)),
-        Ok(Ok(Err(error))) => Err(error.into()),
-        Ok(Err(_)) => Err(ApiError::ShuttingDown),
+        Ok(Some(Ok(Ok(receipt)))) => Ok(respond::<A>(lane, &receipt, false)),
+        Ok(Some(Ok(Err(error)))) => Err(error.into()),
+        Ok(Some(Err(_))) => Err(ApiError::ShuttingDown),
+        Ok(None) => Err(ApiError::KafkaLost),
         Err(_) => Err(ApiError::CommitTimeout(engine.request_timeout)),
     }
 }

@@ -33,6 +33,10 @@ pub enum ApiError {
     CommitTimeout(std::time::Duration),
     #[error("Kafka is unreachable; nothing was written")]
     KafkaUnreachable,
+    #[error(
+        "Kafka became unreachable while the event waited for its commit: it may yet be committed; retry with the same Idempotency-Key to learn the outcome"
+    )]
+    KafkaLost,
     #[error("the event could not be encoded: {0}")]
     Encode(#[source] shared_events::WireError),
     #[error("`{id}` is not a valid {aggregate} id: {reason}")]
@@ -234,7 +238,7 @@ impl ApiError {
             Self::UnsupportedMediaType => &UNSUPPORTED_MEDIA_TYPE,
             Self::Saturated => &SATURATED,
             Self::ShuttingDown => &SHUTTING_DOWN,
-            Self::Commit(_) | Self::CommitTimeout(_) => &KAFKA_UNAVAILABLE,
+            Self::Commit(_) | Self::CommitTimeout(_) | Self::KafkaLost => &KAFKA_UNAVAILABLE,
             Self::KafkaUnreachable => &KAFKA_UNREACHABLE,
             Self::Encode(_) => &REGISTRY_UNAVAILABLE,
             Self::BadId { .. } => &INVALID_ID,

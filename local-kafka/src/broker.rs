@@ -22,6 +22,16 @@ pub struct KafkaConfig {
     pub secured: Option<SecuredListener>,
     /// This node's place in a cluster of several; none for a single node.
     pub cluster: Option<Membership>,
+    /// A plaintext listener whose clients are told to connect somewhere else, where a proxy
+    /// forwards to it (so that every connection of those clients goes through the proxy).
+    pub proxied: Option<ProxiedListener>,
+}
+
+/// A listener on `port` that advertises `advertised_port`, where a proxy listens.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxiedListener {
+    pub port: u16,
+    pub advertised_port: u16,
 }
 
 /// A node's place in a cluster: its id, and every node's id and controller port.
@@ -57,6 +67,17 @@ impl KafkaConfig {
                 )
             }
             None => (String::new(), String::new(), "", String::new()),
+        };
+        let (listener, advertised, protocol) = match &self.proxied {
+            Some(proxied) => (
+                format!("{listener},PROXIED://127.0.0.1:{}", proxied.port),
+                format!(
+                    "{advertised},PROXIED://127.0.0.1:{}",
+                    proxied.advertised_port
+                ),
+                format!("{protocol},PROXIED:PLAINTEXT"),
+            ),
+            None => (listener, advertised, protocol.to_owned()),
         };
         let (node_id, voters, replication) = match &self.cluster {
             Some(cluster) => (
@@ -419,6 +440,7 @@ impl Cluster {
                     node_id,
                     voters: voters.clone(),
                 }),
+                proxied: None,
             })
             .collect()
     }

@@ -11,6 +11,6 @@ pub mod broker;
 pub mod process;
 pub mod secured;
 
-pub use broker::{Broker, Cluster, KafkaConfig, KafkaRuntime, Membership};
+pub use broker::{Broker, Cluster, KafkaConfig, KafkaRuntime, Membership, ProxiedListener};
 pub use process::Service;
 pub use secured::SecuredListener;

@@ -53,6 +53,7 @@ impl BenchStack {
             heap: "1g",
             secured: None,
             cluster: None,
+            proxied: None,
         };
         eprintln!("starting a private Kafka on {} ...", kafka.bootstrap());
         let broker = Broker::start(&runtime, kafka, &scratch.path().join("kafka.log"))?;

@@ -5,6 +5,7 @@
 //! looks for in the log afterwards. A command with figures, like the benchmarks, not a test.
 
 mod load;
+mod proxy;
 mod stack;
 
 use std::collections::HashMap;
@@ -48,9 +49,12 @@ enum Scenario {
     RegistryDown,
     /// kill -9 of the leader of a partition in a three-node cluster; orders placed throughout.
     LeaderKill,
+    /// 200 ms added each way between the services and Kafka for 10 s, then every connection
+    /// dropped three times; orders placed and read throughout.
+    Network,
 }
 
-const ALL: [Scenario; 8] = [
+const ALL: [Scenario; 9] = [
     Scenario::ReplicaKill,
     Scenario::RollingRestart,
     Scenario::ReplicaStop,
@@ -59,6 +63,7 @@ const ALL: [Scenario; 8] = [
     Scenario::BrokerKill,
     Scenario::RegistryDown,
     Scenario::LeaderKill,
+    Scenario::Network,
 ];
 
 /// One row of the table.
@@ -81,13 +86,18 @@ impl Row {
             || ("—".to_owned(), "—".to_owned()),
             |(l, t)| (l.to_string(), t.to_string()),
         );
+        let slowest = self
+            .seen
+            .slowest_failure()
+            .map_or_else(|| "—".to_owned(), |w| format!("{:.1} s", w.as_secs_f64()));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             self.fault,
             self.load,
             self.seen.requests,
             self.seen.failures.len(),
             window,
+            slowest,
             lost,
             twice,
             self.note
@@ -111,7 +121,7 @@ pub(crate) fn run(ws: &Workspace, args: &ChaosArgs) -> anyhow::Result<()> {
     let single: Vec<Scenario> = scenarios
         .iter()
         .copied()
-        .filter(|s| *s != Scenario::LeaderKill)
+        .filter(|s| !matches!(s, Scenario::LeaderKill | Scenario::Network))
         .collect();
     if !single.is_empty() {
         let mut stack = Stack::start(ws, 1)?;
@@ -135,11 +145,20 @@ pub(crate) fn run(ws: &Workspace, args: &ChaosArgs) -> anyhow::Result<()> {
             Err(error) => eprintln!("LeaderKill did not run to its end: {error:#}"),
         }
     }
+    if scenarios.contains(&Scenario::Network) {
+        eprintln!("--- Network");
+        let mut stack = Stack::start_with(ws, 1, true)?;
+        let topic = format!("chaos-network-{}", std::process::id());
+        match network(&runtime, &mut stack, &topic, args.clients) {
+            Ok(mut found) => rows.append(&mut found),
+            Err(error) => eprintln!("Network did not run to its end: {error:#}"),
+        }
+    }
     println!();
     println!(
-        "| fault | load | requests | failed | failure window | acknowledged lost | acknowledged twice | notes |"
+        "| fault | load | requests | failed | failure window | slowest failure | acknowledged lost | acknowledged twice | notes |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for row in &rows {
         row.print();
     }
@@ -169,7 +188,83 @@ fn run_scenario(
         }
         Scenario::RegistryDown => registry_down(runtime, stack, topic, clients),
         Scenario::LeaderKill => leader_kill(runtime, stack, topic, clients).map(|row| vec![row]),
+        Scenario::Network => network(runtime, stack, topic, clients),
     }
+}
+
+/// The services reach Kafka through a proxy: first slow, then cut.
+fn network(
+    runtime: &tokio::runtime::Runtime,
+    stack: &mut Stack,
+    topic: &str,
+    clients: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let proxied = stack
+        .proxied
+        .ok_or_else(|| anyhow::anyhow!("the stack has no proxied listener"))?;
+    let proxy = runtime.block_on(proxy::Proxy::start(
+        local_kafka::process::localhost(proxied.advertised_port),
+        local_kafka::process::localhost(proxied.port),
+    ))?;
+    let command = stack.command_service("command", topic)?;
+    let replica = stack.replica(REPLICAS[0], topic, &format!("{topic}-query"))?;
+    let ids = Arc::new(runtime.block_on(place(&command, 60))?);
+    runtime.block_on(wait_serving(std::slice::from_ref(&replica), &ids))?;
+    let mut rows = Vec::new();
+    let faults: [(&str, &dyn Fn()); 2] = [
+        (
+            "200 ms added each way between the services and Kafka for 10 s",
+            &|| {
+                proxy.set_latency(Duration::from_millis(200));
+                std::thread::sleep(Duration::from_secs(10));
+                proxy.set_latency(Duration::ZERO);
+            },
+        ),
+        (
+            "every Kafka connection of the services dropped, 3 times 2 s apart",
+            &|| {
+                for _ in 0..3 {
+                    proxy.drop_connections();
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+            },
+        ),
+    ];
+    for (fault, inject) in faults {
+        let writes = Load::start(
+            Requests::PlaceOrders,
+            vec![command.clone()],
+            clients / 2,
+            Duration::from_millis(10),
+        )?;
+        let reads = Load::start(
+            Requests::ReadOrders(Arc::clone(&ids)),
+            vec![replica.clone()],
+            clients / 2,
+            Duration::from_millis(5),
+        )?;
+        std::thread::sleep(Duration::from_secs(3));
+        inject();
+        std::thread::sleep(Duration::from_secs(10));
+        let (writes, reads) =
+            runtime.block_on(async { (writes.finish().await, reads.finish().await) });
+        let counts = log_counts(stack.bootstrap(), topic)?;
+        rows.push(Row {
+            fault: fault.into(),
+            load: format!("{} clients POST /orders", clients / 2),
+            lost_and_twice: Some(lost_and_twice(&writes.acknowledged, &counts)),
+            seen: writes,
+            note: String::new(),
+        });
+        rows.push(Row {
+            fault: fault.into(),
+            load: format!("{} clients GET /orders/{{id}}", clients / 2),
+            seen: reads,
+            lost_and_twice: None,
+            note: String::new(),
+        });
+    }
+    Ok(rows)
 }
 
 enum ReplicaFault {

@@ -258,6 +258,7 @@ fn dev(
             heap: "1g",
             secured: None,
             cluster: None,
+            proxied: None,
         };
         eprintln!("starting Kafka on {} ...", kafka.bootstrap());
         vec![Broker::start(&runtime, kafka, &logs.join("kafka.log"))?]
@@ -435,6 +436,7 @@ fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
             users: vec![(TEST_SASL_USER.to_owned(), test_sasl_password())],
         }),
         cluster: None,
+        proxied: None,
     };
     eprintln!("starting an ephemeral Kafka on {} ...", kafka.bootstrap());
     let runtime = KafkaRuntime::resolve(&ws.cache_dir().join("kafka-classpath"))?;

@@ -238,6 +238,137 @@ async fn a_broker_outage_answers_503_in_bounded_time_then_recovers() {
     drop(broker);
 }
 
+/// Commands waiting for their commit when the broker dies answer within a few seconds (the
+/// circuit opens), not at the request timeout: a `503` that says the outcome is not known yet.
+/// Every `2xx` among them is in the log once the broker is back.
+#[tokio::test]
+async fn commands_in_flight_when_the_broker_dies_answer_at_once_not_at_the_request_timeout() {
+    let (mut broker, _data) = private_broker().await;
+    let bootstrap = broker.bootstrap();
+    let mut config = config(&fresh_topic());
+    config.kafka = service_config::KafkaArgs::plain(bootstrap.clone());
+    config.kafka_timeout_ms = 5_000;
+    config.request_timeout_ms = 30_000;
+    let app = spawn_app_with(config).await;
+    place_until_created(
+        &app.client,
+        &app.address,
+        "in-flight-0",
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // Eight clients placing orders back to back; each answer with when it was sent and came.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|client| {
+            let (http, address, stop) = (
+                app.client.clone(),
+                app.address.clone(),
+                std::sync::Arc::clone(&stop),
+            );
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let key = format!("in-flight-{client}-{n}");
+                    let sent = Instant::now();
+                    let response =
+                        place_body_with_key(&http, &address, &key, order_body("c-flight")).await;
+                    let (status, body) = match response {
+                        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                        Err(e) => (0, e.to_string()),
+                    };
+                    answers.push((sent, Instant::now(), status, body));
+                }
+                answers
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed_at = Instant::now();
+    let mut broker = tokio::task::spawn_blocking(move || {
+        broker.kill();
+        broker
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answers = Vec::new();
+    for client in clients {
+        answers.extend(client.await.unwrap());
+    }
+    let in_flight: Vec<_> = answers
+        .iter()
+        .filter(|(sent, answered, _, _)| *sent < killed_at && *answered > killed_at)
+        .collect();
+    let slowest = answers
+        .iter()
+        .filter(|(_, answered, _, _)| *answered > killed_at)
+        .map(|(sent, answered, _, _)| *answered - (*sent).max(killed_at))
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "{} answers, {} in flight at the kill; the slowest after the kill took {slowest:?}",
+        answers.len(),
+        in_flight.len()
+    );
+    assert!(!in_flight.is_empty(), "the load had commands in flight");
+    assert!(
+        slowest < Duration::from_secs(5),
+        "a command waited {slowest:?} with the broker gone (the request timeout is 30 s)"
+    );
+    for (_, _, status, body) in &answers {
+        assert!(
+            *status == 201 || *status == 503,
+            "every answer is a commit or a retryable 503: {status} {body}"
+        );
+    }
+    assert!(
+        in_flight
+            .iter()
+            .any(|(_, _, _, body)| body.contains("urn:problem-type:kafka-unavailable")),
+        "a command caught waiting says its outcome is not known yet"
+    );
+
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.restart().unwrap();
+        broker
+    })
+    .await
+    .unwrap();
+    place_until_created(
+        &app.client,
+        &app.address,
+        "in-flight-after",
+        Duration::from_secs(60),
+    )
+    .await;
+    let counts = read_committed_from(&bootstrap, &app.topic)
+        .into_iter()
+        .fold(HashMap::<String, usize>::new(), |mut counts, record| {
+            *counts.entry(record.key).or_default() += 1;
+            counts
+        });
+    for (_, _, status, body) in &answers {
+        if *status == 201 {
+            let id = serde_json::from_str::<serde_json::Value>(body).unwrap()["order_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(
+                counts.get(&id),
+                Some(&1),
+                "acknowledged {id} once in the log"
+            );
+        }
+    }
+    app.stop().await;
+    drop(broker);
+}
+
 /// Waits until the command service answers `/health/live`.
 /// A broker of the test's own, to stop, freeze or restart; its data lives as long as the
 /// returned directory.
@@ -252,6 +383,7 @@ async fn private_broker() -> (Broker, tempfile::TempDir) {
         heap: "512m",
         secured: None,
         cluster: None,
+        proxied: None,
     };
     let log = data.path().join("kafka.log");
     let broker = tokio::task::spawn_blocking(move || Broker::start(&runtime, kafka, &log))

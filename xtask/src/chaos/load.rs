@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A failed request: when, and what.
+/// A failed request: when it was sent, when it ended, and what went wrong.
 #[derive(Debug, Clone)]
 pub(crate) struct Failure {
+    pub(crate) sent: Instant,
     pub(crate) at: Instant,
     pub(crate) what: String,
 }
@@ -24,11 +25,17 @@ pub(crate) struct Seen {
 }
 
 impl Seen {
-    /// From the first failure to the last, if any failed.
+    /// From the sending of the first request that failed to the end of the last one, if any
+    /// failed: how long clients saw failures.
     pub(crate) fn window(&self) -> Option<Duration> {
-        let first = self.failures.iter().map(|f| f.at).min()?;
+        let first = self.failures.iter().map(|f| f.sent).min()?;
         let last = self.failures.iter().map(|f| f.at).max()?;
         Some(last - first)
+    }
+
+    /// The longest a failed request waited for its answer.
+    pub(crate) fn slowest_failure(&self) -> Option<Duration> {
+        self.failures.iter().map(|f| f.at - f.sent).max()
     }
 
     /// The first success at or after `instant`.
@@ -98,6 +105,7 @@ impl Load {
                                 n => targets[turn % n].clone(),
                             }
                         };
+                        let sent = Instant::now();
                         let outcome = send(&http, &requests, &base, turn).await;
                         counter.fetch_add(1, Ordering::Relaxed);
                         if let Ok(mut seen) = seen.lock() {
@@ -107,6 +115,7 @@ impl Load {
                                     seen.acknowledged.extend(order);
                                 }
                                 Err(what) => seen.failures.push(Failure {
+                                    sent,
                                     at: Instant::now(),
                                     what,
                                 }),

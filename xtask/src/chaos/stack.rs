@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use local_kafka::process::{free_port, localhost};
-use local_kafka::{Broker, Cluster, KafkaConfig, KafkaRuntime, Service};
+use local_kafka::{Broker, Cluster, KafkaConfig, KafkaRuntime, ProxiedListener, Service};
 
 use crate::workspace::Workspace;
 
@@ -32,6 +32,10 @@ pub(crate) struct Stack {
     registry: Managed,
     pub(crate) brokers: Vec<Broker>,
     bootstrap: String,
+    /// Where the services reach Kafka: the brokers, or a proxy in front of them.
+    services_bootstrap: String,
+    /// The broker's proxied listener and the port its clients are sent to instead.
+    pub(crate) proxied: Option<ProxiedListener>,
 }
 
 impl Stack {
@@ -52,6 +56,20 @@ impl Stack {
     /// Kafka on `nodes` nodes (three: every topic has three copies, two acknowledge a write)
     /// and a registry.
     pub(crate) fn start(ws: &Workspace, nodes: usize) -> anyhow::Result<Self> {
+        Self::start_with(ws, nodes, false)
+    }
+
+    /// As [`Stack::start`]; with `proxied`, one node with a listener the services reach
+    /// through a proxy listening on `proxied.advertised_port` (which the caller starts).
+    pub(crate) fn start_with(ws: &Workspace, nodes: usize, proxied: bool) -> anyhow::Result<Self> {
+        let proxied = if proxied {
+            Some(ProxiedListener {
+                port: free_port()?,
+                advertised_port: free_port()?,
+            })
+        } else {
+            None
+        };
         let scratch = tempfile::Builder::new().prefix("xtask-chaos-").tempdir()?;
         let runtime = KafkaRuntime::resolve(&ws.cache_dir().join("kafka-classpath"))?;
         let brokers = if nodes > 1 {
@@ -70,6 +88,7 @@ impl Stack {
                 heap: "1g",
                 secured: None,
                 cluster: None,
+                proxied,
             };
             eprintln!("starting Kafka on {} ...", kafka.bootstrap());
             vec![Broker::start(
@@ -96,6 +115,10 @@ impl Stack {
         };
         let release = ws.target.join("release");
         launch(&release, scratch.path(), &mut registry)?;
+        let services_bootstrap = proxied.map_or_else(
+            || bootstrap.clone(),
+            |p| format!("127.0.0.1:{}", p.advertised_port),
+        );
         Ok(Self {
             scratch,
             release,
@@ -103,6 +126,8 @@ impl Stack {
             registry,
             brokers,
             bootstrap,
+            services_bootstrap,
+            proxied,
         })
     }
 
@@ -168,7 +193,7 @@ impl Stack {
         mut env: Vec<(String, String)>,
         port: u16,
     ) -> anyhow::Result<String> {
-        env.push(("KAFKA_BOOTSTRAP".into(), self.bootstrap.clone()));
+        env.push(("KAFKA_BOOTSTRAP".into(), self.services_bootstrap.clone()));
         env.push(("SCHEMA_REGISTRY_URL".into(), self.registry_url()));
         let mut managed = Managed {
             name: name.to_owned(),
