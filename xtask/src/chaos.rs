@@ -353,14 +353,7 @@ fn command_fault(
     clients: usize,
     scenario: Scenario,
 ) -> anyhow::Result<Row> {
-    let command = stack.command_service("command", topic)?;
-    let load = Load::start(
-        Requests::PlaceOrders,
-        vec![command],
-        clients,
-        Duration::from_millis(10),
-    )?;
-    std::thread::sleep(Duration::from_secs(3));
+    let load = placing_orders(stack, topic, clients)?;
     let faulted = Instant::now();
     let fault = match scenario {
         Scenario::CommandKill => {
@@ -458,14 +451,7 @@ fn leader_kill(
     topic: &str,
     clients: usize,
 ) -> anyhow::Result<Row> {
-    let command = stack.command_service("command", topic)?;
-    let load = Load::start(
-        Requests::PlaceOrders,
-        vec![command],
-        clients,
-        Duration::from_millis(10),
-    )?;
-    std::thread::sleep(Duration::from_secs(3));
+    let load = placing_orders(stack, topic, clients)?;
     let leader = partition_leader(stack.bootstrap(), topic, 0)?;
     let index = usize::try_from(leader - 1)?;
     anyhow::ensure!(index < stack.brokers.len(), "no node {leader}");
@@ -499,6 +485,19 @@ fn leader_kill(
         seen,
         note,
     })
+}
+
+/// A command service on `topic`, and `clients` placing orders on it for 3 s already.
+fn placing_orders(stack: &mut Stack, topic: &str, clients: usize) -> anyhow::Result<Load> {
+    let command = stack.command_service("command", topic)?;
+    let load = Load::start(
+        Requests::PlaceOrders,
+        vec![command],
+        clients,
+        Duration::from_millis(10),
+    )?;
+    std::thread::sleep(Duration::from_secs(3));
+    Ok(load)
 }
 
 /// Places `count` orders one by one; their ids.

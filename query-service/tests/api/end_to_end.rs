@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::helpers::{
     ADMIN_TOKEN, Commands, PARTITIONS, Replica, ReplicaProcess, client, delete_group, env,
-    eventually, order_body, post, start_process, start_process_with, wait_settled,
+    eventually, order_body, post, start_process, start_process_with, wait_ready, wait_settled,
 };
 
 fn group() -> String {
@@ -801,25 +801,111 @@ async fn sigterm_while_catching_up_stops_within_the_grace() {
     let backlog = BACKLOG as f64;
     assert!(applied < backlog, "caught up before the test could stop it");
 
+    let took = terminate(&mut replica).await;
+    eprintln!("SIGTERM after {applied} of {BACKLOG} events: stopped in {took:?}");
+    assert!(
+        took < Duration::from_millis(3_000 + 700),
+        "stopped in {took:?}, grace 3 s"
+    );
+    commands.stop().await;
+}
+
+/// Sends SIGTERM to `replica` and waits for it to exit; how long it took.
+async fn terminate(replica: &mut ReplicaProcess) -> Duration {
     let signalled = std::time::Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &replica.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &replica.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
     let exit = loop {
         if let Some(exit) = replica.child.try_wait().unwrap() {
             break exit;
         }
         assert!(
-            signalled.elapsed() < Duration::from_secs(10),
-            "the replica did not stop within 10 s of SIGTERM"
+            signalled.elapsed() < Duration::from_secs(30),
+            "{} did not stop within 30 s",
+            replica.id
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let took = signalled.elapsed();
-    eprintln!("SIGTERM after {applied} of {BACKLOG} events: stopped in {took:?} ({exit})");
-    assert!(exit.success(), "{exit}");
+    assert!(exit.success(), "{}: {exit}", replica.id);
+    signalled.elapsed()
+}
+
+/// SIGTERM while serving reads under load, and while a new member joins the group (a
+/// rebalance under way): each replica stops within its grace.
+#[tokio::test]
+async fn sigterm_while_serving_or_rebalancing_stops_within_the_grace() {
+    let commands = Commands::spawn().await;
+    let group = group();
+    let http = client();
+    let settings = [("QUERY_SHUTDOWN_GRACE_MS", "3000")];
+    let mut serving = start_process_with(&commands.topic, &group, "serving", &settings);
+    let mut ids = Vec::new();
+    for i in 0..12u32 {
+        let url = format!("{}/orders", commands.address);
+        ids.push(
+            post(&http, &url, &order_body("c-term", i + 1))
+                .await
+                .order_id,
+        );
+    }
+    for id in &ids {
+        let url = format!("{}/orders/{id}", serving.address);
+        eventually(Duration::from_secs(60), "every key answered", || async {
+            http.get(&url).send().await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, address, ids) = (
+            std::sync::Arc::clone(&stop),
+            serving.address.clone(),
+            ids.clone(),
+        );
+        tokio::spawn(async move {
+            let http = client();
+            let mut turn = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                turn += 1;
+                let _ = http
+                    .get(format!("{address}/orders/{}", ids[turn % ids.len()]))
+                    .send()
+                    .await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let took = terminate(&mut serving).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = load.await;
+    eprintln!("SIGTERM while serving: stopped in {took:?}");
+    assert!(
+        took < Duration::from_millis(3_000 + 700),
+        "stopped in {took:?}, grace 3 s"
+    );
+
+    let mut member = start_process_with(&commands.topic, &group, "member", &settings);
+    wait_ready(&member.address).await;
+    let joining = start_process_with(&commands.topic, &group, "joining", &settings);
+    // As soon as the new member is up, it is joining: the group rebalances around it.
+    eventually(
+        Duration::from_secs(60),
+        "the new member to start",
+        || async {
+            http.get(format!("{}/health/live", joining.address))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+    let took = terminate(&mut member).await;
+    eprintln!("SIGTERM while a member joins: stopped in {took:?}");
     assert!(
         took < Duration::from_millis(3_000 + 700),
         "stopped in {took:?}, grace 3 s"
@@ -854,28 +940,9 @@ async fn sigterm_while_forwarding_to_a_hung_owner_stops_within_the_grace() {
     // The read is in flight (forwarded, waiting) before the stop.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!read.is_finished());
-    let signalled = std::time::Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &asker.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let exit = loop {
-        if let Some(exit) = asker.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(30),
-            "no stop within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let took = signalled.elapsed();
+    let took = terminate(&mut asker).await;
     let _ = Command::new("kill").args(["-CONT", &pid]).status();
-    eprintln!("SIGTERM while forwarding: stopped in {took:?} ({exit})");
-    assert!(exit.success(), "{exit}");
+    eprintln!("SIGTERM while forwarding: stopped in {took:?}");
     assert!(
         took < Duration::from_millis(3_000 + 700),
         "stopped in {took:?}, grace 3 s"
