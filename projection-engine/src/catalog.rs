@@ -202,9 +202,19 @@ fn operation(
         "200".into(),
         json!({
             "description": "OK",
-            "headers": { "Served-By": {
-                "description": "The replica that answered", "schema": { "type": "string" }
-            } },
+            "headers": {
+                "Served-By": {
+                    "description": "The replica that answered", "schema": { "type": "string" }
+                },
+                "Standby-Lag": {
+                    "description": "Present when a standby answered because the owner of the key's partition could not (or, on a gather, a standby gave a partition's part): the committed records it has not applied yet, or `unknown`",
+                    "schema": { "type": "string" }
+                },
+                "Standby-Position": {
+                    "description": "Present when a standby answered for the key: its last applied position, as `topic:partition:offset` (a consistency token's form)",
+                    "schema": { "type": "string" }
+                }
+            },
             "content": { "application/json": { "schema": answer } }
         }),
     );
