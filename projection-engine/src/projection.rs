@@ -353,7 +353,7 @@ impl Tables {
             .map(|(_, table)| table)
     }
 
-    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<PartitionTable>> {
+    fn all(&self) -> impl Iterator<Item = &Arc<PartitionTable>> {
         self.0.iter().map(|(_, table)| table)
     }
 }

@@ -3,7 +3,8 @@
 //! the owner otherwise, and gathers every partition's part where the data is spread.
 //!
 //! Guarantees, and where they are kept:
-//! - "Not found" is said only by the key's owner, caught up with its partition ([`absent`]).
+//! - "Not found" is said only by the key's owner, caught up with its partition, or by a standby
+//!   with nothing committed left to apply that it knows of ([`absent`]).
 //! - A gathered answer covers every partition of its topic exactly once, or is a retryable
 //!   `503`: never a silently partial sum or list ([`gathered`]).
 //! - A `Consistency-Token` is waited for (bounded) by the owner of its partition, or the standby
@@ -144,12 +145,14 @@ fn answered_here(state: &Serving) -> actix_web::HttpResponseBuilder {
     response
 }
 
+/// On an answer a standby gave: the committed records it has not applied yet, or `unknown`.
+const STANDBY_LAG: &str = "standby-lag";
+/// On an answer a standby gave for a key: its last applied position.
+const STANDBY_POSITION: &str = "standby-position";
+
 /// Says how far a standby answering for `partition` of `topic` has applied it: its lag behind
 /// the end of committed data it knows of, and its last applied position (a consistency
 /// token's form, so a client can compare it with the token it holds).
-const STANDBY_LAG: &str = "standby-lag";
-const STANDBY_POSITION: &str = "standby-position";
-
 fn mark_standby(
     response: &mut actix_web::HttpResponseBuilder,
     topic: &ServedTopic,
