@@ -1,6 +1,8 @@
 //! Where a key's query is answered: here if this replica owns the key's partition, otherwise
-//! once at the owner. A forwarded request carries `Forwarded-By` and is never forwarded again,
-//! and a replica never forwards to itself: both guard against the dead loop of stale metadata.
+//! once at the owner (and, if the owner cannot answer, once at a standby: `query`). A forwarded
+//! request carries `Forwarded-By` and is never forwarded again, and a replica never forwards to
+//! itself: both guard against the dead loop of stale metadata. The [`Forwarder`] remembers for
+//! a few seconds the replicas it could not reach, so that their standbys answer meanwhile.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
