@@ -449,6 +449,11 @@ fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
     )?;
     registry.wait_http_ok(localhost(registry_port), "/health/live", HEALTH_TIMEOUT)?;
 
+    let mark = scratch
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut child = Command::new(cargo)
         .arg("test")
@@ -463,6 +468,8 @@ fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
             format!("http://127.0.0.1:{registry_port}"),
         )
         .env("INTEROP_PYTHON", &python)
+        // Inherited by every service the tests start: what this run may clean up after.
+        .env(RUN_MARK, &mark)
         .envs(secured_env(&kafka)?)
         .env("KAFKA_CLASSPATH", &runtime.classpath)
         .env("KAFKA_LOG4J_CONFIG", &runtime.log4j_config)
@@ -479,7 +486,7 @@ fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
         }
     }
     let status = child.wait()?;
-    let leftovers = leftover_services(ws, tests_started, &[registry.pid()]);
+    let leftovers = leftover_services(ws, tests_started, &mark);
 
     registry.stop(Duration::from_secs(10));
     broker.stop(Duration::from_secs(30));
@@ -541,9 +548,15 @@ fn process_start_ticks(pid: u32) -> Option<u64> {
     after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Processes of this workspace's service binaries that started after the tests did and are
-/// still running once they are over (but `keep`): what a test failed to stop. They are killed.
-fn leftover_services(ws: &Workspace, tests_started: u64, keep: &[u32]) -> Vec<String> {
+/// Marks the processes a test run starts (an environment variable they inherit), so that the
+/// run cleans up after its own tests only, never after another run's.
+const RUN_MARK: &str = "XTASK_TEST_RUN";
+
+/// Processes of this workspace's service binaries that this run's tests started (they carry
+/// its `mark`) and that are still running once they are over: what a test failed to stop.
+/// They are killed.
+fn leftover_services(ws: &Workspace, tests_started: u64, mark: &str) -> Vec<String> {
+    let ours = format!("{RUN_MARK}={mark}");
     let binaries: Vec<std::path::PathBuf> = ["command-service", "query-service", "schema-registry"]
         .iter()
         .filter_map(|name| ws.binary(name).canonicalize().ok())
@@ -560,7 +573,11 @@ fn leftover_services(ws: &Workspace, tests_started: u64, keep: &[u32]) -> Vec<St
         else {
             continue;
         };
-        if keep.contains(&pid) {
+        // Started by this run's tests (so never the registry it started itself), not by
+        // another run or by hand.
+        let marked = std::fs::read(entry.path().join("environ"))
+            .is_ok_and(|environ| environ.split(|b| *b == 0).any(|var| var == ours.as_bytes()));
+        if !marked {
             continue;
         }
         let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else {
