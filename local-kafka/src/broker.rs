@@ -49,6 +49,27 @@ impl Membership {
 }
 
 impl KafkaConfig {
+    /// One node on `port` (a broker and its own controller on `controller_port`), plaintext
+    /// only; set the other fields for a secured listener, a cluster or a proxy.
+    pub fn single(
+        data_dir: PathBuf,
+        port: u16,
+        controller_port: u16,
+        partitions: u32,
+        heap: &'static str,
+    ) -> Self {
+        Self {
+            data_dir,
+            port,
+            controller_port,
+            partitions,
+            heap,
+            secured: None,
+            cluster: None,
+            proxied: None,
+        }
+    }
+
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -430,17 +451,17 @@ impl Cluster {
         (1..)
             .zip(ports)
             .map(|(node_id, (port, controller_port))| KafkaConfig {
-                data_dir: data_dir.join(format!("node-{node_id}")),
-                port: *port,
-                controller_port: *controller_port,
-                partitions,
-                heap,
-                secured: None,
                 cluster: Some(Membership {
                     node_id,
                     voters: voters.clone(),
                 }),
-                proxied: None,
+                ..KafkaConfig::single(
+                    data_dir.join(format!("node-{node_id}")),
+                    *port,
+                    *controller_port,
+                    partitions,
+                    heap,
+                )
             })
             .collect()
     }

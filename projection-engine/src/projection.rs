@@ -743,26 +743,37 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Runner<P, D> {
         messages: &[rdkafka::message::BorrowedMessage<'_>],
         shutdown: &CancellationToken,
     ) -> bool {
-        let applier = Applier {
-            projection: &self.projection,
-            decoder: &self.decoder,
-            store: &self.store,
-            stats: &self.stats,
-        };
         let floor = |topic: &str, partition| {
             self.tables
                 .of(topic)
                 .map_or(0, |table| table.applied(partition))
         };
-        let generation = self.store.active(namespace::<P>());
-        let stalled = |stalled| self.set_stalled(stalled);
-        match applier
-            .stage(generation, messages, floor, stalled, shutdown)
-            .await
-        {
+        match self.stage(messages, &self.stats, floor, shutdown).await {
             Some(batch) => self.write(batch, messages),
             None => false,
         }
+    }
+
+    /// Stages `messages` into one batch of the serving generation, each record from `floor`
+    /// on, counted in `stats`. None if the runner must stop.
+    async fn stage(
+        &self,
+        messages: &[rdkafka::message::BorrowedMessage<'_>],
+        stats: &ProjectionStats,
+        floor: impl Fn(&str, i32) -> i64,
+        shutdown: &CancellationToken,
+    ) -> Option<StoreBatch> {
+        let applier = Applier {
+            projection: &self.projection,
+            decoder: &self.decoder,
+            store: &self.store,
+            stats,
+        };
+        let generation = self.store.active(namespace::<P>());
+        let stalled = |stalled| self.set_stalled(stalled);
+        applier
+            .stage(generation, messages, floor, stalled, shutdown)
+            .await
     }
 
     /// Brings the standby's partitions in line with the group's view, and moves their applied
@@ -790,17 +801,9 @@ impl<P: ReadModel + Clone, D: Decoder<P::Event>> Runner<P, D> {
             return true;
         }
         let messages = ready_batch(standby.consumer(), first).await;
-        let applier = Applier {
-            projection: &self.projection,
-            decoder: &self.decoder,
-            store: &self.store,
-            stats: &self.standby_stats,
-        };
         let floor = |topic: &str, partition| Standby::floor(&self.tables, topic, partition);
-        let generation = self.store.active(namespace::<P>());
-        let stalled = |stalled| self.set_stalled(stalled);
-        let Some(batch) = applier
-            .stage(generation, &messages, floor, stalled, shutdown)
+        let Some(batch) = self
+            .stage(&messages, &self.standby_stats, floor, shutdown)
             .await
         else {
             return false;

@@ -5,6 +5,7 @@
 //! a few seconds the replicas it could not reach, so that their standbys answer meanwhile.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -71,9 +72,43 @@ pub struct ForwardError {
 pub struct Forwarder {
     timeout: Duration,
     self_id: String,
-    /// Replicas a forward could not reach or timed out on, until when they are passed over
-    /// where a standby can answer instead: a hung owner costs one timeout, not one per query.
-    suspects: Arc<RwLock<HashMap<String, Instant>>>,
+    suspects: Arc<Suspects>,
+}
+
+/// Replicas a forward could not reach or timed out on, until when they are passed over where a
+/// standby can answer instead: a hung owner costs one timeout, not one per query. Every forward
+/// asks, so while nobody is suspect the answer is one load of a flag, never the lock.
+#[derive(Debug, Default)]
+struct Suspects {
+    any: AtomicBool,
+    until: RwLock<HashMap<String, Instant>>,
+}
+
+impl Suspects {
+    fn contains(&self, replica: &str) -> bool {
+        self.any.load(Ordering::Acquire)
+            && self.until.read().is_ok_and(|until| {
+                until
+                    .get(replica)
+                    .is_some_and(|until| Instant::now() < *until)
+            })
+    }
+
+    fn suspect(&self, replica: &str) {
+        if let Ok(mut until) = self.until.write() {
+            until.insert(replica.to_owned(), Instant::now() + SUSPECT_FOR);
+            self.any.store(true, Ordering::Release);
+        }
+    }
+
+    fn clear(&self, replica: &str) {
+        if self.any.load(Ordering::Acquire)
+            && let Ok(mut until) = self.until.write()
+        {
+            until.remove(replica);
+            self.any.store(!until.is_empty(), Ordering::Release);
+        }
+    }
 }
 
 /// How long a replica that could not be reached is passed over for a standby.
@@ -94,12 +129,7 @@ impl Forwarder {
 
     /// Whether a forward to `member` failed to connect or timed out within [`SUSPECT_FOR`].
     pub fn is_suspect(&self, member: &Member) -> bool {
-        let Ok(suspects) = self.suspects.read() else {
-            return false;
-        };
-        suspects
-            .get(&member.replica_id)
-            .is_some_and(|until| Instant::now() < *until)
+        self.suspects.contains(&member.replica_id)
     }
 
     fn note(&self, member: &Member, outcome: &Result<reqwest::Response, reqwest::Error>) {
@@ -108,16 +138,9 @@ impl Forwarder {
             .err()
             .is_some_and(|e| e.is_connect() || e.is_timeout());
         if unreachable {
-            if let Ok(mut suspects) = self.suspects.write() {
-                suspects.insert(member.replica_id.clone(), Instant::now() + SUSPECT_FOR);
-            }
-        } else if self
-            .suspects
-            .read()
-            .is_ok_and(|s| s.contains_key(&member.replica_id))
-            && let Ok(mut suspects) = self.suspects.write()
-        {
-            suspects.remove(&member.replica_id);
+            self.suspects.suspect(&member.replica_id);
+        } else {
+            self.suspects.clear(&member.replica_id);
         }
     }
 
@@ -205,6 +228,21 @@ mod tests {
             }],
             refreshed_at_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_replica_is_suspect_until_it_answers_again() {
+        let suspects = Suspects::default();
+        assert!(!suspects.contains("b"));
+        suspects.suspect("b");
+        assert!(suspects.contains("b") && !suspects.contains("c"));
+        suspects.clear("c");
+        assert!(
+            suspects.contains("b"),
+            "another replica's answer clears nothing"
+        );
+        suspects.clear("b");
+        assert!(!suspects.contains("b") && !suspects.any.load(Ordering::Acquire));
     }
 
     #[test]

@@ -45,16 +45,13 @@ impl BenchStack {
         ws.cargo(&args)?;
         let scratch = tempfile::Builder::new().prefix("xtask-bench-").tempdir()?;
         let runtime = KafkaRuntime::resolve(&ws.cache_dir().join("kafka-classpath"))?;
-        let kafka = KafkaConfig {
-            data_dir: scratch.path().join("kafka"),
-            port: free_port()?,
-            controller_port: free_port()?,
-            partitions: 6,
-            heap: "1g",
-            secured: None,
-            cluster: None,
-            proxied: None,
-        };
+        let kafka = KafkaConfig::single(
+            scratch.path().join("kafka"),
+            free_port()?,
+            free_port()?,
+            6,
+            "1g",
+        );
         eprintln!("starting a private Kafka on {} ...", kafka.bootstrap());
         let broker = Broker::start(&runtime, kafka, &scratch.path().join("kafka.log"))?;
         let release = ws.target.join("release");

@@ -567,7 +567,8 @@ async fn wait_serving(urls: &[String], ids: &[String]) -> anyhow::Result<()> {
                 s.iter().filter(|p| p["lag"].as_i64() == Some(0)).count()
             });
         }
-        if urls.len() > 1 && warm < 6 {
+        // One standby of each partition, somewhere.
+        if urls.len() > 1 && warm < stack::PARTITIONS as usize {
             continue;
         }
         for url in urls {

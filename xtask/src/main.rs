@@ -250,16 +250,13 @@ fn dev(
     let runtime = KafkaRuntime::resolve(&ws.cache_dir().join("kafka-classpath"))?;
     let started = Instant::now();
     let mut kafka: Vec<Broker> = if brokers == 1 {
-        let kafka = KafkaConfig {
-            data_dir: data.join("kafka"),
-            port: DEV_KAFKA_PORT,
-            controller_port: DEV_CONTROLLER_PORT,
-            partitions: 6,
-            heap: "1g",
-            secured: None,
-            cluster: None,
-            proxied: None,
-        };
+        let kafka = KafkaConfig::single(
+            data.join("kafka"),
+            DEV_KAFKA_PORT,
+            DEV_CONTROLLER_PORT,
+            6,
+            "1g",
+        );
         eprintln!("starting Kafka on {} ...", kafka.bootstrap());
         vec![Broker::start(&runtime, kafka, &logs.join("kafka.log"))?]
     } else {
@@ -425,18 +422,18 @@ fn test(ws: &Workspace, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
     let scratch = tempfile::Builder::new().prefix("xtask-test-").tempdir()?;
     let logs = scratch.path().join("logs");
     let kafka = KafkaConfig {
-        data_dir: scratch.path().join("kafka"),
-        port: free_port()?,
-        controller_port: free_port()?,
-        partitions: 3,
-        heap: "768m",
         // The secured-cluster tests connect through it; the rest use the plaintext listener.
         secured: Some(SecuredListener {
             port: free_port()?,
             users: vec![(TEST_SASL_USER.to_owned(), test_sasl_password())],
         }),
-        cluster: None,
-        proxied: None,
+        ..KafkaConfig::single(
+            scratch.path().join("kafka"),
+            free_port()?,
+            free_port()?,
+            3,
+            "768m",
+        )
     };
     eprintln!("starting an ephemeral Kafka on {} ...", kafka.bootstrap());
     let runtime = KafkaRuntime::resolve(&ws.cache_dir().join("kafka-classpath"))?;

@@ -398,16 +398,13 @@ async fn commands_in_flight_when_the_broker_dies_answer_at_once_not_at_the_reque
 async fn private_broker() -> (Broker, tempfile::TempDir) {
     let runtime = KafkaRuntime::from_env().unwrap();
     let data = tempfile::tempdir().unwrap();
-    let kafka = KafkaConfig {
-        data_dir: data.path().join("kafka"),
-        port: free_port().unwrap(),
-        controller_port: free_port().unwrap(),
-        partitions: 3,
-        heap: "512m",
-        secured: None,
-        cluster: None,
-        proxied: None,
-    };
+    let kafka = KafkaConfig::single(
+        data.path().join("kafka"),
+        free_port().unwrap(),
+        free_port().unwrap(),
+        3,
+        "512m",
+    );
     let log = data.path().join("kafka.log");
     let broker = tokio::task::spawn_blocking(move || Broker::start(&runtime, kafka, &log))
         .await

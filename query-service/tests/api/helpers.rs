@@ -458,6 +458,18 @@ impl Sse {
 }
 
 /// Polls `address`'s readiness until it answers `200`, or fails after a minute.
+/// The replica's `/metrics` text.
+pub async fn metrics_of(address: &str) -> String {
+    client()
+        .get(format!("{address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub async fn wait_ready(address: &str) {
     let http = client();
     eventually(Duration::from_secs(60), "readiness", || async {

@@ -494,14 +494,7 @@ async fn at_sigterm_a_stream_ends_with_a_retry_hint() {
     let mut replica = start_process(&commands.topic, &group, "stopping");
     wait_ready(&replica.address).await;
     let mut stream = Sse::open(&format!("{}/orders/o-1/events", replica.address), None).await;
-    let metrics = client()
-        .get(format!("{}/metrics", replica.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&replica.address).await;
     assert!(
         metrics.lines().any(|l| l == "query_service_live_streams 1"),
         "{metrics}"

@@ -11,8 +11,8 @@ use serde_json::Value;
 use shared_events::view::ReadModel;
 
 use crate::helpers::{
-    ADMIN_TOKEN, Commands, READ_TOKEN, Replica, Written, client, eventually, order_body, post,
-    wait_settled,
+    ADMIN_TOKEN, Commands, READ_TOKEN, Replica, Written, client, eventually, metrics_of,
+    order_body, post, wait_settled,
 };
 
 fn group() -> String {
@@ -224,14 +224,7 @@ async fn a_rebuild_swaps_in_while_every_read_answers() {
         "{done}"
     );
     assert_eq!(done["rebuild"]["percent"], 100.0);
-    let metrics = http
-        .get(format!("{}/metrics", replica.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&replica.address).await;
     let line = |name: &str| {
         metrics
             .lines()

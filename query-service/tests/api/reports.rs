@@ -433,14 +433,7 @@ async fn reports_count_a_known_history_exactly_and_the_same_every_time() {
     assert_eq!(reports[4]["id"], id.as_str());
     assert!(reports.iter().all(|r| r["result"].is_null()));
     assert_eq!(list["available"].as_array().unwrap().len(), 3);
-    let metrics = http
-        .get(format!("{}/metrics", replica.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&replica.address).await;
     assert!(
         metrics.contains(r#"query_service_reports_finished_total{state="done"} 5"#),
         "{metrics}"

@@ -236,14 +236,7 @@ async fn a_replica_killed_under_get_load_fails_no_get_on_the_survivor() {
         by_standby > 0,
         "the victim's keys were answered by the standby while it was gone"
     );
-    let metrics = http
-        .get(format!("{}/metrics", survivor.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&survivor.address).await;
     assert!(
         metrics
             .lines()

@@ -11,6 +11,9 @@ use local_kafka::{Broker, Cluster, KafkaConfig, KafkaRuntime, ProxiedListener, S
 
 use crate::workspace::Workspace;
 
+/// Partitions of every topic a scenario writes.
+pub(crate) const PARTITIONS: u32 = 6;
+
 /// The admin token of the replicas a scenario starts.
 pub(crate) const ADMIN_TOKEN: &str = "chaos-admin-token";
 
@@ -76,19 +79,20 @@ impl Stack {
             let ports = (0..nodes)
                 .map(|_| Ok((free_port()?, free_port()?)))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let configs = Cluster::configs(&scratch.path().join("kafka"), &ports, 6, "512m");
+            let configs =
+                Cluster::configs(&scratch.path().join("kafka"), &ports, PARTITIONS, "512m");
             eprintln!("starting a {nodes}-node Kafka cluster ...");
             Cluster::start(&runtime, configs, scratch.path())?.brokers
         } else {
             let kafka = KafkaConfig {
-                data_dir: scratch.path().join("kafka"),
-                port: free_port()?,
-                controller_port: free_port()?,
-                partitions: 6,
-                heap: "1g",
-                secured: None,
-                cluster: None,
                 proxied,
+                ..KafkaConfig::single(
+                    scratch.path().join("kafka"),
+                    free_port()?,
+                    free_port()?,
+                    PARTITIONS,
+                    "1g",
+                )
             };
             eprintln!("starting Kafka on {} ...", kafka.bootstrap());
             vec![Broker::start(
@@ -139,7 +143,7 @@ impl Stack {
         format!("http://127.0.0.1:{}", self.registry.port)
     }
 
-    /// Starts a command service on `topic` (six partitions); its base URL.
+    /// Starts a command service on `topic` ([`PARTITIONS`] partitions); its base URL.
     pub(crate) fn command_service(&mut self, name: &str, topic: &str) -> anyhow::Result<String> {
         let port = free_port()?;
         self.add(
@@ -153,7 +157,7 @@ impl Stack {
                 ),
                 ("ORDERS_TOPIC".into(), topic.to_owned()),
                 ("CUSTOMERS_TOPIC".into(), format!("{topic}-customers")),
-                ("ORDERS_TOPIC_PARTITIONS".into(), "6".into()),
+                ("ORDERS_TOPIC_PARTITIONS".into(), PARTITIONS.to_string()),
             ],
             port,
         )
