@@ -17,6 +17,10 @@
 //!   record's offset to learn whether it is there. Until then the requests wait (their handlers
 //!   time out with 503, the answer still settles the aggregate's lock).
 //! - A fatal producer error replaces the producer instead of retrying with it.
+//! - A record is only committed while its partition is this instance's: each transaction
+//!   carries the command group's metadata (`send_offsets_to_transaction`, KIP-447), so the group
+//!   coordinator refuses the commit of a member the group has moved on from, and a record whose
+//!   [`Lease`] is no longer valid is not sent, or aborts its transaction (see [`crate::ownership`]).
 //! - The queue is bounded: [`Batcher::submit`] fails at once with [`SubmitError::Full`].
 //! - [`Batcher::close`] stops intake; the workers drain what was queued, then exit.
 //!
@@ -30,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -39,6 +43,13 @@ use rdkafka::{Offset, TopicPartitionList};
 use shared_events::Position;
 
 use crate::metrics::{BatchMetrics, OutcomeLabel};
+use crate::ownership::Lease;
+
+/// The group membership a transaction carries, so that only a current member can commit.
+pub trait Fence: Send + Sync + std::fmt::Debug + 'static {
+    /// The member's id and generation now; None before it has joined.
+    fn group_metadata(&self) -> Option<ConsumerGroupMetadata>;
+}
 
 /// How a batcher is shaped; see [`crate::config::Config`] for meanings and defaults.
 #[derive(Debug, Clone)]
@@ -53,6 +64,9 @@ pub struct BatcherConfig {
     /// Bound on every blocking Kafka call: init, commit, abort.
     pub kafka_timeout: Duration,
     pub transaction_timeout: Duration,
+    /// When set, every transaction carries the group's metadata and its offsets (the end of
+    /// what it wrote to each partition) through `send_offsets_to_transaction`.
+    pub fence: Option<Arc<dyn Fence>>,
 }
 
 /// Why a record was not accepted into the queue.
@@ -104,13 +118,16 @@ pub type CommitResult = Result<Position, CommitError>;
 pub type OnOutcome = Box<dyn FnOnce(CommitResult) + Send>;
 
 /// A record to write: where, its key, its encoded value.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Record {
     pub topic: Arc<str>,
     /// The partition the key belongs to (the caller computed it with Kafka's partitioner).
     pub partition: i32,
     pub key: String,
     pub value: Vec<u8>,
+    /// The command's right to write the partition: a record whose lease is no longer valid is
+    /// not committed. Released when the record is settled.
+    pub lease: Option<Lease>,
 }
 
 /// A record the queue did not take, and what was to be done with its outcome.
@@ -328,6 +345,26 @@ fn await_deliveries(producer: &BaseProducer<Deliveries>, deadline: Instant) {
     }
 }
 
+/// The offsets a transaction commits for the command group: for each partition it wrote, the
+/// offset after its last record. They mark how far the writer has got.
+fn written(batch: &[Pending], deliveries: &[Option<Position>]) -> TopicPartitionList {
+    let mut ends: std::collections::BTreeMap<(&str, i32), i64> = std::collections::BTreeMap::new();
+    for (pending, delivery) in batch.iter().zip(deliveries) {
+        if let Some(position) = delivery {
+            let end = ends
+                .entry((&*pending.record.topic, position.partition))
+                .or_insert(0);
+            *end = (*end).max(position.offset + 1);
+        }
+    }
+    let mut offsets = TopicPartitionList::new();
+    for ((topic, partition), end) in ends {
+        // Only fails for an offset that is not a number, which these are.
+        let _ = offsets.add_partition_offset(topic, partition, Offset::Offset(end));
+    }
+    offsets
+}
+
 /// A batch: `first`, then whatever else arrives on `intake`, until the batch holds `max_batch`
 /// records or `linger` has passed since `first` was taken; never waits longer than `linger`.
 fn gather<T>(intake: &Receiver<T>, first: T, max_batch: usize, linger: Duration) -> Vec<T> {
@@ -538,6 +575,18 @@ impl Worker {
     }
 
     fn commit(&mut self, batch: Vec<Pending>) {
+        // A record whose partition was given up meanwhile is not sent at all.
+        let (batch, moved): (Vec<Pending>, Vec<Pending>) = batch
+            .into_iter()
+            .partition(|pending| pending.record.lease.as_ref().is_none_or(Lease::is_valid));
+        for pending in moved {
+            (pending.on_outcome)(Err(CommitError::Aborted(
+                "the partition moved to another instance before the command was sent".into(),
+            )));
+        }
+        if batch.is_empty() {
+            return;
+        }
         let span = tracing::debug_span!("transaction", worker = self.index, size = batch.len());
         let _guard = span.enter();
         #[allow(clippy::cast_precision_loss)] // batch sizes are far below 2^52
@@ -602,6 +651,19 @@ impl Worker {
         if let Err(error) = self.ensure_producer() {
             return Verdict::NotCommitted(error);
         }
+        // Taken before anything is sent: metadata of a later generation could only come after
+        // this instance released the partitions of an earlier one, which the leases check below.
+        let membership = match &self.config.fence {
+            None => None,
+            Some(fence) => match fence.group_metadata() {
+                Some(metadata) => Some(metadata),
+                None => {
+                    return Verdict::NotCommitted(CommitError::Aborted(
+                        "this instance is not a member of the command group".into(),
+                    ));
+                }
+            },
+        };
         let Some(TxProducer { producer, .. }) = self.producer.as_ref() else {
             return Verdict::NotCommitted(CommitError::ProducerUnavailable("no producer".into()));
         };
@@ -647,6 +709,28 @@ impl Worker {
             return Verdict::NotCommitted(CommitError::Aborted(
                 "a record was not delivered".into(),
             ));
+        }
+        if let Some(membership) = &membership {
+            let refusal = if batch
+                .iter()
+                .any(|p| p.record.lease.as_ref().is_some_and(|l| !l.is_valid()))
+            {
+                Some("the partition moved to another instance".to_owned())
+            } else {
+                producer
+                    .send_offsets_to_transaction(&written(batch, &deliveries), membership, timeout)
+                    .err()
+                    .map(|e| format!("the command group refused this instance's commit: {e}"))
+            };
+            if let Some(why) = refusal {
+                // The commit was never asked for, so the transaction cannot commit; if even the
+                // abort fails, the broker aborts it when the replacement producer fences this one.
+                if let Err(e) = producer.abort_transaction(timeout) {
+                    self.discard_producer(&e);
+                }
+                tracing::warn!(worker = self.index, %why, "batch not committed");
+                return Verdict::NotCommitted(CommitError::Aborted(why));
+            }
         }
         let ending = Instant::now();
         let end = end_transaction(
@@ -810,10 +894,28 @@ impl Worker {
                 Offset::Offset(position.offset),
             )
             .map_err(|e| CommitError::InDoubt(e.to_string()))?;
+        let deadline = Instant::now() + self.config.kafka_timeout;
+        // Only once every transaction up to the record is decided does a read-committed read
+        // tell committed from aborted; before that, the end of what it may read (the last
+        // stable offset, which is what a read-committed client is told is the end) comes
+        // before the record, and it would look aborted.
+        loop {
+            let (_, stable) = consumer
+                .fetch_watermarks(&record.topic, position.partition, self.config.kafka_timeout)
+                .map_err(|e| CommitError::InDoubt(e.to_string()))?;
+            if stable > position.offset {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(CommitError::InDoubt(
+                    "transactions before the record are still open".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         consumer
             .assign(&assignment)
             .map_err(|e| CommitError::InDoubt(e.to_string()))?;
-        let deadline = Instant::now() + self.config.kafka_timeout;
         while Instant::now() < deadline {
             match consumer.poll(Duration::from_millis(200)) {
                 None => {}

@@ -2,20 +2,28 @@
 //! the topic the partition's write model.
 //!
 //! A command touches exactly one partition's model: its aggregate's (Kafka's murmur2 of the
-//! id, which is also where its record is sent), so a partition's model can be rebuilt, and
-//! later owned, on its own.
+//! id, which is also where its record is sent), so a partition's model is restored, and owned,
+//! on its own: the lane's [`Leases`] say which partitions this instance owns now, and its
+//! [`Cluster`] view which instance owns the others.
 //!
 //! Idempotency receipts are not partitioned: a key is the client's, not the aggregate's, and a
 //! key reused for another aggregate (of any kind) must still be recognised. The service keeps
-//! one index for all its lanes ([`crate::idempotency`]); the replay of each lane fills it.
+//! one index for all its lanes ([`crate::idempotency`]); the restore of each partition fills it
+//! with the receipts of that partition's events. With several instances, a key is therefore
+//! recognised by the instance owning the partition its first command wrote to: a retry goes
+//! there (the same aggregate, or for a new aggregate with no id of its own, the key's partition,
+//! see [`crate::pipeline`]), but a key reused for an aggregate of another instance's partition
+//! is not recognised as reused.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use partition_routing::membership::Cluster;
 use shared_events::partitioner::partition_for_key;
 use shared_events::{Aggregate, EventCodec, EventEnvelope, Position};
 
 use crate::idempotency::{Fingerprint, IdempotencyIndex, Receipt};
+use crate::ownership::Leases;
 use crate::write_model::WriteModel;
 
 /// What the command side keeps of one partition.
@@ -32,16 +40,20 @@ pub struct Lane<A: Aggregate> {
     codec: EventCodec<A::Event>,
     partitions: Box<[Partition<A>]>,
     idempotency: Arc<IdempotencyIndex>,
+    leases: Arc<Leases>,
+    /// The command group as last described: who owns the partitions this instance does not.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl<A: Aggregate> Lane<A> {
     /// An empty lane for `topic`, which has `partitions` partitions, remembering receipts in
-    /// the service's `idempotency` index.
+    /// the service's `idempotency` index, owning no partition yet.
     pub fn new(
         topic: &str,
         codec: EventCodec<A::Event>,
         partitions: i32,
         idempotency: Arc<IdempotencyIndex>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Self {
         let count = usize::try_from(partitions.max(1)).unwrap_or(1);
         let partitions = (0..partitions.max(1))
@@ -55,7 +67,17 @@ impl<A: Aggregate> Lane<A> {
             codec,
             partitions,
             idempotency,
+            leases: Leases::new(topic, i32::try_from(count).unwrap_or(i32::MAX)),
+            cluster,
         }
+    }
+
+    pub fn leases(&self) -> &Arc<Leases> {
+        &self.leases
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     pub fn idempotency(&self) -> &Arc<IdempotencyIndex> {
@@ -98,6 +120,12 @@ impl<A: Aggregate> Lane<A> {
             );
         }
         partition.model.apply_from_log(event);
+        if let Some(read_from) = usize::try_from(position.partition)
+            .ok()
+            .and_then(|p| self.partitions.get(p))
+        {
+            read_from.model.applied_up_to(position.offset + 1);
+        }
         if let Some(key) = event.idempotency_key() {
             self.idempotency.remember(
                 key,
@@ -165,13 +193,17 @@ pub trait AnyLane: Send + Sync + 'static {
     fn topic(&self) -> &str;
     /// Registers the lane's state and its command routes.
     fn configure(self: Arc<Self>, config: &mut actix_web::web::ServiceConfig);
-    /// Rebuilds the lane from its topic (see [`crate::replay`]). Run once, before serving.
+    /// Brings `partitions` up to date from the log, each from where its model left off (see
+    /// [`crate::replay`]). Run while they are assigned here and take no command.
     fn restore<'a>(
         &'a self,
         kafka: &'a service_config::KafkaArgs,
         group: &'a str,
+        partitions: &'a [i32],
         timeout: Duration,
     ) -> futures::future::BoxFuture<'a, Result<crate::replay::Replayed, crate::replay::ReplayError>>;
+    fn leases(&self) -> &Arc<Leases>;
+    fn cluster(&self) -> Option<&Arc<Cluster>>;
     fn aggregates(&self) -> usize;
     fn gaps(&self) -> u64;
 }
@@ -194,21 +226,46 @@ impl<A: Aggregate> AnyLane for Lane<A> {
         &'a self,
         kafka: &'a service_config::KafkaArgs,
         group: &'a str,
+        partitions: &'a [i32],
         timeout: Duration,
     ) -> futures::future::BoxFuture<'a, Result<crate::replay::Replayed, crate::replay::ReplayError>>
     {
         Box::pin(async move {
             let now = crate::pipeline::now_ms();
-            crate::replay::replay(
+            let from: Vec<(i32, i64)> = partitions
+                .iter()
+                .filter_map(|&p| {
+                    let model = &self.partitions.get(usize::try_from(p).ok()?)?.model;
+                    Some((p, model.applied()))
+                })
+                .collect();
+            let (replayed, reached) = crate::replay::replay(
                 kafka,
                 group,
                 &self.topic,
+                &from,
                 &self.codec,
                 timeout,
                 |event: A::Event, position| Lane::restore(self, &event, position, now),
             )
-            .await
+            .await?;
+            for (p, at) in reached {
+                if let Some(partition) =
+                    usize::try_from(p).ok().and_then(|p| self.partitions.get(p))
+                {
+                    partition.model.applied_up_to(at);
+                }
+            }
+            Ok(replayed)
         })
+    }
+
+    fn leases(&self) -> &Arc<Leases> {
+        &self.leases
+    }
+
+    fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     fn aggregates(&self) -> usize {
@@ -244,7 +301,7 @@ mod tests {
         // Never contacted: these tests neither encode nor decode.
         let codec = EventCodec::new(SrSettings::new("http://127.0.0.1:9".into()), "t").unwrap();
         let index = IdempotencyIndex::new(Duration::from_secs(60), 100);
-        Lane::new("t", codec, partitions, index)
+        Lane::new("t", codec, partitions, index, None)
     }
 
     fn at(partition: i32, offset: i64) -> Position {

@@ -10,7 +10,9 @@
 //! - [`lane`]: one aggregate's topic, codec, and per partition its write model and receipts.
 //! - [`write_model`]: each aggregate's state and version under its own async lock.
 //! - [`idempotency`]: `Idempotency-Key` claims and the receipts of committed commands.
-//! - [`replay`]: rebuilding a lane from its topic at start, read-committed, partition by partition.
+//! - [`ownership`]: which partitions this instance may write, from the command group's
+//!   assignment; handing a partition over; fencing an instance the group has moved on from.
+//! - [`replay`]: reading a partition's tail, read-committed, when it is assigned here.
 //! - [`batcher`]: the bounded queue in front of the transactional producers (group commit).
 //! - [`circuit`]: whether Kafka is reachable at all, so commands fail fast when it is not.
 //! - [`topics`]: creating an aggregate's topic.
@@ -25,7 +27,9 @@
 //!   on one aggregate the second decides against the first's outcome ([`write_model`]'s lock,
 //!   held by the [`pipeline`]'s settlement until the commit's fate is known).
 //! - A retry with the same `Idempotency-Key` writes nothing and gets the first answer, also
-//!   after a restart ([`idempotency`], rebuilt by [`replay`]).
+//!   after a restart or a takeover ([`idempotency`], rebuilt by [`replay`]).
+//! - At most one instance commits for a partition at a time ([`ownership`], and the group
+//!   metadata every transaction carries in [`batcher`]).
 //! - Every queue is bounded and every wait has a deadline.
 
 pub mod batcher;
@@ -34,6 +38,7 @@ pub mod idempotency;
 pub mod lane;
 pub mod metrics;
 pub mod openapi;
+pub mod ownership;
 pub mod pipeline;
 pub mod problem;
 pub mod replay;

@@ -65,6 +65,10 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub aggregates: Family<AggregateLabel, Gauge>,
     pub idempotency_keys: Gauge,
+    /// Commands sent on to the instance owning their partition.
+    pub forwarded: Counter,
+    /// Partitions this instance owns (taking commands), over all topics.
+    pub partitions_owned: Gauge,
     pub batch: BatchMetrics,
 }
 
@@ -76,6 +80,18 @@ impl Default for Metrics {
         let aggregates = Family::<AggregateLabel, Gauge>::default();
         let idempotency_keys = Gauge::default();
         let batch = BatchMetrics::default();
+        let forwarded = Counter::default();
+        let partitions_owned = Gauge::default();
+        registry.register(
+            "forwarded_commands",
+            "Commands sent on to the instance owning their partition",
+            forwarded.clone(),
+        );
+        registry.register(
+            "partitions_owned",
+            "Partitions this instance owns and takes commands for",
+            partitions_owned.clone(),
+        );
         registry.register(
             "commands",
             "Commands answered, by aggregate, command and HTTP status",
@@ -132,6 +148,8 @@ impl Default for Metrics {
             queue_depth,
             aggregates,
             idempotency_keys,
+            forwarded,
+            partitions_owned,
             batch,
         }
     }

@@ -1,7 +1,14 @@
 //! The one command flow every aggregate's commands go through, and the routes that lead to it.
 //!
-//! parse → `Idempotency-Key` claim → lock the aggregate → check `If-Match` → decide → encode →
-//! queue → wait (bounded) for the commit → answer.
+//! parse → route to the partition's owner → `Idempotency-Key` claim → lock the aggregate →
+//! check `If-Match` → decide → encode → queue → wait (bounded) for the commit → answer.
+//!
+//! Routing: a command is decided by the instance owning its aggregate's partition. Another
+//! instance forwards it there once (the owner answers, `Served-By` names it), and answers `503`
+//! while the partition changes owner. A command creating an aggregate with no id of its own gets
+//! a new id in a partition owned here, so it is never forwarded; with an `Idempotency-Key`, the
+//! new id is in the key's partition instead, so that a retry reaches the instance that knows
+//! the key's first answer.
 //!
 //! Once queued, a command's aftermath belongs to its [`Settlement`]: the aggregate's lock and
 //! the idempotency claim are released when the batcher learns the record's fate, even if the
@@ -28,8 +35,10 @@ use crate::circuit::BrokerCircuit;
 use crate::idempotency::{Begin, Claim, Receipt};
 use crate::lane::{Lane, fingerprint, receipt_of};
 use crate::metrics::{CommandLabels, Metrics};
+use crate::ownership::Standing;
 use crate::problem::ApiError;
 use crate::write_model::{LockedSlot, WriteModel};
+use partition_routing::forward::{FORWARDED_BY, Forwarder};
 
 /// What every aggregate's commands share.
 #[derive(Debug)]
@@ -40,6 +49,10 @@ pub struct Engine {
     pub max_body_bytes: usize,
     /// From the request's arrival to its answer, body and commit included.
     pub request_timeout: Duration,
+    /// This instance's id, as the command group knows it.
+    pub instance_id: String,
+    /// Sends commands on to the instance owning their partition.
+    pub forwarder: Forwarder,
 }
 
 /// The path of a command's route: `/orders` or `/orders/{id}/payment`.
@@ -136,8 +149,22 @@ async fn execute<A: Aggregate>(
 
     // The aggregate: named in the path or chosen by the command, else a new time-ordered id.
     let named = target.or_else(|| A::chosen_id(&command));
-    let id = named.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+    let id = named.map_or_else(|| new_id(lane, key.as_deref()), str::to_owned);
     let partition = lane.partition_of(&id);
+    let lease = match lane.leases().acquire(partition.number) {
+        Ok(lease) => lease,
+        Err(standing) => {
+            return forward(
+                request,
+                engine,
+                lane,
+                partition.number,
+                standing,
+                body.to_vec(),
+            )
+            .await;
+        }
+    };
 
     let claim = match &key {
         None => None,
@@ -230,6 +257,7 @@ async fn execute<A: Aggregate>(
         partition: partition.number,
         key: id,
         value,
+        lease: Some(lease),
     };
     if let Err(refused) = engine.batcher.submit(record, on_outcome) {
         // Certainly not written: the settlement releases the aggregate and the key.
@@ -252,6 +280,89 @@ async fn execute<A: Aggregate>(
         Ok(None) => Err(ApiError::KafkaLost),
         Err(_) => Err(ApiError::CommitTimeout(engine.request_timeout)),
     }
+}
+
+/// A new time-ordered id for an aggregate: in the partition of `key` when there is one (a retry
+/// must reach the instance holding the key's receipt, and its new id would differ), else in a
+/// partition this instance owns, so the command is decided here. Murmur2 spreads ids evenly, so
+/// a partition is hit within a few tries; after many misses the last id is used as it is.
+fn new_id<A: Aggregate>(lane: &Lane<A>, key: Option<&str>) -> String {
+    const TRIES: usize = 256;
+    let wanted = key.map(|key| lane.partition_of(key).number);
+    let mut id = uuid::Uuid::now_v7().to_string();
+    for _ in 0..TRIES {
+        let partition = lane.partition_of(&id).number;
+        let fits = match wanted {
+            Some(wanted) => partition == wanted,
+            None => lane.leases().standing(partition) == Standing::Owned,
+        };
+        if fits {
+            break;
+        }
+        id = uuid::Uuid::now_v7().to_string();
+    }
+    id
+}
+
+/// Sends a command for a partition this instance does not own to the instance that does, at
+/// most once, and relays its answer.
+async fn forward<A: Aggregate>(
+    request: &HttpRequest,
+    engine: &Engine,
+    lane: &Lane<A>,
+    partition: i32,
+    standing: Standing,
+    body: Vec<u8>,
+) -> Result<HttpResponse, ApiError> {
+    let handover = |why| ApiError::Handover {
+        topic: lane.topic().to_string(),
+        partition,
+        why,
+    };
+    match standing {
+        Standing::Restoring => return Err(handover("is being restored here")),
+        Standing::Releasing => return Err(handover("is being handed over to another instance")),
+        Standing::Owned | Standing::Unowned => {}
+    }
+    if request.headers().contains_key(FORWARDED_BY) {
+        return Err(handover(
+            "is not owned here (forwarded here from a stale view)",
+        ));
+    }
+    let owner = lane
+        .cluster()
+        .and_then(|cluster| cluster.view().owner(partition).cloned());
+    let owner = match owner {
+        Some(owner) if owner.replica_id != engine.instance_id => owner,
+        Some(_) => return Err(handover("is being assigned to this instance")),
+        None => {
+            return Err(handover(
+                "has no owner right now (the command group is rebalancing)",
+            ));
+        }
+    };
+    let mut headers = vec![("content-type", "application/json")];
+    for name in ["idempotency-key", "if-match", "x-correlation-id"] {
+        if let Some(value) = request.headers().get(name).and_then(|v| v.to_str().ok()) {
+            headers.push((name, value));
+        }
+    }
+    let unreachable =
+        |error: partition_routing::forward::ForwardError| ApiError::OwnerUnreachable {
+            instance: error.replica.clone(),
+            reason: error.source.to_string(),
+        };
+    engine.metrics.forwarded.inc();
+    let response = engine
+        .forwarder
+        .post(&owner, request.path(), &headers, body)
+        .await
+        .map_err(unreachable)?;
+    engine
+        .forwarder
+        .relay(&owner, response)
+        .await
+        .map_err(unreachable)
 }
 
 /// A queued command's aftermath, run by the producer worker that learned its record's fate:
@@ -299,6 +410,7 @@ impl<A: Aggregate> Aftermath<A> {
         } = self;
         let outcome = match result {
             Ok(position) => {
+                model.applied_up_to(position.offset + 1);
                 if !slot.apply(&event) {
                     tracing::error!(
                         aggregate = A::NAME,

@@ -73,6 +73,16 @@ pub enum ApiError {
     UnsupportedEncoding(String),
     #[error("the request body did not arrive within the request timeout")]
     BodyTimeout,
+    #[error("partition {partition} of `{topic}` {why}; retry shortly")]
+    Handover {
+        topic: String,
+        partition: i32,
+        why: &'static str,
+    },
+    #[error("the instance owning the partition ({instance}) did not answer: {reason}")]
+    OwnerUnreachable { instance: String, reason: String },
+    #[error(transparent)]
+    Denied(#[from] http_edge::access::Denied),
 }
 
 impl From<CommandError> for ApiError {
@@ -200,6 +210,18 @@ pub mod types {
     );
     pub const BUSY: ProblemType =
         ProblemType::new("busy", "Busy", StatusCode::SERVICE_UNAVAILABLE, Some(2));
+    pub const HANDOVER: ProblemType = ProblemType::new(
+        "partition-handover",
+        "Partition changing owner",
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some(1),
+    );
+    pub const OWNER_UNREACHABLE: ProblemType = ProblemType::new(
+        "owner-unreachable",
+        "Owning instance unreachable",
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some(2),
+    );
 
     /// Every row, for the OpenAPI document.
     pub const ALL: &[ProblemType] = &[
@@ -224,6 +246,11 @@ pub mod types {
         REGISTRY_UNAVAILABLE,
         OUTCOME_UNKNOWN,
         BUSY,
+        HANDOVER,
+        OWNER_UNREACHABLE,
+        http_edge::access::problems::UNAUTHORIZED,
+        http_edge::access::problems::ADMIN_DISABLED,
+        http_edge::access::problems::FORBIDDEN,
     ];
 }
 
@@ -252,6 +279,9 @@ impl ApiError {
             Self::MethodNotAllowed(_) => &METHOD_NOT_ALLOWED,
             Self::UnsupportedEncoding(_) => &UNSUPPORTED_ENCODING,
             Self::BodyTimeout => &REQUEST_TIMEOUT,
+            Self::Handover { .. } => &HANDOVER,
+            Self::OwnerUnreachable { .. } => &OWNER_UNREACHABLE,
+            Self::Denied(denied) => denied.problem_type(),
         }
     }
 }
@@ -281,6 +311,9 @@ impl ResponseError for ApiError {
                     header::ACCEPT_ENCODING,
                     HeaderValue::from_static("identity"),
                 );
+            }
+            Self::Denied(http_edge::access::Denied::Unauthorized) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}
         }

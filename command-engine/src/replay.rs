@@ -1,10 +1,12 @@
-//! Reading a topic from its beginning to its end, read-committed: how the command service
-//! rebuilds its write model and idempotency receipts at start.
+//! Reading partitions of a topic from an offset to their end, read-committed: how the command
+//! service brings a partition's write model and idempotency receipts up to date when the
+//! partition is assigned to it (from the beginning the first time, from where it left off when
+//! a partition comes back).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -14,8 +16,6 @@ use shared_events::{AvroEvent, EventCodec, Position, WireError};
 pub enum ReplayError {
     #[error("Kafka")]
     Kafka(#[from] KafkaError),
-    #[error("topic `{0}` has no partitions")]
-    NoPartitions(String),
     #[error("the topic was not read to its end within {0:?}")]
     Timeout(Duration),
     #[error("record at {partition}:{offset} could not be decoded")]
@@ -34,23 +34,28 @@ pub struct Replayed {
     pub partitions: usize,
 }
 
-/// Feeds every committed event of `topic`, partition by partition in log order, to `apply`.
+/// Feeds every committed event of `partitions` of `topic` after the given offsets (each
+/// partition's `(number, from)`), partition by partition in log order, to `apply`. Returns
+/// where each partition was read to: the offset to go on from next time.
 ///
-/// The end is each partition's high watermark when the replay starts, and a partition is done
+/// The end is each partition's high watermark when the replay starts (asked read-uncommitted: a
+/// read-committed client is told the last stable offset instead, which stops short of every
+/// committed record behind a transaction still open), and a partition is done
 /// when the consumer's position (which moves past transaction markers and aborted records)
-/// reaches it. A transaction still open there (say, of a crashed instance with other
-/// transactional ids) holds the read-committed position back until the broker completes or
-/// aborts it, so the replay waits for it instead of stopping short of events that may already
-/// have been acknowledged. A record that does not decode stops the replay: a write model built
-/// with a hole in it would assign wrong versions.
+/// reaches it. A transaction still open there (say, of a crashed instance, or of the previous
+/// owner of a partition assigned here) holds the read-committed position back until the broker
+/// completes or aborts it, so the replay waits for it instead of stopping short of events that
+/// may already have been acknowledged. A record that does not decode stops the replay: a write
+/// model built with a hole in it would assign wrong versions.
 pub async fn replay<E, F>(
     kafka: &service_config::KafkaArgs,
     group: &str,
     topic: &str,
+    partitions: &[(i32, i64)],
     codec: &EventCodec<E>,
     timeout: Duration,
     mut apply: F,
-) -> Result<Replayed, ReplayError>
+) -> Result<(Replayed, Vec<(i32, i64)>), ReplayError>
 where
     E: AvroEvent,
     F: FnMut(E, Position),
@@ -61,23 +66,25 @@ where
         .set("group.id", group)
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
+        // An offset the topic no longer holds (retention): from its first record.
+        .set("auto.offset.reset", "earliest")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
     if partitions.is_empty() {
-        return Err(ReplayError::NoPartitions(topic.to_owned()));
+        return Ok((Replayed::default(), Vec::new()));
     }
+    let ends: BaseConsumer = kafka
+        .client_config()
+        .set("group.id", group)
+        .set("isolation.level", "read_uncommitted")
+        .create()?;
     let mut targets = BTreeMap::new();
+    let mut reached = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
-    for &p in &partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+    for &(p, from) in partitions {
+        let (_, high) = ends.fetch_watermarks(topic, p, timeout)?;
         targets.insert(p, high);
-        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+        reached.insert(p, from);
+        assignment.add_partition_offset(topic, p, Offset::Offset(from.max(0)))?;
     }
     consumer.assign(&assignment)?;
 
@@ -88,14 +95,17 @@ where
     };
     loop {
         let positions = consumer.position()?;
-        let done = targets.iter().all(|(&p, &target)| {
-            target == 0
-                || positions
-                    .find_partition(topic, p)
-                    .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= target))
-        });
-        if done {
-            return Ok(replayed);
+        for (&p, at) in &mut reached {
+            if let Some(Offset::Offset(o)) = positions.find_partition(topic, p).map(|e| e.offset())
+            {
+                *at = (*at).max(o);
+            }
+        }
+        if targets
+            .iter()
+            .all(|(p, &target)| reached.get(p).is_some_and(|&at| at >= target))
+        {
+            return Ok((replayed, reached.into_iter().collect()));
         }
         if Instant::now() >= deadline {
             return Err(ReplayError::Timeout(timeout));
@@ -120,5 +130,8 @@ where
             })?;
         apply(event, Position { partition, offset });
         replayed.records += 1;
+        if let Some(at) = reached.get_mut(&partition) {
+            *at = (*at).max(offset + 1);
+        }
     }
 }

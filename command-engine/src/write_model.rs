@@ -7,13 +7,14 @@
 //! gap or duplicate, and conflicting commands cannot both win. Commands on different aggregates
 //! never wait for each other and share transactions.
 //!
-//! The model is rebuilt from the topic at start ([`crate::replay`]) and then kept by the command
-//! flow itself, which is why one command-service instance must own a topic at a time. There is
-//! one model per partition of the topic ([`crate::lane`]), so that a partition's model can move
-//! between instances on its own.
+//! A partition's model is brought up to date from the log when the partition is assigned to
+//! this instance ([`crate::replay`]) and then kept by the command flow itself, which is why one
+//! instance at a time owns a partition ([`crate::ownership`]). There is one model per partition
+//! of the topic ([`crate::lane`]), so that a partition's model moves between instances on its
+//! own; [`WriteModel::applied`] is where its next read of the log starts.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use shared_events::{Aggregate, EventEnvelope};
 use tokio::sync::OwnedMutexGuard;
@@ -66,6 +67,10 @@ const SHARDS: usize = 4096;
 pub struct WriteModel<A> {
     slots: ShardedMap<SlotCell<A>>,
     gaps: AtomicU64,
+    /// The offset of the partition after the last event this model reflects. Every committed
+    /// event below it is reflected once no command of this instance is in flight on the
+    /// partition, which is the case whenever the partition is (re)assigned here.
+    applied: AtomicI64,
 }
 
 impl<A: Aggregate> Default for WriteModel<A> {
@@ -80,6 +85,7 @@ impl<A: Aggregate> WriteModel<A> {
         Self {
             slots: ShardedMap::new((SHARDS / partitions.max(1)).max(64)),
             gaps: AtomicU64::new(0),
+            applied: AtomicI64::new(0),
         }
     }
 
@@ -140,6 +146,16 @@ impl<A: Aggregate> WriteModel<A> {
                 "event in the log does not follow its aggregate's history"
             );
         }
+    }
+
+    /// Where the next read of the partition's log starts.
+    pub fn applied(&self) -> i64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// The event at `offset`, or everything before `offset` when read to there, is reflected.
+    pub fn applied_up_to(&self, offset: i64) {
+        self.applied.fetch_max(offset, Ordering::AcqRel);
     }
 
     /// Aggregates known.

@@ -13,11 +13,13 @@ use command_engine::circuit::BrokerCircuit;
 use command_engine::idempotency::IdempotencyIndex;
 use command_engine::lane::{AnyLane, Lane, Visit};
 use command_engine::metrics::Metrics;
+use command_engine::ownership::{Membership, MembershipConfig, restore_assigned};
 use command_engine::pipeline::{Engine, now_ms};
-use command_engine::replay::ReplayError;
 use command_engine::topics::{TopicError, ensure_topic};
 use futures::future::BoxFuture;
 use http_edge::lifecycle::Tasks;
+use partition_routing::forward::Forwarder;
+use partition_routing::membership::{Cluster, client_id};
 use shared_events::{Aggregate, EventCodec};
 use tokio_util::sync::CancellationToken;
 
@@ -48,8 +50,8 @@ pub enum StartupError {
     },
     #[error("a startup task failed")]
     Join(#[from] tokio::task::JoinError),
-    #[error("rebuilding the write model from the topic failed")]
-    Replay(#[from] ReplayError),
+    #[error("could not join the command group")]
+    Group(#[source] rdkafka::error::KafkaError),
     #[error("could not build the HTTP client")]
     HttpClient(#[from] reqwest::Error),
     #[error(transparent)]
@@ -65,6 +67,7 @@ pub struct Application {
     port: u16,
     server: Server,
     batcher: Arc<Batcher>,
+    membership: Arc<Membership>,
     /// Dropped with the service, which ends the watch.
     _circuit: command_engine::circuit::Watch,
     tasks: Tasks,
@@ -80,8 +83,9 @@ impl std::fmt::Debug for Application {
 
 impl Application {
     /// Checks the configuration, creates each aggregate's topic if needed, registers its event
-    /// schema, starts the transactional producers, rebuilds the write models from the topics
-    /// and binds the listener.
+    /// schema, starts the transactional producers, joins the command group and binds the
+    /// listener. Partitions take commands once the group has assigned them here and their
+    /// write models are restored from the log (`/health/ready` says when).
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         config.validate()?;
         let connections = config.connection_cap()?;
@@ -93,6 +97,26 @@ impl Application {
         tokio::task::spawn_blocking(move || kafka.check_connection(kafka_timeout)).await??;
         let registry_timeout = Duration::from_millis(config.registry_timeout_ms);
         config.registry.check(registry_timeout).await?;
+
+        // Bound first: the address is what the other instances are told to forward to.
+        let listener =
+            service_config::listen(&config.listen).map_err(|source| StartupError::Listen {
+                address: config.listen.clone(),
+                source,
+            })?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| StartupError::Listen {
+                address: config.listen.clone(),
+                source,
+            })?;
+        let port = address.port();
+        let advertised_url = config
+            .advertised_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{address}"));
+        let group_id = config.group_id();
+
         // One index for every lane: a key is the client's, whatever aggregate it names.
         let idempotency = IdempotencyIndex::new(
             Duration::from_secs(config.idempotency_retention_secs),
@@ -100,6 +124,7 @@ impl Application {
         );
         let mut opening = Opening {
             config: &config,
+            group_id: &group_id,
             registry_timeout,
             kafka_timeout,
             idempotency: Arc::clone(&idempotency),
@@ -111,42 +136,56 @@ impl Application {
             lanes.push(lane.await?);
         }
 
-        // Producers first: initialising them fences a previous instance and aborts whatever it
-        // left open, so the replay below reads a log nobody else is extending.
+        let (assigned, assignments) = tokio::sync::mpsc::channel(4096);
+        let membership = Arc::new(
+            Membership::new(
+                &MembershipConfig {
+                    kafka: config.kafka.clone(),
+                    group_id: group_id.clone(),
+                    instance_id: config.instance_id.clone(),
+                    client_id: client_id(&config.instance_id, &advertised_url),
+                    session_timeout: Duration::from_millis(config.session_timeout_ms),
+                    // A command in flight settles within its request timeout.
+                    handover: Duration::from_millis(config.request_timeout_ms),
+                },
+                lanes.iter().map(|lane| Arc::clone(lane.leases())).collect(),
+                assigned,
+            )
+            .map_err(StartupError::Group)?,
+        );
+
+        // Producers before the group: initialising them fences a previous run of this instance
+        // and aborts whatever it left open, so the restores that follow an assignment read a
+        // log nobody else is extending.
         let metrics = Arc::new(Metrics::default());
-        let batcher_config = config.batcher();
+        let batcher_config = config.batcher(Some(membership.fence()));
         let batch_metrics = metrics.batch.clone();
         let batcher = Arc::new(
             tokio::task::spawn_blocking(move || Batcher::start(batcher_config, batch_metrics))
                 .await??,
         );
+        let topics: Vec<&str> = lanes.iter().map(|lane| lane.topic()).collect();
+        membership.join(&topics).map_err(StartupError::Group)?;
 
-        for lane in &lanes {
-            let started = std::time::Instant::now();
-            let replayed = lane
-                .restore(
-                    &config.kafka,
-                    &format!("{}-replay", config.instance_id),
-                    Duration::from_millis(config.replay_timeout_ms),
-                )
-                .await?;
-            tracing::info!(
-                aggregate = lane.name(),
-                topic = lane.topic(),
-                records = replayed.records,
-                partitions = replayed.partitions,
-                aggregates = lane.aggregates(),
-                idempotency_keys = idempotency.len(),
-                gaps = lane.gaps(),
-                elapsed_ms = started.elapsed().as_millis(),
-                "write model rebuilt from the topic"
-            );
-        }
         let mut tasks = Tasks::default();
         {
             let index = Arc::clone(&idempotency);
             tasks.spawn("idempotency sweeper", move |stop| {
                 sweep_idempotency(index, stop)
+            });
+        }
+        {
+            let (lanes, kafka) = (lanes.clone(), config.kafka.clone());
+            let group = format!("{}-restore", config.instance_id);
+            let timeout = Duration::from_millis(config.replay_timeout_ms);
+            tasks.spawn("partition restorer", move |stop| {
+                restore_assigned(lanes, assignments, kafka, group, timeout, stop)
+            });
+        }
+        {
+            let (lanes, rebalanced) = (lanes.clone(), membership.rebalanced());
+            tasks.spawn("command group view", move |stop| {
+                keep_views_fresh(lanes, rebalanced, stop)
             });
         }
         let (circuit, circuit_watch) = BrokerCircuit::start(
@@ -156,24 +195,19 @@ impl Application {
         )
         .map_err(StartupError::Circuit)?;
 
-        let listener =
-            service_config::listen(&config.listen).map_err(|source| StartupError::Listen {
-                address: config.listen.clone(),
-                source,
-            })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| StartupError::Listen {
-                address: config.listen.clone(),
-                source,
-            })?
-            .port();
+        let request_timeout = Duration::from_millis(config.request_timeout_ms);
         let engine = web::Data::new(Engine {
             batcher: Arc::clone(&batcher),
             circuit: Arc::clone(&circuit),
             metrics: Arc::clone(&metrics),
             max_body_bytes: config.max_body_bytes,
-            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            request_timeout,
+            instance_id: config.instance_id.clone(),
+            // The owner answers within its own request timeout; a little more covers the hop.
+            forwarder: Forwarder::new(
+                &config.instance_id,
+                request_timeout + Duration::from_secs(1),
+            ),
         });
         let operations = web::Data::new(Operations {
             batcher: Arc::clone(&batcher),
@@ -183,12 +217,27 @@ impl Application {
             idempotency,
             registry_url: config.registry.url.clone(),
             http: config.registry.client_builder(registry_timeout)?.build()?,
+            membership: Arc::clone(&membership),
+            access: http_edge::access::Access {
+                admin_token: config.admin_token.clone(),
+                read_token: None,
+            },
+            instance_id: config.instance_id.clone(),
+            advertised_url,
+            group_id: group_id.clone(),
+            served: std::sync::atomic::AtomicBool::new(false),
         });
         let document = web::Data::new(http_edge::docs::ApiDocument::new(crate::openapi::document(
             &config,
         )));
+        let served_by = config.instance_id.clone();
         let server = HttpServer::new(move || {
             let mut app = App::new()
+                // The instance that decided; a relayed answer keeps its owner's.
+                .wrap(
+                    actix_web::middleware::DefaultHeaders::new()
+                        .add(("Served-By", served_by.clone())),
+                )
                 .app_data(engine.clone())
                 .app_data(operations.clone())
                 .app_data(document.clone())
@@ -213,6 +262,7 @@ impl Application {
             port,
             server,
             batcher,
+            membership,
             _circuit: circuit_watch,
             tasks,
         })
@@ -245,6 +295,13 @@ impl Application {
         {
             tracing::error!("draining the write queue panicked");
         }
+        let membership = self.membership;
+        if tokio::task::spawn_blocking(move || membership.leave())
+            .await
+            .is_err()
+        {
+            tracing::error!("leaving the command group panicked");
+        }
         served
     }
 }
@@ -260,9 +317,41 @@ async fn sweep_idempotency(index: Arc<IdempotencyIndex>, stop: CancellationToken
     }
 }
 
+/// Describes the command group for each lane after every rebalance (again shortly after, while
+/// the other members finish theirs) and every few seconds in between, until `stop`.
+async fn keep_views_fresh(
+    lanes: Vec<Arc<dyn AnyLane>>,
+    rebalanced: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
+    let mut soon = 0;
+    loop {
+        for lane in &lanes {
+            if let Some(cluster) = lane.cluster().cloned() {
+                let refreshed = tokio::task::spawn_blocking(move || cluster.refresh()).await;
+                if let Ok(Err(error)) = refreshed {
+                    tracing::warn!(%error, topic = lane.topic(), "could not describe the command group");
+                }
+            }
+        }
+        let pause = if soon > 0 {
+            soon -= 1;
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(5)
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = rebalanced.notified() => soon = 6,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
 /// Opens each aggregate's lane: its topic created if need be, its schema registered.
 struct Opening<'a> {
     config: &'a Config,
+    group_id: &'a str,
     registry_timeout: Duration,
     kafka_timeout: Duration,
     idempotency: Arc<IdempotencyIndex>,
@@ -271,8 +360,12 @@ struct Opening<'a> {
 
 impl Visit for Opening<'_> {
     fn aggregate<A: Aggregate>(&mut self, topic: &str) {
-        let (config, registry_timeout, kafka_timeout) =
-            (self.config, self.registry_timeout, self.kafka_timeout);
+        let (config, group_id, registry_timeout, kafka_timeout) = (
+            self.config,
+            self.group_id,
+            self.registry_timeout,
+            self.kafka_timeout,
+        );
         let idempotency = Arc::clone(&self.idempotency);
         let topic = topic.to_owned();
         self.lanes.push(Box::pin(async move {
@@ -288,8 +381,15 @@ impl Visit for Opening<'_> {
                 EventCodec::<A::Event>::new(config.registry.sr_settings(registry_timeout)?, &topic)?;
             let schema_id = codec.register().await?;
             tracing::info!(schema_id, %topic, partitions, aggregate = A::NAME, "event schema registered");
-            let lane: Arc<dyn AnyLane> =
-                Arc::new(Lane::<A>::new(&topic, codec, partitions, idempotency));
+            let cluster = Cluster::new(&config.kafka, group_id, &topic, kafka_timeout)
+                .map_err(StartupError::Group)?;
+            let lane: Arc<dyn AnyLane> = Arc::new(Lane::<A>::new(
+                &topic,
+                codec,
+                partitions,
+                idempotency,
+                Some(Arc::new(cluster)),
+            ));
             Ok(lane)
         }));
     }

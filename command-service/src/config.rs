@@ -7,10 +7,10 @@ use std::time::Duration;
 use clap::Parser;
 use service_config::{KafkaArgs, RegistryArgs};
 
-use command_engine::batcher::BatcherConfig;
+use command_engine::batcher::{BatcherConfig, Fence};
 
 /// Command service: validates commands (orders, customers) and commits their events to Kafka.
-#[derive(Debug, Clone, Parser)]
+#[derive(Clone, Parser)]
 #[command(name = "command-service", version)]
 pub struct Config {
     /// A TOML file of settings, named as the flags are (`max_batch = 1024`); flags and
@@ -37,10 +37,26 @@ pub struct Config {
     /// cluster's `default.replication.factor`.
     #[arg(long, env = "ORDERS_TOPIC_REPLICATION", default_value_t = -1, allow_negative_numbers = true)]
     pub topic_replication: i32,
-    /// Identity of this instance; producer `transactional.id`s are `<instance-id>-<worker>`.
-    /// Must be stable across restarts and unique among running instances.
+    /// Identity of this instance; producer `transactional.id`s are `<instance-id>-<worker>`, and
+    /// it is the instance's static member id in the command group. Must be stable across
+    /// restarts and unique among running instances.
     #[arg(long, env = "COMMAND_INSTANCE_ID", default_value = "command-service")]
     pub instance_id: String,
+    /// Base URL other instances forward commands to this one at. Default: `http://` and the
+    /// address it listens on.
+    #[arg(long, env = "COMMAND_ADVERTISED_URL")]
+    pub advertised_url: Option<String>,
+    /// The consumer group the instances of this topic set share partitions through. Default:
+    /// `<orders topic>-command`.
+    #[arg(long, env = "COMMAND_GROUP_ID")]
+    pub group_id: Option<String>,
+    /// How long the group waits for an instance it has lost before giving its partitions to
+    /// the others, in milliseconds.
+    #[arg(long, env = "COMMAND_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub session_timeout_ms: u64,
+    /// Bearer token for the admin routes (`/admin/cluster`); without one they are off.
+    #[arg(long, env = "COMMAND_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
     /// Transactional producers, each committing its own batches.
     #[arg(long, env = "COMMAND_PRODUCER_WORKERS", default_value_t = 2)]
     pub producer_workers: usize,
@@ -56,8 +72,9 @@ pub struct Config {
     /// Bound on each Kafka call (transaction init, commit, abort, delivery), in milliseconds.
     #[arg(long, env = "COMMAND_KAFKA_TIMEOUT_MS", default_value_t = 10_000)]
     pub kafka_timeout_ms: u64,
-    /// Kafka `transaction.timeout.ms` of the producers.
-    #[arg(long, env = "COMMAND_TRANSACTION_TIMEOUT_MS", default_value_t = 60_000)]
+    /// Kafka `transaction.timeout.ms` of the producers. A transaction a dead instance left open
+    /// holds its partitions' next owner back until then (Kafka Streams uses 10 s too).
+    #[arg(long, env = "COMMAND_TRANSACTION_TIMEOUT_MS", default_value_t = 10_000)]
     pub transaction_timeout_ms: u64,
     /// Bound on each schema registry call, in milliseconds.
     #[arg(long, env = "COMMAND_REGISTRY_TIMEOUT_MS", default_value_t = 5_000)]
@@ -92,6 +109,46 @@ pub struct Config {
     pub replay_timeout_ms: u64,
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("config", &self.config)
+            .field("listen", &self.listen)
+            .field("kafka", &self.kafka)
+            .field("registry", &self.registry)
+            .field("topic", &self.topic)
+            .field("customers_topic", &self.customers_topic)
+            .field("topic_partitions", &self.topic_partitions)
+            .field("topic_replication", &self.topic_replication)
+            .field("instance_id", &self.instance_id)
+            .field("advertised_url", &self.advertised_url)
+            .field("group_id", &self.group_id())
+            .field("session_timeout_ms", &self.session_timeout_ms)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("producer_workers", &self.producer_workers)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("max_batch", &self.max_batch)
+            .field("linger_ms", &self.linger_ms)
+            .field("kafka_timeout_ms", &self.kafka_timeout_ms)
+            .field("transaction_timeout_ms", &self.transaction_timeout_ms)
+            .field("registry_timeout_ms", &self.registry_timeout_ms)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("http_workers", &self.http_workers)
+            .field("max_connections", &self.max_connections)
+            .field(
+                "idempotency_retention_secs",
+                &self.idempotency_retention_secs,
+            )
+            .field("idempotency_max_keys", &self.idempotency_max_keys)
+            .field("replay_timeout_ms", &self.replay_timeout_ms)
+            .finish()
+    }
+}
+
 /// A configuration value that cannot work.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -118,8 +175,22 @@ impl Config {
                 "topic partitions must be at least 1, and replication at least 1 or -1 (the cluster's default)",
             );
         }
-        if self.instance_id.is_empty() {
-            return fail("instance id must be non-empty");
+        if self.instance_id.is_empty() || self.instance_id.contains('@') {
+            return fail("instance id must be non-empty and contain no '@'");
+        }
+        if let Some(url) = &self.advertised_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return fail("the advertised URL must start with http:// or https://");
+        }
+        if self.group_id.as_deref().is_some_and(str::is_empty) {
+            return fail("the group id must be non-empty");
+        }
+        if self.session_timeout_ms < 1_000 {
+            return fail("the session timeout must be at least 1000 ms");
+        }
+        if self.admin_token.as_deref().is_some_and(|t| t.len() < 8) {
+            return fail("the admin token must be at least 8 characters");
         }
         if self.producer_workers == 0 || self.queue_capacity == 0 || self.max_batch == 0 {
             return fail("producer workers, queue capacity and max batch must be at least 1");
@@ -152,7 +223,14 @@ impl Config {
             .map_err(ConfigError)
     }
 
-    pub fn batcher(&self) -> BatcherConfig {
+    /// The command group's id.
+    pub fn group_id(&self) -> String {
+        self.group_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-command", self.topic))
+    }
+
+    pub fn batcher(&self, fence: Option<std::sync::Arc<dyn Fence>>) -> BatcherConfig {
         BatcherConfig {
             kafka: self.kafka.clone(),
             transactional_id_prefix: self.instance_id.clone(),
@@ -162,6 +240,7 @@ impl Config {
             linger: Duration::from_millis(self.linger_ms),
             kafka_timeout: Duration::from_millis(self.kafka_timeout_ms),
             transaction_timeout: Duration::from_millis(self.transaction_timeout_ms),
+            fence,
         }
     }
 }

@@ -9,6 +9,7 @@ use http_edge::docs::describe_problems;
 use http_edge::problem::{Problem, ProblemField};
 use shared_events::Aggregate;
 use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::config::Config;
 
@@ -18,9 +19,17 @@ use crate::config::Config;
         title = "Command service",
         description = "Validates commands and commits their events to Kafka; a 2xx means the event is in a committed transaction."
     ),
-    paths(http_edge::health::live, crate::api::ready, crate::api::metrics),
+    paths(
+        http_edge::health::live,
+        crate::api::ready,
+        crate::api::metrics,
+        crate::api::cluster
+    ),
     components(schemas(Problem, ProblemField)),
-    tags((name = "operations", description = "Health and metrics"))
+    tags(
+        (name = "operations", description = "Health and metrics"),
+        (name = "admin", description = "The command group (admin token)")
+    )
 )]
 struct Document;
 
@@ -43,6 +52,12 @@ pub fn document(config: &Config) -> utoipa::openapi::OpenApi {
     crate::app::aggregates(config, &mut commands);
     let mut document = commands.document;
     describe_problems(&mut document, env!("CARGO_PKG_VERSION"), types::ALL);
+    if let Some(components) = document.components.as_mut() {
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
     document
 }
 

@@ -8,10 +8,12 @@
 //! - [`body`]: reading a JSON request body, bounded in size and time.
 //! - [`precondition`]: `If-Match` (RFC 9110) against a version `ETag`.
 //! - [`health`]: the liveness route.
+//! - [`access`]: the admin API's tokens (admin, read-only).
 //! - [`lifecycle`]: the stop signal, and background tasks stopped together within a grace.
 //! - [`docs`]: the OpenAPI document at `/openapi.json` and a browsable page at `/docs`, whose
 //!   assets are compiled in: no CDN.
 
+pub mod access;
 pub mod body;
 pub mod docs;
 pub mod health;

@@ -141,6 +141,9 @@ transaction.state.log.num.partitions=6
 share.coordinator.state.topic.replication.factor={replication}
 share.coordinator.state.topic.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
+# A transaction left open by a killed command instance holds its partitions' next owner back
+# until it times out; look for timed-out transactions every second, not every ten.
+transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 ",
             controller = self.controller_port,
             port = self.port,

@@ -39,7 +39,7 @@
 //!   ([`query`]).
 //! - A query is forwarded at most once, never to the forwarder ([`routing::route`]).
 
-pub mod access;
+pub use http_edge::access;
 pub mod catalog;
 pub mod cluster;
 pub mod live;

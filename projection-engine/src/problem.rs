@@ -97,20 +97,9 @@ pub mod types {
         StatusCode::SERVICE_UNAVAILABLE,
         Some(5),
     );
-    pub const UNAUTHORIZED: ProblemType = ProblemType::new(
-        "unauthorized",
-        "Unauthorized",
-        StatusCode::UNAUTHORIZED,
-        None,
-    );
-    pub const ADMIN_DISABLED: ProblemType = ProblemType::new(
-        "admin-disabled",
-        "Admin API disabled",
-        StatusCode::FORBIDDEN,
-        None,
-    );
-    pub const FORBIDDEN: ProblemType =
-        ProblemType::new("forbidden", "Forbidden", StatusCode::FORBIDDEN, None);
+    pub const UNAUTHORIZED: ProblemType = http_edge::access::problems::UNAUTHORIZED;
+    pub const ADMIN_DISABLED: ProblemType = http_edge::access::problems::ADMIN_DISABLED;
+    pub const FORBIDDEN: ProblemType = http_edge::access::problems::FORBIDDEN;
     pub const INVALID_REPORT_REQUEST: ProblemType = ProblemType::new(
         "invalid-report-request",
         "Invalid report request",
@@ -226,6 +215,17 @@ impl QueryError {
             Self::ProjectionNotFound(_) => PROJECTION_NOT_FOUND,
             Self::Body(error) => error.problem_type(),
             Self::Store(_) | Self::View(_) => STORE_FAILURE,
+        }
+    }
+}
+
+impl From<http_edge::access::Denied> for QueryError {
+    fn from(denied: http_edge::access::Denied) -> Self {
+        use http_edge::access::Denied;
+        match denied {
+            Denied::Disabled => Self::AdminDisabled,
+            Denied::Unauthorized => Self::Unauthorized,
+            Denied::Forbidden(act) => Self::Forbidden(act),
         }
     }
 }

@@ -11,8 +11,8 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use crate::helpers::{
-    codec, config, env, fresh_topic, order_body, place_body_with_key, place_with_key,
-    read_committed, read_committed_from, spawn_app, spawn_app_with,
+    KillOnDrop, codec, config, env, fresh_topic, order_body, place_body_with_key, place_with_key,
+    read_committed, read_committed_from, spawn_app, spawn_app_with, wait_ready,
 };
 
 #[tokio::test]
@@ -456,44 +456,8 @@ impl ServiceRuns {
     }
 }
 
-/// A child process that is killed when the test lets go of it, also when the test fails.
-struct KillOnDrop(std::process::Child);
-
-impl std::ops::Deref for KillOnDrop {
-    type Target = std::process::Child;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for KillOnDrop {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_live(client: &reqwest::Client, address: &str) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while client
-        .get(format!("{address}/health/live"))
-        .send()
-        .await
-        .map_or(true, |r| !r.status().is_success())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the command service did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+async fn wait_up(client: &reqwest::Client, address: &str) {
+    wait_ready(client, address, Duration::from_secs(90)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,7 +470,7 @@ async fn kill_9_under_load_loses_no_acknowledged_command() {
         .build()
         .unwrap();
     let mut service = start(1);
-    wait_live(&client, &address).await;
+    wait_up(&client, &address).await;
 
     // Eight clients place orders until the service dies under them.
     let acknowledged_so_far = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -564,7 +528,7 @@ async fn kill_9_under_load_loses_no_acknowledged_command() {
     // Restart: the new instance's producers fence the dead one's and abort its open
     // transactions. Then every acknowledged order is in the log exactly once.
     let mut service = start(2);
-    wait_live(&client, &address).await;
+    wait_up(&client, &address).await;
     let records = tokio::task::spawn_blocking({
         let topic = topic.clone();
         move || read_committed(&topic)
@@ -645,7 +609,7 @@ async fn an_answered_command_survives_a_kill_9_right_after_its_answer() {
     let mut answered = Vec::new();
     for round in 0..4 {
         let mut service = start(round);
-        wait_live(&client, &address).await;
+        wait_up(&client, &address).await;
         let response = client
             .post(format!("{address}/orders"))
             .header("content-type", "application/json")
@@ -662,7 +626,7 @@ async fn an_answered_command_survives_a_kill_9_right_after_its_answer() {
     }
     // One more start aborts whatever the last one left open.
     let mut service = start(99);
-    wait_live(&client, &address).await;
+    wait_up(&client, &address).await;
     let records = tokio::task::spawn_blocking({
         let topic = topic.clone();
         move || read_committed(&topic)
@@ -767,7 +731,7 @@ async fn the_write_model_is_right_after_a_kill_9() {
     const CANCEL: &str = r#"{"reason":"changed my mind"}"#;
 
     let mut service = start(1);
-    wait_live(&client, &address).await;
+    wait_up(&client, &address).await;
     let mut orders = Vec::new();
     for customer in ["c-a", "c-b", "c-c"] {
         let response = client
@@ -787,7 +751,7 @@ async fn the_write_model_is_right_after_a_kill_9() {
     service.wait().unwrap();
 
     let mut service = start(2);
-    wait_live(&client, &address).await;
+    wait_up(&client, &address).await;
     // A was paid before the kill: paying again breaks a rule, shipping is version 3.
     assert_eq!(post(format!("/orders/{a}/payment"), PAY, None).await.0, 409);
     let (status, body) = post(format!("/orders/{a}/shipment"), SHIP, None).await;
@@ -953,7 +917,7 @@ async fn sigterm_with_a_full_queue_answers_everything_it_took() {
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
-    wait_live(&client, &address).await;
+    wait_up(&client, &address).await;
 
     let requests: Vec<_> = (0..REQUESTS)
         .map(|i| {

@@ -15,6 +15,9 @@ pub fn env(name: &str) -> String {
 
 pub const PARTITIONS: i32 = 3;
 
+/// The admin token of the services the tests start with one.
+pub const ADMIN_TOKEN: &str = "command-admin-token";
+
 pub struct TestApp {
     pub address: String,
     pub topic: String,
@@ -94,12 +97,19 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(config: Config) -> TestApp {
     let topic = config.topic.clone();
     let customers_topic = config.customers_topic.clone();
+    // The service's errors (or what `RUST_LOG` asks for) in the output of a failing test.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let app = Application::build(config)
         .await
         .expect("the command service did not start");
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
     tokio::spawn(app.run_until_stopped());
+    // A client of its own, dropped with its connection: some tests count connections.
+    wait_ready(&reqwest::Client::new(), &address, Duration::from_secs(60)).await;
     TestApp {
         address,
         topic,
@@ -109,6 +119,27 @@ pub async fn spawn_app_with(config: Config) -> TestApp {
             .build()
             .unwrap(),
         handle,
+    }
+}
+
+/// Waits until the service at `address` says it is ready: the command group has assigned it
+/// its partitions and they are restored.
+pub async fn wait_ready(client: &reqwest::Client, address: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let ready = client
+            .get(format!("{address}/health/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ready {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{address} was not ready within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -136,13 +167,20 @@ pub fn read_committed_from(bootstrap: &str, topic: &str) -> Vec<Record> {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
+    // The ends asked read-uncommitted: a read-committed client is told the last stable offset,
+    // which stops short of every committed record behind a transaction still open.
+    let watermarks: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .unwrap();
     let mut assignment = TopicPartitionList::new();
     let mut ends = Vec::new();
     for p in 0..PARTITIONS {
         assignment
             .add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
-        let (_, high) = consumer
+        let (_, high) = watermarks
             .fetch_watermarks(topic, p, Duration::from_secs(10))
             .unwrap();
         ends.push(high);
@@ -218,5 +256,29 @@ pub async fn place_with_key(
             let body: serde_json::Value = response.json().await.unwrap_or_default();
             (status, body["order_id"].as_str().map(str::to_owned))
         }
+    }
+}
+
+/// A child process that is killed when the test lets go of it, also when the test fails.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -4,7 +4,7 @@
 use http_edge::docs::{operations, promised_status, table_operations};
 use serde_json::Value;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{ADMIN_TOKEN, TestApp, config, fresh_topic, spawn_app, spawn_app_with};
 
 async fn document(app: &TestApp) -> Value {
     let response = app
@@ -71,7 +71,9 @@ fn promised(document: &Value, path: &str, method: &str) -> u16 {
 
 #[tokio::test]
 async fn each_request_example_gets_the_status_the_document_promises() {
-    let app = spawn_app().await;
+    let mut config = config(&fresh_topic());
+    config.admin_token = Some(ADMIN_TOKEN.into());
+    let app = spawn_app_with(config).await;
     let document = document(&app).await;
     let post = |path: String, body: String| {
         let app = &app;
@@ -129,6 +131,7 @@ async fn each_request_example_gets_the_status_the_document_promises() {
         let response = app
             .client
             .get(format!("{}{path}", app.address))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .unwrap();

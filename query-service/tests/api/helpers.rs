@@ -53,6 +53,19 @@ impl Commands {
         let address = format!("http://127.0.0.1:{}", app.port());
         let handle = app.handle();
         tokio::spawn(app.run_until_stopped());
+        // Commands are taken once the command group has assigned the instance its partitions
+        // and they are restored.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !reqwest::get(format!("{address}/health/ready"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the command service was not ready within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Self {
             address,
             topic,

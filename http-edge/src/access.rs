@@ -4,7 +4,48 @@
 use actix_web::HttpRequest;
 use actix_web::http::header;
 
-use crate::problem::QueryError;
+/// Why a request may not use the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("the admin API is disabled here (no admin token configured)")]
+    Disabled,
+    #[error("a valid `Authorization: Bearer <admin token>` header is required")]
+    Unauthorized,
+    #[error("the read-only admin token may read, not {0}")]
+    Forbidden(&'static str),
+}
+
+/// The problem table's rows for a denied admin request, shared by every service's table.
+pub mod problems {
+    use actix_web::http::StatusCode;
+
+    use crate::ProblemType;
+
+    pub const UNAUTHORIZED: ProblemType = ProblemType::new(
+        "unauthorized",
+        "Unauthorized",
+        StatusCode::UNAUTHORIZED,
+        None,
+    );
+    pub const ADMIN_DISABLED: ProblemType = ProblemType::new(
+        "admin-disabled",
+        "Admin API disabled",
+        StatusCode::FORBIDDEN,
+        None,
+    );
+    pub const FORBIDDEN: ProblemType =
+        ProblemType::new("forbidden", "Forbidden", StatusCode::FORBIDDEN, None);
+}
+
+impl Denied {
+    pub fn problem_type(&self) -> &'static crate::ProblemType {
+        match self {
+            Self::Disabled => &problems::ADMIN_DISABLED,
+            Self::Unauthorized => &problems::UNAUTHORIZED,
+            Self::Forbidden(_) => &problems::FORBIDDEN,
+        }
+    }
+}
 
 /// What a request may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -38,16 +79,16 @@ impl Access {
         request: &HttpRequest,
         needed: Role,
         act: &'static str,
-    ) -> Result<Role, QueryError> {
+    ) -> Result<Role, Denied> {
         let Some(admin) = &self.admin_token else {
-            return Err(QueryError::AdminDisabled);
+            return Err(Denied::Disabled);
         };
         let presented = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(bearer_token)
-            .ok_or(QueryError::Unauthorized)?;
+            .ok_or(Denied::Unauthorized)?;
         let role = if same_secret(presented.as_bytes(), admin.as_bytes()) {
             Role::Admin
         } else if self
@@ -57,10 +98,10 @@ impl Access {
         {
             Role::Read
         } else {
-            return Err(QueryError::Unauthorized);
+            return Err(Denied::Unauthorized);
         };
         if role < needed {
-            return Err(QueryError::Forbidden(act));
+            return Err(Denied::Forbidden(act));
         }
         Ok(role)
     }
@@ -139,16 +180,16 @@ mod tests {
         );
         assert!(matches!(
             access.authorize(&with("read-token"), Role::Admin, "start"),
-            Err(QueryError::Forbidden(_))
+            Err(Denied::Forbidden(_))
         ));
         assert!(matches!(
             access.authorize(&with("nope"), Role::Read, "read"),
-            Err(QueryError::Unauthorized)
+            Err(Denied::Unauthorized)
         ));
         let off = Access::default();
         assert!(matches!(
             off.authorize(&with("admin-token"), Role::Read, "read"),
-            Err(QueryError::AdminDisabled)
+            Err(Denied::Disabled)
         ));
     }
 }
