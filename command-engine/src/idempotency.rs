@@ -109,9 +109,33 @@ pub enum Begin {
     InDoubt,
 }
 
+/// What a checkpoint must store of the index: receipts added and keys forgotten since the last.
+#[derive(Debug, Default)]
+pub struct Journal {
+    pub stored: Vec<(String, Vec<u8>)>,
+    pub forgotten: Vec<String>,
+}
+
+/// A receipt as the snapshot store keeps it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StoredReceipt {
+    command: String,
+    target: Option<String>,
+    content: u64,
+    created: bool,
+    aggregate_id: String,
+    version: i64,
+    event_id: String,
+    partition: i32,
+    offset: i64,
+    at_ms: i64,
+}
+
 #[derive(Debug)]
 pub struct IdempotencyIndex {
     slots: ShardedMap<Slot>,
+    /// Kept only when a snapshot store is behind the index.
+    journal: Option<Mutex<Journal>>,
     /// Keys of `Done` slots by the time they were committed (ms since the epoch), oldest first.
     /// Locked before a shard, never while one is held.
     expiry: Mutex<VecDeque<(i64, String)>>,
@@ -122,8 +146,14 @@ pub struct IdempotencyIndex {
 
 impl IdempotencyIndex {
     pub fn new(retention: Duration, max_entries: usize) -> Arc<Self> {
+        Self::journaled(retention, max_entries, false)
+    }
+
+    /// An index whose changes are also journaled for a snapshot store, if `journaled`.
+    pub fn journaled(retention: Duration, max_entries: usize, journaled: bool) -> Arc<Self> {
         Arc::new(Self {
             slots: ShardedMap::new(SHARDS),
+            journal: journaled.then(Mutex::default),
             expiry: Mutex::default(),
             retention,
             max_entries,
@@ -131,8 +161,96 @@ impl IdempotencyIndex {
         })
     }
 
+    /// The changes since the last call, for the snapshot store.
+    pub fn take_journal(&self) -> Journal {
+        self.journal
+            .as_ref()
+            .map(|journal| std::mem::take(&mut *lock(journal)))
+            .unwrap_or_default()
+    }
+
+    /// Loads the receipts a snapshot store kept, in the order they were committed, skipping
+    /// those past the retention window (journaled as forgotten). `commands` names every
+    /// command of the service, so that a receipt's command is one of them.
+    pub fn load(
+        &self,
+        stored: impl Iterator<Item = (String, Vec<u8>)>,
+        commands: &[&'static str],
+        now_ms: i64,
+    ) -> usize {
+        let mut receipts: Vec<(String, StoredReceipt)> = stored
+            .filter_map(|(key, bytes)| match serde_json::from_slice(&bytes) {
+                Ok(receipt) => Some((key, receipt)),
+                Err(error) => {
+                    tracing::warn!(%key, %error, "an unreadable stored receipt is skipped");
+                    None
+                }
+            })
+            .collect();
+        receipts.sort_by_key(|(_, r)| r.at_ms);
+        let mut loaded = 0;
+        for (key, r) in receipts {
+            let command = commands.iter().copied().find(|c| *c == r.command);
+            let Some(command) =
+                command.filter(|_| now_ms.saturating_sub(r.at_ms) <= self.retention_ms())
+            else {
+                if let Some(journal) = &self.journal {
+                    lock(journal).forgotten.push(key);
+                }
+                continue;
+            };
+            let fingerprint = Fingerprint {
+                command,
+                target: r.target,
+                content: r.content,
+            };
+            let receipt = Receipt {
+                command,
+                created: r.created,
+                aggregate_id: r.aggregate_id,
+                version: r.version,
+                event_id: r.event_id,
+                position: Position {
+                    partition: r.partition,
+                    offset: r.offset,
+                },
+            };
+            self.insert(&key, fingerprint, receipt, r.at_ms, false);
+            loaded += 1;
+        }
+        loaded
+    }
+
     /// Records a receipt, then forgets the oldest ones beyond the bound.
     fn insert_done(&self, key: &str, fingerprint: Fingerprint, receipt: Receipt, at_ms: i64) {
+        self.insert(key, fingerprint, receipt, at_ms, true);
+    }
+
+    fn insert(
+        &self,
+        key: &str,
+        fingerprint: Fingerprint,
+        receipt: Receipt,
+        at_ms: i64,
+        journal: bool,
+    ) {
+        if journal && let Some(changes) = &self.journal {
+            let stored = StoredReceipt {
+                command: fingerprint.command.to_owned(),
+                target: fingerprint.target.clone(),
+                content: fingerprint.content,
+                created: receipt.created,
+                aggregate_id: receipt.aggregate_id.clone(),
+                version: receipt.version,
+                event_id: receipt.event_id.clone(),
+                partition: receipt.position.partition,
+                offset: receipt.position.offset,
+                at_ms,
+            };
+            if let Ok(bytes) = serde_json::to_vec(&stored) {
+                lock(changes).stored.push((key.to_owned(), bytes));
+            }
+        }
         let mut expiry = lock(&self.expiry);
         self.slots.shard(key).insert(
             key.to_owned(),
@@ -155,6 +273,10 @@ impl IdempotencyIndex {
         let mut slots = self.slots.shard(key);
         if matches!(slots.get(key), Some(Slot::Done { .. })) {
             slots.remove(key);
+            drop(slots);
+            if let Some(journal) = &self.journal {
+                lock(journal).forgotten.push(key.to_owned());
+            }
         }
     }
 

@@ -22,9 +22,12 @@ use partition_routing::membership::Cluster;
 use shared_events::partitioner::partition_for_key;
 use shared_events::{Aggregate, EventCodec, EventEnvelope, Position};
 
+use crate::checkpoint::{Staged, distinct};
 use crate::idempotency::{Fingerprint, IdempotencyIndex, Receipt};
 use crate::ownership::Leases;
-use crate::write_model::WriteModel;
+use crate::replay::ReplayError;
+use crate::snapshot::{Checkpoint, SnapshotError, SnapshotStore};
+use crate::write_model::{Stored, WriteModel};
 
 /// What the command side keeps of one partition.
 #[derive(Debug)]
@@ -43,23 +46,43 @@ pub struct Lane<A: Aggregate> {
     leases: Arc<Leases>,
     /// The command group as last described: who owns the partitions this instance does not.
     cluster: Option<Arc<Cluster>>,
+    /// Events read by restores since start.
+    restored: std::sync::atomic::AtomicU64,
 }
 
 impl<A: Aggregate> Lane<A> {
     /// An empty lane for `topic`, which has `partitions` partitions, remembering receipts in
-    /// the service's `idempotency` index, owning no partition yet.
+    /// the service's `idempotency` index, owning no partition yet. With a `store`, each
+    /// partition's model starts from its snapshot there and keeps about `capacity / partitions`
+    /// aggregates in memory.
     pub fn new(
         topic: &str,
         codec: EventCodec<A::Event>,
         partitions: i32,
         idempotency: Arc<IdempotencyIndex>,
         cluster: Option<Arc<Cluster>>,
+        store: Option<(Arc<SnapshotStore>, usize)>,
     ) -> Self {
         let count = usize::try_from(partitions.max(1)).unwrap_or(1);
+        let topic_name: Arc<str> = topic.into();
         let partitions = (0..partitions.max(1))
-            .map(|number| Partition {
-                number,
-                model: Arc::new(WriteModel::for_partition_of(count)),
+            .map(|number| {
+                let model = match &store {
+                    None => WriteModel::for_partition_of(count),
+                    Some((store, capacity)) => WriteModel::stored(
+                        count,
+                        Some(Stored {
+                            store: Arc::clone(store),
+                            topic: Arc::clone(&topic_name),
+                            partition: number,
+                        }),
+                        capacity / count,
+                    ),
+                };
+                Partition {
+                    number,
+                    model: Arc::new(model),
+                }
             })
             .collect();
         Self {
@@ -69,6 +92,7 @@ impl<A: Aggregate> Lane<A> {
             idempotency,
             leases: Leases::new(topic, i32::try_from(count).unwrap_or(i32::MAX)),
             cluster,
+            restored: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -103,12 +127,24 @@ impl<A: Aggregate> Lane<A> {
         &self.partitions
     }
 
+    fn model(&self, partition: i32) -> Option<&Arc<WriteModel<A>>> {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.partitions.get(p))
+            .map(|p| &p.model)
+    }
+
     /// Applies an event read back from the log, and remembers the receipt of the keyed command
     /// that wrote it. The event goes to the partition its id belongs to now, which is where
     /// commands will look for it: the one it was read from differs only if partitions were
     /// added to the topic since (said in the log; the aggregate's later events then go to the
     /// new partition, as with any keyed Kafka topic).
-    pub fn restore(&self, event: &A::Event, position: Position, now_ms: i64) {
+    pub fn restore(
+        &self,
+        event: &A::Event,
+        position: Position,
+        now_ms: i64,
+    ) -> Result<(), SnapshotError> {
         let partition = self.partition_of(event.aggregate_id());
         if partition.number != position.partition {
             tracing::warn!(
@@ -119,7 +155,7 @@ impl<A: Aggregate> Lane<A> {
                 "an event was read from another partition than its id belongs to now"
             );
         }
-        partition.model.apply_from_log(event);
+        partition.model.apply_from_log(event)?;
         if let Some(read_from) = usize::try_from(position.partition)
             .ok()
             .and_then(|p| self.partitions.get(p))
@@ -135,6 +171,7 @@ impl<A: Aggregate> Lane<A> {
                 now_ms,
             );
         }
+        Ok(())
     }
 
     /// Aggregates known, over all partitions.
@@ -204,6 +241,18 @@ pub trait AnyLane: Send + Sync + 'static {
     ) -> futures::future::BoxFuture<'a, Result<crate::replay::Replayed, crate::replay::ReplayError>>;
     fn leases(&self) -> &Arc<Leases>;
     fn cluster(&self) -> Option<&Arc<Cluster>>;
+    /// The offset of `partition` after the last event its model reflects.
+    fn applied(&self, partition: i32) -> i64;
+    /// Aggregates of `partition` whose last command's outcome is in doubt.
+    fn in_doubt(&self, partition: i32) -> u64;
+    /// Adds the aggregates changed since the last checkpoint to `batch`. Blocking.
+    fn stage(&self, batch: &mut Checkpoint) -> Result<Staged, SnapshotError>;
+    /// The staged aggregates are stored: they may leave memory unless changed since. Blocking.
+    fn stored(&self, staged: &Staged);
+    /// Aggregates read from the store, and dropped from memory, since start.
+    fn cache_traffic(&self) -> (u64, u64);
+    /// Events read from the log by restores since start.
+    fn restored(&self) -> u64;
     fn aggregates(&self) -> usize;
     fn gaps(&self) -> u64;
 }
@@ -246,7 +295,9 @@ impl<A: Aggregate> AnyLane for Lane<A> {
                 &from,
                 &self.codec,
                 timeout,
-                |event: A::Event, position| Lane::restore(self, &event, position, now),
+                |event: A::Event, position| {
+                    Lane::restore(self, &event, position, now).map_err(ReplayError::from)
+                },
             )
             .await?;
             for (p, at) in reached {
@@ -256,6 +307,8 @@ impl<A: Aggregate> AnyLane for Lane<A> {
                     partition.model.applied_up_to(at);
                 }
             }
+            self.restored
+                .fetch_add(replayed.records, std::sync::atomic::Ordering::Relaxed);
             Ok(replayed)
         })
     }
@@ -266,6 +319,67 @@ impl<A: Aggregate> AnyLane for Lane<A> {
 
     fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.cluster.as_ref()
+    }
+
+    fn applied(&self, partition: i32) -> i64 {
+        self.model(partition).map_or(0, |model| model.applied())
+    }
+
+    fn in_doubt(&self, partition: i32) -> u64 {
+        self.model(partition).map_or(0, |model| model.in_doubt())
+    }
+
+    fn stage(&self, batch: &mut Checkpoint) -> Result<Staged, SnapshotError> {
+        let mut staged = Vec::new();
+        for partition in &self.partitions {
+            let model = &partition.model;
+            for id in distinct(model.take_changed()) {
+                // Not in memory: dropped, which only a stored aggregate is.
+                let Some(cell) = model.get(&id) else {
+                    continue;
+                };
+                // Waits for a command holding it: its state before that command is what the
+                // offset being stored stands for.
+                let slot = cell.blocking_lock();
+                let Some(state) = slot.state.as_ref().filter(|_| slot.dirty && !slot.in_doubt)
+                else {
+                    continue;
+                };
+                let encoded = serde_json::to_vec(state).map_err(|e| SnapshotError::Corrupt {
+                    what: "aggregate state",
+                    reason: e.to_string(),
+                })?;
+                batch.aggregate(&self.topic, partition.number, &id, slot.version, &encoded);
+                staged.push((partition.number, id, slot.version));
+            }
+        }
+        Ok(staged)
+    }
+
+    fn stored(&self, staged: &Staged) {
+        for (partition, id, version) in staged {
+            if let Some(cell) = self.model(*partition).and_then(|model| model.get(id)) {
+                let mut slot = cell.blocking_lock();
+                if slot.version == *version {
+                    slot.dirty = false;
+                }
+            }
+        }
+    }
+
+    fn restored(&self) -> u64 {
+        self.restored.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn cache_traffic(&self) -> (u64, u64) {
+        self.partitions
+            .iter()
+            .fold((0, 0), |(loads, evictions), p| {
+                (
+                    loads + p.model.loads.load(std::sync::atomic::Ordering::Relaxed),
+                    evictions + p.model.evictions.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            })
     }
 
     fn aggregates(&self) -> usize {
@@ -301,7 +415,7 @@ mod tests {
         // Never contacted: these tests neither encode nor decode.
         let codec = EventCodec::new(SrSettings::new("http://127.0.0.1:9".into()), "t").unwrap();
         let index = IdempotencyIndex::new(Duration::from_secs(60), 100);
-        Lane::new("t", codec, partitions, index, None)
+        Lane::new("t", codec, partitions, index, None, None)
     }
 
     fn at(partition: i32, offset: i64) -> Position {
@@ -314,8 +428,10 @@ mod tests {
     async fn a_restored_receipt_answers_the_same_request_only() {
         let lane = lane(4);
         let partition = lane.partition_of("c-1").number;
-        lane.restore(&event("c-1", 1, 0, None), at(partition, 0), 0);
-        lane.restore(&event("c-1", 2, 5, Some("k")), at(partition, 1), 0);
+        lane.restore(&event("c-1", 1, 0, None), at(partition, 0), 0)
+            .unwrap();
+        lane.restore(&event("c-1", 2, 5, Some("k")), at(partition, 1), 0)
+            .unwrap();
         let index = lane.idempotency();
         let asked = |amount| Counter::requested(&CounterCommand::Add(amount));
         match index
@@ -344,6 +460,55 @@ mod tests {
         );
     }
 
+    /// With a store behind it, the model keeps a bounded cache: aggregates a checkpoint has
+    /// stored leave memory as others come, and are read back as they were; changed ones stay.
+    #[test]
+    fn a_stored_lane_keeps_a_bounded_cache_and_reads_the_rest_back() {
+        use crate::lane::AnyLane;
+        use crate::snapshot::{Checkpoint, SnapshotStore};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path()).unwrap();
+        let codec = EventCodec::new(SrSettings::new("http://127.0.0.1:9".into()), "t").unwrap();
+        let index = IdempotencyIndex::new(Duration::from_secs(60), 100);
+        // 4 096 shards of one aggregate each.
+        let lane: Lane<Counter> =
+            Lane::new("t", codec, 1, index, None, Some((store.clone(), 4096)));
+        let ids: Vec<String> = (0..6000).map(|n| format!("c-{n}")).collect();
+        for (n, id) in ids.iter().enumerate() {
+            lane.restore(&event(id, 1, 0, None), at(0, 0), 0).unwrap();
+            let amount = i64::try_from(n).unwrap() + 1;
+            lane.restore(&event(id, 2, amount, None), at(0, 1), 0)
+                .unwrap();
+        }
+        let model = &lane.partitions()[0].model;
+        assert_eq!(model.len(), 6000, "changed aggregates stay until stored");
+        let mut batch = Checkpoint::default();
+        let staged = lane.stage(&mut batch).unwrap();
+        assert_eq!(staged.len(), 6000);
+        store.write(batch).unwrap();
+        lane.stored(&staged);
+        // Stored and clean: new aggregates now push them out.
+        for id in (0..6000).map(|n| format!("d-{n}")) {
+            lane.restore(&event(&id, 1, 0, None), at(0, 2), 0).unwrap();
+        }
+        let (_, evicted) = lane.cache_traffic();
+        assert!(evicted > 1000, "only {evicted} dropped");
+        assert!(model.len() < 12_000 - 1000);
+        for (n, id) in ids.iter().enumerate() {
+            let cell = model.find(id).unwrap().unwrap();
+            let slot = cell.try_lock().unwrap();
+            let value = i64::try_from(n).unwrap() + 1;
+            assert_eq!(
+                (slot.version, slot.state),
+                (2, Some(Counter { value })),
+                "{id}"
+            );
+        }
+        let (loads, _) = lane.cache_traffic();
+        assert!(loads > 1000, "only {loads} read back");
+    }
+
     /// Each event lands in the partition its id belongs to, whatever partition it was read
     /// from: that is where commands look for it.
     #[test]
@@ -352,9 +517,11 @@ mod tests {
         let ids: Vec<String> = (0..30).map(|n| format!("c-{n}")).collect();
         for id in &ids {
             let partition = lane.partition_of(id).number;
-            lane.restore(&event(id, 1, 0, None), at(partition, 0), 0);
+            lane.restore(&event(id, 1, 0, None), at(partition, 0), 0)
+                .unwrap();
             // As if partitions had been added since: read from another partition.
-            lane.restore(&event(id, 2, 7, None), at((partition + 1) % 3, 1), 0);
+            lane.restore(&event(id, 2, 7, None), at((partition + 1) % 3, 1), 0)
+                .unwrap();
         }
         assert_eq!(lane.aggregates(), 30);
         assert_eq!(lane.gaps(), 0);
@@ -370,7 +537,8 @@ mod tests {
             }
         }
         // A gap in the log is counted, not papered over.
-        lane.restore(&event("c-0", 4, 1, None), at(0, 2), 0);
+        lane.restore(&event("c-0", 4, 1, None), at(0, 2), 0)
+            .unwrap();
         assert_eq!(lane.gaps(), 1);
     }
 }

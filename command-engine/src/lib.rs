@@ -33,6 +33,7 @@
 //! - Every queue is bounded and every wait has a deadline.
 
 pub mod batcher;
+pub mod checkpoint;
 pub mod circuit;
 pub mod idempotency;
 pub mod lane;
@@ -43,6 +44,7 @@ pub mod pipeline;
 pub mod problem;
 pub mod replay;
 pub mod sharded;
+pub mod snapshot;
 pub mod topics;
 pub mod write_model;
 

@@ -69,6 +69,13 @@ pub struct Metrics {
     pub forwarded: Counter,
     /// Partitions this instance owns (taking commands), over all topics.
     pub partitions_owned: Gauge,
+    /// Events read from the log by the restores of assigned partitions, by aggregate.
+    pub restored_events: Family<AggregateLabel, Gauge>,
+    /// Aggregates read from the data directory because they were not in memory, by aggregate.
+    pub model_loads: Family<AggregateLabel, Gauge>,
+    /// Aggregates dropped from memory (the cache was full), by aggregate.
+    pub model_evictions: Family<AggregateLabel, Gauge>,
+    pub checkpoints: Gauge,
     pub batch: BatchMetrics,
 }
 
@@ -82,6 +89,30 @@ impl Default for Metrics {
         let batch = BatchMetrics::default();
         let forwarded = Counter::default();
         let partitions_owned = Gauge::default();
+        let restored_events = Family::<AggregateLabel, Gauge>::default();
+        let model_loads = Family::<AggregateLabel, Gauge>::default();
+        let model_evictions = Family::<AggregateLabel, Gauge>::default();
+        let checkpoints = Gauge::default();
+        registry.register(
+            "restored_events",
+            "Events read from the log by the restores of assigned partitions",
+            restored_events.clone(),
+        );
+        registry.register(
+            "write_model_loads",
+            "Aggregates read from the data directory because they were not in memory",
+            model_loads.clone(),
+        );
+        registry.register(
+            "write_model_evictions",
+            "Aggregates dropped from memory because the cache was full",
+            model_evictions.clone(),
+        );
+        registry.register(
+            "checkpoints",
+            "Checkpoints of the write model stored in the data directory",
+            checkpoints.clone(),
+        );
         registry.register(
             "forwarded_commands",
             "Commands sent on to the instance owning their partition",
@@ -150,6 +181,10 @@ impl Default for Metrics {
             idempotency_keys,
             forwarded,
             partitions_owned,
+            restored_events,
+            model_loads,
+            model_evictions,
+            checkpoints,
             batch,
         }
     }

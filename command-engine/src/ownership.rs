@@ -97,8 +97,32 @@ struct Slot {
     /// Changes at every assignment and every completed release: a lease of an older epoch no
     /// longer entitles its command to commit.
     epoch: AtomicU64,
-    /// Leases held: commands between their ownership check and their record's fate.
-    in_flight: AtomicUsize,
+    /// Leases held: commands between their ownership check and their record's fate, counted
+    /// in two buckets so that a checkpoint can wait for the commands taken before a moment
+    /// without stopping new ones ([`Leases::quiesce`]).
+    in_flight: [AtomicUsize; 2],
+    /// The bucket new leases count in.
+    bucket: AtomicUsize,
+}
+
+impl Slot {
+    fn held(&self) -> usize {
+        self.in_flight[0].load(Ordering::SeqCst) + self.in_flight[1].load(Ordering::SeqCst)
+    }
+
+    /// Counts a lease in the current bucket; the bucket it counted in.
+    fn hold(&self) -> usize {
+        loop {
+            let bucket = self.bucket.load(Ordering::SeqCst);
+            self.in_flight[bucket].fetch_add(1, Ordering::SeqCst);
+            // A switch between the two loads would leave this lease uncounted by the wait
+            // that follows the switch: count it in the new bucket instead.
+            if self.bucket.load(Ordering::SeqCst) == bucket {
+                return bucket;
+            }
+            self.in_flight[bucket].fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// The standing of each partition of one topic.
@@ -115,6 +139,7 @@ pub struct Lease {
     leases: Arc<Leases>,
     index: usize,
     epoch: u64,
+    bucket: usize,
 }
 
 impl Lease {
@@ -126,9 +151,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.leases.slots[self.index]
-            .in_flight
-            .fetch_sub(1, Ordering::SeqCst);
+        self.leases.slots[self.index].in_flight[self.bucket].fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -159,16 +182,17 @@ impl Leases {
         };
         // Counted before the standing is read: a release that has set `Releasing` then waits
         // for this lease, and one that has not yet is seen as `Owned` here and waits too.
-        slot.in_flight.fetch_add(1, Ordering::SeqCst);
+        let bucket = slot.hold();
         let standing = Standing::from_u8(slot.standing.load(Ordering::SeqCst));
         if standing != Standing::Owned {
-            slot.in_flight.fetch_sub(1, Ordering::SeqCst);
+            slot.in_flight[bucket].fetch_sub(1, Ordering::SeqCst);
             return Err(standing);
         }
         Ok(Lease {
             leases: Arc::clone(self),
             index,
             epoch: slot.epoch.load(Ordering::SeqCst),
+            bucket,
         })
     }
 
@@ -224,6 +248,25 @@ impl Leases {
         })
     }
 
+    /// Waits until every lease taken on `partition` before this call is released, at most
+    /// until `deadline`, while new leases are taken as usual. Blocking; one caller at a time.
+    /// What a checkpoint needs: once it returns true, every command that could have written
+    /// below the partition's applied offset as read before the call has settled.
+    pub fn quiesce(&self, partition: i32, deadline: Instant) -> bool {
+        let Some(slot) = self.slot(partition) else {
+            return true;
+        };
+        let before = slot.bucket.load(Ordering::SeqCst);
+        slot.bucket.store(1 - before, Ordering::SeqCst);
+        while slot.in_flight[before].load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
     /// Gives `partition` up: no new leases, then waits until every lease on it is released (its
     /// commands settled), at most until `deadline`. Blocking. Returns false if leases were still
     /// held at the deadline: their commands can no longer commit ([`Lease::is_valid`]).
@@ -234,7 +277,7 @@ impl Leases {
         slot.standing
             .store(Standing::Releasing.as_u8(), Ordering::SeqCst);
         let mut drained = true;
-        while slot.in_flight.load(Ordering::SeqCst) > 0 {
+        while slot.held() > 0 {
             if Instant::now() >= deadline {
                 drained = false;
                 break;
@@ -624,6 +667,33 @@ mod tests {
         drop(lease);
         assert!(releasing.join().unwrap());
         assert_eq!(leases.standing(0), Standing::Unowned);
+    }
+
+    /// A checkpoint waits for the leases taken before it, not for those taken after.
+    #[test]
+    fn quiescing_waits_for_earlier_leases_only() {
+        let leases = Leases::new("t", 1);
+        let epoch = leases.assigned(0).unwrap();
+        assert!(leases.restored(0, epoch));
+        let earlier = leases.acquire(0).unwrap();
+        let waiting = {
+            let leases = Arc::clone(&leases);
+            std::thread::spawn(move || leases.quiesce(0, Instant::now() + Duration::from_secs(30)))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let later = leases.acquire(0).unwrap();
+        assert!(!waiting.is_finished());
+        drop(earlier);
+        assert!(
+            waiting.join().unwrap(),
+            "done with a later lease still held"
+        );
+        assert!(
+            !leases.quiesce(0, Instant::now()),
+            "the later lease is waited for next time"
+        );
+        drop(later);
+        assert!(leases.quiesce(0, Instant::now()));
     }
 
     /// A lease that outlived a release (it timed out) can never commit, even if the partition

@@ -193,9 +193,9 @@ async fn execute<A: Aggregate>(
 
     let model = &partition.model;
     let cell = if spec.creates() {
-        model.get_or_create(&id)
+        model.find_or_create(&id)?
     } else {
-        model.get(&id).ok_or_else(|| ApiError::Unknown {
+        model.find(&id)?.ok_or_else(|| ApiError::Unknown {
             aggregate: A::NAME,
             id: id.clone(),
         })?
@@ -411,7 +411,9 @@ impl<A: Aggregate> Aftermath<A> {
         let outcome = match result {
             Ok(position) => {
                 model.applied_up_to(position.offset + 1);
-                if !slot.apply(&event) {
+                if slot.apply(&event) {
+                    model.changed(event.aggregate_id());
+                } else {
                     tracing::error!(
                         aggregate = A::NAME,
                         id = event.aggregate_id(),
@@ -434,6 +436,7 @@ impl<A: Aggregate> Aftermath<A> {
                     "a command's outcome is unknown; its aggregate waits for a restart"
                 );
                 slot.in_doubt = true;
+                model.note_in_doubt();
                 if let Some(claim) = claim {
                     claim.in_doubt();
                 }
@@ -655,7 +658,7 @@ mod tests {
     #[tokio::test]
     async fn an_aborted_settlement_changes_nothing() {
         let model = Arc::new(WriteModel::<Counter>::default());
-        model.apply_from_log(&event("c-1", 1, 0, None));
+        model.apply_from_log(&event("c-1", 1, 0, None)).unwrap();
         let slot = model.get("c-1").unwrap().lock_owned().await;
         let (settled, outcome) = oneshot::channel();
         Settlement(Some(Aftermath {

@@ -83,6 +83,8 @@ pub enum ApiError {
     OwnerUnreachable { instance: String, reason: String },
     #[error(transparent)]
     Denied(#[from] http_edge::access::Denied),
+    #[error("the write model store could not be read: {0}")]
+    Store(#[from] crate::snapshot::SnapshotError),
 }
 
 impl From<CommandError> for ApiError {
@@ -216,6 +218,12 @@ pub mod types {
         StatusCode::SERVICE_UNAVAILABLE,
         Some(1),
     );
+    pub const STORE_UNAVAILABLE: ProblemType = ProblemType::new(
+        "write-model-unavailable",
+        "Write model unavailable",
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some(2),
+    );
     pub const OWNER_UNREACHABLE: ProblemType = ProblemType::new(
         "owner-unreachable",
         "Owning instance unreachable",
@@ -248,6 +256,7 @@ pub mod types {
         BUSY,
         HANDOVER,
         OWNER_UNREACHABLE,
+        STORE_UNAVAILABLE,
         http_edge::access::problems::UNAUTHORIZED,
         http_edge::access::problems::ADMIN_DISABLED,
         http_edge::access::problems::FORBIDDEN,
@@ -282,6 +291,7 @@ impl ApiError {
             Self::Handover { .. } => &HANDOVER,
             Self::OwnerUnreachable { .. } => &OWNER_UNREACHABLE,
             Self::Denied(denied) => denied.problem_type(),
+            Self::Store(_) => &STORE_UNAVAILABLE,
         }
     }
 }

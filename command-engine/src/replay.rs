@@ -18,6 +18,8 @@ pub enum ReplayError {
     Kafka(#[from] KafkaError),
     #[error("the topic was not read to its end within {0:?}")]
     Timeout(Duration),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("record at {partition}:{offset} could not be decoded")]
     Decode {
         partition: i32,
@@ -58,7 +60,7 @@ pub async fn replay<E, F>(
 ) -> Result<(Replayed, Vec<(i32, i64)>), ReplayError>
 where
     E: AvroEvent,
-    F: FnMut(E, Position),
+    F: FnMut(E, Position) -> Result<(), ReplayError>,
 {
     let consumer: StreamConsumer = kafka
         .client_config()
@@ -128,7 +130,7 @@ where
                 offset,
                 source,
             })?;
-        apply(event, Position { partition, offset });
+        apply(event, Position { partition, offset })?;
         replayed.records += 1;
         if let Some(at) = reached.get_mut(&partition) {
             *at = (*at).max(offset + 1);

@@ -13,7 +13,7 @@ use shared_events::{
 pub(crate) const LIMIT: i64 = 100;
 
 /// The command side's counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Counter {
     pub(crate) value: i64,
 }

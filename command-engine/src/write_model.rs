@@ -12,14 +12,21 @@
 //! instance at a time owns a partition ([`crate::ownership`]). There is one model per partition
 //! of the topic ([`crate::lane`]), so that a partition's model moves between instances on its
 //! own; [`WriteModel::applied`] is where its next read of the log starts.
+//!
+//! With a [`crate::snapshot`] store behind it, the model in memory is a cache: an aggregate not
+//! in memory is read from the store, and beyond [`WriteModel`]'s capacity aggregates are
+//! dropped from memory, only ever ones the store already has as they are (clean), that nobody
+//! holds, and whose outcome is known. Changed (dirty) aggregates stay until a checkpoint has
+//! stored them ([`crate::checkpoint`]).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use shared_events::{Aggregate, EventEnvelope};
 use tokio::sync::OwnedMutexGuard;
 
-use crate::sharded::ShardedMap;
+use crate::sharded::{ShardedMap, lock};
+use crate::snapshot::{SnapshotError, SnapshotStore};
 
 /// One aggregate: its state (None until its first event) and the version of its last event.
 #[derive(Debug)]
@@ -29,6 +36,8 @@ pub struct Slot<A> {
     /// A command's event may or may not be in the log (see [`crate::batcher::CommitError::InDoubt`]):
     /// the state cannot be trusted until a restart reads the log, so no command decides on it.
     pub in_doubt: bool,
+    /// Changed since the store last had it: kept in memory until a checkpoint stores it.
+    pub dirty: bool,
 }
 
 impl<A: Aggregate> Slot<A> {
@@ -42,11 +51,21 @@ impl<A: Aggregate> Slot<A> {
             Some(next) => {
                 self.state = Some(next);
                 self.version = event.aggregate_version();
+                self.dirty = true;
                 true
             }
             None => false,
         }
     }
+}
+
+fn empty<A>() -> SlotCell<A> {
+    Arc::new(tokio::sync::Mutex::new(Slot {
+        state: None,
+        version: 0,
+        in_doubt: false,
+        dirty: false,
+    }))
 }
 
 /// A locked aggregate; dropping it lets the next command on that aggregate in.
@@ -63,9 +82,27 @@ type SlotCell<A> = Arc<tokio::sync::Mutex<Slot<A>>>;
 /// themselves cost ~230 KiB.
 const SHARDS: usize = 4096;
 
+/// Where a partition's model is stored.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub store: Arc<SnapshotStore>,
+    pub topic: Arc<str>,
+    pub partition: i32,
+}
+
 #[derive(Debug)]
 pub struct WriteModel<A> {
     slots: ShardedMap<SlotCell<A>>,
+    /// Most aggregates each shard keeps in memory when there is a store to read the others from.
+    shard_capacity: usize,
+    stored: Option<Stored>,
+    /// Ids of aggregates changed since the last checkpoint (possibly repeated).
+    changed: Mutex<Vec<String>>,
+    /// Aggregates read from the store, and dropped from memory.
+    pub loads: AtomicU64,
+    pub evictions: AtomicU64,
+    /// Aggregates whose last command's outcome is in doubt (until a restart reads the log).
+    in_doubt: AtomicU64,
     gaps: AtomicU64,
     /// The offset of the partition after the last event this model reflects. Every committed
     /// event below it is reflected once no command of this instance is in flight on the
@@ -80,34 +117,151 @@ impl<A: Aggregate> Default for WriteModel<A> {
 }
 
 impl<A: Aggregate> WriteModel<A> {
-    /// The model of one of `partitions` partitions: its share of the shards.
+    /// The model of one of `partitions` partitions, in memory only: its share of the shards.
     pub fn for_partition_of(partitions: usize) -> Self {
+        Self::stored(partitions, None, usize::MAX)
+    }
+
+    /// The model of one of `partitions` partitions, read from and checkpointed to `stored`
+    /// when there is one, keeping at most about `capacity` aggregates in memory.
+    pub fn stored(partitions: usize, stored: Option<Stored>, capacity: usize) -> Self {
+        let shards = (SHARDS / partitions.max(1)).max(64);
+        let applied = stored
+            .as_ref()
+            .and_then(|s| s.store.offset(&s.topic, s.partition).ok())
+            .unwrap_or(0);
         Self {
-            slots: ShardedMap::new((SHARDS / partitions.max(1)).max(64)),
+            slots: ShardedMap::new(shards),
+            shard_capacity: if stored.is_some() {
+                (capacity / shards).max(1)
+            } else {
+                usize::MAX
+            },
+            stored,
+            changed: Mutex::default(),
+            loads: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            in_doubt: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
-            applied: AtomicI64::new(0),
+            applied: AtomicI64::new(applied),
         }
     }
 
-    /// The aggregate's cell, if it has ever had an event (or a command in flight).
+    pub fn store(&self) -> Option<&Stored> {
+        self.stored.as_ref()
+    }
+
+    /// The aggregate's cell if it is in memory.
     pub fn get(&self, id: &str) -> Option<SlotCell<A>> {
         self.slots.shard(id).get(id).cloned()
     }
 
-    /// The aggregate's cell, created empty for an id never seen before.
+    /// The aggregate's cell, created empty for an id never seen before (memory only).
     pub fn get_or_create(&self, id: &str) -> SlotCell<A> {
         Arc::clone(
             self.slots
                 .shard(id)
                 .entry(id.to_owned())
-                .or_insert_with(|| {
-                    Arc::new(tokio::sync::Mutex::new(Slot {
-                        state: None,
-                        version: 0,
-                        in_doubt: false,
-                    }))
-                }),
+                .or_insert_with(|| empty()),
         )
+    }
+
+    /// The aggregate's cell, from memory or else from the store; None if it has never had an
+    /// event (nor a command in flight).
+    pub fn find(&self, id: &str) -> Result<Option<SlotCell<A>>, SnapshotError> {
+        self.lookup(id, false)
+    }
+
+    /// [`WriteModel::find`], or a new empty cell for an id never seen.
+    pub fn find_or_create(&self, id: &str) -> Result<SlotCell<A>, SnapshotError> {
+        self.lookup(id, true)?
+            .ok_or_else(|| SnapshotError::Corrupt {
+                what: "aggregate",
+                reason: "created but not found".into(),
+            })
+    }
+
+    fn lookup(&self, id: &str, create: bool) -> Result<Option<SlotCell<A>>, SnapshotError> {
+        let mut shard = self.slots.shard(id);
+        if let Some(cell) = shard.get(id) {
+            return Ok(Some(Arc::clone(cell)));
+        }
+        // Read under the shard's lock, so that two commands on one id cannot load it twice.
+        let loaded = match &self.stored {
+            None => None,
+            Some(stored) => match stored
+                .store
+                .aggregate(&stored.topic, stored.partition, id)?
+            {
+                None => None,
+                Some((version, bytes)) => {
+                    let state: A =
+                        serde_json::from_slice(&bytes).map_err(|e| SnapshotError::Corrupt {
+                            what: "aggregate state",
+                            reason: e.to_string(),
+                        })?;
+                    self.loads.fetch_add(1, Ordering::Relaxed);
+                    Some(Arc::new(tokio::sync::Mutex::new(Slot {
+                        state: Some(state),
+                        version,
+                        in_doubt: false,
+                        dirty: false,
+                    })))
+                }
+            },
+        };
+        let cell = match loaded {
+            Some(cell) => cell,
+            None if create => empty(),
+            None => return Ok(None),
+        };
+        if shard.len() >= self.shard_capacity {
+            self.evict(&mut shard);
+        }
+        shard.insert(id.to_owned(), Arc::clone(&cell));
+        Ok(Some(cell))
+    }
+
+    /// Drops one aggregate from a full shard: one the store has as it is, that nobody holds
+    /// and whose outcome is known. Looks at a few only: a shard whose first few are all busy
+    /// or changed grows until a checkpoint.
+    fn evict(&self, shard: &mut std::collections::HashMap<String, SlotCell<A>>) {
+        let victim = shard
+            .iter()
+            .take(16)
+            .find(|(_, cell)| {
+                Arc::strong_count(cell) == 1
+                    && cell
+                        .try_lock()
+                        .is_ok_and(|slot| !slot.dirty && !slot.in_doubt && slot.version > 0)
+            })
+            .map(|(id, _)| id.clone());
+        if let Some(id) = victim {
+            shard.remove(&id);
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes an aggregate whose command's outcome is in doubt: checkpoints keep the partition's
+    /// offset from then on, so that a restart reads that event again.
+    pub fn note_in_doubt(&self) {
+        self.in_doubt.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn in_doubt(&self) -> u64 {
+        self.in_doubt.load(Ordering::Relaxed)
+    }
+
+    /// Notes that `id` changed: the next checkpoint stores it.
+    pub fn changed(&self, id: &str) {
+        if self.stored.is_some() {
+            lock(&self.changed).push(id.to_owned());
+        }
+    }
+
+    /// The ids changed since the last call.
+    pub fn take_changed(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.changed))
     }
 
     /// Forgets an aggregate that never got an event (its first command failed), unless another
@@ -130,12 +284,20 @@ impl<A: Aggregate> WriteModel<A> {
         }
     }
 
-    /// Applies an event read back from the log (start-up replay, in-doubt resolution).
-    pub fn apply_from_log(&self, event: &A::Event) {
-        let cell = self.get_or_create(event.aggregate_id());
-        // Replay runs before any command is accepted, so the lock is free.
+    /// Applies an event read back from the log (the restore of an assigned partition).
+    pub fn apply_from_log(&self, event: &A::Event) -> Result<(), SnapshotError> {
+        let cell = self.find_or_create(event.aggregate_id())?;
+        // A partition is restored before it takes commands, so the lock is free.
         let applied = match cell.try_lock() {
-            Ok(mut slot) => slot.apply(event) || slot.version >= event.aggregate_version(),
+            Ok(mut slot) => {
+                if slot.apply(event) {
+                    self.changed(event.aggregate_id());
+                    true
+                } else {
+                    // Already reflected: the store's snapshot may be ahead of its offset.
+                    slot.version >= event.aggregate_version()
+                }
+            }
             Err(_) => false,
         };
         if !applied {
@@ -146,6 +308,7 @@ impl<A: Aggregate> WriteModel<A> {
                 "event in the log does not follow its aggregate's history"
             );
         }
+        Ok(())
     }
 
     /// Where the next read of the partition's log starts.

@@ -29,6 +29,7 @@ pub struct Operations {
     pub registry_url: String,
     pub http: reqwest::Client,
     pub membership: Arc<Membership>,
+    pub checkpointer: Option<Arc<command_engine::checkpoint::Checkpointer>>,
     pub access: Access,
     pub instance_id: String,
     pub advertised_url: String,
@@ -145,6 +146,15 @@ async fn metrics(state: web::Data<Operations>) -> HttpResponse {
         m.aggregates
             .get_or_create(&label)
             .set(i64::try_from(lane.aggregates()).unwrap_or(i64::MAX));
+        let (loads, evictions) = lane.cache_traffic();
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        m.model_loads.get_or_create(&label).set(count(loads));
+        m.model_evictions
+            .get_or_create(&label)
+            .set(count(evictions));
+        m.restored_events
+            .get_or_create(&label)
+            .set(count(lane.restored()));
     }
     m.idempotency_keys
         .set(i64::try_from(state.idempotency.len()).unwrap_or(i64::MAX));
@@ -155,6 +165,16 @@ async fn metrics(state: web::Data<Operations>) -> HttpResponse {
         .sum();
     m.partitions_owned
         .set(i64::try_from(owned).unwrap_or(i64::MAX));
+    if let Some(checkpointer) = &state.checkpointer {
+        m.checkpoints.set(
+            i64::try_from(
+                checkpointer
+                    .taken
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .unwrap_or(i64::MAX),
+        );
+    }
     http_edge::health::openmetrics(m.render())
 }
 

@@ -9,12 +9,14 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use command_engine::batcher::{Batcher, StartError};
+use command_engine::checkpoint::Checkpointer;
 use command_engine::circuit::BrokerCircuit;
 use command_engine::idempotency::IdempotencyIndex;
 use command_engine::lane::{AnyLane, Lane, Visit};
 use command_engine::metrics::Metrics;
 use command_engine::ownership::{Membership, MembershipConfig, restore_assigned};
 use command_engine::pipeline::{Engine, now_ms};
+use command_engine::snapshot::{SnapshotError, SnapshotStore};
 use command_engine::topics::{TopicError, ensure_topic};
 use futures::future::BoxFuture;
 use http_edge::lifecycle::Tasks;
@@ -52,6 +54,8 @@ pub enum StartupError {
     Join(#[from] tokio::task::JoinError),
     #[error("could not join the command group")]
     Group(#[source] rdkafka::error::KafkaError),
+    #[error("could not open the write model store in the data directory")]
+    Store(#[from] SnapshotError),
     #[error("could not build the HTTP client")]
     HttpClient(#[from] reqwest::Error),
     #[error(transparent)]
@@ -68,6 +72,7 @@ pub struct Application {
     server: Server,
     batcher: Arc<Batcher>,
     membership: Arc<Membership>,
+    checkpointer: Option<Arc<Checkpointer>>,
     /// Dropped with the service, which ends the watch.
     _circuit: command_engine::circuit::Watch,
     tasks: Tasks,
@@ -117,14 +122,32 @@ impl Application {
             .unwrap_or_else(|| format!("http://{address}"));
         let group_id = config.group_id();
 
+        let store = match &config.data_dir {
+            None => None,
+            Some(dir) => Some(SnapshotStore::open(&dir.join("write-model"))?),
+        };
         // One index for every lane: a key is the client's, whatever aggregate it names.
-        let idempotency = IdempotencyIndex::new(
+        let idempotency = IdempotencyIndex::journaled(
             Duration::from_secs(config.idempotency_retention_secs),
             config.idempotency_max_keys,
+            store.is_some(),
         );
+        if let Some(store) = &store {
+            let started = std::time::Instant::now();
+            let mut commands = Commands(Vec::new());
+            aggregates(&config, &mut commands);
+            let stored: Vec<(String, Vec<u8>)> = store.receipts().collect::<Result<_, _>>()?;
+            let loaded = idempotency.load(stored.into_iter(), &commands.0, now_ms());
+            tracing::info!(
+                loaded,
+                elapsed_ms = started.elapsed().as_millis(),
+                "idempotency receipts loaded from the data directory"
+            );
+        }
         let mut opening = Opening {
             config: &config,
             group_id: &group_id,
+            store: store.clone(),
             registry_timeout,
             kafka_timeout,
             idempotency: Arc::clone(&idempotency),
@@ -182,6 +205,17 @@ impl Application {
                 restore_assigned(lanes, assignments, kafka, group, timeout, stop)
             });
         }
+        let checkpointer =
+            store.map(|store| Checkpointer::new(lanes.clone(), Arc::clone(&idempotency), store));
+        if let Some(checkpointer) = &checkpointer {
+            let (checkpointer, every) = (
+                Arc::clone(checkpointer),
+                Duration::from_millis(config.checkpoint_interval_ms),
+            );
+            tasks.spawn("checkpointer", move |stop| {
+                checkpointer.keep_taking(every, stop)
+            });
+        }
         {
             let (lanes, rebalanced) = (lanes.clone(), membership.rebalanced());
             tasks.spawn("command group view", move |stop| {
@@ -218,6 +252,7 @@ impl Application {
             registry_url: config.registry.url.clone(),
             http: config.registry.client_builder(registry_timeout)?.build()?,
             membership: Arc::clone(&membership),
+            checkpointer: checkpointer.clone(),
             access: http_edge::access::Access {
                 admin_token: config.admin_token.clone(),
                 read_token: None,
@@ -263,6 +298,7 @@ impl Application {
             server,
             batcher,
             membership,
+            checkpointer,
             _circuit: circuit_watch,
             tasks,
         })
@@ -295,6 +331,15 @@ impl Application {
         {
             tracing::error!("draining the write queue panicked");
         }
+        // Everything committed is in the write model now: checkpoint it all, so that the next
+        // start reads nothing again.
+        if let Some(checkpointer) = self.checkpointer {
+            match tokio::task::spawn_blocking(move || checkpointer.take()).await {
+                Ok(Ok(stored)) => tracing::info!(?stored, "last checkpoint stored"),
+                Ok(Err(error)) => tracing::error!(%error, "the last checkpoint failed"),
+                Err(error) => tracing::error!(%error, "the last checkpoint panicked"),
+            }
+        }
         let membership = self.membership;
         if tokio::task::spawn_blocking(move || membership.leave())
             .await
@@ -314,6 +359,15 @@ async fn sweep_idempotency(index: Arc<IdempotencyIndex>, stop: CancellationToken
             () = stop.cancelled() => return,
             _ = tick.tick() => index.expire(now_ms()),
         }
+    }
+}
+
+/// Every command name of the service's aggregates.
+struct Commands(Vec<&'static str>);
+
+impl Visit for Commands {
+    fn aggregate<A: Aggregate>(&mut self, _topic: &str) {
+        self.0.extend(A::COMMANDS.iter().map(|spec| spec.name));
     }
 }
 
@@ -352,6 +406,7 @@ async fn keep_views_fresh(
 struct Opening<'a> {
     config: &'a Config,
     group_id: &'a str,
+    store: Option<Arc<SnapshotStore>>,
     registry_timeout: Duration,
     kafka_timeout: Duration,
     idempotency: Arc<IdempotencyIndex>,
@@ -366,6 +421,10 @@ impl Visit for Opening<'_> {
             self.registry_timeout,
             self.kafka_timeout,
         );
+        let store = self
+            .store
+            .clone()
+            .map(|store| (store, config.cache_aggregates));
         let idempotency = Arc::clone(&self.idempotency);
         let topic = topic.to_owned();
         self.lanes.push(Box::pin(async move {
@@ -389,6 +448,7 @@ impl Visit for Opening<'_> {
                 partitions,
                 idempotency,
                 Some(Arc::new(cluster)),
+                store,
             ));
             Ok(lane)
         }));

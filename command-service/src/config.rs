@@ -54,6 +54,19 @@ pub struct Config {
     /// the others, in milliseconds.
     #[arg(long, env = "COMMAND_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub session_timeout_ms: u64,
+    /// Directory of this instance's write-model snapshot (a RocksDB): with one, a restart reads
+    /// only what was written after the last checkpoint, and the write model in memory is a
+    /// bounded cache. Without one, every assigned partition is read from its beginning.
+    #[arg(long, env = "COMMAND_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Most aggregates of each topic kept in memory when there is a data directory (the others
+    /// are read from it when a command needs them).
+    #[arg(long, env = "COMMAND_CACHE_AGGREGATES", default_value_t = 1_000_000)]
+    pub cache_aggregates: usize,
+    /// How often the write model's changes are checkpointed to the data directory, in
+    /// milliseconds: at most this much of the log is read again after a crash.
+    #[arg(long, env = "COMMAND_CHECKPOINT_INTERVAL_MS", default_value_t = 5_000)]
+    pub checkpoint_interval_ms: u64,
     /// Bearer token for the admin routes (`/admin/cluster`); without one they are off.
     #[arg(long, env = "COMMAND_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
@@ -124,6 +137,9 @@ impl std::fmt::Debug for Config {
             .field("advertised_url", &self.advertised_url)
             .field("group_id", &self.group_id())
             .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("data_dir", &self.data_dir)
+            .field("cache_aggregates", &self.cache_aggregates)
+            .field("checkpoint_interval_ms", &self.checkpoint_interval_ms)
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
@@ -188,6 +204,9 @@ impl Config {
         }
         if self.session_timeout_ms < 1_000 {
             return fail("the session timeout must be at least 1000 ms");
+        }
+        if self.cache_aggregates == 0 || self.checkpoint_interval_ms == 0 {
+            return fail("the cache size and the checkpoint interval must be positive");
         }
         if self.admin_token.as_deref().is_some_and(|t| t.len() < 8) {
             return fail("the admin token must be at least 8 characters");

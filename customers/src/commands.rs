@@ -309,7 +309,7 @@ impl CustomerCommand {
 }
 
 /// Where a customer is in their life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CustomerStatus {
     Active,
     Deactivated,
@@ -317,7 +317,7 @@ pub enum CustomerStatus {
 
 /// What the command side remembers of a customer: just enough to check the rules (the email, so
 /// that a change to the same address is refused).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CustomerState {
     pub status: CustomerStatus,
     pub email: String,

@@ -411,7 +411,7 @@ impl OrderCommand {
 }
 
 /// Where an order is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum OrderStatus {
     Placed,
     Paid,
@@ -431,7 +431,7 @@ impl OrderStatus {
 }
 
 /// What the command side remembers of an order: just enough to check the rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OrderState {
     pub status: OrderStatus,
     pub total_cents: i64,

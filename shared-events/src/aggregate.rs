@@ -46,7 +46,9 @@ impl CommandSpec {
 
 /// A domain's aggregate, as the command engine runs it. Implemented on the state the command
 /// side keeps of one aggregate: just enough to decide commands.
-pub trait Aggregate: Sized + Send + Sync + 'static {
+pub trait Aggregate:
+    Sized + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static
+{
     /// The aggregate's events, as they travel on its topic.
     type Event: AvroEvent + EventEnvelope + Send + Sync + 'static;
     /// A validated command.

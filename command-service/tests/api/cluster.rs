@@ -135,7 +135,7 @@ async fn settled(
 }
 
 /// Every event of `topic`, decoded: (order, version, event id, idempotency key, position).
-async fn events(topic: &str) -> Vec<(String, i64, String, Option<String>, (i32, i64))> {
+pub async fn events(topic: &str) -> Vec<(String, i64, String, Option<String>, (i32, i64))> {
     let records = {
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || read_committed(&topic))
@@ -209,7 +209,7 @@ async fn three_in_process() -> (Vec<TestApp>, String) {
 }
 
 /// POSTs `body` to `path` at `address`; the status, the `Served-By` header and the body.
-async fn post(
+pub async fn post(
     client: &reqwest::Client,
     address: &str,
     path: &str,
@@ -421,16 +421,19 @@ async fn thirty_conflicting_commands_through_three_instances_one_wins() {
 }
 
 /// Command-service processes on one fresh topic, each started and stopped on its own.
-struct Processes {
-    topic: String,
+pub struct Processes {
+    pub topic: String,
     customers_topic: String,
     instances: Vec<(String, u16)>,
     logs: tempfile::TempDir,
+    /// Extra environment of every instance.
+    pub settings: Vec<(String, String)>,
 }
 
 impl Processes {
-    fn new(count: usize) -> Self {
+    pub fn new(count: usize) -> Self {
         Self {
+            settings: Vec::new(),
             topic: fresh_topic(),
             customers_topic: format!("customers-test-{}", uuid::Uuid::new_v4()),
             instances: (0..count)
@@ -448,7 +451,7 @@ impl Processes {
         }
     }
 
-    fn address(&self, n: usize) -> String {
+    pub fn address(&self, n: usize) -> String {
         format!("http://127.0.0.1:{}", self.instances[n].1)
     }
 
@@ -456,7 +459,7 @@ impl Processes {
         (0..self.instances.len()).map(|n| self.address(n)).collect()
     }
 
-    fn start(&self, n: usize) -> KillOnDrop {
+    pub fn start(&self, n: usize) -> KillOnDrop {
         let (id, port) = &self.instances[n];
         let log = std::fs::File::create(self.logs.path().join(format!("{id}.log"))).unwrap();
         Command::new(env!("CARGO_BIN_EXE_command-service"))
@@ -471,6 +474,7 @@ impl Processes {
             .env("COMMAND_SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS.to_string())
             .env("COMMAND_KAFKA_TIMEOUT_MS", "5000")
             .env("COMMAND_REQUEST_TIMEOUT_MS", "15000")
+            .envs(self.settings.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -513,7 +517,7 @@ impl Drop for Processes {
     }
 }
 
-fn signal(process: &KillOnDrop, signal: &str) {
+pub fn signal(process: &KillOnDrop, signal: &str) {
     let status = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(process.id().to_string())

@@ -11,3 +11,4 @@ mod helpers;
 mod interop;
 mod openapi;
 mod place_order;
+mod restart;
