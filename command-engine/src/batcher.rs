@@ -49,6 +49,8 @@ use crate::ownership::Lease;
 pub trait Fence: Send + Sync + std::fmt::Debug + 'static {
     /// The member's id and generation now; None before it has joined.
     fn group_metadata(&self) -> Option<ConsumerGroupMetadata>;
+    /// How long the group waits for a silent member before moving its partitions.
+    fn session_timeout(&self) -> Duration;
 }
 
 /// How a batcher is shaped; see [`crate::config::Config`] for meanings and defaults.
@@ -535,6 +537,7 @@ impl Worker {
     fn run(mut self) {
         // How often an idle worker looks at the closed flag.
         const IDLE_CHECK: Duration = Duration::from_millis(100);
+        let mut replaced_at: Option<Instant> = None;
         loop {
             let first = match self.intake.recv_timeout(IDLE_CHECK) {
                 Ok(pending) => pending,
@@ -542,6 +545,17 @@ impl Worker {
                     // Serve the producer's events (errors, logs) while idle.
                     if let Some(tx) = &self.producer {
                         tx.producer.poll(Duration::ZERO);
+                    } else if !self.closed.load(Ordering::Acquire)
+                        && replaced_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+                    {
+                        // A producer lost with a transaction open holds back every reader of
+                        // its partitions (the restore of a partition assigned here included)
+                        // until that transaction ends: initialising its replacement ends it at
+                        // once, rather than at the transaction timeout or at the next command.
+                        replaced_at = Some(Instant::now());
+                        if let Err(error) = self.ensure_producer() {
+                            tracing::debug!(worker = self.index, %error, "producer not replaced yet");
+                        }
                     }
                     // Closed and nothing left: the queue is drained.
                     if self.closed.load(Ordering::Acquire) && self.intake.is_empty() {
@@ -711,16 +725,32 @@ impl Worker {
             ));
         }
         if let Some(membership) = &membership {
+            let asked = Instant::now();
             let refusal = if batch
                 .iter()
                 .any(|p| p.record.lease.as_ref().is_some_and(|l| !l.is_valid()))
             {
                 Some("the partition moved to another instance".to_owned())
+            } else if let Err(e) = producer.send_offsets_to_transaction(
+                &written(batch, &deliveries),
+                membership,
+                timeout,
+            ) {
+                Some(format!(
+                    "the command group refused this instance's commit: {e}"
+                ))
+            } else if self
+                .config
+                .fence
+                .as_ref()
+                .is_some_and(|fence| asked.elapsed() >= fence.session_timeout() / 2)
+            {
+                // The group vouched for this member when the offsets went, but a process
+                // paused since (SIGSTOP, a long GC-like stall) may have been replaced by now: the
+                // coordinator checks the generation only with the offsets, not at the commit.
+                Some("this instance stalled between its offsets and its commit".to_owned())
             } else {
-                producer
-                    .send_offsets_to_transaction(&written(batch, &deliveries), membership, timeout)
-                    .err()
-                    .map(|e| format!("the command group refused this instance's commit: {e}"))
+                None
             };
             if let Some(why) = refusal {
                 // The commit was never asked for, so the transaction cannot commit; if even the

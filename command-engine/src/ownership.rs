@@ -430,6 +430,7 @@ pub struct MembershipConfig {
 /// thread of its own.
 pub struct Membership {
     consumer: Arc<BaseConsumer<Rebalancer>>,
+    session_timeout: Duration,
     stop: Arc<AtomicBool>,
     poller: Mutex<Option<JoinHandle<()>>>,
     rebalanced: Arc<Notify>,
@@ -477,6 +478,7 @@ impl Membership {
             .create_with_context(context)?;
         Ok(Self {
             consumer: Arc::new(consumer),
+            session_timeout: config.session_timeout,
             stop: Arc::new(AtomicBool::new(false)),
             poller: Mutex::new(None),
             rebalanced,
@@ -515,7 +517,29 @@ impl Membership {
 
     /// The group membership a transaction must carry (KIP-447).
     pub fn fence(&self) -> Arc<dyn crate::batcher::Fence> {
-        Arc::new(GroupFence(Arc::clone(&self.consumer)))
+        Arc::new(GroupFence(Arc::clone(&self.consumer), self.session_timeout))
+    }
+
+    /// The group's committed offset of each of `partitions` of `topic` that has one. Blocking.
+    pub fn committed(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        timeout: Duration,
+    ) -> Result<HashMap<i32, i64>, KafkaError> {
+        let mut asked = TopicPartitionList::new();
+        for &p in partitions {
+            asked.add_partition(topic, p);
+        }
+        let answer = self.consumer.committed_offsets(asked, timeout)?;
+        Ok(answer
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Stops the membership thread and closes the consumer (a static member does not leave
@@ -533,8 +557,16 @@ impl Membership {
 /// Brings each partition assigned here up to date from the log, then lets it take commands,
 /// until `stop`. A partition revoked before its restore finished is left as it is; a restore
 /// that fails is tried again a second later while the partition is still assigned here.
+///
+/// A partition nobody else has committed to since this instance last wrote or read it needs no
+/// reading: every transaction carries the end of what it wrote as the group's offset, and
+/// another owner's records all come after what this instance had, so a committed offset at or
+/// below the model's applied offset means the model is whole. That makes the common case (a
+/// partition coming back after a rebalance) immediate, and keeps it from waiting on
+/// transactions other producers have left open.
 pub async fn restore_assigned(
     lanes: Vec<Arc<dyn AnyLane>>,
+    membership: Arc<Membership>,
     mut assigned: mpsc::Receiver<Assigned>,
     kafka: service_config::KafkaArgs,
     group: String,
@@ -564,6 +596,35 @@ pub async fn restore_assigned(
                 })
                 .map(|job| (job.partition, job.epoch))
                 .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let committed = {
+                let (membership, topic, partitions) = (
+                    Arc::clone(&membership),
+                    lane.topic().to_owned(),
+                    mine.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    membership.committed(&topic, &partitions, timeout)
+                })
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default()
+            };
+            let (whole, mine): (Vec<_>, Vec<_>) = mine.into_iter().partition(|(p, _)| {
+                let applied = lane.applied(*p);
+                applied > 0 && committed.get(p).is_some_and(|&c| c <= applied)
+            });
+            let kept: Vec<i32> = whole
+                .iter()
+                .filter(|(p, epoch)| leases.restored(*p, *epoch))
+                .map(|(p, _)| *p)
+                .collect();
+            if !kept.is_empty() {
+                tracing::info!(topic = lane.topic(), partitions = ?kept, "partitions back with nothing new since; taking their commands");
+            }
             if mine.is_empty() {
                 continue;
             }
@@ -607,7 +668,7 @@ pub async fn restore_assigned(
     }
 }
 
-struct GroupFence(Arc<BaseConsumer<Rebalancer>>);
+struct GroupFence(Arc<BaseConsumer<Rebalancer>>, Duration);
 
 impl std::fmt::Debug for GroupFence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -618,6 +679,10 @@ impl std::fmt::Debug for GroupFence {
 impl crate::batcher::Fence for GroupFence {
     fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
         self.0.group_metadata()
+    }
+
+    fn session_timeout(&self) -> Duration {
+        self.1
     }
 }
 

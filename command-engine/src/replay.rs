@@ -91,6 +91,7 @@ where
     consumer.assign(&assignment)?;
 
     let deadline = Instant::now() + timeout;
+    let mut report = Instant::now() + Duration::from_secs(5);
     let mut replayed = Replayed {
         records: 0,
         partitions: partitions.len(),
@@ -111,6 +112,16 @@ where
         }
         if Instant::now() >= deadline {
             return Err(ReplayError::Timeout(timeout));
+        }
+        if Instant::now() >= report {
+            // Usually a transaction left open before the end, which holds a read-committed
+            // reader back until it is completed or times out.
+            let stable: BTreeMap<i32, i64> = targets
+                .keys()
+                .filter_map(|&p| Some((p, consumer.fetch_watermarks(topic, p, timeout).ok()?.1)))
+                .collect();
+            tracing::info!(%topic, ?reached, ?targets, ?stable, records = replayed.records, "still reading the partitions' tails");
+            report = Instant::now() + Duration::from_secs(5);
         }
         let message = match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await
         {

@@ -9,6 +9,7 @@
 //! - `live`: many open live streams on one replica under a fixed command rate: ack → received
 //!   latency vs GET visibility, memory per stream, CPU per pushed event.
 
+pub(crate) mod command_cluster;
 pub(crate) mod commands;
 pub(crate) mod cpu;
 pub(crate) mod live;
@@ -143,9 +144,49 @@ impl BenchStack {
                 ("COMMAND_LISTEN", format!("127.0.0.1:{port}")),
                 ("COMMAND_INSTANCE_ID", format!("bench-{topic}")),
                 ("ORDERS_TOPIC", topic.to_owned()),
+                (
+                    "COMMAND_DATA_DIR",
+                    self.scratch.path().join(topic).display().to_string(),
+                ),
             ],
             port,
         )
+    }
+
+    /// Starts command instance `id` on `topic` with `extra` settings; returns its base URL. Its
+    /// data directory is `id`'s in the stack's scratch directory unless `extra` names one.
+    pub(crate) fn command_instance(
+        &mut self,
+        topic: &str,
+        id: &str,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<String> {
+        let port = free_port()?;
+        let mut env = vec![
+            ("COMMAND_LISTEN", format!("127.0.0.1:{port}")),
+            ("COMMAND_INSTANCE_ID", id.to_owned()),
+            ("COMMAND_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            (
+                "COMMAND_DATA_DIR",
+                self.scratch.path().join(id).display().to_string(),
+            ),
+            ("ORDERS_TOPIC", topic.to_owned()),
+        ];
+        env.extend(extra.iter().cloned());
+        self.spawn(id, "command-service", &env, port)
+    }
+
+    /// Kills (SIGKILL) the service named `name` and forgets it.
+    pub(crate) fn kill(&mut self, name: &str) {
+        if let Some(at) = self.services.iter().position(|s| s.name == name) {
+            let mut service = self.services.remove(at);
+            service.kill();
+        }
+    }
+
+    /// The scratch directory of this stack.
+    pub(crate) fn scratch(&self) -> &std::path::Path {
+        self.scratch.path()
     }
 
     /// Starts a query replica of `group` on `topic` with a fresh store; returns its base URL.

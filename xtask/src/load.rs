@@ -30,15 +30,29 @@ pub(crate) struct Request {
 impl Request {
     /// `GET url` (an `http://ip:port/path` URL).
     pub(crate) fn get(url: &str) -> anyhow::Result<Self> {
-        Self::build("GET", url, None)
+        Self::build("GET", url, None, &[])
     }
 
     /// `POST url` with a JSON body.
     pub(crate) fn post_json(url: &str, body: &str) -> anyhow::Result<Self> {
-        Self::build("POST", url, Some(body))
+        Self::build("POST", url, Some(body), &[])
     }
 
-    fn build(method: &str, url: &str, json: Option<&str>) -> anyhow::Result<Self> {
+    /// `POST url` with a JSON body and more headers.
+    pub(crate) fn post_json_with(
+        url: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::build("POST", url, Some(body), headers)
+    }
+
+    fn build(
+        method: &str,
+        url: &str,
+        json: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let rest = url
             .strip_prefix("http://")
             .with_context(|| format!("not an http:// URL: {url}"))?;
@@ -48,6 +62,9 @@ impl Request {
             .with_context(|| format!("the load generator needs ip:port, got {authority}"))?;
         let path = if path.is_empty() { "/" } else { path };
         let mut text = format!("{method} {path} HTTP/1.1\r\nhost: {authority}\r\n");
+        for (name, value) in headers {
+            text.push_str(&format!("{name}: {value}\r\n"));
+        }
         if let Some(body) = json {
             text.push_str("content-type: application/json\r\n");
             text.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));

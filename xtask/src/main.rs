@@ -71,6 +71,10 @@ enum Task {
         /// a write needs two (`min.insync.replicas=2`).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=5))]
         brokers: u16,
+        /// Command-service instances sharing the topics' partitions: the first on port 8080,
+        /// the others on 8082, 8083, …
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
+        command_instances: u16,
     },
     /// Run a benchmark (release builds, private broker) and print its figures.
     #[command(subcommand)]
@@ -134,7 +138,17 @@ fn run(ws: &Workspace, command: Task, interrupted: &AtomicBool) -> anyhow::Resul
             wipe,
             infra_only,
             brokers,
-        } => dev(ws, wipe, infra_only, brokers, interrupted),
+            command_instances,
+        } => dev(
+            ws,
+            &DevShape {
+                wipe,
+                infra_only,
+                brokers,
+                command_instances,
+            },
+            interrupted,
+        ),
         Task::Test { cargo_args } => test(ws, &cargo_args),
         Task::Chaos(args) => chaos::run(ws, &args).map(|()| ExitCode::SUCCESS),
         // The load generator must not be the bottleneck: an unoptimised build of it (reqwest,
@@ -204,13 +218,32 @@ fn dev_kafka_ports(brokers: u16) -> Vec<(u16, u16)> {
         .collect()
 }
 
-fn dev(
-    ws: &Workspace,
+/// What `cargo xtask dev` starts.
+struct DevShape {
     wipe: bool,
     infra_only: bool,
     brokers: u16,
-    interrupted: &AtomicBool,
-) -> anyhow::Result<ExitCode> {
+    command_instances: u16,
+}
+
+/// The port of the dev stack's command instance `n` (from 0): 8080, then 8082, 8083, … (8081
+/// is the registry's).
+fn dev_command_port(n: u16) -> u16 {
+    if n == 0 {
+        DEV_COMMAND_PORT
+    } else {
+        DEV_COMMAND_PORT + 1 + n
+    }
+}
+
+fn dev(ws: &Workspace, shape: &DevShape, interrupted: &AtomicBool) -> anyhow::Result<ExitCode> {
+    let DevShape {
+        wipe,
+        infra_only,
+        brokers,
+        command_instances,
+    } = *shape;
+    let command_ports: Vec<u16> = (0..command_instances).map(dev_command_port).collect();
     let data = ws.root.join(".dev");
     if wipe && data.exists() {
         eprintln!("wiping {}", data.display());
@@ -235,7 +268,9 @@ fn dev(
     }
     ensure_port_free(DEV_REGISTRY_PORT, "the schema registry")?;
     if !infra_only {
-        ensure_port_free(DEV_COMMAND_PORT, "the command service")?;
+        for port in &command_ports {
+            ensure_port_free(*port, "a command-service instance")?;
+        }
         for port in DEV_QUERY_PORTS {
             ensure_port_free(port, "a query replica")?;
         }
@@ -284,22 +319,30 @@ fn dev(
     let registry_url = format!("http://127.0.0.1:{DEV_REGISTRY_PORT}");
 
     if !infra_only {
-        let started = Instant::now();
-        let mut command = Command::new(ws.binary("command-service"));
-        command
-            .env("COMMAND_LISTEN", format!("127.0.0.1:{DEV_COMMAND_PORT}"))
-            .env("KAFKA_BOOTSTRAP", &bootstrap)
-            .env("SCHEMA_REGISTRY_URL", &registry_url);
-        let mut service = Service::spawn(
-            "command-service",
-            command,
-            &logs.join("command-service.log"),
-        )?;
-        // Ready: the topic exists (the replicas need it), the write model is rebuilt and the
-        // producers are initialised.
-        service.wait_http_ok(localhost(DEV_COMMAND_PORT), "/health/ready", HEALTH_TIMEOUT)?;
-        timings.push(("command service".to_owned(), started.elapsed()));
-        services.push(service);
+        // Started together, like the replicas: each is ready once the command group has given
+        // it its partitions and it has restored them; the topics then exist, which the
+        // replicas need.
+        for (index, port) in command_ports.iter().enumerate() {
+            let name = format!("command-{}", index + 1);
+            let mut command = Command::new(ws.binary("command-service"));
+            command
+                .env("COMMAND_LISTEN", format!("127.0.0.1:{port}"))
+                .env("COMMAND_INSTANCE_ID", &name)
+                .env("COMMAND_DATA_DIR", data.join(&name))
+                .env("COMMAND_ADMIN_TOKEN", DEV_ADMIN_TOKEN)
+                .env("KAFKA_BOOTSTRAP", &bootstrap)
+                .env("SCHEMA_REGISTRY_URL", &registry_url);
+            services.push(Service::spawn(
+                &name,
+                command,
+                &logs.join(format!("{name}.log")),
+            )?);
+        }
+        let instances = services.len() - command_ports.len()..services.len();
+        let took = wait_all_ready(&mut services[instances.clone()], &command_ports)?;
+        for (service, took) in services[instances].iter().zip(took) {
+            timings.push((service.name.clone(), took));
+        }
         // Both replicas start together: a replica that joined alone would be ready, then lose
         // half its partitions (and its readiness) to the next one's rebalance.
         for (index, port) in DEV_QUERY_PORTS.into_iter().enumerate() {
@@ -338,6 +381,12 @@ fn dev(
         println!(
             "    curl -i -X POST localhost:{DEV_COMMAND_PORT}/orders -H 'content-type: application/json' \\\n      -d '{{\"customer_id\":\"c-42\",\"currency\":\"EUR\",\"items\":[{{\"sku\":\"A-1\",\"quantity\":2,\"unit_price_cents\":1250}}]}}'"
         );
+        for (index, port) in command_ports.iter().enumerate().skip(1) {
+            println!(
+                "  command instance {}  http://127.0.0.1:{port}   (any instance takes any command)",
+                index + 1
+            );
+        }
         for (index, port) in DEV_QUERY_PORTS.into_iter().enumerate() {
             println!(
                 "  query replica {}  http://127.0.0.1:{port}   GET /orders/<id>",

@@ -304,21 +304,30 @@ async fn commands_in_flight_when_the_broker_dies_answer_at_once_not_at_the_reque
         .iter()
         .filter(|(sent, answered, _, _)| *sent < killed_at && *answered > killed_at)
         .collect();
-    let slowest = answers
+    let (slowest, slowest_answer) = answers
         .iter()
         .filter(|(_, answered, _, _)| *answered > killed_at)
-        .map(|(sent, answered, _, _)| *answered - (*sent).max(killed_at))
-        .max()
+        .map(|answer @ (sent, answered, _, _)| (*answered - (*sent).max(killed_at), answer))
+        .max_by_key(|(took, _)| *took)
+        .map(|(took, (sent, _, status, body))| {
+            let sent = if *sent < killed_at {
+                format!("{:?} before the kill", killed_at - *sent)
+            } else {
+                format!("{:?} after the kill", *sent - killed_at)
+            };
+            (took, format!("sent {sent}, answered {status} {body}"))
+        })
         .unwrap_or_default();
     eprintln!(
-        "{} answers, {} in flight at the kill; the slowest after the kill took {slowest:?}",
+        "{} answers, {} in flight at the kill; the slowest after the kill took {slowest:?}: {slowest_answer}",
         answers.len(),
         in_flight.len()
     );
     assert!(!in_flight.is_empty(), "the load had commands in flight");
     assert!(
-        slowest < Duration::from_secs(2),
-        "a command waited {slowest:?} with the broker gone (the request timeout is 30 s)"
+        // At once, not at the 30-s request timeout: the circuit opens within two probes.
+        slowest < Duration::from_secs(5),
+        "a command waited {slowest:?} with the broker gone (the request timeout is 30 s): {slowest_answer}"
     );
     for (_, _, status, body) in &answers {
         assert!(

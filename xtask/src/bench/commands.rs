@@ -36,6 +36,13 @@ pub(crate) struct CommandBench {
     /// the warmed producer does, as our figure does after its own warm-up.
     #[arg(long, default_value_t = 3_000_000)]
     baseline_records: u64,
+    /// Also run the load over this many command instances sharing one topic set (with a data
+    /// directory each), and time restarts and takeovers at two history lengths.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
+    instances: u16,
+    /// Aggregates each of those instances keeps in memory per topic.
+    #[arg(long, default_value_t = 200_000)]
+    cache_aggregates: usize,
 }
 
 /// The size of one benchmark order's record value: magic byte, schema id, Avro body.
@@ -314,6 +321,25 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
         ],
     )?;
 
+    let cluster = if args.instances > 1 {
+        // The single instance's CPU goes to the cluster.
+        stack.kill("command-service");
+        super::command_cluster::run(
+            &mut stack,
+            &runtime,
+            &super::command_cluster::Shape {
+                instances: usize::from(args.instances),
+                concurrency: args.concurrency,
+                duration,
+                warmup: Duration::from_secs(args.warmup / 2),
+                cache: args.cache_aggregates,
+            },
+            max.rate(),
+        )?
+    } else {
+        Vec::new()
+    };
+
     println!();
     println!(
         "== cargo xtask bench commands ({}s runs, {} clients, {size}-byte records, release build)",
@@ -386,6 +412,9 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
             "over"
         }
     );
+    for line in &cluster {
+        println!("{line}");
+    }
     println!("perf-test (idempotent):     {}", plain.line);
     println!("perf-test (transactional):  {}", transactional.line);
     Ok(())

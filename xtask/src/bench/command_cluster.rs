@@ -1,0 +1,327 @@
+//! `cargo xtask bench commands --instances N`: the same load spread over N command instances
+//! sharing one topic set, a forwarded command's cost next to a local one's, and how long a
+//! restart (with and without the data directory's snapshot) and a takeover after kill -9 take
+//! at two history lengths.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde_json::Value;
+
+use super::commands::ORDER;
+use super::{ADMIN_TOKEN, BenchStack};
+use crate::load;
+
+/// How the cluster part is run.
+pub(crate) struct Shape {
+    pub(crate) instances: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) duration: Duration,
+    pub(crate) warmup: Duration,
+    /// Aggregates each instance keeps in memory per topic.
+    pub(crate) cache: usize,
+}
+
+const TOPIC: &str = "bench-cluster";
+const PARTITIONS: i32 = 6;
+
+fn id(n: usize) -> String {
+    format!("bench-command-{}", n + 1)
+}
+
+/// Runs the cluster part on `stack`; returns the lines to print. `single` is the
+/// single-instance maximum rate of the same run.
+pub(crate) fn run(
+    stack: &mut BenchStack,
+    runtime: &tokio::runtime::Runtime,
+    shape: &Shape,
+    single: f64,
+) -> anyhow::Result<Vec<String>> {
+    let settings = |cache: usize| {
+        vec![
+            ("COMMAND_SESSION_TIMEOUT_MS", "6000".to_owned()),
+            ("COMMAND_CACHE_AGGREGATES", cache.to_string()),
+        ]
+    };
+    let mut urls = Vec::new();
+    for n in 0..shape.instances {
+        urls.push(stack.command_instance(TOPIC, &id(n), &settings(shape.cache))?);
+    }
+    let client = load::client(16)?;
+    runtime.block_on(async {
+        for url in &urls {
+            ready(&client, url, Duration::from_secs(120)).await?;
+        }
+        settled(&client, &urls, Duration::from_secs(60)).await
+    })?;
+
+    // The load spread: each client sends to one instance, the clients spread evenly.
+    let spread: Vec<load::Request> = urls
+        .iter()
+        .map(|url| load::Request::post_json(&format!("{url}/orders"), ORDER))
+        .collect::<anyhow::Result<_>>()?;
+    let (concurrency, count) = (shape.concurrency, spread.len());
+    let spread: load::RequestFactory =
+        Arc::new(move |n| spread[usize::try_from(n).unwrap_or(0) % concurrency % count].clone());
+    eprintln!(
+        "{} instances: warming up ({}s), then the spread load ({}s) ...",
+        shape.instances,
+        shape.warmup.as_secs(),
+        shape.duration.as_secs()
+    );
+    let (spread_run, local, forwarded) = runtime.block_on(async {
+        load::run(concurrency, shape.warmup, None, Arc::clone(&spread)).await?;
+        let spread_run = load::run(concurrency, shape.duration, None, Arc::clone(&spread)).await?;
+        // Keyed orders sent to the first instance: a keyed order's id is placed in its key's
+        // partition, so the key decides whether the first instance decides it or forwards it.
+        let mine = owned(&client, &urls[0]).await?;
+        eprintln!(
+            "keyed orders the first instance decides itself ({}s) ...",
+            shape.duration.as_secs()
+        );
+        let local = load::run(
+            concurrency,
+            shape.duration,
+            None,
+            keyed(&urls[0], "local", mine.clone(), true),
+        )
+        .await?;
+        eprintln!(
+            "keyed orders it forwards to their owner ({}s) ...",
+            shape.duration.as_secs()
+        );
+        let forwarded = load::run(
+            concurrency,
+            shape.duration,
+            None,
+            keyed(&urls[0], "forwarded", mine, false),
+        )
+        .await?;
+        anyhow::Ok((spread_run, local, forwarded))
+    })?;
+
+    let mut lines = vec![
+        format!(
+            "{} instances, spread     {}",
+            shape.instances,
+            spread_run.summary()
+        ),
+        format!(
+            "ratio to one instance       {:.3}  (target ≥ 0.85)",
+            spread_run.rate() / single.max(1.0)
+        ),
+        format!("keyed, decided where asked {}", local.summary()),
+        format!("keyed, forwarded once      {}", forwarded.summary()),
+        format!(
+            "forwarded cost              {:.2} × a local command's (rate ratio; target ≤ 2)",
+            local.rate() / forwarded.rate().max(1.0)
+        ),
+    ];
+
+    // Restarts and takeovers of the last instance, at two history lengths.
+    let victim = shape.instances - 1;
+    let survivors: Vec<String> = urls[..victim].to_vec();
+    // The victim's settings now: its data directory changes when it restarts without one.
+    let mut current = settings(shape.cache);
+    for step in 0..2 {
+        if step == 1 {
+            eprintln!(
+                "growing the history ({}s of load) ...",
+                2 * shape.duration.as_secs()
+            );
+            runtime.block_on(load::run(
+                concurrency,
+                2 * shape.duration,
+                None,
+                Arc::clone(&spread),
+            ))?;
+        }
+        let history = log_records(stack)?;
+        let rss = rss_mib(stack.pid_of(&id(0)));
+        eprintln!("history of {history} records: restarts and a takeover ...");
+
+        // Restart with its data directory.
+        stack.kill(&id(victim));
+        let started = Instant::now();
+        let url = stack.command_instance(TOPIC, &id(victim), &current)?;
+        runtime.block_on(ready(&client, &url, Duration::from_secs(600)))?;
+        let with_snapshot = started.elapsed();
+        let reread = runtime.block_on(metric(&client, &url, "command_service_restored_events"))?;
+
+        // Restart from an empty data directory: every partition it owns read from the start.
+        stack.kill(&id(victim));
+        let fresh = stack.scratch().join(format!("{}-fresh-{step}", id(victim)));
+        let mut empty = settings(shape.cache);
+        empty.push(("COMMAND_DATA_DIR", fresh.display().to_string()));
+        let started = Instant::now();
+        let url = stack.command_instance(TOPIC, &id(victim), &empty)?;
+        runtime.block_on(ready(&client, &url, Duration::from_secs(600)))?;
+        let without_snapshot = started.elapsed();
+        let read_all =
+            runtime.block_on(metric(&client, &url, "command_service_restored_events"))?;
+
+        // Takeover: the others own every partition again.
+        stack.kill(&id(victim));
+        let started = Instant::now();
+        runtime.block_on(settled(&client, &survivors, Duration::from_secs(600)))?;
+        let takeover = started.elapsed();
+        current = empty;
+        let url = stack.command_instance(TOPIC, &id(victim), &current)?;
+        runtime.block_on(async {
+            ready(&client, &url, Duration::from_secs(600)).await?;
+            settled(&client, &urls, Duration::from_secs(600)).await
+        })?;
+
+        lines.push(format!(
+            "history {history:>9} records  restart {:.1} s with snapshot ({reread:.0} events read again) · {:.1} s without ({read_all:.0} read) · takeover after kill -9 {:.1} s · RSS of instance 1 {rss}",
+            with_snapshot.as_secs_f64(),
+            without_snapshot.as_secs_f64(),
+            takeover.as_secs_f64(),
+        ));
+    }
+    Ok(lines)
+}
+
+/// Keyed orders to `url`, each key in one of `partitions` (`inside`) or outside them.
+fn keyed(url: &str, tag: &'static str, partitions: Vec<i32>, inside: bool) -> load::RequestFactory {
+    let url = format!("{url}/orders");
+    Arc::new(move |n| {
+        let mut attempt = 0u32;
+        loop {
+            let key = format!("bench-{tag}-{n}-{attempt}");
+            let partition =
+                shared_events::partitioner::partition_for_key(key.as_bytes(), PARTITIONS);
+            if partitions.contains(&partition) == inside {
+                // Built from a URL made above and a fixed body: only a malformed URL fails.
+                if let Ok(request) =
+                    load::Request::post_json_with(&url, ORDER, &[("idempotency-key", &key)])
+                {
+                    return request;
+                }
+            }
+            attempt += 1;
+        }
+    })
+}
+
+/// Waits until `url` answers `/health/ready` with 200.
+async fn ready(client: &reqwest::Client, url: &str, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = client
+            .get(format!("{url}/health/ready"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        if status.is_ok_and(|s| s == 200) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{url} was not ready within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The order partitions `url` owns.
+async fn owned(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<i32>> {
+    let body: Value = client
+        .get(format!("{url}/admin/cluster"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let topics = body["this_instance"]["topics"]
+        .as_array()
+        .context("no topics in /admin/cluster")?;
+    Ok(topics
+        .iter()
+        .find(|t| t["topic"] == TOPIC)
+        .and_then(|t| t["owned"].as_array())
+        .map(|owned| {
+            owned
+                .iter()
+                .filter_map(|p| p.as_i64().and_then(|p| i32::try_from(p).ok()))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Waits until the instances at `urls` own every order partition between them, each some.
+async fn settled(
+    client: &reqwest::Client,
+    urls: &[String],
+    within: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut all = Vec::new();
+        let mut each = true;
+        for url in urls {
+            let mine = owned(client, url).await.unwrap_or_default();
+            each &= !mine.is_empty();
+            all.extend(mine);
+        }
+        all.sort_unstable();
+        all.dedup();
+        if each && all.len() == usize::try_from(PARTITIONS).unwrap_or(0) {
+            // Let every instance's view of the group catch up before load relies on it.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the partitions were not owned by {urls:?} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A metric of `url`'s `/metrics`, summed over its label sets.
+async fn metric(client: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<f64> {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Records in the order topic's log (events and transaction markers).
+fn log_records(stack: &BenchStack) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", stack.broker.bootstrap())
+        .create()?;
+    let mut total = 0;
+    for partition in 0..PARTITIONS {
+        total += consumer
+            .fetch_watermarks(TOPIC, partition, Duration::from_secs(10))?
+            .1;
+    }
+    Ok(total)
+}
+
+/// A process's resident memory, as `/proc` shows it.
+fn rss_mib(pid: Option<u32>) -> String {
+    pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or_else(|| "?".to_owned(), |kb| format!("{:.0} MiB", kb / 1024.0))
+}
