@@ -605,13 +605,22 @@ pub async fn restore_assigned(
                     lane.topic().to_owned(),
                     mine.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
                 );
-                tokio::task::spawn_blocking(move || {
-                    membership.committed(&topic, &partitions, timeout)
-                })
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default()
+                // Bounded: the group's coordinator may be moving (a broker lost).
+                let ask = Duration::from_secs(5).min(timeout);
+                tokio::task::spawn_blocking(move || membership.committed(&topic, &partitions, ask))
+                    .await
+            };
+            let committed = match committed {
+                Ok(Ok(committed)) => committed,
+                Ok(Err(error)) => {
+                    // Asked again next round rather than reading tails it may not need.
+                    tracing::warn!(topic = lane.topic(), %error, "could not read the command group's offsets; asking again");
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(topic = lane.topic(), %error, "asking for the command group's offsets failed");
+                    continue;
+                }
             };
             let (whole, mine): (Vec<_>, Vec<_>) = mine.into_iter().partition(|(p, _)| {
                 let applied = lane.applied(*p);
@@ -629,6 +638,13 @@ pub async fn restore_assigned(
                 continue;
             }
             let partitions: Vec<i32> = mine.iter().map(|(p, _)| *p).collect();
+            tracing::info!(
+                topic = lane.topic(),
+                ?partitions,
+                from = ?partitions.iter().map(|p| lane.applied(*p)).collect::<Vec<_>>(),
+                committed = ?partitions.iter().map(|p| committed.get(p)).collect::<Vec<_>>(),
+                "reading the tails of assigned partitions"
+            );
             let started = Instant::now();
             match lane.restore(&kafka, &group, &partitions, timeout).await {
                 Ok(replayed) => {

@@ -287,8 +287,17 @@ impl<A: Aggregate> WriteModel<A> {
     /// Applies an event read back from the log (the restore of an assigned partition).
     pub fn apply_from_log(&self, event: &A::Event) -> Result<(), SnapshotError> {
         let cell = self.find_or_create(event.aggregate_id())?;
-        // A partition is restored before it takes commands, so the lock is free.
-        let applied = match cell.try_lock() {
+        // A partition is restored before it takes commands, so only a checkpoint copying the
+        // aggregate can hold its lock, for the moment that takes.
+        let mut locked = cell.try_lock();
+        for _ in 0..10_000 {
+            if locked.is_ok() {
+                break;
+            }
+            std::thread::yield_now();
+            locked = cell.try_lock();
+        }
+        let applied = match locked {
             Ok(mut slot) => {
                 if slot.apply(event) {
                     self.changed(event.aggregate_id());

@@ -249,6 +249,10 @@ async fn commands_in_flight_when_the_broker_dies_answer_at_once_not_at_the_reque
     config.kafka = service_config::KafkaArgs::plain(bootstrap.clone());
     config.kafka_timeout_ms = 5_000;
     config.request_timeout_ms = 30_000;
+    // Longer than the outage: with the 10-s default, the restarted broker expires the
+    // transactions that were open when it died as it loads them, and in one run of three that
+    // left one hanging (see the README's known limits); this test is about the answers.
+    config.transaction_timeout_ms = 60_000;
     let app = spawn_app_with(config).await;
     place_until_created(
         &app.client,
@@ -335,9 +339,12 @@ async fn commands_in_flight_when_the_broker_dies_answer_at_once_not_at_the_reque
             "every answer is a commit or a retryable 503: {status} {body}"
         );
     }
+    // Caught waiting for its commit (sent before the kill, or in the moment before the circuit
+    // opened): the outcome is not known yet.
     assert!(
-        in_flight
+        answers
             .iter()
+            .filter(|(_, answered, _, _)| *answered > killed_at)
             .any(|(_, _, _, body)| body.contains("urn:problem-type:kafka-unavailable")),
         "a command caught waiting says its outcome is not known yet"
     );
