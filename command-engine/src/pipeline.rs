@@ -192,7 +192,10 @@ async fn execute<A: Aggregate>(
     };
 
     let model = &partition.model;
-    let cell = if spec.creates() {
+    let cell = if spec.creates() && named.is_none() {
+        // A time-ordered id generated just now: no store holds it.
+        model.create_new(&id)
+    } else if spec.creates() {
         model.find_or_create(&id)?
     } else {
         model.find(&id)?.ok_or_else(|| ApiError::Unknown {

@@ -120,6 +120,11 @@ impl SnapshotStore {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Most lookups of a key the store does not hold (a new aggregate with an id of its
+        // own) are answered by the filter, not by reading a block of every level.
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        options.set_block_based_table_factory(&table);
         let db = DB::open(&options, path)?;
         Ok(Arc::new(Self { db }))
     }

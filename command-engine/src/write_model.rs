@@ -172,6 +172,21 @@ impl<A: Aggregate> WriteModel<A> {
         self.lookup(id, false)
     }
 
+    /// A new empty cell for an id that cannot exist yet (one this service just generated): the
+    /// store is not asked.
+    pub fn create_new(&self, id: &str) -> SlotCell<A> {
+        let mut shard = self.slots.shard(id);
+        if let Some(cell) = shard.get(id) {
+            return Arc::clone(cell);
+        }
+        if shard.len() >= self.shard_capacity {
+            self.evict(&mut shard);
+        }
+        let cell = empty();
+        shard.insert(id.to_owned(), Arc::clone(&cell));
+        cell
+    }
+
     /// [`WriteModel::find`], or a new empty cell for an id never seen.
     pub fn find_or_create(&self, id: &str) -> Result<SlotCell<A>, SnapshotError> {
         self.lookup(id, true)?

@@ -58,14 +58,8 @@ pub(crate) fn run(
         settled(&client, &urls, Duration::from_secs(60)).await
     })?;
 
-    // The load spread: each client sends to one instance, the clients spread evenly.
-    let spread: Vec<load::Request> = urls
-        .iter()
-        .map(|url| load::Request::post_json(&format!("{url}/orders"), ORDER))
-        .collect::<anyhow::Result<_>>()?;
-    let (concurrency, count) = (shape.concurrency, spread.len());
-    let spread: load::RequestFactory =
-        Arc::new(move |n| spread[usize::try_from(n).unwrap_or(0) % concurrency % count].clone());
+    let concurrency = shape.concurrency;
+    let spread = spread_over(&urls, concurrency)?;
     eprintln!(
         "{} instances: warming up ({}s), then the spread load ({}s) ...",
         shape.instances,
@@ -132,12 +126,8 @@ pub(crate) fn run(
                 "growing the history ({}s of load) ...",
                 2 * shape.duration.as_secs()
             );
-            runtime.block_on(load::run(
-                concurrency,
-                2 * shape.duration,
-                None,
-                Arc::clone(&spread),
-            ))?;
+            let spread = spread_over(&urls, concurrency)?;
+            runtime.block_on(load::run(concurrency, 2 * shape.duration, None, spread))?;
         }
         let history = log_records(stack)?;
         let rss = rss_mib(stack.pid_of(&id(0)));
@@ -170,6 +160,8 @@ pub(crate) fn run(
         let takeover = started.elapsed();
         current = empty;
         let url = stack.command_instance(TOPIC, &id(victim), &current)?;
+        // A new process, on a new port.
+        urls[victim].clone_from(&url);
         runtime.block_on(async {
             ready(&client, &url, Duration::from_secs(600)).await?;
             settled(&client, &urls, Duration::from_secs(600)).await
@@ -183,6 +175,18 @@ pub(crate) fn run(
         ));
     }
     Ok(lines)
+}
+
+/// The load spread over `urls`: each client sends to one instance, the clients spread evenly.
+fn spread_over(urls: &[String], concurrency: usize) -> anyhow::Result<load::RequestFactory> {
+    let requests: Vec<load::Request> = urls
+        .iter()
+        .map(|url| load::Request::post_json(&format!("{url}/orders"), ORDER))
+        .collect::<anyhow::Result<_>>()?;
+    let count = requests.len();
+    Ok(Arc::new(move |n| {
+        requests[usize::try_from(n).unwrap_or(0) % concurrency % count].clone()
+    }))
 }
 
 /// Keyed orders to `url`, each key in one of `partitions` (`inside`) or outside them.
