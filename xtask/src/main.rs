@@ -322,50 +322,56 @@ fn dev(ws: &Workspace, shape: &DevShape, interrupted: &AtomicBool) -> anyhow::Re
         // Started together, like the replicas: each is ready once the command group has given
         // it its partitions and it has restored them; the topics then exist, which the
         // replicas need.
-        for (index, port) in command_ports.iter().enumerate() {
-            let name = format!("command-{}", index + 1);
-            let mut command = Command::new(ws.binary("command-service"));
-            command
-                .env("COMMAND_LISTEN", format!("127.0.0.1:{port}"))
-                .env("COMMAND_INSTANCE_ID", &name)
-                .env("COMMAND_DATA_DIR", data.join(&name))
-                .env("COMMAND_ADMIN_TOKEN", DEV_ADMIN_TOKEN)
-                .env("KAFKA_BOOTSTRAP", &bootstrap)
-                .env("SCHEMA_REGISTRY_URL", &registry_url);
-            services.push(Service::spawn(
-                &name,
-                command,
-                &logs.join(format!("{name}.log")),
-            )?);
-        }
-        let instances = services.len() - command_ports.len()..services.len();
-        let took = wait_all_ready(&mut services[instances.clone()], &command_ports)?;
-        for (service, took) in services[instances].iter().zip(took) {
-            timings.push((service.name.clone(), took));
-        }
+        let instances = command_ports
+            .iter()
+            .enumerate()
+            .map(|(index, port)| {
+                let name = format!("command-{}", index + 1);
+                let settings = vec![
+                    ("COMMAND_LISTEN", format!("127.0.0.1:{port}")),
+                    ("COMMAND_INSTANCE_ID", name.clone()),
+                    ("COMMAND_DATA_DIR", data.join(&name).display().to_string()),
+                    ("COMMAND_ADMIN_TOKEN", DEV_ADMIN_TOKEN.to_owned()),
+                ];
+                (name, *port, settings)
+            })
+            .collect();
+        let shared = [
+            ("KAFKA_BOOTSTRAP", bootstrap.clone()),
+            ("SCHEMA_REGISTRY_URL", registry_url.clone()),
+        ];
+        timings.extend(start_together(
+            ws,
+            &mut services,
+            &logs,
+            "command-service",
+            &shared,
+            instances,
+        )?);
         // Both replicas start together: a replica that joined alone would be ready, then lose
         // half its partitions (and its readiness) to the next one's rebalance.
-        for (index, port) in DEV_QUERY_PORTS.into_iter().enumerate() {
-            let name = format!("query-{}", index + 1);
-            let mut command = Command::new(ws.binary("query-service"));
-            command
-                .env("QUERY_LISTEN", format!("127.0.0.1:{port}"))
-                .env("QUERY_REPLICA_ID", &name)
-                .env("QUERY_DATA_DIR", data.join(&name))
-                .env("QUERY_ADMIN_TOKEN", DEV_ADMIN_TOKEN)
-                .env("KAFKA_BOOTSTRAP", &bootstrap)
-                .env("SCHEMA_REGISTRY_URL", &registry_url);
-            services.push(Service::spawn(
-                &name,
-                command,
-                &logs.join(format!("{name}.log")),
-            )?);
-        }
-        let replicas = services.len() - DEV_QUERY_PORTS.len()..services.len();
-        let took = wait_all_ready(&mut services[replicas.clone()], &DEV_QUERY_PORTS)?;
-        for (service, took) in services[replicas].iter().zip(took) {
-            timings.push((service.name.clone(), took));
-        }
+        let replicas = DEV_QUERY_PORTS
+            .into_iter()
+            .enumerate()
+            .map(|(index, port)| {
+                let name = format!("query-{}", index + 1);
+                let settings = vec![
+                    ("QUERY_LISTEN", format!("127.0.0.1:{port}")),
+                    ("QUERY_REPLICA_ID", name.clone()),
+                    ("QUERY_DATA_DIR", data.join(&name).display().to_string()),
+                    ("QUERY_ADMIN_TOKEN", DEV_ADMIN_TOKEN.to_owned()),
+                ];
+                (name, port, settings)
+            })
+            .collect();
+        timings.extend(start_together(
+            ws,
+            &mut services,
+            &logs,
+            "query-service",
+            &shared,
+            replicas,
+        )?);
     }
 
     println!();
@@ -420,6 +426,38 @@ fn dev(ws: &Workspace, shape: &DevShape, interrupted: &AtomicBool) -> anyhow::Re
         Some(error) => Err(error),
         None => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// A service of the dev stack: its name, port and settings.
+type Member = (String, u16, Vec<(&'static str, String)>);
+
+/// Starts `binary` once per member, with the `shared` settings and its own, appends them to
+/// `services`, and waits until all are ready at once; how long each took.
+fn start_together(
+    ws: &Workspace,
+    services: &mut Vec<Service>,
+    logs: &std::path::Path,
+    binary: &str,
+    shared: &[(&str, String)],
+    members: Vec<Member>,
+) -> anyhow::Result<Vec<(String, Duration)>> {
+    let ports: Vec<u16> = members.iter().map(|(_, port, _)| *port).collect();
+    for (name, _, settings) in members {
+        let mut command = Command::new(ws.binary(binary));
+        command.envs(settings).envs(shared.iter().cloned());
+        services.push(Service::spawn(
+            &name,
+            command,
+            &logs.join(format!("{name}.log")),
+        )?);
+    }
+    let started = services.len() - ports.len()..services.len();
+    let took = wait_all_ready(&mut services[started.clone()], &ports)?;
+    Ok(services[started]
+        .iter()
+        .zip(took)
+        .map(|(service, took)| (service.name.clone(), took))
+        .collect())
 }
 
 /// Waits until every one of `services` (listening on `ports`) answers `/health/ready`, all at
