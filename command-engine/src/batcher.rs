@@ -842,6 +842,7 @@ impl Worker {
     ) -> Vec<CommitResult> {
         let mut backoff = Duration::from_millis(200);
         let mut closed_since: Option<Instant> = None;
+        let mut undecided_since: Option<Instant> = None;
         loop {
             if self.fenced_out.load(Ordering::Acquire) {
                 // Another instance owns our transactional ids; it has the log's truth.
@@ -854,11 +855,29 @@ impl Worker {
                     return vec![Err(CommitError::InDoubt(error.to_owned())); batch.len()];
                 }
             }
-            let attempt = self
-                .ensure_producer()
-                .and_then(|()| self.check_log(batch, deliveries));
+            let attempt = match self.ensure_producer() {
+                Err(why) => Err(why),
+                Ok(()) => {
+                    let read = self.check_log(batch, deliveries);
+                    if read.is_err() {
+                        undecided_since.get_or_insert_with(Instant::now);
+                    }
+                    read
+                }
+            };
             match attempt {
                 Ok(answers) => return answers,
+                // Kafka answers, but the log cannot tell yet: a transaction before the records
+                // stays open (one the broker lost track of can stay open indefinitely). The
+                // worker does not wait for it with every command behind it: the batch stays in
+                // doubt (its aggregates and keys answer so until a restart reads the log).
+                Err(why)
+                    if undecided_since
+                        .is_some_and(|since| since.elapsed() > 3 * self.config.kafka_timeout) =>
+                {
+                    tracing::error!(worker = self.index, error = %why, "in-doubt batch left in doubt: the log cannot tell its outcome");
+                    return vec![Err(CommitError::InDoubt(error.to_owned())); batch.len()];
+                }
                 Err(why) => {
                     tracing::warn!(worker = self.index, error = %why, "in-doubt batch not resolved yet; retrying");
                     std::thread::sleep(backoff);

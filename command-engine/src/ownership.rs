@@ -520,28 +520,6 @@ impl Membership {
         Arc::new(GroupFence(Arc::clone(&self.consumer), self.session_timeout))
     }
 
-    /// The group's committed offset of each of `partitions` of `topic` that has one. Blocking.
-    pub fn committed(
-        &self,
-        topic: &str,
-        partitions: &[i32],
-        timeout: Duration,
-    ) -> Result<HashMap<i32, i64>, KafkaError> {
-        let mut asked = TopicPartitionList::new();
-        for &p in partitions {
-            asked.add_partition(topic, p);
-        }
-        let answer = self.consumer.committed_offsets(asked, timeout)?;
-        Ok(answer
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect())
-    }
-
     /// Stops the membership thread and closes the consumer (a static member does not leave
     /// the group: its partitions wait for it until the session timeout). Blocking.
     pub fn leave(&self) {
@@ -566,7 +544,6 @@ impl Membership {
 /// transactions other producers have left open.
 pub async fn restore_assigned(
     lanes: Vec<Arc<dyn AnyLane>>,
-    membership: Arc<Membership>,
     mut assigned: mpsc::Receiver<Assigned>,
     kafka: service_config::KafkaArgs,
     group: String,
@@ -599,27 +576,24 @@ pub async fn restore_assigned(
             if mine.is_empty() {
                 continue;
             }
-            let committed = {
-                let (membership, topic, partitions) = (
-                    Arc::clone(&membership),
-                    lane.topic().to_owned(),
-                    mine.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
-                );
-                // Bounded: the group's coordinator may be moving (a broker lost).
-                let ask = Duration::from_secs(5).min(timeout);
-                tokio::task::spawn_blocking(move || membership.committed(&topic, &partitions, ask))
-                    .await
+            // Asked of the group as a client outside it (the lane's view of the group): the
+            // member itself does not answer while its group is rebalancing.
+            let committed = match lane.cluster().cloned() {
+                None => Ok(HashMap::new()),
+                Some(cluster) => {
+                    let partitions: Vec<i32> = mine.iter().map(|(p, _)| *p).collect();
+                    tokio::task::spawn_blocking(move || cluster.committed(&partitions))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                }
             };
             let committed = match committed {
-                Ok(Ok(committed)) => committed,
-                Ok(Err(error)) => {
-                    // Asked again next round rather than reading tails it may not need.
-                    tracing::warn!(topic = lane.topic(), %error, "could not read the command group's offsets; asking again");
-                    continue;
-                }
+                Ok(committed) => committed,
                 Err(error) => {
-                    tracing::warn!(topic = lane.topic(), %error, "asking for the command group's offsets failed");
-                    continue;
+                    // Not known: the tails are read, which is always right.
+                    tracing::warn!(topic = lane.topic(), %error, "could not read the command group's offsets; reading the tails");
+                    HashMap::new()
                 }
             };
             let (whole, mine): (Vec<_>, Vec<_>) = mine.into_iter().partition(|(p, _)| {

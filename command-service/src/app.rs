@@ -201,9 +201,8 @@ impl Application {
             let (lanes, kafka) = (lanes.clone(), config.kafka.clone());
             let group = format!("{}-restore", config.instance_id);
             let timeout = Duration::from_millis(config.replay_timeout_ms);
-            let membership = Arc::clone(&membership);
             tasks.spawn("partition restorer", move |stop| {
-                restore_assigned(lanes, membership, assignments, kafka, group, timeout, stop)
+                restore_assigned(lanes, assignments, kafka, group, timeout, stop)
             });
         }
         let checkpointer =

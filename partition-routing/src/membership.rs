@@ -181,6 +181,27 @@ impl Cluster {
             .1)
     }
 
+    /// The group's committed offset of each of `partitions` that has one. Blocking. Asked as a
+    /// client outside the group, which a rebalance does not hold up.
+    pub fn committed(
+        &self,
+        partitions: &[i32],
+    ) -> Result<std::collections::HashMap<i32, i64>, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            tpl.add_partition(&self.topic, p);
+        }
+        let committed = self.admin.committed_offsets(tpl, self.timeout)?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Committed offset, end offset and lag of every partition. Blocking.
     pub fn lag(&self, partitions: i32) -> Result<Vec<PartitionLag>, KafkaError> {
         let mut tpl = TopicPartitionList::new();
