@@ -47,8 +47,9 @@ use crate::ownership::Lease;
 
 /// The group membership a transaction carries, so that only a current member can commit.
 pub trait Fence: Send + Sync + std::fmt::Debug + 'static {
-    /// The member's id and generation now; None before it has joined.
-    fn group_metadata(&self) -> Option<ConsumerGroupMetadata>;
+    /// The member's id and generation as last seen; None before it has joined. Must not block:
+    /// a worker asks before every transaction.
+    fn group_metadata(&self) -> Option<Arc<ConsumerGroupMetadata>>;
     /// How long the group waits for a silent member before moving its partitions.
     fn session_timeout(&self) -> Duration;
 }

@@ -430,6 +430,7 @@ pub struct MembershipConfig {
 /// thread of its own.
 pub struct Membership {
     consumer: Arc<BaseConsumer<Rebalancer>>,
+    seen: SeenMetadata,
     session_timeout: Duration,
     stop: Arc<AtomicBool>,
     poller: Mutex<Option<JoinHandle<()>>>,
@@ -478,6 +479,7 @@ impl Membership {
             .create_with_context(context)?;
         Ok(Self {
             consumer: Arc::new(consumer),
+            seen: Arc::default(),
             session_timeout: config.session_timeout,
             stop: Arc::new(AtomicBool::new(false)),
             poller: Mutex::new(None),
@@ -489,7 +491,11 @@ impl Membership {
     /// until [`Membership::leave`].
     pub fn join(&self, topics: &[&str]) -> Result<(), KafkaError> {
         self.consumer.subscribe(topics)?;
-        let (consumer, stop) = (Arc::clone(&self.consumer), Arc::clone(&self.stop));
+        let (consumer, stop, seen) = (
+            Arc::clone(&self.consumer),
+            Arc::clone(&self.stop),
+            Arc::clone(&self.seen),
+        );
         let poller = std::thread::Builder::new()
             .name("command-group".into())
             .spawn(move || {
@@ -498,6 +504,10 @@ impl Membership {
                     if let Some(Err(error)) = consumer.poll(Duration::from_millis(100)) {
                         tracing::warn!(%error, "command group");
                     }
+                    // After each poll, so a new generation is seen within one: a worker that
+                    // still uses the old one is refused by the coordinator (safe, and rare).
+                    let metadata = consumer.group_metadata().map(Arc::new);
+                    *lock(&seen) = metadata;
                 }
             })
             .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
@@ -517,7 +527,7 @@ impl Membership {
 
     /// The group membership a transaction must carry (KIP-447).
     pub fn fence(&self) -> Arc<dyn crate::batcher::Fence> {
-        Arc::new(GroupFence(Arc::clone(&self.consumer), self.session_timeout))
+        Arc::new(GroupFence(Arc::clone(&self.seen), self.session_timeout))
     }
 
     /// Stops the membership thread and closes the consumer (a static member does not leave
@@ -658,7 +668,12 @@ pub async fn restore_assigned(
     }
 }
 
-struct GroupFence(Arc<BaseConsumer<Rebalancer>>, Duration);
+/// The group metadata as the membership thread last read it. librdkafka answers a request for
+/// it through the client's main thread without a timeout; asked from the producer workers, a
+/// broker lost at the wrong moment left them waiting for good.
+type SeenMetadata = Arc<Mutex<Option<Arc<ConsumerGroupMetadata>>>>;
+
+struct GroupFence(SeenMetadata, Duration);
 
 impl std::fmt::Debug for GroupFence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -667,8 +682,8 @@ impl std::fmt::Debug for GroupFence {
 }
 
 impl crate::batcher::Fence for GroupFence {
-    fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
-        self.0.group_metadata()
+    fn group_metadata(&self) -> Option<Arc<ConsumerGroupMetadata>> {
+        lock(&self.0).clone()
     }
 
     fn session_timeout(&self) -> Duration {
