@@ -4,7 +4,7 @@
 //! waits for it. Only committed outcomes are remembered, as [`Receipt`]s, for the retention
 //! window: a first attempt that wrote nothing (rejected, aborted) releases the key, and a waiting
 //! retry then runs as a first attempt itself. Receipts can be rebuilt from the log because every
-//! event carries the key that caused it ([`IdempotencyIndex::remember`] at start-up replay).
+//! event carries the key that caused it ([`IdempotencyIndex::remember`], by a restore).
 //!
 //! Bounded: entries expire after the retention window, and beyond `max_entries` the oldest go
 //! first (counted in [`IdempotencyIndex::evicted`]).
@@ -343,7 +343,7 @@ impl IdempotencyIndex {
         }
     }
 
-    /// Records a receipt found in the log (start-up replay), if it is within the retention window.
+    /// Records a receipt found in the log (a restore), if it is within the retention window.
     pub fn remember(
         &self,
         key: &str,

@@ -16,7 +16,7 @@
 //! is not recognised as reused.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use partition_routing::membership::Cluster;
 use shared_events::partitioner::partition_for_key;
@@ -25,7 +25,7 @@ use shared_events::{Aggregate, EventCodec, EventEnvelope, Position};
 use crate::checkpoint::{Staged, distinct};
 use crate::idempotency::{Fingerprint, IdempotencyIndex, Receipt};
 use crate::ownership::Leases;
-use crate::replay::ReplayError;
+use crate::restore::RestoreError;
 use crate::snapshot::{Checkpoint, SnapshotError, SnapshotStore};
 use crate::write_model::{Stored, WriteModel};
 
@@ -47,7 +47,9 @@ pub struct Lane<A: Aggregate> {
     /// The command group as last described: who owns the partitions this instance does not.
     cluster: Option<Arc<Cluster>>,
     /// Events read by restores since start.
-    restored: std::sync::atomic::AtomicU64,
+    restored: AtomicU64,
+    /// Events read for partitions kept warm for other instances since start.
+    warmed: AtomicU64,
 }
 
 impl<A: Aggregate> Lane<A> {
@@ -92,7 +94,8 @@ impl<A: Aggregate> Lane<A> {
             idempotency,
             leases: Leases::new(topic, i32::try_from(count).unwrap_or(i32::MAX)),
             cluster,
-            restored: std::sync::atomic::AtomicU64::new(0),
+            restored: AtomicU64::new(0),
+            warmed: AtomicU64::new(0),
         }
     }
 
@@ -230,15 +233,19 @@ pub trait AnyLane: Send + Sync + 'static {
     fn topic(&self) -> &str;
     /// Registers the lane's state and its command routes.
     fn configure(self: Arc<Self>, config: &mut actix_web::web::ServiceConfig);
-    /// Brings `partitions` up to date from the log, each from where its model left off (see
-    /// [`crate::replay`]). Run while they are assigned here and take no command.
-    fn restore<'a>(
-        &'a self,
-        kafka: &'a service_config::KafkaArgs,
-        group: &'a str,
-        partitions: &'a [i32],
-        timeout: Duration,
-    ) -> futures::future::BoxFuture<'a, Result<crate::replay::Replayed, crate::replay::ReplayError>>;
+    /// Decodes a record read from the log and applies its event ([`Lane::restore`]), asking
+    /// the registry through `runtime` for a schema not seen yet. Blocking.
+    fn apply_record(
+        &self,
+        payload: &[u8],
+        position: Position,
+        runtime: &tokio::runtime::Handle,
+        now_ms: i64,
+    ) -> Result<(), RestoreError>;
+    /// Everything of `partition` before `offset` is reflected in its model.
+    fn applied_up_to(&self, partition: i32, offset: i64);
+    /// Counts events read by restores and for partitions kept warm.
+    fn count_read(&self, restored: u64, warmed: u64);
     fn leases(&self) -> &Arc<Leases>;
     fn cluster(&self) -> Option<&Arc<Cluster>>;
     /// The offset of `partition` after the last event its model reflects.
@@ -253,6 +260,8 @@ pub trait AnyLane: Send + Sync + 'static {
     fn cache_traffic(&self) -> (u64, u64);
     /// Events read from the log by restores since start.
     fn restored(&self) -> u64;
+    /// Events read from the log for partitions kept warm since start.
+    fn warmed(&self) -> u64;
     fn aggregates(&self) -> usize;
     fn gaps(&self) -> u64;
 }
@@ -271,46 +280,35 @@ impl<A: Aggregate> AnyLane for Lane<A> {
         http_edge::routes::register(&crate::pipeline::routes::<A>(), config);
     }
 
-    fn restore<'a>(
-        &'a self,
-        kafka: &'a service_config::KafkaArgs,
-        group: &'a str,
-        partitions: &'a [i32],
-        timeout: Duration,
-    ) -> futures::future::BoxFuture<'a, Result<crate::replay::Replayed, crate::replay::ReplayError>>
-    {
-        Box::pin(async move {
-            let now = crate::pipeline::now_ms();
-            let from: Vec<(i32, i64)> = partitions
-                .iter()
-                .filter_map(|&p| {
-                    let model = &self.partitions.get(usize::try_from(p).ok()?)?.model;
-                    Some((p, model.applied()))
-                })
-                .collect();
-            let (replayed, reached) = crate::replay::replay(
-                kafka,
-                group,
-                &self.topic,
-                &from,
-                &self.codec,
-                timeout,
-                |event: A::Event, position| {
-                    Lane::restore(self, &event, position, now).map_err(ReplayError::from)
-                },
-            )
-            .await?;
-            for (p, at) in reached {
-                if let Some(partition) =
-                    usize::try_from(p).ok().and_then(|p| self.partitions.get(p))
-                {
-                    partition.model.applied_up_to(at);
-                }
-            }
-            self.restored
-                .fetch_add(replayed.records, std::sync::atomic::Ordering::Relaxed);
-            Ok(replayed)
-        })
+    fn apply_record(
+        &self,
+        payload: &[u8],
+        position: Position,
+        runtime: &tokio::runtime::Handle,
+        now_ms: i64,
+    ) -> Result<(), RestoreError> {
+        let decoded = match self.codec.decode_known(payload) {
+            Some(decoded) => decoded,
+            None => runtime.block_on(self.codec.decode(payload)),
+        };
+        let event = decoded.map_err(|source| RestoreError::Decode {
+            partition: position.partition,
+            offset: position.offset,
+            source,
+        })?;
+        Lane::restore(self, &event, position, now_ms)?;
+        Ok(())
+    }
+
+    fn applied_up_to(&self, partition: i32, offset: i64) {
+        if let Some(model) = self.model(partition) {
+            model.applied_up_to(offset);
+        }
+    }
+
+    fn count_read(&self, restored: u64, warmed: u64) {
+        self.restored.fetch_add(restored, Ordering::Relaxed);
+        self.warmed.fetch_add(warmed, Ordering::Relaxed);
     }
 
     fn leases(&self) -> &Arc<Leases> {
@@ -368,7 +366,11 @@ impl<A: Aggregate> AnyLane for Lane<A> {
     }
 
     fn restored(&self) -> u64 {
-        self.restored.load(std::sync::atomic::Ordering::Relaxed)
+        self.restored.load(Ordering::Relaxed)
+    }
+
+    fn warmed(&self) -> u64 {
+        self.warmed.load(Ordering::Relaxed)
     }
 
     fn cache_traffic(&self) -> (u64, u64) {
@@ -376,8 +378,8 @@ impl<A: Aggregate> AnyLane for Lane<A> {
             .iter()
             .fold((0, 0), |(loads, evictions), p| {
                 (
-                    loads + p.model.loads.load(std::sync::atomic::Ordering::Relaxed),
-                    evictions + p.model.evictions.load(std::sync::atomic::Ordering::Relaxed),
+                    loads + p.model.loads.load(Ordering::Relaxed),
+                    evictions + p.model.evictions.load(Ordering::Relaxed),
                 )
             })
     }

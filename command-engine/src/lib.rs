@@ -12,7 +12,8 @@
 //! - [`idempotency`]: `Idempotency-Key` claims and the receipts of committed commands.
 //! - [`ownership`]: which partitions this instance may write, from the command group's
 //!   assignment; handing a partition over; fencing an instance the group has moved on from.
-//! - [`replay`]: reading a partition's tail, read-committed, when it is assigned here.
+//! - [`restore`]: reading the log into the partitions that take no command here: a partition
+//!   assigned here, to its end before it takes one; another's, kept warm for a takeover.
 //! - [`batcher`]: the bounded queue in front of the transactional producers (group commit).
 //! - [`circuit`]: whether Kafka is reachable at all, so commands fail fast when it is not.
 //! - [`topics`]: creating an aggregate's topic.
@@ -27,7 +28,7 @@
 //!   on one aggregate the second decides against the first's outcome ([`write_model`]'s lock,
 //!   held by the [`pipeline`]'s settlement until the commit's fate is known).
 //! - A retry with the same `Idempotency-Key` writes nothing and gets the first answer, also
-//!   after a restart or a takeover ([`idempotency`], rebuilt by [`replay`]).
+//!   after a restart or a takeover ([`idempotency`], rebuilt by [`restore`]).
 //! - At most one instance commits for a partition at a time ([`ownership`], and the group
 //!   metadata every transaction carries in [`batcher`]).
 //! - Every queue is bounded and every wait has a deadline.
@@ -42,7 +43,7 @@ pub mod openapi;
 pub mod ownership;
 pub mod pipeline;
 pub mod problem;
-pub mod replay;
+pub mod restore;
 pub mod sharded;
 pub mod snapshot;
 pub mod topics;

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub partitions_owned: Gauge,
     /// Events read from the log by the restores of assigned partitions, by aggregate.
     pub restored_events: Family<AggregateLabel, Gauge>,
+    /// Events read from the log for partitions kept warm for other instances, by aggregate.
+    pub standby_events: Family<AggregateLabel, Gauge>,
     /// Aggregates read from the data directory because they were not in memory, by aggregate.
     pub model_loads: Family<AggregateLabel, Gauge>,
     /// Aggregates dropped from memory (the cache was full), by aggregate.
@@ -90,6 +92,7 @@ impl Default for Metrics {
         let forwarded = Counter::default();
         let partitions_owned = Gauge::default();
         let restored_events = Family::<AggregateLabel, Gauge>::default();
+        let standby_events = Family::<AggregateLabel, Gauge>::default();
         let model_loads = Family::<AggregateLabel, Gauge>::default();
         let model_evictions = Family::<AggregateLabel, Gauge>::default();
         let checkpoints = Gauge::default();
@@ -97,6 +100,11 @@ impl Default for Metrics {
             "restored_events",
             "Events read from the log by the restores of assigned partitions",
             restored_events.clone(),
+        );
+        registry.register(
+            "standby_events",
+            "Events read from the log for partitions kept warm for other instances",
+            standby_events.clone(),
         );
         registry.register(
             "write_model_loads",
@@ -182,6 +190,7 @@ impl Default for Metrics {
             forwarded,
             partitions_owned,
             restored_events,
+            standby_events,
             model_loads,
             model_evictions,
             checkpoints,

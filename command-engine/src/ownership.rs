@@ -14,7 +14,8 @@
 //!   giving leases, and the rebalance callback returns (letting the group hand the partition to
 //!   another member) only once every lease on it is released: its commands' batches committed
 //!   or aborted and their requests answered ([`Leases::release`]). The new owner then reads the
-//!   partition's tail, read-committed, before it takes a command ([`Standing::Restoring`]).
+//!   partition's tail, read-committed, before it takes a command ([`Standing::Restoring`],
+//!   [`crate::restore`]).
 //! - **A member the group has moved on from cannot commit.** Every transaction carries the
 //!   group's metadata (member id and generation) through `send_offsets_to_transaction` (KIP-447;
 //!   [`crate::batcher`]). A paused or partitioned instance resuming with a transaction open is
@@ -43,10 +44,8 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
-use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
-use crate::lane::AnyLane;
 use crate::sharded::lock;
 
 /// Where this instance stands with one partition.
@@ -103,6 +102,8 @@ struct Slot {
     in_flight: [AtomicUsize; 2],
     /// The bucket new leases count in.
     bucket: AtomicUsize,
+    /// Kept warm here while another instance owns it ([`crate::restore`]).
+    warm: AtomicBool,
 }
 
 impl Slot {
@@ -214,6 +215,27 @@ impl Leases {
         i32::try_from(self.slots.len()).unwrap_or(i32::MAX)
     }
 
+    /// The partition's current epoch.
+    pub fn epoch(&self, partition: i32) -> Option<u64> {
+        self.slot(partition)
+            .map(|slot| slot.epoch.load(Ordering::SeqCst))
+    }
+
+    /// Says whether this instance keeps `partition` warm for its owner.
+    pub fn set_warm(&self, partition: i32, warm: bool) {
+        if let Some(slot) = self.slot(partition) {
+            slot.warm.store(warm, Ordering::Relaxed);
+        }
+    }
+
+    /// The partitions this instance keeps warm for their owners.
+    pub fn warm(&self) -> Vec<i32> {
+        (0..self.slots.len())
+            .filter(|&i| self.slots[i].warm.load(Ordering::Relaxed))
+            .filter_map(|i| i32::try_from(i).ok())
+            .collect()
+    }
+
     /// Assigned here: restoring, in a new epoch, which it returns.
     pub fn assigned(&self, partition: i32) -> Option<u64> {
         let slot = self.slot(partition)?;
@@ -291,18 +313,9 @@ impl Leases {
     }
 }
 
-/// A partition assigned here, to be restored before it takes commands.
-#[derive(Debug, Clone)]
-pub struct Assigned {
-    pub topic: String,
-    pub partition: i32,
-    pub epoch: u64,
-}
-
 /// What the group's rebalances change here.
 struct Rebalancer {
     leases: HashMap<String, Arc<Leases>>,
-    assigned: mpsc::Sender<Assigned>,
     /// How long a release may wait for the commands in flight on a partition.
     handover: Duration,
     joined: AtomicBool,
@@ -345,18 +358,9 @@ impl ConsumerContext for Rebalancer {
                 let Some(leases) = self.leases.get(&topic) else {
                     continue;
                 };
+                // The lane's reader restores it, and then lets it take commands.
                 if let Some(epoch) = leases.assigned(partition) {
                     tracing::info!(%topic, partition, epoch, "partition assigned; restoring it");
-                    let job = Assigned {
-                        topic,
-                        partition,
-                        epoch,
-                    };
-                    if self.assigned.blocking_send(job).is_err() {
-                        tracing::error!(
-                            "the restorer has stopped; an assigned partition stays unrestored"
-                        );
-                    }
                 }
             }
             self.joined.store(true, Ordering::Release);
@@ -444,17 +448,12 @@ impl std::fmt::Debug for Membership {
 }
 
 impl Membership {
-    /// Creates the member (not yet joined: see [`Membership::join`]). Assigned partitions are
-    /// sent on `assigned`, to be restored.
-    pub fn new(
-        config: &MembershipConfig,
-        leases: Vec<Arc<Leases>>,
-        assigned: mpsc::Sender<Assigned>,
-    ) -> Result<Self, KafkaError> {
+    /// Creates the member (not yet joined: see [`Membership::join`]). Assigned partitions turn
+    /// `Restoring` in `leases`, for [`crate::restore`] to restore.
+    pub fn new(config: &MembershipConfig, leases: Vec<Arc<Leases>>) -> Result<Self, KafkaError> {
         let rebalanced = Arc::new(Notify::new());
         let context = Rebalancer {
             leases: leases.into_iter().map(|l| (l.topic.clone(), l)).collect(),
-            assigned,
             handover: config.handover,
             joined: AtomicBool::new(false),
             rebalanced: Arc::clone(&rebalanced),
@@ -538,132 +537,6 @@ impl Membership {
             && poller.join().is_err()
         {
             tracing::error!("the command group thread panicked");
-        }
-    }
-}
-
-/// Brings each partition assigned here up to date from the log, then lets it take commands,
-/// until `stop`. A partition revoked before its restore finished is left as it is; a restore
-/// that fails is tried again a second later while the partition is still assigned here.
-///
-/// A partition nobody else has committed to since this instance last wrote or read it needs no
-/// reading: every transaction carries the end of what it wrote as the group's offset, and
-/// another owner's records all come after what this instance had, so a committed offset at or
-/// below the model's applied offset means the model is whole. That makes the common case (a
-/// partition coming back after a rebalance) immediate, and keeps it from waiting on
-/// transactions other producers have left open.
-pub async fn restore_assigned(
-    lanes: Vec<Arc<dyn AnyLane>>,
-    mut assigned: mpsc::Receiver<Assigned>,
-    kafka: service_config::KafkaArgs,
-    group: String,
-    timeout: Duration,
-    stop: CancellationToken,
-) {
-    let mut pending: Vec<Assigned> = Vec::new();
-    loop {
-        if pending.is_empty() {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                job = assigned.recv() => match job {
-                    Some(job) => pending.push(job),
-                    None => return,
-                },
-            }
-        }
-        while let Ok(job) = assigned.try_recv() {
-            pending.push(job);
-        }
-        for lane in &lanes {
-            let leases = lane.leases();
-            let mine: Vec<(i32, u64)> = pending
-                .iter()
-                .filter(|job| {
-                    job.topic == lane.topic() && leases.restoring(job.partition, job.epoch)
-                })
-                .map(|job| (job.partition, job.epoch))
-                .collect();
-            if mine.is_empty() {
-                continue;
-            }
-            // Asked of the group as a client outside it (the lane's view of the group): the
-            // member itself does not answer while its group is rebalancing.
-            let committed = match lane.cluster().cloned() {
-                None => Ok(HashMap::new()),
-                Some(cluster) => {
-                    let partitions: Vec<i32> = mine.iter().map(|(p, _)| *p).collect();
-                    tokio::task::spawn_blocking(move || cluster.committed(&partitions))
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string()))
-                }
-            };
-            let committed = match committed {
-                Ok(committed) => committed,
-                Err(error) => {
-                    // Not known: the tails are read, which is always right.
-                    tracing::warn!(topic = lane.topic(), %error, "could not read the command group's offsets; reading the tails");
-                    HashMap::new()
-                }
-            };
-            let (whole, mine): (Vec<_>, Vec<_>) = mine.into_iter().partition(|(p, _)| {
-                let applied = lane.applied(*p);
-                applied > 0 && committed.get(p).is_some_and(|&c| c <= applied)
-            });
-            let kept: Vec<i32> = whole
-                .iter()
-                .filter(|(p, epoch)| leases.restored(*p, *epoch))
-                .map(|(p, _)| *p)
-                .collect();
-            if !kept.is_empty() {
-                tracing::info!(topic = lane.topic(), partitions = ?kept, "partitions back with nothing new since; taking their commands");
-            }
-            if mine.is_empty() {
-                continue;
-            }
-            let partitions: Vec<i32> = mine.iter().map(|(p, _)| *p).collect();
-            tracing::info!(
-                topic = lane.topic(),
-                ?partitions,
-                from = ?partitions.iter().map(|p| lane.applied(*p)).collect::<Vec<_>>(),
-                committed = ?partitions.iter().map(|p| committed.get(p)).collect::<Vec<_>>(),
-                "reading the tails of assigned partitions"
-            );
-            let started = Instant::now();
-            match lane.restore(&kafka, &group, &partitions, timeout).await {
-                Ok(replayed) => {
-                    let owned: Vec<i32> = mine
-                        .iter()
-                        .filter(|(p, epoch)| leases.restored(*p, *epoch))
-                        .map(|(p, _)| *p)
-                        .collect();
-                    tracing::info!(
-                        aggregate = lane.name(),
-                        topic = lane.topic(),
-                        ?owned,
-                        records = replayed.records,
-                        aggregates = lane.aggregates(),
-                        gaps = lane.gaps(),
-                        elapsed_ms = started.elapsed().as_millis(),
-                        "partitions restored; taking their commands"
-                    );
-                }
-                Err(error) => {
-                    tracing::warn!(topic = lane.topic(), ?partitions, error = %error, "restoring assigned partitions failed; retrying");
-                }
-            }
-        }
-        pending.retain(|job| {
-            lanes
-                .iter()
-                .find(|lane| lane.topic() == job.topic)
-                .is_some_and(|lane| lane.leases().restoring(job.partition, job.epoch))
-        });
-        if !pending.is_empty() {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
         }
     }
 }

@@ -8,7 +8,8 @@
 //! never wait for each other and share transactions.
 //!
 //! A partition's model is brought up to date from the log when the partition is assigned to
-//! this instance ([`crate::replay`]) and then kept by the command flow itself, which is why one
+//! this instance, or kept so while another instance owns it and this one is its standby
+//! ([`crate::restore`]), and while owned here it is kept by the command flow itself, which is why one
 //! instance at a time owns a partition ([`crate::ownership`]). There is one model per partition
 //! of the topic ([`crate::lane`]), so that a partition's model moves between instances on its
 //! own; [`WriteModel::applied`] is where its next read of the log starts.

@@ -155,6 +155,9 @@ async fn metrics(state: web::Data<Operations>) -> HttpResponse {
         m.restored_events
             .get_or_create(&label)
             .set(count(lane.restored()));
+        m.standby_events
+            .get_or_create(&label)
+            .set(count(lane.warmed()));
     }
     m.idempotency_keys
         .set(i64::try_from(state.idempotency.len()).unwrap_or(i64::MAX));
@@ -226,6 +229,10 @@ async fn cluster(
             "owned": leases.with(Standing::Owned),
             "restoring": leases.with(Standing::Restoring),
             "releasing": leases.with(Standing::Releasing),
+            "standby": leases.warm().into_iter().map(|p| serde_json::json!({
+                "partition": p,
+                "applied_offset": lane.applied(p),
+            })).collect::<Vec<_>>(),
             "owners": (0..leases.partitions())
                 .map(|p| view.owner(p).map(|m| m.replica_id.clone()))
                 .collect::<Vec<_>>(),

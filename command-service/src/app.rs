@@ -14,7 +14,7 @@ use command_engine::circuit::BrokerCircuit;
 use command_engine::idempotency::IdempotencyIndex;
 use command_engine::lane::{AnyLane, Lane, Visit};
 use command_engine::metrics::Metrics;
-use command_engine::ownership::{Membership, MembershipConfig, restore_assigned};
+use command_engine::ownership::{Membership, MembershipConfig};
 use command_engine::pipeline::{Engine, now_ms};
 use command_engine::snapshot::{SnapshotError, SnapshotStore};
 use command_engine::topics::{TopicError, ensure_topic};
@@ -159,7 +159,6 @@ impl Application {
             lanes.push(lane.await?);
         }
 
-        let (assigned, assignments) = tokio::sync::mpsc::channel(4096);
         let membership = Arc::new(
             Membership::new(
                 &MembershipConfig {
@@ -172,7 +171,6 @@ impl Application {
                     handover: Duration::from_millis(config.request_timeout_ms),
                 },
                 lanes.iter().map(|lane| Arc::clone(lane.leases())).collect(),
-                assigned,
             )
             .map_err(StartupError::Group)?,
         );
@@ -198,11 +196,16 @@ impl Application {
             });
         }
         {
-            let (lanes, kafka) = (lanes.clone(), config.kafka.clone());
-            let group = format!("{}-restore", config.instance_id);
-            let timeout = Duration::from_millis(config.replay_timeout_ms);
-            tasks.spawn("partition restorer", move |stop| {
-                restore_assigned(lanes, assignments, kafka, group, timeout, stop)
+            let lanes = lanes.clone();
+            let settings = command_engine::restore::Settings {
+                kafka: config.kafka.clone(),
+                group: format!("{}-restore", config.instance_id),
+                instance_id: config.instance_id.clone(),
+                standby_replicas: config.standby_replicas,
+                kafka_timeout,
+            };
+            tasks.spawn("partition readers", move |stop| {
+                command_engine::restore::run(lanes, settings, stop)
             });
         }
         let checkpointer =

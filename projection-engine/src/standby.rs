@@ -33,39 +33,13 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::cluster::{Cluster, ClusterView, Member};
+use crate::cluster::Cluster;
 use crate::projection::{RebalanceContext, Tables};
 use crate::store::{Namespace, Store};
+pub use partition_routing::standby::{held_by, holders};
 
 /// How long a partition is kept warm after this replica stops being its standby or its owner.
 pub const LINGER: Duration = Duration::from_secs(30);
-
-/// The members that keep `partition` warm: the `replicas` members after its owner in the ring
-/// of members in replica-id order. None while the partition has no owner.
-pub fn holders(view: &ClusterView, partition: i32, replicas: usize) -> Vec<&Member> {
-    let members = &view.members;
-    let Some(owner) = members
-        .iter()
-        .position(|m| m.partitions.contains(&partition))
-    else {
-        return Vec::new();
-    };
-    (1..members.len())
-        .map(|step| &members[(owner + step) % members.len()])
-        .take(replicas)
-        .collect()
-}
-
-/// The partitions of a view's topic that `replica` keeps warm.
-pub fn held_by(view: &ClusterView, count: i32, replicas: usize, replica: &str) -> Vec<i32> {
-    (0..count)
-        .filter(|p| {
-            holders(view, *p, replicas)
-                .iter()
-                .any(|m| m.replica_id == replica)
-        })
-        .collect()
-}
 
 /// A runner's standby: a reader of the partitions of its topics that this replica keeps warm.
 #[allow(missing_debug_implementations)] // the consumer has no Debug
@@ -249,56 +223,4 @@ fn names(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .iter()
         .map(|e| (e.topic().to_owned(), e.partition()))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn member(id: &str, partitions: &[i32]) -> Member {
-        Member {
-            replica_id: id.into(),
-            url: format!("http://{id}"),
-            partitions: partitions.to_vec(),
-        }
-    }
-
-    fn view(members: Vec<Member>) -> ClusterView {
-        ClusterView {
-            group_state: "Stable".into(),
-            members,
-            refreshed_at_ms: 0,
-        }
-    }
-
-    fn ids(members: &[&Member]) -> Vec<String> {
-        members.iter().map(|m| m.replica_id.clone()).collect()
-    }
-
-    #[test]
-    fn standbys_follow_the_owner_around_the_ring() {
-        let three = view(vec![
-            member("a", &[0, 3]),
-            member("b", &[1]),
-            member("c", &[2]),
-        ]);
-        assert_eq!(ids(&holders(&three, 0, 1)), ["b"]);
-        assert_eq!(ids(&holders(&three, 1, 1)), ["c"]);
-        assert_eq!(ids(&holders(&three, 2, 1)), ["a"], "the ring wraps");
-        assert_eq!(ids(&holders(&three, 2, 2)), ["a", "b"]);
-        assert_eq!(
-            ids(&holders(&three, 2, 5)),
-            ["a", "b"],
-            "never more than the other members, never the owner"
-        );
-        assert!(holders(&three, 4, 1).is_empty(), "no owner, no standby");
-        assert_eq!(held_by(&three, 4, 1, "b"), [0, 3]);
-        assert_eq!(held_by(&three, 4, 1, "a"), [2]);
-        let alone = view(vec![member("a", &[0, 1])]);
-        assert!(
-            held_by(&alone, 2, 1, "a").is_empty(),
-            "one replica: no standby"
-        );
-        assert!(holders(&three, 0, 0).is_empty(), "standbys off");
-    }
 }

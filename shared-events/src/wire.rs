@@ -172,13 +172,34 @@ impl<E: AvroEvent> EventCodec<E> {
         if let [0, a, b, c, d, body @ ..] = bytes {
             let id = u32::from_be_bytes([*a, *b, *c, *d]);
             if self.reads_directly(id).await? {
-                let mut reader = AvroReader::new(body);
-                let event = E::read_avro(&mut reader)?;
-                reader.finish().map_err(EventError::from)?;
-                return Ok(event);
+                return Self::read_direct(body);
             }
         }
         self.resolve(bytes).await
+    }
+
+    /// [`EventCodec::decode`] without waiting, for a record written with a schema already
+    /// looked up and found to be ours (nearly every record once the first is decoded); `None`
+    /// when that is not known, and `decode` must ask the registry.
+    pub fn decode_known(&self, bytes: &[u8]) -> Option<Result<E, WireError>> {
+        let [0, a, b, c, d, body @ ..] = bytes else {
+            return None;
+        };
+        let id = u32::from_be_bytes([*a, *b, *c, *d]);
+        let direct = self
+            .direct
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .copied();
+        (direct == Some(true)).then(|| Self::read_direct(body))
+    }
+
+    fn read_direct(body: &[u8]) -> Result<E, WireError> {
+        let mut reader = AvroReader::new(body);
+        let event = E::read_avro(&mut reader)?;
+        reader.finish().map_err(EventError::from)?;
+        Ok(event)
     }
 
     /// Whether records written with schema `id` have our layout, asking the registry once.

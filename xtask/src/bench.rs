@@ -87,7 +87,11 @@ impl BenchStack {
     ) -> anyhow::Result<String> {
         let mut command = Command::new(self.release.join(binary));
         command
-            .env("RUST_LOG", "warn")
+            // The services' own filter when one is given for them, to see where time goes.
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env("KAFKA_BOOTSTRAP", self.broker.bootstrap())
             .env("SCHEMA_REGISTRY_URL", &self.registry_url);
         for (key, value) in env {

@@ -14,8 +14,8 @@ use serde_json::Value;
 use shared_events::EventEnvelope;
 
 use crate::helpers::{
-    ADMIN_TOKEN, KillOnDrop, PARTITIONS, TestApp, codec, config, env, fresh_topic, order_body,
-    read_committed, spawn_app_with, wait_ready,
+    ADMIN_TOKEN, KillOnDrop, PARTITIONS, TestApp, codec, config, env, fresh_topic, metric,
+    order_body, read_committed, spawn_app_with, wait_ready,
 };
 
 /// Session timeout of the instances these tests start: the broker's smallest.
@@ -570,6 +570,27 @@ async fn a_killed_instance_s_partitions_are_taken_over_and_its_keys_answered_by_
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(&client, &cluster.addresses(), 6, &stop);
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every survivor keeps warm every partition it does not own (two standbys of three).
+    for address in &survivors {
+        let entry = topic_entry(&client, address, &cluster.topic).await.unwrap();
+        let warm: Vec<i64> = entry["standby"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["partition"].as_i64())
+            .collect();
+        let owned = owned(&client, address, &cluster.topic).await.unwrap();
+        assert_eq!(
+            warm.len() + owned.len(),
+            usize::try_from(PARTITIONS).unwrap(),
+            "{address}: warm {warm:?}, owned {owned:?}"
+        );
+        assert!(metric(&client, address, "command_service_standby_events").await > 0.0);
+    }
+    let mut restored_before = 0.0;
+    for address in &survivors {
+        restored_before += metric(&client, address, "command_service_restored_events").await;
+    }
     signal(&running[victim], "KILL");
     let killed_at = Instant::now();
     let taken_over = settled(&client, &survivors, &cluster.topic, Duration::from_secs(60)).await;
@@ -581,6 +602,22 @@ async fn a_killed_instance_s_partitions_are_taken_over_and_its_keys_answered_by_
     assert!(
         takeover < Duration::from_millis(SESSION_TIMEOUT_MS) + Duration::from_secs(10 + 6),
         "takeover took {takeover:?}"
+    );
+    // The partitions that moved were warm where they went: their new owners read only what
+    // their copies had not read yet, not the partitions from their beginning.
+    let mut restored_after = 0.0;
+    for address in &survivors {
+        restored_after += metric(&client, address, "command_service_restored_events").await;
+    }
+    let logged = events(&cluster.topic).await.len();
+    eprintln!(
+        "the takeover read {} events again, of {logged} in the log",
+        restored_after - restored_before
+    );
+    assert!(
+        (restored_after - restored_before) * 4.0 < logged as f64,
+        "the takeover read {} events, of {logged} in the log",
+        restored_after - restored_before
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);

@@ -221,6 +221,25 @@ pub fn read_committed_from(bootstrap: &str, topic: &str) -> Vec<Record> {
     }
 }
 
+/// A gauge or counter of the instance's `/metrics`, summed over its label sets.
+pub async fn metric(client: &reqwest::Client, address: &str, name: &str) -> f64 {
+    let text = client
+        .get(format!("{address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub fn order_body(customer: &str) -> String {
     format!(
         r#"{{"customer_id":"{customer}","currency":"EUR","items":[{{"sku":"A-1","quantity":2,"unit_price_cents":1250}},{{"sku":"B-2","quantity":1,"unit_price_cents":99}}]}}"#

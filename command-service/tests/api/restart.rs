@@ -8,26 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::cluster::{Processes, events, post, signal};
-use crate::helpers::{order_body, wait_ready};
-
-/// A gauge or counter of the instance's `/metrics`, summed over its label sets.
-async fn metric(client: &reqwest::Client, address: &str, name: &str) -> f64 {
-    let text = client
-        .get(format!("{address}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use crate::helpers::{metric, order_body, wait_ready};
 
 /// Waits until `checkpoints` more checkpoints are stored.
 async fn checkpointed(client: &reqwest::Client, address: &str, checkpoints: f64) {
