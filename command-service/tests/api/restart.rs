@@ -1,14 +1,21 @@
 //! Restarts with a data directory: the instance reads only what its last checkpoint did not
-//! hold, at two history lengths, with a write-model cache far smaller than the aggregates, and
-//! keeps every decision and idempotency receipt it had.
+//! hold, at two history lengths (thousands of events through the API, then millions of
+//! aggregates written to the log), with a write-model cache far smaller than the aggregates,
+//! and keeps every decision and idempotency receipt it had.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use orders::events::{Envelope, LineItem, OrderEvent, OrderPayload};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::Value;
+use shared_events::partitioner::partition_for_key;
 
 use crate::cluster::{Processes, events, post, signal};
-use crate::helpers::{metric, order_body, wait_ready};
+use crate::helpers::{PARTITIONS, codec, env, metric, order_body, wait_ready};
 
 /// Waits until `checkpoints` more checkpoints are stored.
 async fn checkpointed(client: &reqwest::Client, address: &str, checkpoints: f64) {
@@ -156,5 +163,134 @@ async fn a_restart_reads_only_what_its_last_checkpoint_missed_at_two_history_len
             "{order}"
         );
     }
+    drop(running);
+}
+
+/// Order `n` of a history written straight to the log, as earlier instances would have.
+fn placed(n: usize) -> OrderEvent {
+    let id = format!("m-{n:08}");
+    OrderEvent {
+        envelope: Envelope {
+            event_id: format!("{id}-1"),
+            aggregate_id: id.clone(),
+            aggregate_version: 1,
+            occurred_at_ms: 1_735_689_600_000,
+            command_id: format!("k-{id}"),
+            idempotency_key: None,
+            correlation_id: format!("c-{id}"),
+        },
+        payload: OrderPayload::Placed {
+            customer_id: format!("c-{}", n % 1000),
+            currency: "EUR".into(),
+            items: vec![LineItem {
+                sku: "A-1".into(),
+                quantity: 1,
+                unit_price_cents: 2_599,
+            }],
+            total_cents: 2_599,
+        },
+    }
+}
+
+/// Writes orders `range` to `topic`, each placed in its id's partition, as fast as the broker
+/// takes them.
+async fn fill(topic: &str, range: std::ops::Range<usize>) {
+    let codec = codec(topic);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", env("KAFKA_BOOTSTRAP"))
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let mut pending = FuturesUnordered::new();
+    for n in range {
+        let event = placed(n);
+        let value = codec.encode(&event).await.unwrap();
+        let key = event.envelope.aggregate_id;
+        let partition = partition_for_key(key.as_bytes(), PARTITIONS);
+        let producer = producer.clone();
+        pending.push(async move {
+            let record = FutureRecord::to(topic)
+                .key(&key)
+                .payload(&value)
+                .partition(partition);
+            producer
+                .send(record, Duration::from_secs(60))
+                .await
+                .map(drop)
+        });
+        while pending.len() > 100_000 {
+            pending.next().await.unwrap().map_err(|(e, _)| e).unwrap();
+        }
+    }
+    while let Some(sent) = pending.next().await {
+        sent.map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// The scale: a million aggregates, then two. Each history is written straight to the
+/// log while the instance is down, read once from the log, checkpointed; then the instance is
+/// killed and restarted, and reads nothing again, however long the history. A command on an
+/// aggregate of each history is decided from the state read back from the data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_millions_of_aggregates_reads_nothing_again() {
+    const MILLION: usize = 1_000_000;
+    let data = tempfile::tempdir().unwrap();
+    let mut instance = Processes::new(1);
+    instance.settings = vec![
+        ("COMMAND_DATA_DIR".into(), data.path().display().to_string()),
+        ("COMMAND_CACHE_AGGREGATES".into(), "50000".into()),
+    ];
+    let address = instance.address(0);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    // Creates the topics.
+    let mut running = instance.start(0);
+    wait_ready(&client, &address, Duration::from_secs(90)).await;
+    for (history, range) in [(MILLION, 0..MILLION), (2 * MILLION, MILLION..2 * MILLION)] {
+        signal(&running, "KILL");
+        running.wait().unwrap();
+        let started = Instant::now();
+        fill(&instance.topic, range.clone()).await;
+        eprintln!("{} orders written in {:?}", range.len(), started.elapsed());
+
+        let started = Instant::now();
+        running = instance.start(0);
+        wait_ready(&client, &address, Duration::from_secs(600)).await;
+        let read = metric(&client, &address, "command_service_restored_events").await;
+        eprintln!(
+            "history of {history} events: the new ones read from the log in {:?} ({read} events)",
+            started.elapsed()
+        );
+        assert!(read >= range.len() as f64, "read {read} of {}", range.len());
+        checkpointed(&client, &address, 2.0).await;
+
+        signal(&running, "KILL");
+        running.wait().unwrap();
+        let started = Instant::now();
+        running = instance.start(0);
+        wait_ready(&client, &address, Duration::from_secs(90)).await;
+        let ready = started.elapsed();
+        let read = metric(&client, &address, "command_service_restored_events").await;
+        eprintln!(
+            "history of {history} events: ready {ready:?} after the restart, {read} events read again"
+        );
+        assert_eq!(
+            read, 0.0,
+            "with {history} events, the restart read {read} again"
+        );
+
+        // The first order of this history, from the data directory: placed, so payable once.
+        let first = placed(range.start).envelope.aggregate_id;
+        assert_eq!(pay(&client, &address, &first).await.0, 200, "{first}");
+        assert_eq!(pay(&client, &address, &first).await.0, 409, "{first}");
+    }
+    let loads = metric(&client, &address, "command_service_write_model_loads").await;
+    assert!(loads >= 1.0, "nothing read from the data directory");
     drop(running);
 }
