@@ -8,12 +8,13 @@
 //!
 //! Idempotency receipts are not partitioned: a key is the client's, not the aggregate's, and a
 //! key reused for another aggregate (of any kind) must still be recognised. The service keeps
-//! one index for all its lanes ([`crate::idempotency`]); the restore of each partition fills it
-//! with the receipts of that partition's events. With several instances, a key is therefore
-//! recognised by the instance owning the partition its first command wrote to: a retry goes
-//! there (the same aggregate, or for a new aggregate with no id of its own, the key's partition,
-//! see [`crate::pipeline`]), but a key reused for an aggregate of another instance's partition
-//! is not recognised as reused.
+//! one index for all its lanes ([`crate::idempotency`]); the restore of each partition, and the
+//! standby copy of another instance's, fill it with the receipts of that partition's events.
+//! With several instances, a key is therefore recognised by the instance owning the partition
+//! its first command wrote to, where a retry goes (the same aggregate, or for a new aggregate
+//! with no id of its own, the key's partition, see [`crate::pipeline`]); a key reused for an
+//! aggregate of another instance's partition is recognised as reused only where that partition
+//! is kept warm.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
