@@ -23,6 +23,10 @@ pub(crate) struct Shape {
     pub(crate) warmup: Duration,
     /// Aggregates each instance keeps in memory per topic.
     pub(crate) cache: usize,
+    /// HTTP worker threads of each instance.
+    pub(crate) http_workers: usize,
+    /// Records in the log at the second history length.
+    pub(crate) history: i64,
 }
 
 const TOPIC: &str = "bench-cluster";
@@ -41,10 +45,12 @@ pub(crate) fn run(
     single: f64,
 ) -> anyhow::Result<Vec<String>> {
     let settings = |cache: usize| {
-        vec![
+        let mut settings = vec![
             ("COMMAND_SESSION_TIMEOUT_MS", "6000".to_owned()),
             ("COMMAND_CACHE_AGGREGATES", cache.to_string()),
-        ]
+        ];
+        settings.push(("COMMAND_HTTP_WORKERS", shape.http_workers.to_string()));
+        settings
     };
     let mut urls = Vec::new();
     for n in 0..shape.instances {
@@ -99,9 +105,10 @@ pub(crate) fn run(
 
     let mut lines = vec![
         format!(
-            "{} instances, spread     {}",
+            "{} instances, spread     {}  ({} HTTP worker(s) each)",
             shape.instances,
-            spread_run.summary()
+            spread_run.summary(),
+            shape.http_workers
         ),
         format!(
             "ratio to one instance       {:.3}  (target ≥ 0.85)",
@@ -122,12 +129,19 @@ pub(crate) fn run(
     let mut current = settings(shape.cache);
     for step in 0..2 {
         if step == 1 {
-            eprintln!(
-                "growing the history ({}s of load) ...",
-                2 * shape.duration.as_secs()
-            );
             let spread = spread_over(&urls, concurrency)?;
-            runtime.block_on(load::run(concurrency, 2 * shape.duration, None, spread))?;
+            loop {
+                let records = log_records(stack)?;
+                if records >= shape.history {
+                    break;
+                }
+                eprintln!(
+                    "growing the history: {records} of {} records ...",
+                    shape.history
+                );
+                let load = load::run(concurrency, 2 * shape.duration, None, Arc::clone(&spread));
+                runtime.block_on(load)?;
+            }
         }
         let history = log_records(stack)?;
         let rss = rss_mib(stack.pid_of(&id(0)));

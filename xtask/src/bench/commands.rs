@@ -43,6 +43,13 @@ pub(crate) struct CommandBench {
     /// Aggregates each of those instances keeps in memory per topic.
     #[arg(long, default_value_t = 200_000)]
     cache_aggregates: usize,
+    /// HTTP worker threads of each of those instances. Default: their share of the cores (the
+    /// single instance runs with the service's default, 2).
+    #[arg(long)]
+    instance_http_workers: Option<usize>,
+    /// Records in the log at the second history length of the restarts and takeovers.
+    #[arg(long, default_value_t = 3_000_000)]
+    history: i64,
 }
 
 /// The size of one benchmark order's record value: magic byte, schema id, Avro body.
@@ -333,6 +340,11 @@ pub(crate) fn run(ws: &Workspace, args: &CommandBench) -> anyhow::Result<()> {
                 duration,
                 warmup: Duration::from_secs(args.warmup / 2),
                 cache: args.cache_aggregates,
+                http_workers: args.instance_http_workers.unwrap_or_else(|| {
+                    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+                    (cores / usize::from(args.instances)).max(1)
+                }),
+                history: args.history,
             },
             max.rate(),
         )?
