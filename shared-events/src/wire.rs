@@ -186,13 +186,16 @@ impl<E: AvroEvent> EventCodec<E> {
             return None;
         };
         let id = u32::from_be_bytes([*a, *b, *c, *d]);
-        let direct = self
-            .direct
+        (self.known(id) == Some(true)).then(|| Self::read_direct(body))
+    }
+
+    /// Whether records written with schema `id` have our layout, if already looked up.
+    fn known(&self, id: u32) -> Option<bool> {
+        self.direct
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&id)
-            .copied();
-        (direct == Some(true)).then(|| Self::read_direct(body))
+            .copied()
     }
 
     fn read_direct(body: &[u8]) -> Result<E, WireError> {
@@ -204,13 +207,7 @@ impl<E: AvroEvent> EventCodec<E> {
 
     /// Whether records written with schema `id` have our layout, asking the registry once.
     async fn reads_directly(&self, id: u32) -> Result<bool, WireError> {
-        let known = self
-            .direct
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&id)
-            .copied();
-        if let Some(direct) = known {
+        if let Some(direct) = self.known(id) {
             return Ok(direct);
         }
         let registered = schema_registry_converter::async_impl::schema_registry::get_schema_by_id(

@@ -968,14 +968,7 @@ async fn sigterm_with_a_full_queue_answers_everything_it_took() {
     // queue) and the queue holds a backlog.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let metrics = client
-            .get(format!("{address}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = crate::helpers::metrics_text(&client, &address).await;
         let depth: i64 = metrics
             .lines()
             .find_map(|l| l.strip_prefix("command_service_queue_depth "))

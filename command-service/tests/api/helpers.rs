@@ -221,17 +221,23 @@ pub fn read_committed_from(bootstrap: &str, topic: &str) -> Vec<Record> {
     }
 }
 
-/// A gauge or counter of the instance's `/metrics`, summed over its label sets.
-pub async fn metric(client: &reqwest::Client, address: &str, name: &str) -> f64 {
-    let text = client
+/// The instance's `/metrics` text.
+pub async fn metrics_text(client: &reqwest::Client, address: &str) -> String {
+    client
         .get(format!("{address}/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    text.lines()
+        .unwrap()
+}
+
+/// A gauge or counter of the instance's `/metrics`, summed over its label sets.
+pub async fn metric(client: &reqwest::Client, address: &str, name: &str) -> f64 {
+    metrics_text(client, address)
+        .await
+        .lines()
         .filter(|line| {
             line.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
