@@ -77,27 +77,36 @@ pub struct Settings {
     pub kafka_timeout: Duration,
 }
 
-/// Runs one reader per lane until `stop`.
+/// Runs one reader per lane until `stop`, each on a thread of its own (not the runtime's
+/// blocking pool: a runtime waits for its blocking tasks when it is dropped, and a reader only
+/// ends when told to). A reader also ends once nothing else holds its lane.
 pub async fn run(lanes: Vec<Arc<dyn AnyLane>>, settings: Settings, stop: CancellationToken) {
     let runtime = tokio::runtime::Handle::current();
-    let readers: Vec<_> = lanes
-        .into_iter()
-        .map(|lane| {
-            let (settings, stop, runtime) = (settings.clone(), stop.clone(), runtime.clone());
-            tokio::task::spawn_blocking(move || {
-                let topic = lane.topic().to_owned();
+    let mut ended = Vec::new();
+    for lane in lanes {
+        let (settings, stop, runtime) = (settings.clone(), stop.clone(), runtime.clone());
+        let topic = lane.topic().to_owned();
+        let (done, end) = tokio::sync::oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name(format!("restore-{topic}"))
+            .spawn(move || {
                 match Reader::new(lane, settings, runtime) {
                     Ok(mut reader) => reader.run(&stop),
                     Err(error) => {
                         tracing::error!(%topic, %error, "the partition reader could not start; assigned partitions stay unrestored");
                     }
                 }
-            })
-        })
-        .collect();
-    for reader in readers {
-        if let Err(error) = reader.await {
-            tracing::error!(%error, "a partition reader panicked");
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => ended.push(end),
+            Err(error) => tracing::error!(%error, "could not start a partition reader"),
+        }
+    }
+    for end in ended {
+        // An error only says the thread ended without saying so: it panicked.
+        if end.await.is_err() {
+            tracing::error!("a partition reader panicked");
         }
     }
 }
@@ -173,7 +182,7 @@ impl Reader {
     }
 
     fn run(&mut self, stop: &CancellationToken) {
-        while !stop.is_cancelled() {
+        while !stop.is_cancelled() && Arc::strong_count(&self.lane) > 1 {
             self.plan();
             if self.reading.is_empty() {
                 std::thread::sleep(Duration::from_millis(100));
@@ -210,9 +219,6 @@ impl Reader {
         }
 
         let warm: BTreeSet<i32> = self.standbys(&leases);
-        for p in 0..leases.partitions() {
-            leases.set_warm(p, warm.contains(&p));
-        }
         let mut wanted: BTreeMap<i32, Why> = BTreeMap::new();
         for p in restoring.keys() {
             if let Some(why) = self.reading.get(p).copied() {
@@ -226,6 +232,9 @@ impl Reader {
                     wanted.insert(p, Why::Standby);
                 }
             }
+        }
+        for p in 0..leases.partitions() {
+            leases.set_warm(p, wanted.get(&p) == Some(&Why::Standby));
         }
         let before: BTreeSet<i32> = self.reading.keys().copied().collect();
         let after: BTreeSet<i32> = wanted.keys().copied().collect();

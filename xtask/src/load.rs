@@ -61,7 +61,22 @@ impl Request {
             .parse()
             .with_context(|| format!("the load generator needs ip:port, got {authority}"))?;
         let path = if path.is_empty() { "/" } else { path };
-        let mut text = format!("{method} {path} HTTP/1.1\r\nhost: {authority}\r\n");
+        Ok(Self::to(addr, method, path, json, headers))
+    }
+
+    /// `POST path` with a JSON body, to where this request goes.
+    pub(crate) fn post_json_here(&self, path: &str, body: &str) -> Self {
+        Self::to(self.addr, "POST", path, Some(body), &[])
+    }
+
+    fn to(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        json: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Self {
+        let mut text = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\n");
         for (name, value) in headers {
             text.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -71,10 +86,10 @@ impl Request {
         } else {
             text.push_str("\r\n");
         }
-        Ok(Self {
+        Self {
             addr,
             bytes: text.into_bytes().into(),
-        })
+        }
     }
 }
 

@@ -30,7 +30,11 @@ pub(crate) struct Shape {
 }
 
 const TOPIC: &str = "bench-cluster";
+const CUSTOMERS: &str = "bench-cluster-customers";
 const PARTITIONS: i32 = 6;
+/// Customers registered straight to the log before the instances start: the existing
+/// aggregates that commands are sent to, more than a cache of the default size holds.
+const REGISTERED: usize = 600_000;
 
 fn id(n: usize) -> String {
     format!("bench-command-{}", n + 1)
@@ -48,10 +52,14 @@ pub(crate) fn run(
         let mut settings = vec![
             ("COMMAND_SESSION_TIMEOUT_MS", "6000".to_owned()),
             ("COMMAND_CACHE_AGGREGATES", cache.to_string()),
+            ("CUSTOMERS_TOPIC", CUSTOMERS.to_owned()),
         ];
         settings.push(("COMMAND_HTTP_WORKERS", shape.http_workers.to_string()));
         settings
     };
+    stack.create_topic(CUSTOMERS, PARTITIONS.unsigned_abs())?;
+    eprintln!("registering {REGISTERED} customers straight to the log ...");
+    runtime.block_on(register(stack, REGISTERED))?;
     let mut urls = Vec::new();
     for n in 0..shape.instances {
         urls.push(stack.command_instance(TOPIC, &id(n), &settings(shape.cache))?);
@@ -72,7 +80,7 @@ pub(crate) fn run(
         shape.warmup.as_secs(),
         shape.duration.as_secs()
     );
-    let (spread_run, local, forwarded) = runtime.block_on(async {
+    let (spread_run, local, forwarded, existing) = runtime.block_on(async {
         load::run(concurrency, shape.warmup, None, Arc::clone(&spread)).await?;
         let spread_run = load::run(concurrency, shape.duration, None, Arc::clone(&spread)).await?;
         // Keyed orders sent to the first instance: a keyed order's id is placed in its key's
@@ -100,7 +108,32 @@ pub(crate) fn run(
             keyed(&urls[0], "forwarded", mine, false),
         )
         .await?;
-        anyhow::Ok((spread_run, local, forwarded))
+        // Commands on existing aggregates the first instance owns: all of them (more than its
+        // cache holds: many are read from its data directory), then a few thousand of them.
+        let mine = owned_of(&client, &urls[0], CUSTOMERS).await?;
+        let ids: Vec<String> = (0..REGISTERED)
+            .map(customer)
+            .filter(|id| {
+                mine.contains(&shared_events::partitioner::partition_for_key(
+                    id.as_bytes(),
+                    PARTITIONS,
+                ))
+            })
+            .collect();
+        let mut existing = Vec::new();
+        for (what, count) in [("all", ids.len()), ("hot", 5_000.min(ids.len()))] {
+            eprintln!(
+                "email changes on {count} existing customers of the first instance ({}s) ...",
+                shape.duration.as_secs()
+            );
+            let loads = "command_service_write_model_loads";
+            let before = metric(&client, &urls[0], loads).await?;
+            let requests = email_changes(&urls[0], Arc::new(ids[..count].to_vec()))?;
+            let run = load::run(concurrency, shape.duration, None, requests).await?;
+            let read = metric(&client, &urls[0], loads).await? - before;
+            existing.push((what, count, run, read));
+        }
+        anyhow::Ok((spread_run, local, forwarded, existing))
     })?;
 
     let mut lines = vec![
@@ -121,6 +154,15 @@ pub(crate) fn run(
             local.rate() / forwarded.rate().max(1.0)
         ),
     ];
+    for (what, count, run, read) in existing {
+        #[allow(clippy::cast_precision_loss)]
+        let per_command = read / run.ok().max(1) as f64;
+        lines.push(format!(
+            "existing, {what} {count:>6}       {}  ({per_command:.2} read from the data directory per command; cache {} per topic)",
+            run.summary(),
+            shape.cache
+        ));
+    }
 
     // Restarts and takeovers of the last instance, at two history lengths.
     let victim = shape.instances - 1;
@@ -247,6 +289,11 @@ async fn ready(client: &reqwest::Client, url: &str, within: Duration) -> anyhow:
 
 /// The order partitions `url` owns.
 async fn owned(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<i32>> {
+    owned_of(client, url, TOPIC).await
+}
+
+/// The partitions of `topic` the instance at `url` owns.
+async fn owned_of(client: &reqwest::Client, url: &str, topic: &str) -> anyhow::Result<Vec<i32>> {
     let body: Value = client
         .get(format!("{url}/admin/cluster"))
         .bearer_auth(ADMIN_TOKEN)
@@ -259,7 +306,7 @@ async fn owned(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<i32>> 
         .context("no topics in /admin/cluster")?;
     Ok(topics
         .iter()
-        .find(|t| t["topic"] == TOPIC)
+        .find(|t| t["topic"] == topic)
         .and_then(|t| t["owned"].as_array())
         .map(|owned| {
             owned
@@ -342,4 +389,83 @@ fn rss_mib(pid: Option<u32>) -> String {
                 .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map_or_else(|| "?".to_owned(), |kb| format!("{:.0} MiB", kb / 1024.0))
+}
+
+fn customer(n: usize) -> String {
+    format!("c-{n:07}")
+}
+
+/// Email changes on customers picked from `ids` at random, each to a new address (the same
+/// one again would be refused).
+fn email_changes(url: &str, ids: Arc<Vec<String>>) -> anyhow::Result<load::RequestFactory> {
+    let base = load::Request::get(url)?;
+    Ok(Arc::new(move |n| {
+        // A multiplicative hash of the request's number: spread over `ids`, no state shared.
+        let pick = usize::try_from(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20).unwrap_or(0);
+        let id = &ids[pick % ids.len()];
+        let body = format!(r#"{{"email":"e{n}@example.com"}}"#);
+        base.post_json_here(&format!("/customers/{id}/email"), &body)
+    }))
+}
+
+/// Writes `count` customer registrations straight to the customers topic, each in its id's
+/// partition, as instances before these would have.
+async fn register(stack: &BenchStack, count: usize) -> anyhow::Result<()> {
+    use customers::events::{CustomerEvent, CustomerPayload};
+    use futures::StreamExt;
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+    let registry = service_config::RegistryArgs::plain(stack.registry_url.clone());
+    let codec: shared_events::EventCodec<CustomerEvent> =
+        shared_events::EventCodec::new(registry.sr_settings(Duration::from_secs(10))?, CUSTOMERS)?;
+    let producer: FutureProducer = service_config::KafkaArgs::plain(stack.broker.bootstrap())
+        .client_config()
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for n in 0..count {
+        let id = customer(n);
+        let event = CustomerEvent {
+            envelope: shared_events::Envelope {
+                event_id: format!("{id}-1"),
+                aggregate_id: id.clone(),
+                aggregate_version: 1,
+                occurred_at_ms: 1_735_689_600_000,
+                command_id: format!("k-{id}"),
+                idempotency_key: None,
+                correlation_id: format!("r-{id}"),
+            },
+            payload: CustomerPayload::Registered {
+                name: "Ada".into(),
+                email: format!("{id}@example.com"),
+            },
+        };
+        let value = codec.encode(&event).await?;
+        let partition = shared_events::partitioner::partition_for_key(id.as_bytes(), PARTITIONS);
+        let producer = producer.clone();
+        pending.push(async move {
+            let record = FutureRecord::to(CUSTOMERS)
+                .key(&id)
+                .payload(&value)
+                .partition(partition);
+            producer
+                .send(record, Duration::from_secs(60))
+                .await
+                .map(drop)
+                .map_err(|(e, _)| e)
+        });
+        while pending.len() > 100_000 {
+            if let Some(sent) = pending.next().await {
+                sent?;
+            }
+        }
+    }
+    while let Some(sent) = pending.next().await {
+        sent?;
+    }
+    producer.flush(Duration::from_secs(60))?;
+    Ok(())
 }
