@@ -356,6 +356,90 @@ async fn three_instances_share_the_load_and_every_acknowledged_command_is_in_the
     }
 }
 
+/// An `Idempotency-Key` first used for an order of one instance's partition, then for a
+/// payment of an order another instance owns: that instance keeps the first partition warm as
+/// its standby, receipts included, so it recognises the key as reused and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_for_another_instance_s_aggregate_is_refused_there() {
+    let (apps, topic) = three_in_process().await;
+    let key = format!("reused-{}", uuid::Uuid::new_v4());
+    let (status, first_owner, body) = post(
+        &apps[0].client,
+        &apps[0].address,
+        "/orders",
+        order_body("c-reuse"),
+        &[("idempotency-key", &key)],
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let first = acked(&body, &first_owner, 0);
+    let key_partition = first.position["partition"].as_i64().unwrap();
+    let key_offset = first.position["offset"].as_i64().unwrap();
+
+    // An order of another instance: a create without a key is decided where it is asked.
+    let mut other = None;
+    for app in &apps {
+        if instance_id(&app.client, &app.address).await.as_deref() == Some(first_owner.as_str()) {
+            continue;
+        }
+        let (status, served_by, body) = post(
+            &app.client,
+            &app.address,
+            "/orders",
+            order_body("c-other"),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        assert_ne!(served_by, first_owner);
+        other = Some((app, acked(&body, &served_by, 0).order));
+        break;
+    }
+    let (owner, order) = other.unwrap();
+
+    // Its instance has read the key's receipt as the standby of the key's partition.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let entry = topic_entry(&owner.client, &owner.address, &topic)
+            .await
+            .unwrap();
+        let applied = entry["standby"].as_array().unwrap().iter().find_map(|s| {
+            (s["partition"].as_i64() == Some(key_partition))
+                .then(|| s["applied_offset"].as_i64())
+                .flatten()
+        });
+        if applied.is_some_and(|applied| applied > key_offset) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the key's partition is not kept warm: {entry}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for app in &apps {
+        let (status, _, body) = post(
+            &app.client,
+            &app.address,
+            &format!("/orders/{order}/payment"),
+            r#"{"amount_cents":2599,"payment_ref":"p-reused"}"#.into(),
+            &[("idempotency-key", &key)],
+        )
+        .await;
+        assert_eq!(status, 422, "{body}");
+    }
+    let versions: Vec<i64> = events(&topic)
+        .await
+        .into_iter()
+        .filter(|e| e.0 == order)
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(versions, [1], "the reused key wrote nothing");
+    for app in &apps {
+        app.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_conflicting_commands_through_three_instances_one_wins() {
     let (apps, topic) = three_in_process().await;
