@@ -112,6 +112,28 @@ impl BenchStack {
             .map(Service::pid)
     }
 
+    /// A codec for `topic`'s values and a producer that batches as much as the broker takes:
+    /// how a benchmark writes a history straight to the log.
+    pub(crate) fn filler<E: shared_events::AvroEvent>(
+        &self,
+        topic: &str,
+    ) -> anyhow::Result<(
+        shared_events::EventCodec<E>,
+        rdkafka::producer::FutureProducer,
+    )> {
+        let registry = service_config::RegistryArgs::plain(self.registry_url.clone());
+        let codec =
+            shared_events::EventCodec::new(registry.sr_settings(Duration::from_secs(10))?, topic)?;
+        let producer = service_config::KafkaArgs::plain(self.broker.bootstrap())
+            .client_config()
+            .set("linger.ms", "20")
+            .set("batch.size", "1000000")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()?;
+        Ok((codec, producer))
+    }
+
     /// Creates a topic (the broker does not create topics on first use).
     pub(crate) fn create_topic(&self, topic: &str, partitions: u32) -> anyhow::Result<()> {
         let output = Command::new("java")

@@ -413,18 +413,9 @@ fn email_changes(url: &str, ids: Arc<Vec<String>>) -> anyhow::Result<load::Reque
 async fn register(stack: &BenchStack, count: usize) -> anyhow::Result<()> {
     use customers::events::{CustomerEvent, CustomerPayload};
     use futures::StreamExt;
-    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    use rdkafka::producer::{FutureRecord, Producer};
 
-    let registry = service_config::RegistryArgs::plain(stack.registry_url.clone());
-    let codec: shared_events::EventCodec<CustomerEvent> =
-        shared_events::EventCodec::new(registry.sr_settings(Duration::from_secs(10))?, CUSTOMERS)?;
-    let producer: FutureProducer = service_config::KafkaArgs::plain(stack.broker.bootstrap())
-        .client_config()
-        .set("linger.ms", "20")
-        .set("batch.size", "1000000")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
+    let (codec, producer) = stack.filler::<CustomerEvent>(CUSTOMERS)?;
     let mut pending = futures::stream::FuturesUnordered::new();
     for n in 0..count {
         let id = customer(n);

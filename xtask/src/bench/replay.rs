@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use orders::events::{Envelope, LineItem, OrderEvent, OrderPayload};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 use serde_json::{Value, json};
 
 use super::{ADMIN_TOKEN, BenchStack, orders_applied};
@@ -92,16 +92,7 @@ fn order_events(n: u64) -> Vec<OrderEvent> {
 /// Writes at least `events` order events straight to the topic, as fast as the broker takes
 /// them (the command service's path is `bench commands`'s business); the count written.
 async fn fill(stack: &BenchStack, events: u64) -> anyhow::Result<u64> {
-    let registry = service_config::RegistryArgs::plain(stack.registry_url.clone());
-    let codec: shared_events::EventCodec<OrderEvent> =
-        shared_events::EventCodec::new(registry.sr_settings(Duration::from_secs(10))?, TOPIC)?;
-    let producer: FutureProducer = service_config::KafkaArgs::plain(stack.broker.bootstrap())
-        .client_config()
-        .set("linger.ms", "20")
-        .set("batch.size", "1000000")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
+    let (codec, producer) = stack.filler::<OrderEvent>(TOPIC)?;
     let mut written = 0u64;
     let mut n = 0u64;
     let mut pending = futures::stream::FuturesUnordered::new();
