@@ -220,7 +220,16 @@ pub(crate) fn run(
         urls[victim].clone_from(&url);
         runtime.block_on(async {
             ready(&client, &url, Duration::from_secs(600)).await?;
-            settled(&client, &urls, Duration::from_secs(600)).await
+            settled(&client, &urls, Duration::from_secs(600)).await?;
+            // Its data directory holds what it read before the next restart is timed.
+            let checkpoints = "command_service_checkpoints";
+            let target = metric(&client, &url, checkpoints).await? + 2.0;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while metric(&client, &url, checkpoints).await? < target {
+                anyhow::ensure!(Instant::now() < deadline, "no checkpoint within 120 s");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            anyhow::Ok(())
         })?;
 
         lines.push(format!(
