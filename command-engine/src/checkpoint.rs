@@ -1,5 +1,5 @@
-//! Checkpoints: every few seconds, what changed in the write model and the idempotency index
-//! goes to the snapshot store ([`crate::snapshot`]), with each partition's offset.
+//! Checkpoints: every second by default, what changed in the write model and the idempotency
+//! index goes to the snapshot store ([`crate::snapshot`]), with each partition's offset.
 //!
 //! The offset stored for a partition must be one below which every committed event is in the
 //! stored aggregates. The model's applied offset is not that by itself: two producers commit

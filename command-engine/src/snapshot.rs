@@ -16,9 +16,10 @@
 //! Why local RocksDB and not a compacted changelog topic: a changelog would be written in every
 //! transaction (a second record per command, on a write path the broker bounds), and a new owner
 //! would still read one record per aggregate before taking commands, a million in ~15 s. The
-//! local store costs a write batch every few seconds and makes a restart read only its tail.
-//! Its price: an instance taking over a partition it never held reads that partition from the
-//! beginning (or from its own older snapshot of it).
+//! local store costs a write batch every second or so and makes a restart read only its tail.
+//! Its price is paid by standbys ([`crate::restore`]): an instance keeps warm, in its own store,
+//! the partitions it may take over; one taking over a partition it neither held nor kept warm
+//! reads that partition from the beginning (or from its own older snapshot of it).
 
 use std::path::Path;
 use std::sync::Arc;
