@@ -314,11 +314,12 @@ impl Leases {
 }
 
 /// What the group's rebalances change here.
+#[derive(Clone)]
 struct Rebalancer {
     leases: HashMap<String, Arc<Leases>>,
     /// How long a release may wait for the commands in flight on a partition.
     handover: Duration,
-    joined: AtomicBool,
+    joined: Arc<AtomicBool>,
     rebalanced: Arc<Notify>,
 }
 
@@ -433,12 +434,13 @@ pub struct MembershipConfig {
 /// This instance's membership of the command group: the consumer that holds it, polled on a
 /// thread of its own.
 pub struct Membership {
-    consumer: Arc<BaseConsumer<Rebalancer>>,
+    /// The member's client settings; a member fenced for good is replaced by a new one.
+    settings: rdkafka::ClientConfig,
+    context: Rebalancer,
     seen: SeenMetadata,
     session_timeout: Duration,
     stop: Arc<AtomicBool>,
     poller: Mutex<Option<JoinHandle<()>>>,
-    rebalanced: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -451,15 +453,14 @@ impl Membership {
     /// Creates the member (not yet joined: see [`Membership::join`]). Assigned partitions turn
     /// `Restoring` in `leases`, for [`crate::restore`] to restore.
     pub fn new(config: &MembershipConfig, leases: Vec<Arc<Leases>>) -> Result<Self, KafkaError> {
-        let rebalanced = Arc::new(Notify::new());
         let context = Rebalancer {
             leases: leases.into_iter().map(|l| (l.topic.clone(), l)).collect(),
             handover: config.handover,
-            joined: AtomicBool::new(false),
-            rebalanced: Arc::clone(&rebalanced),
+            joined: Arc::new(AtomicBool::new(false)),
+            rebalanced: Arc::new(Notify::new()),
         };
         let session = config.session_timeout.as_millis();
-        let consumer: BaseConsumer<Rebalancer> = config
+        let settings = config
             .kafka
             .client_config()
             .set("group.id", &config.group_id)
@@ -475,26 +476,38 @@ impl Membership {
             .set("heartbeat.interval.ms", (session / 4).max(100).to_string())
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .create_with_context(context)?;
+            .clone();
+        // Refused now rather than at the join: the settings are checked by creating a client.
+        drop(settings.create_with_context::<_, BaseConsumer<Rebalancer>>(context.clone())?);
         Ok(Self {
-            consumer: Arc::new(consumer),
+            settings,
+            context,
             seen: Arc::default(),
             session_timeout: config.session_timeout,
             stop: Arc::new(AtomicBool::new(false)),
             poller: Mutex::new(None),
-            rebalanced,
         })
     }
 
     /// Joins the group with `topics` and keeps the membership alive on a thread of its own
     /// until [`Membership::leave`].
+    ///
+    /// A member that hits a fatal error (the coordinator fenced it: after a broker restart, a
+    /// join it retried can leave a second member under the same static id) can never take
+    /// part in the group again: its partitions are released, and a new member joins in its
+    /// place a second later.
     pub fn join(&self, topics: &[&str]) -> Result<(), KafkaError> {
-        self.consumer.subscribe(topics)?;
-        let (consumer, stop, seen) = (
-            Arc::clone(&self.consumer),
-            Arc::clone(&self.stop),
-            Arc::clone(&self.seen),
-        );
+        let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
+        let (settings, context) = (self.settings.clone(), self.context.clone());
+        let member = move || -> Result<BaseConsumer<Rebalancer>, KafkaError> {
+            let consumer: BaseConsumer<Rebalancer> =
+                settings.create_with_context(context.clone())?;
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            consumer.subscribe(&names)?;
+            Ok(consumer)
+        };
+        let mut consumer = member()?;
+        let (stop, seen) = (Arc::clone(&self.stop), Arc::clone(&self.seen));
         let poller = std::thread::Builder::new()
             .name("command-group".into())
             .spawn(move || {
@@ -507,6 +520,17 @@ impl Membership {
                     // still uses the old one is refused by the coordinator (safe, and rare).
                     let metadata = consumer.group_metadata().map(Arc::new);
                     *lock(&seen) = metadata;
+                    if let Some((code, reason)) = consumer.client().fatal_error() {
+                        tracing::error!(?code, %reason, "the command group member failed for good; a new one joins in its place");
+                        *lock(&seen) = None;
+                        std::thread::sleep(Duration::from_secs(1));
+                        match member() {
+                            Ok(replacement) => consumer = replacement,
+                            Err(error) => {
+                                tracing::error!(%error, "could not create a new command group member; retrying");
+                            }
+                        }
+                    }
                 }
             })
             .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
@@ -516,12 +540,12 @@ impl Membership {
 
     /// Whether the group has assigned this member its partitions at least once.
     pub fn joined(&self) -> bool {
-        self.consumer.context().joined.load(Ordering::Acquire)
+        self.context.joined.load(Ordering::Acquire)
     }
 
     /// Woken after each rebalance this member takes part in.
     pub fn rebalanced(&self) -> Arc<Notify> {
-        Arc::clone(&self.rebalanced)
+        Arc::clone(&self.context.rebalanced)
     }
 
     /// The group membership a transaction must carry (KIP-447).

@@ -27,7 +27,9 @@
 //!   another owner's records all come after what this instance had, so a committed offset at or
 //!   below the model's applied offset means the model is whole: the partition is owned at once.
 //!   That makes the common case (a partition coming back after a rebalance, or taken over from
-//!   a warm standby whose owner's last transaction it has read) immediate.
+//!   a warm standby whose owner's last transaction it has read) immediate. The group's offsets
+//!   are asked for up to [`ASK_COMMITTED_FOR`] (a broker that just came back may not answer
+//!   yet); without them, the tails are read.
 //! - **A record that does not decode stops its partition**, restore or standby: a model with a
 //!   hole in it would assign wrong versions. It is read again from its applied offset every few
 //!   seconds, and stays `Restoring` (its commands answer `503`) until it decodes.
@@ -129,6 +131,8 @@ enum Why {
 const BATCH: usize = 4096;
 /// How long a partition whose record did not decode waits before it is read again.
 const RETRY: Duration = Duration::from_secs(5);
+/// How long restores wait for the group's offsets before they read the tails without them.
+const ASK_COMMITTED_FOR: Duration = Duration::from_secs(30);
 
 struct Reader {
     lane: Arc<dyn AnyLane>,
@@ -143,6 +147,8 @@ struct Reader {
     broken: BTreeMap<i32, Instant>,
     /// The assignment no longer matches `reading`.
     stale: bool,
+    /// Since when the group's offsets could not be had for the restores waiting to begin.
+    asking: Option<Instant>,
     next_report: Instant,
 }
 
@@ -162,12 +168,7 @@ impl Reader {
             // An offset the topic no longer holds (retention): from its first record.
             .set("auto.offset.reset", "earliest")
             .create()?;
-        let ends: BaseConsumer = settings
-            .kafka
-            .client_config()
-            .set("group.id", &settings.group)
-            .set("isolation.level", "read_uncommitted")
-            .create()?;
+        let ends = ends_client(&settings)?;
         Ok(Self {
             lane,
             settings,
@@ -177,6 +178,7 @@ impl Reader {
             reading: BTreeMap::new(),
             broken: BTreeMap::new(),
             stale: false,
+            asking: None,
             next_report: Instant::now(),
         })
     }
@@ -269,8 +271,27 @@ impl Reader {
     /// Starts the restores of partitions assigned since the last look: owned at once when the
     /// group says nobody wrote them since this instance's model, else read to their end.
     fn begin(&mut self, leases: &Leases, fresh: &[(i32, u64)], restoring: &mut BTreeMap<i32, u64>) {
-        let committed = self.committed(fresh);
         let topic = self.lane.topic().to_owned();
+        let committed = match self.committed(fresh) {
+            Some(committed) => {
+                self.asking = None;
+                committed
+            }
+            // The group's offsets are worth waiting a while for (a coordinator just moved, or
+            // its broker just came back): without them every tail is read, and a tail behind a
+            // transaction left open waits for that transaction's timeout.
+            None if self.asking.get_or_insert_with(Instant::now).elapsed() < ASK_COMMITTED_FOR => {
+                for (p, _) in fresh {
+                    restoring.remove(p);
+                }
+                return;
+            }
+            None => {
+                tracing::warn!(%topic, "the command group's offsets are still unknown; reading the tails");
+                self.asking = None;
+                HashMap::new()
+            }
+        };
         let mut kept = Vec::new();
         for &(p, epoch) in fresh {
             let applied = self.lane.applied(p);
@@ -308,9 +329,17 @@ impl Reader {
                     self.stale = true;
                 }
                 Err(error) => {
-                    // Asked again at the next look.
+                    // Asked again at the next look, by a new client: one that has not yet
+                    // learned where a partition's leader moved (a broker lost) kept asking the
+                    // old leader.
                     tracing::warn!(%topic, partition = p, %error, "could not read an assigned partition's end; retrying");
                     restoring.remove(&p);
+                    match ends_client(&self.settings) {
+                        Ok(ends) => self.ends = ends,
+                        Err(error) => {
+                            tracing::warn!(%error, "could not create a client for partition ends")
+                        }
+                    }
                 }
             }
         }
@@ -320,17 +349,19 @@ impl Reader {
     }
 
     /// The group's committed offsets of `partitions`, asked as a client outside the group (the
-    /// member itself does not answer while its group is rebalancing). Empty when not known:
-    /// the tails are then read, which is always right.
-    fn committed(&self, partitions: &[(i32, u64)]) -> HashMap<i32, i64> {
+    /// member itself does not answer while its group is rebalancing). None when not known.
+    fn committed(&self, partitions: &[(i32, u64)]) -> Option<HashMap<i32, i64>> {
         let Some(cluster) = self.lane.cluster() else {
-            return HashMap::new();
+            return Some(HashMap::new());
         };
         let numbers: Vec<i32> = partitions.iter().map(|(p, _)| *p).collect();
-        cluster.committed(&numbers).unwrap_or_else(|error| {
-            tracing::warn!(topic = self.lane.topic(), %error, "could not read the command group's offsets; reading the tails");
-            HashMap::new()
-        })
+        match cluster.committed(&numbers) {
+            Ok(committed) => Some(committed),
+            Err(error) => {
+                tracing::warn!(topic = self.lane.topic(), %error, "could not read the command group's offsets; asking again");
+                None
+            }
+        }
     }
 
     /// Assigns the partitions of `reading`, each from its model's applied offset.
@@ -491,4 +522,15 @@ fn still(leases: &Leases, partition: i32, why: Why) -> bool {
         }
         Why::Standby => leases.standing(partition) == Standing::Unowned,
     }
+}
+
+/// A client that asks partitions' high watermarks, read-uncommitted (see the module's second
+/// invariant).
+fn ends_client(settings: &Settings) -> Result<BaseConsumer, KafkaError> {
+    settings
+        .kafka
+        .client_config()
+        .set("group.id", &settings.group)
+        .set("isolation.level", "read_uncommitted")
+        .create()
 }
