@@ -21,6 +21,9 @@
 //!   carries the command group's metadata (`send_offsets_to_transaction`, KIP-447), so the group
 //!   coordinator refuses the commit of a member the group has moved on from, and a record whose
 //!   [`Lease`] is no longer valid is not sent, or aborts its transaction (see [`crate::ownership`]).
+//! - No worker waits on Kafka without a bound: every transactional call has a timeout, and the
+//!   one librdkafka does not enforce (the group's offsets) is made on a thread of its own, the
+//!   worker giving the producer up past its deadline ([`offsets`]).
 //! - The queue is bounded: [`Batcher::submit`] fails at once with [`SubmitError::Full`].
 //! - [`Batcher::close`] stops intake; the workers drain what was queued, then exit.
 //!
@@ -44,6 +47,10 @@ use shared_events::Position;
 
 use crate::metrics::{BatchMetrics, OutcomeLabel};
 use crate::ownership::Lease;
+
+mod offsets;
+
+use offsets::{OffsetsCaller, OffsetsError};
 
 /// The group membership a transaction carries, so that only a current member can commit.
 pub trait Fence: Send + Sync + std::fmt::Debug + 'static {
@@ -109,7 +116,7 @@ pub enum StartError {
         #[source]
         source: KafkaError,
     },
-    #[error("could not start a producer worker thread")]
+    #[error("could not start a producer thread")]
     Thread(#[source] std::io::Error),
 }
 
@@ -183,7 +190,8 @@ impl Batcher {
         let config = Arc::new(config);
         let mut workers = Vec::with_capacity(config.workers);
         for index in 0..config.workers {
-            let producer = TxProducer::create(&config, index)?;
+            let strays = Arc::new(AtomicUsize::new(0));
+            let producer = TxProducer::create(&config, index, &strays)?;
             live_producers.fetch_add(1, Ordering::Relaxed);
             let worker = Worker {
                 config: Arc::clone(&config),
@@ -195,6 +203,7 @@ impl Batcher {
                 metrics: metrics.clone(),
                 fencings: Vec::new(),
                 fenced_out: Arc::clone(&fenced_out),
+                strays,
             };
             let handle = std::thread::Builder::new()
                 .name(format!("producer-{index}"))
@@ -386,11 +395,17 @@ fn gather<T>(intake: &Receiver<T>, first: T, max_batch: usize, linger: Duration)
 /// A transactional producer with its id, ready for `begin_transaction`.
 struct TxProducer {
     id: String,
-    producer: BaseProducer<Deliveries>,
+    /// Shared with `offsets` only.
+    producer: Arc<BaseProducer<Deliveries>>,
+    offsets: OffsetsCaller,
 }
 
 impl TxProducer {
-    fn create(config: &BatcherConfig, index: usize) -> Result<Self, StartError> {
+    fn create(
+        config: &BatcherConfig,
+        index: usize,
+        strays: &Arc<AtomicUsize>,
+    ) -> Result<Self, StartError> {
         let id = format!("{}-{index}", config.transactional_id_prefix);
         let producer: BaseProducer<Deliveries> = config
             .kafka
@@ -436,8 +451,19 @@ impl TxProducer {
                 id: id.clone(),
                 source,
             })?;
+        let producer = Arc::new(producer);
+        let offsets = OffsetsCaller::start(
+            format!("producer-{index}-offsets"),
+            Arc::clone(&producer),
+            Arc::clone(strays),
+        )
+        .map_err(StartError::Thread)?;
         tracing::info!(transactional_id = %id, "transactional producer ready");
-        Ok(Self { id, producer })
+        Ok(Self {
+            id,
+            producer,
+            offsets,
+        })
     }
 }
 
@@ -454,7 +480,14 @@ struct Worker {
     fencings: Vec<Instant>,
     /// Set when fenced repeatedly: shared by all workers, checked before every batch.
     fenced_out: Arc<AtomicBool>,
+    /// This worker's producers given up with an offsets call still under way ([`offsets`]).
+    strays: Arc<AtomicUsize>,
 }
+
+/// Given-up producers whose offsets call is still under way, beyond which a worker waits for
+/// one of them to return before it starts another producer: each holds a client's threads,
+/// and a group coordinator that answers none of them would answer the next one no better.
+const MAX_STRAYS: usize = 2;
 
 /// Fencings within this window ...
 const FENCING_WINDOW: Duration = Duration::from_secs(60);
@@ -646,7 +679,13 @@ impl Worker {
             ));
         }
         if self.producer.is_none() {
-            let fresh = TxProducer::create(&self.config, self.index)
+            let strays = self.strays.load(Ordering::Acquire);
+            if strays > MAX_STRAYS {
+                return Err(CommitError::ProducerUnavailable(format!(
+                    "{strays} calls to the command group's coordinator are still unanswered"
+                )));
+            }
+            let fresh = TxProducer::create(&self.config, self.index, &self.strays)
                 .map_err(|error| CommitError::ProducerUnavailable(error.to_string()))?;
             self.producer = Some(fresh);
             self.live_producers.fetch_add(1, Ordering::Relaxed);
@@ -658,6 +697,19 @@ impl Worker {
         if let Some(old) = self.producer.take() {
             self.live_producers.fetch_sub(1, Ordering::Relaxed);
             tracing::warn!(worker = self.index, transactional_id = %old.id, error = %why, "replacing the transactional producer");
+        }
+    }
+
+    /// Gives up a producer whose offsets call did not answer in time. It is never asked to
+    /// commit; its replacement's `init_transactions` aborts its transaction.
+    fn strand_producer(&mut self, why: &OffsetsError) {
+        if let Some(old) = self.producer.take() {
+            self.live_producers.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!(worker = self.index, transactional_id = %old.id, error = %why, "giving up the transactional producer while its call is under way");
+            // A thread that is gone has nothing under way.
+            if matches!(why, OffsetsError::Unanswered(_)) {
+                old.offsets.strand();
+            }
         }
     }
 
@@ -679,7 +731,10 @@ impl Worker {
                 }
             },
         };
-        let Some(TxProducer { producer, .. }) = self.producer.as_ref() else {
+        let Some(TxProducer {
+            producer, offsets, ..
+        }) = self.producer.as_ref()
+        else {
             return Verdict::NotCommitted(CommitError::ProducerUnavailable("no producer".into()));
         };
         if let Err(e) = producer.begin_transaction() {
@@ -732,11 +787,16 @@ impl Worker {
                 .any(|p| p.record.lease.as_ref().is_some_and(|l| !l.is_valid()))
             {
                 Some("the partition moved to another instance".to_owned())
-            } else if let Err(e) = producer.send_offsets_to_transaction(
-                &written(batch, &deliveries),
-                membership,
-                timeout,
-            ) {
+            } else if let Err(e) =
+                offsets.send(written(batch, &deliveries), Arc::clone(membership), timeout)
+            {
+                if matches!(e, OffsetsError::Unanswered(_) | OffsetsError::Gone) {
+                    // The call may still be under way: the producer cannot be used again, and
+                    // the transaction it has open is never committed.
+                    let why = format!("the command group's offsets could not be sent: {e}");
+                    self.strand_producer(&e);
+                    return Verdict::NotCommitted(CommitError::Aborted(why));
+                }
                 Some(format!(
                     "the command group refused this instance's commit: {e}"
                 ))

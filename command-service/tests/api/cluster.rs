@@ -754,7 +754,14 @@ async fn a_killed_instance_s_partitions_are_taken_over_and_its_keys_answered_by_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_instance_commits_nothing_once_the_group_has_moved_on() {
-    let cluster = Processes::new(2);
+    let mut cluster = Processes::new(2);
+    // Commands wait in the queue for most of each transaction's cycle, and the clients below
+    // do not move in step: at the pause some command has surely not reached its commit yet
+    // (with the default linger, the whole cycle is the commit, and the pause could catch every
+    // pending command after the coordinator had taken its commit).
+    cluster
+        .settings
+        .push(("COMMAND_LINGER_MS".into(), "250".into()));
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
@@ -774,14 +781,14 @@ async fn a_paused_instance_commits_nothing_once_the_group_has_moved_on() {
     // Clients sending only to the instance about to be paused, with keys, so that each
     // command can be looked for in the log.
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..6)
-        .map(|n| {
+    let clients: Vec<_> = (0..10)
+        .map(|n: usize| {
             let (client, address, stop) =
                 (client.clone(), zombie_address.clone(), Arc::clone(&stop));
             let mine = mine.clone();
             tokio::spawn(async move {
                 let mut answers = Vec::new();
-                let mut i = 0;
+                let mut i: usize = 0;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
                     let key = format!("zombie-{n}-{i}");
@@ -790,6 +797,8 @@ async fn a_paused_instance_commits_nothing_once_the_group_has_moved_on() {
                     if !mine.contains(&partition) {
                         continue;
                     }
+                    let pause = u64::try_from((n * 37 + i * 53) % 120).unwrap();
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                     let sent = Instant::now();
                     let (status, _, body) = post(
                         &client,
