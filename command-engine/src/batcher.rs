@@ -204,6 +204,7 @@ impl Batcher {
                 fencings: Vec::new(),
                 fenced_out: Arc::clone(&fenced_out),
                 strays,
+                stranded_at: None,
             };
             let handle = std::thread::Builder::new()
                 .name(format!("producer-{index}"))
@@ -482,12 +483,17 @@ struct Worker {
     fenced_out: Arc<AtomicBool>,
     /// This worker's producers given up with an offsets call still under way ([`offsets`]).
     strays: Arc<AtomicUsize>,
+    /// When this worker last gave a producer up.
+    stranded_at: Option<Instant>,
 }
 
 /// Given-up producers whose offsets call is still under way, beyond which a worker waits for
 /// one of them to return before it starts another producer: each holds a client's threads,
-/// and a group coordinator that answers none of them would answer the next one no better.
+/// and a group coordinator that answers none of them would likely answer the next one no
+/// better. A fresh client looks the coordinator up afresh, though, and a given-up call may
+/// never return (librdkafka#5511), so the worker waits [`STRAY_PATIENCE`] at most.
 const MAX_STRAYS: usize = 2;
+const STRAY_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Fencings within this window ...
 const FENCING_WINDOW: Duration = Duration::from_secs(60);
@@ -680,7 +686,11 @@ impl Worker {
         }
         if self.producer.is_none() {
             let strays = self.strays.load(Ordering::Acquire);
-            if strays > MAX_STRAYS {
+            if strays > MAX_STRAYS
+                && self
+                    .stranded_at
+                    .is_some_and(|at| at.elapsed() < STRAY_PATIENCE)
+            {
                 return Err(CommitError::ProducerUnavailable(format!(
                     "{strays} calls to the command group's coordinator are still unanswered"
                 )));
@@ -709,6 +719,7 @@ impl Worker {
             // A thread that is gone has nothing under way.
             if matches!(why, OffsetsError::Unanswered(_)) {
                 old.offsets.strand();
+                self.stranded_at = Some(Instant::now());
             }
         }
     }

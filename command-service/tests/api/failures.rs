@@ -55,38 +55,25 @@ async fn place_until_created(
     key: &str,
     within: Duration,
 ) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        match place_with_key(client, address, key).await {
-            (201, Some(id)) => return id,
-            (status @ (0 | 429 | 503), _) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "{key} not acknowledged in {within:?} (last {status})"
-                );
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            (status, _) => panic!("unexpected {status} for {key}"),
-        }
-    }
+    place_within(client, address, key, within)
+        .await
+        .unwrap_or_else(|status| panic!("{key} not acknowledged in {within:?} (last {status})"))
 }
 
-/// Whether an order with `key` is created within `within` (retried while the answer is
-/// retryable); any other answer fails the test.
+/// The id of the order placed with `key`, retried while the answer is retryable, for up to
+/// `within`; else the last status. Any other answer fails the test.
 async fn place_within(
     client: &reqwest::Client,
     address: &str,
     key: &str,
     within: Duration,
-) -> bool {
+) -> Result<String, u16> {
     let deadline = Instant::now() + within;
     loop {
         match place_with_key(client, address, key).await {
-            (201, Some(_)) => return true,
-            (0 | 429 | 503, _) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            (0 | 429 | 503, _) => return false,
+            (201, Some(id)) => return Ok(id),
+            (status @ (0 | 429 | 503), _) if Instant::now() >= deadline => return Err(status),
+            (0 | 429 | 503, _) => tokio::time::sleep(Duration::from_millis(300)).await,
             (status, _) => panic!("unexpected {status} for {key}"),
         }
     }
@@ -401,7 +388,10 @@ async fn commands_in_flight_when_the_broker_dies_answer_at_once_not_at_the_reque
         for _ in 0..8 {
             after += 1;
             let key = format!("in-flight-after-{after}");
-            if place_within(&app.client, &app.address, &key, Duration::from_secs(5)).await {
+            if place_within(&app.client, &app.address, &key, Duration::from_secs(5))
+                .await
+                .is_ok()
+            {
                 created += 1;
             }
         }
