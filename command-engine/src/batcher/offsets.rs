@@ -44,12 +44,14 @@ struct Call {
     offsets: TopicPartitionList,
     metadata: Arc<ConsumerGroupMetadata>,
     timeout: Duration,
-    answer: Sender<Result<(), KafkaError>>,
 }
 
 /// Makes one producer's `send_offsets_to_transaction` calls, one at a time.
 pub(super) struct OffsetsCaller {
     calls: Sender<Call>,
+    /// One answer per call. A call that is not answered in time strands the caller, so no
+    /// late answer is ever taken for a later call's.
+    answers: Receiver<Result<(), KafkaError>>,
     stranded: Arc<AtomicBool>,
     /// Threads of this worker whose call outlived the worker's wait and is still under way.
     strays: Arc<AtomicUsize>,
@@ -64,13 +66,15 @@ impl OffsetsCaller {
     ) -> std::io::Result<Self> {
         // One call at a time: the worker waits for each answer before it makes another.
         let (calls, requests) = crossbeam_channel::bounded::<Call>(1);
+        let (answer, answers) = crossbeam_channel::bounded(1);
         let stranded = Arc::new(AtomicBool::new(false));
         let (flag, count) = (Arc::clone(&stranded), Arc::clone(&strays));
         std::thread::Builder::new()
             .name(name)
-            .spawn(move || serve(&producer, &requests, &flag, &count))?;
+            .spawn(move || serve(&producer, &requests, &answer, &flag, &count))?;
         Ok(Self {
             calls,
+            answers,
             stranded,
             strays,
         })
@@ -84,17 +88,15 @@ impl OffsetsCaller {
         metadata: Arc<ConsumerGroupMetadata>,
         timeout: Duration,
     ) -> Result<(), OffsetsError> {
-        let (answer, answered) = crossbeam_channel::bounded(1);
         self.calls
             .send(Call {
                 offsets,
                 metadata,
                 timeout,
-                answer,
             })
             .map_err(|_| OffsetsError::Gone)?;
         let wait = timeout + Duration::from_secs(1);
-        match answered.recv_timeout(wait) {
+        match self.answers.recv_timeout(wait) {
             Ok(result) => result.map_err(OffsetsError::from),
             Err(RecvTimeoutError::Timeout) => Err(OffsetsError::Unanswered(wait)),
             Err(RecvTimeoutError::Disconnected) => Err(OffsetsError::Gone),
@@ -114,14 +116,16 @@ impl OffsetsCaller {
 fn serve(
     producer: &BaseProducer<Deliveries>,
     requests: &Receiver<Call>,
+    answer: &Sender<Result<(), KafkaError>>,
     stranded: &AtomicBool,
     strays: &AtomicUsize,
 ) {
     for call in requests {
         let result =
             producer.send_offsets_to_transaction(&call.offsets, &call.metadata, call.timeout);
-        // The worker may have stopped waiting; then nobody reads this.
-        let _ = call.answer.send(result);
+        // The worker may have stopped waiting; then nobody reads this. Never blocks: the
+        // worker takes each answer before it makes the next call.
+        let _ = answer.try_send(result);
     }
     if stranded.load(Ordering::Acquire) {
         strays.fetch_sub(1, Ordering::AcqRel);

@@ -470,7 +470,6 @@ impl Sse {
     }
 }
 
-/// Polls `address`'s readiness until it answers `200`, or fails after a minute.
 /// The replica's `/metrics` text.
 pub async fn metrics_of(address: &str) -> String {
     client()
@@ -483,6 +482,7 @@ pub async fn metrics_of(address: &str) -> String {
         .unwrap()
 }
 
+/// Polls `address`'s readiness until it answers `200`, or fails after a minute.
 pub async fn wait_ready(address: &str) {
     let http = client();
     eventually(Duration::from_secs(60), "readiness", || async {
