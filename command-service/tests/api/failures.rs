@@ -934,17 +934,18 @@ async fn two_instances_with_one_id_never_acknowledge_what_is_not_in_the_log() {
 /// log; nothing it took goes unanswered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_with_a_full_queue_answers_everything_it_took() {
-    const REQUESTS: i64 = 800;
-    // One producer committing one record per transaction: a queue that drains slowly, but well
-    // within the request timeout (a commit takes 5-20 ms here), so that every queued command
-    // commits and none is answered 503 for want of time.
+    const REQUESTS: i64 = 1500;
+    // One producer committing one record per transaction: a queue that drains more slowly than
+    // the requests arrive, so it holds a backlog at SIGTERM. Its drain (a commit takes 5-20 ms
+    // here) stays within the request timeout, so that every queued command commits and none is
+    // answered 503 for want of time.
     let runs = ServiceRuns::new(
         "drain",
         &[
             ("COMMAND_PRODUCER_WORKERS", "1"),
             ("COMMAND_MAX_BATCH", "1"),
             ("COMMAND_LINGER_MS", "0"),
-            ("COMMAND_QUEUE_CAPACITY", "500"),
+            ("COMMAND_QUEUE_CAPACITY", "1200"),
             ("COMMAND_REQUEST_TIMEOUT_MS", "45000"),
         ],
     );
